@@ -1,0 +1,47 @@
+"""UsageFlow: usage tracking and quota enforcement for SaaS apps.
+
+>>> from usageflow import UsageFlow
+>>> flow = UsageFlow("memory://")
+>>> plan = flow.create_plan("Free", is_free=True, limits={"exports": 2})
+>>> flow.consume("user-1", "exports").allowed
+True
+"""
+
+from usageflow.errors import ErrorCodes, UsageFlowError
+from usageflow.flow import AsyncReservation, AsyncUsageFlow, Reservation, UsageFlow
+from usageflow.models import (
+    Decision,
+    FeatureLimit,
+    LimitAdjustment,
+    PeriodTotal,
+    Plan,
+    Profile,
+    Usage,
+    UsageEvent,
+    UsageSinceReset,
+    UsageStats,
+)
+from usageflow.periods import GroupBy, Period
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncReservation",
+    "AsyncUsageFlow",
+    "Decision",
+    "ErrorCodes",
+    "FeatureLimit",
+    "GroupBy",
+    "LimitAdjustment",
+    "Period",
+    "PeriodTotal",
+    "Plan",
+    "Profile",
+    "Reservation",
+    "Usage",
+    "UsageEvent",
+    "UsageFlow",
+    "UsageFlowError",
+    "UsageSinceReset",
+    "UsageStats",
+]

@@ -1,0 +1,738 @@
+"""Every UsageFlow operation, written once, as a generator that yields the store calls it needs.
+
+This is the "sans-I/O" core: an operation never touches a database itself. It yields a
+:class:`StoreCall`, and the driver (``UsageFlow`` for threads, ``AsyncUsageFlow`` for asyncio)
+performs it and sends the result back. All validation, plan resolution, periods, adjustments
+and arithmetic happen here, identically for both drivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, NamedTuple, TypeVar
+
+from usageflow import _validate as v
+from usageflow.cache import MISSING, Catalog, PlanCache
+from usageflow.errors import adjustment_error, config_error, invalid, limit_error
+from usageflow.models import (
+    Decision,
+    FeatureLimit,
+    LimitAdjustment,
+    PeriodTotal,
+    Plan,
+    Profile,
+    Usage,
+    UsageEvent,
+    UsageSinceReset,
+    UsageStats,
+)
+from usageflow.periods import (
+    Clock,
+    GroupBy,
+    Period,
+    bucket_key,
+    bucket_label,
+    bucket_starts,
+    system_clock,
+    window_for,
+)
+from usageflow.quota import Quota, decision, plan_for, quota_for, usage_of
+from usageflow.stores.base import PROFILE_FIELDS, Charge, HourlyTotal, ResetInfo
+
+logger = logging.getLogger("usageflow")
+
+T = TypeVar("T")
+Op = Generator["StoreCall", Any, T]
+
+#: Currencies Stripe amounts are not in cents for (https://docs.stripe.com/currencies).
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+)
+_SECRET_WORDS = ("key", "secret", "token", "password", "authorization", "signature")
+
+
+class StoreCall(NamedTuple):
+    """One store operation: a :class:`~usageflow.stores.base.Store` method and its kwargs."""
+
+    method: str
+    kwargs: dict[str, Any]
+
+
+def call(method: str, **kwargs: Any) -> StoreCall:
+    return StoreCall(method, kwargs)
+
+
+def redact(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``values`` fit for a log line: anything that looks like a secret is masked."""
+    return {
+        k: "***" if any(word in k.lower() for word in _SECRET_WORDS) else val
+        for k, val in values.items()
+    }
+
+
+@dataclass(frozen=True)
+class Options:
+    """The behaviour switches of a flow, validated once at construction."""
+
+    manual_stripe_integration: bool = False
+    enable_user_adjustments: bool = False
+    debug: bool = False
+    reservation_ttl: float = 300.0
+
+
+def _price_amount(price: Mapping[str, Any]) -> Decimal | None:
+    currency = str(price.get("currency") or "").lower()
+    raw = price.get("unit_amount_decimal")
+    if raw is None:
+        raw = price.get("unit_amount")
+    if raw is None:
+        return None
+    try:
+        amount = Decimal(str(raw))
+    except InvalidOperation:
+        raise invalid("price unit_amount must be a number", field="price") from None
+    if not amount.is_finite():
+        raise invalid("price unit_amount must be a number", field="price")
+    return amount if currency in ZERO_DECIMAL_CURRENCIES else amount / 100
+
+
+def as_mapping(obj: object, field: str) -> Mapping[str, Any]:
+    """A Stripe object (a dict subclass) or a plain dict."""
+    if isinstance(obj, Mapping):
+        return obj
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        result = to_dict()
+        if isinstance(result, Mapping):
+            return result
+    raise invalid(f"{field} must be a Stripe object or a dict", field=field)
+
+
+class Core:
+    """The operations of UsageFlow, shared by the sync and async flows."""
+
+    def __init__(self, options: Options, cache: PlanCache, clock: Clock | None) -> None:
+        self.options = options
+        self.cache = cache
+        self.clock: Clock = clock or system_clock
+
+    def now(self) -> datetime:
+        return v.moment(self.clock(), "clock()")
+
+    # -- plan and quota resolution --------------------------------------------------------------
+    def _catalog(self) -> Op[Catalog]:
+        catalog = self.cache.catalog()
+        if catalog is None:
+            plans = yield call("load_catalog")
+            catalog = self.cache.put_catalog(plans)
+        return catalog
+
+    def _profile(self, user_id: str) -> Op[Profile | None]:
+        profile = self.cache.profile(user_id)
+        if profile is MISSING:
+            profile = yield call("get_profile", user_id=user_id)
+            self.cache.put_profile(user_id, profile)
+        assert not isinstance(profile, type(MISSING))
+        return profile
+
+    def _quota(
+        self, user_id: str, feature_name: str, now: datetime, period: Period | None = None
+    ) -> Op[Quota]:
+        catalog = yield from self._catalog()
+        profile = yield from self._profile(user_id)
+        plan = plan_for(catalog, profile)
+        if plan is None:
+            raise limit_error(
+                "no plan applies to this user and no free plan is defined "
+                "(create a plan with is_free=True, or assign one)",
+                user_id=user_id,
+                feature_name=feature_name,
+            )
+        adjustments: Sequence[LimitAdjustment] = ()
+        row = plan.limits.get(feature_name)
+        if self.options.enable_user_adjustments and row is not None and row.limit_value != -1:
+            cached = self.cache.adjustments(user_id, feature_name)
+            if cached is None:
+                rows = yield call(
+                    "get_limit_adjustments",
+                    user_id=user_id,
+                    feature_name=feature_name,
+                    ending_after=now,
+                )
+                cached = self.cache.put_adjustments(user_id, feature_name, rows)
+            adjustments = cached
+        return quota_for(plan, feature_name, profile, adjustments, now, period)
+
+    def _window_start(self, user_id: str, period: Period, now: datetime) -> Op[datetime | None]:
+        profile = None
+        if period is Period.BILLING_CYCLE:
+            profile = yield from self._profile(user_id)
+        return window_for(
+            period,
+            now,
+            cycle_start=profile.current_period_start if profile else None,
+            cycle_end=profile.current_period_end if profile else None,
+        ).start
+
+    # -- enforcement ------------------------------------------------------------------------------
+    def consume(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        metadata: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> Op[Decision]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        credits = v.credits(credits)
+        meta = v.metadata(metadata)
+        key = v.optional_key(idempotency_key)
+        now = self.now()
+        quota = yield from self._quota(user_id, feature_name, now)
+        charge: Charge = yield call(
+            "charge",
+            user_id=user_id,
+            feature_name=feature_name,
+            credits=credits,
+            event_type="usage",
+            limit=quota.limit,
+            window_start=quota.window.start,
+            now=now,
+            metadata=meta,
+            idempotency_key=key,
+        )
+        return decision(quota, credits, charge)
+
+    def authorize(self, user_id: str, feature_name: str, credits: int) -> Op[bool]:
+        usage = yield from self.fetch_usage(user_id, feature_name, None, credits)
+        return usage.is_unlimited or usage.current + credits <= (usage.limit or 0)
+
+    def fetch_usage(
+        self, user_id: str, feature_name: str, period: object, credits: int = 1
+    ) -> Op[Usage]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        v.credits(credits)
+        chosen = v.period(period, allow_none=True)
+        now = self.now()
+        quota = yield from self._quota(user_id, feature_name, now, chosen)
+        used, held = yield call(
+            "usage",
+            user_id=user_id,
+            feature_name=feature_name,
+            window_start=quota.window.start,
+            now=now,
+        )
+        return usage_of(quota, used, held)
+
+    def reserve(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        ttl: float | None,
+        idempotency_key: str | None,
+    ) -> Op[tuple[str, datetime, Decision]]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        credits = v.credits(credits)
+        seconds = self.options.reservation_ttl if ttl is None else v.seconds(ttl, "ttl")
+        key = v.optional_key(idempotency_key)
+        now = self.now()
+        quota = yield from self._quota(user_id, feature_name, now)
+        reservation_id = uuid.uuid4().hex
+        expires_at = now + timedelta(seconds=seconds)
+        charge: Charge = yield call(
+            "reserve",
+            reservation_id=reservation_id,
+            user_id=user_id,
+            feature_name=feature_name,
+            credits=credits,
+            limit=quota.limit,
+            window_start=quota.window.start,
+            now=now,
+            expires_at=expires_at,
+            idempotency_key=key,
+        )
+        result = decision(quota, credits, charge)
+        if not charge.allowed:
+            raise limit_error(
+                f"quota exhausted for {feature_name!r}: {credits} more credits do not fit",
+                decision=result,
+                user_id=user_id,
+                feature_name=feature_name,
+                limit=result.limit,
+                current=result.current,
+                remaining=result.remaining,
+                resets_at=result.resets_at,
+            )
+        return charge.reservation_id or reservation_id, expires_at, result
+
+    def settle(
+        self, reservation_id: str, credits: int | None, metadata: Mapping[str, Any] | None
+    ) -> Op[UsageEvent | None]:
+        reservation_id = v.name(reservation_id, "reservation_id")
+        if credits is not None:
+            credits = v.integer(credits, "actual_credits", minimum=0)
+        meta = v.metadata(metadata)
+        now = self.now()
+        event: UsageEvent | None = yield call(
+            "settle", reservation_id=reservation_id, credits=credits, now=now, metadata=meta
+        )
+        return event
+
+    # -- recording ------------------------------------------------------------------------------
+    def increment_usage(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits_used: int,
+        metadata: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> Op[UsageEvent]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        credits_used = v.credits(credits_used, "credits_used")
+        return (
+            yield from self._record(
+                user_id, feature_name, credits_used, "usage", metadata, idempotency_key
+            )
+        )
+
+    def adjust_usage(
+        self,
+        user_id: str,
+        feature_name: str,
+        amount: int,
+        metadata: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> Op[UsageEvent]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        amount = v.integer(amount, "amount", minimum=-v.INT64_MAX)
+        if amount == 0:
+            raise invalid("amount must not be zero", field="amount")
+        reason = metadata.get("reason") if isinstance(metadata, Mapping) else None
+        if not isinstance(reason, str) or not reason.strip():
+            raise invalid(
+                "adjust_usage needs metadata={'reason': '...'} explaining the adjustment",
+                field="metadata",
+            )
+        event_type = "credit" if amount < 0 else "adjustment"
+        return (
+            yield from self._record(
+                user_id, feature_name, amount, event_type, metadata, idempotency_key
+            )
+        )
+
+    def _record(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        event_type: str,
+        metadata: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> Op[UsageEvent]:
+        meta = v.metadata(metadata)
+        key = v.optional_key(idempotency_key)
+        now = self.now()
+        charge: Charge = yield call(
+            "charge",
+            user_id=user_id,
+            feature_name=feature_name,
+            credits=credits,
+            event_type=event_type,
+            limit=None,
+            window_start=None,
+            now=now,
+            metadata=meta,
+            idempotency_key=key,
+        )
+        assert charge.event is not None
+        return charge.event.model_copy(update={"replayed": True}) if charge.replayed else charge.event
+
+    def reset_feature_usage(
+        self, user_id: str, feature_name: str, metadata: Mapping[str, Any] | None
+    ) -> Op[UsageEvent]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        meta = v.metadata(metadata)
+        now = self.now()
+        catalog = yield from self._catalog()
+        profile = yield from self._profile(user_id)
+        plan = plan_for(catalog, profile)
+        # The usage the reset zeroes is measured over the feature's own window.
+        quota = quota_for(plan, feature_name, profile, (), now) if plan else None
+        start = quota.window.start if quota else window_for(Period.CURRENT_MONTH, now).start
+        event: UsageEvent = yield call(
+            "reset",
+            user_id=user_id,
+            feature_name=feature_name,
+            window_start=start,
+            now=now,
+            metadata=meta,
+        )
+        return event
+
+    # -- reading --------------------------------------------------------------------------------
+    def get_total_usage(self, user_id: str, feature_name: str, period: object) -> Op[int]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        chosen = v.period(period, allow_none=True)
+        now = self.now()
+        if chosen is None:
+            catalog = yield from self._catalog()
+            profile = yield from self._profile(user_id)
+            plan = plan_for(catalog, profile)
+            row = plan.limits.get(feature_name) if plan else None
+            chosen = Period(row.period) if row else Period.CURRENT_MONTH
+        start = yield from self._window_start(user_id, chosen, now)
+        used, _held = yield call(
+            "usage", user_id=user_id, feature_name=feature_name, window_start=start, now=now
+        )
+        return max(int(used), 0)
+
+    def get_usage_since_reset(self, user_id: str, feature_name: str) -> Op[UsageSinceReset]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        info: ResetInfo = yield call(
+            "usage_since_reset", user_id=user_id, feature_name=feature_name
+        )
+        return UsageSinceReset(
+            total=info.total,
+            last_reset_date=info.last_reset_at,
+            pre_reset_total=info.pre_reset_total,
+        )
+
+    def get_batch_usage_stats(
+        self, user_ids: object, feature_names: object, period: object, group_by: object
+    ) -> Op[dict[str, dict[str, UsageStats]]]:
+        users = v.name_list(user_ids, "user_ids")
+        features = v.name_list(feature_names, "feature_names")
+        chosen = v.period(period)
+        grouping = v.group_by(group_by)
+        assert chosen is not None
+        now = self.now()
+        starts: dict[str, datetime | None] = {}
+        for user in users:
+            starts[user] = yield from self._window_start(user, chosen, now)
+        known = [s for s in starts.values() if s is not None]
+        earliest = None if len(known) < len(starts) else min(known)
+        rows: list[HourlyTotal] = yield call(
+            "hourly_totals", user_ids=users, feature_names=features, start=earliest, end=now
+        )
+        grouped: dict[tuple[str, str], list[HourlyTotal]] = {}
+        for row in rows:
+            grouped.setdefault((row.user_id, row.feature_name), []).append(row)
+        return {
+            user: {
+                feature: _stats(grouped.get((user, feature), []), starts[user], now, grouping)
+                for feature in features
+            }
+            for user in users
+        }
+
+    def get_usage_stats(
+        self, user_id: str, feature_name: str, period: object, group_by: object
+    ) -> Op[UsageStats]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        result = yield from self.get_batch_usage_stats([user_id], [feature_name], period, group_by)
+        return result[user_id][feature_name]
+
+    def list_events(
+        self, user_id: str, feature_name: str | None, limit: int
+    ) -> Op[list[UsageEvent]]:
+        user_id = v.name(user_id, "user_id")
+        if feature_name is not None:
+            feature_name = v.name(feature_name, "feature_name")
+        limit = v.integer(limit, "limit", minimum=1, maximum=10_000)
+        events: list[UsageEvent] = yield call(
+            "list_events", user_id=user_id, feature_name=feature_name, limit=limit
+        )
+        return events
+
+    # -- plans and limits -----------------------------------------------------------------------
+    def fetch_feature_limit(self, plan_id: int, feature_name: str) -> Op[int | None]:
+        plan_id = v.integer(plan_id, "plan_id", minimum=1)
+        feature_name = v.name(feature_name, "feature_name")
+        catalog = yield from self._catalog()
+        plan = catalog.plans.get(plan_id)
+        if plan is None:
+            raise invalid(f"no plan with id {plan_id}", plan_id=plan_id)
+        row = plan.limits.get(feature_name)
+        if row is None:
+            return 0
+        return None if row.limit_value == -1 else row.limit_value
+
+    def fetch_feature_limit_for_user(self, user_id: str, feature_name: str) -> Op[int | None]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        quota = yield from self._quota(user_id, feature_name, self.now())
+        return quota.limit
+
+    def get_plans(self) -> Op[list[Plan]]:
+        catalog = yield from self._catalog()
+        return sorted(catalog.plans.values(), key=lambda p: p.id)
+
+    def create_plan(
+        self,
+        name: str,
+        stripe_price_id: str | None,
+        price_amount: Decimal | float | int | str | None,
+        price_currency: str | None,
+        is_free: bool,
+        payment_link_url: str | None,
+        limits: Mapping[str, object] | None,
+    ) -> Op[Plan]:
+        name = v.name(name, "name")
+        if stripe_price_id is not None:
+            stripe_price_id = v.name(stripe_price_id, "stripe_price_id")
+        if price_currency is not None:
+            price_currency = v.name(price_currency, "price_currency").lower()
+        if payment_link_url is not None:
+            payment_link_url = v.name(payment_link_url, "payment_link_url")
+            if not payment_link_url.startswith(("https://", "http://")):
+                raise invalid("payment_link_url must be an http(s) URL", field="payment_link_url")
+        if not isinstance(is_free, bool):
+            raise invalid("is_free must be a bool", field="is_free")
+        amount = _decimal(price_amount)
+        parsed = _limits(limits or {})
+        plan: Plan = yield call(
+            "upsert_plan",
+            name=name,
+            stripe_price_id=stripe_price_id,
+            price_amount=amount,
+            price_currency=price_currency,
+            is_free=is_free,
+            payment_link_url=payment_link_url,
+        )
+        for feature, (value, per) in parsed.items():
+            yield call(
+                "set_feature_limit",
+                plan_id=plan.id,
+                feature_name=feature,
+                limit_value=value,
+                period=per.value,
+            )
+        self.cache.invalidate_plans()
+        catalog = yield from self._catalog()
+        return catalog.plans.get(plan.id, plan)
+
+    def set_feature_limit(
+        self, plan_id: int, feature_name: str, limit_value: int, period: object
+    ) -> Op[FeatureLimit]:
+        plan_id = v.integer(plan_id, "plan_id", minimum=1)
+        feature_name = v.name(feature_name, "feature_name")
+        limit_value = v.integer(limit_value, "limit_value", minimum=-1, maximum=v.INT64_MAX)
+        chosen = v.period(period)
+        assert chosen is not None
+        row: FeatureLimit = yield call(
+            "set_feature_limit",
+            plan_id=plan_id,
+            feature_name=feature_name,
+            limit_value=limit_value,
+            period=chosen.value,
+        )
+        self.cache.invalidate_plans()
+        return row
+
+    def assign_plan(
+        self,
+        user_id: str,
+        plan: object,
+        email: str | None,
+        subscription_status: str | None,
+        current_period_start: datetime | None,
+        current_period_end: datetime | None,
+    ) -> Op[Profile]:
+        user_id = v.name(user_id, "user_id")
+        catalog = yield from self._catalog()
+        if plan is None:
+            price_id = None
+        elif isinstance(plan, Plan):
+            price_id = _price_of(catalog.plans.get(plan.id))
+        elif isinstance(plan, int) and not isinstance(plan, bool):
+            price_id = _price_of(catalog.plans.get(plan))
+        elif isinstance(plan, str):
+            if plan not in catalog.by_price:
+                raise invalid(f"no plan sold at price {plan!r}", field="plan")
+            price_id = plan
+        else:
+            raise invalid("plan must be a Plan, a plan id, a stripe_price_id or None", field="plan")
+        fields: dict[str, Any] = {"plan": price_id}
+        if subscription_status is not None:
+            fields["subscription_status"] = v.name(subscription_status, "subscription_status")
+        elif price_id is not None:
+            fields["subscription_status"] = "active"
+        if email is not None:
+            fields["email"] = v.name(email, "email")
+        if current_period_start is not None or current_period_end is not None:
+            start = v.moment(current_period_start, "current_period_start")
+            end = v.moment(current_period_end, "current_period_end")
+            if start >= end:
+                raise invalid("current_period_start must be before current_period_end")
+            fields["current_period_start"], fields["current_period_end"] = start, end
+        profile = yield from self.update_profile(user_id, fields)
+        return profile
+
+    def update_profile(self, user_id: str, fields: Mapping[str, Any]) -> Op[Profile]:
+        """Set profile columns (for integrations such as the Stripe webhook handler)."""
+        unknown = set(fields) - set(PROFILE_FIELDS)
+        if unknown:
+            raise invalid(f"unknown profile fields: {sorted(unknown)}")
+        profile: Profile = yield call("upsert_profile", user_id=user_id, fields=dict(fields))
+        self.cache.invalidate_user(user_id)
+        return profile
+
+    def get_profile(self, user_id: str) -> Op[Profile | None]:
+        user_id = v.name(user_id, "user_id")
+        profile: Profile | None = yield call("get_profile", user_id=user_id)
+        return profile
+
+    def sync_price(self, price: object) -> Op[int]:
+        data = as_mapping(price, "price")
+        price_id = data.get("id")
+        if not isinstance(price_id, str) or not price_id:
+            raise invalid("price must have a string id", field="price")
+        currency = data.get("currency")
+        changed: int = yield call(
+            "update_price",
+            stripe_price_id=price_id,
+            price_amount=_price_amount(data),
+            price_currency=str(currency).lower() if currency else None,
+        )
+        self.cache.invalidate_plans()
+        return changed
+
+    def add_limit_adjustment(
+        self,
+        user_id: str,
+        feature_name: str,
+        amount: int,
+        type: str,
+        start_date: datetime,
+        end_date: datetime,
+        metadata: Mapping[str, Any] | None,
+    ) -> Op[LimitAdjustment]:
+        if not self.options.enable_user_adjustments:
+            raise adjustment_error(
+                "limit adjustments are disabled: create the flow with enable_user_adjustments=True"
+            )
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        amount = v.integer(amount, "amount", minimum=-(2**31), maximum=2**31 - 1)
+        if amount == 0:
+            raise invalid("amount must not be zero", field="amount")
+        if type not in ("one_time", "recurring"):
+            raise invalid("type must be 'one_time' or 'recurring'", field="type")
+        start = v.moment(start_date, "start_date")
+        end = v.moment(end_date, "end_date")
+        if start >= end:
+            raise adjustment_error("start_date must be before end_date")
+        meta = v.metadata(metadata)
+        row: LimitAdjustment = yield call(
+            "add_limit_adjustment",
+            user_id=user_id,
+            feature_name=feature_name,
+            amount=amount,
+            type=type,
+            start_date=start,
+            end_date=end,
+            metadata=meta,
+        )
+        self.cache.invalidate_user(user_id)
+        return row
+
+    def migrate(self) -> Op[int]:
+        version: int = yield call("migrate")
+        self.cache.clear()
+        return version
+
+    def connection_check(self) -> Op[bool]:
+        ok: bool = yield call("connection_check")
+        return ok
+
+
+def _price_of(plan: Plan | None) -> str | None:
+    if plan is None:
+        raise invalid("no such plan", field="plan")
+    if plan.stripe_price_id is None and not plan.is_free:
+        raise invalid(
+            "a plan is assigned by its stripe_price_id; give this plan one "
+            "(it may be any unique label, such as 'enterprise_manual')",
+            field="plan",
+        )
+    return plan.stripe_price_id
+
+
+def _decimal(value: object) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int, float, str)):
+        raise invalid("price_amount must be a number", field="price_amount")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise invalid("price_amount must be a number", field="price_amount") from None
+    if not amount.is_finite() or amount < 0 or amount >= Decimal("1e8"):
+        raise invalid("price_amount must be between 0 and 99999999.99", field="price_amount")
+    return amount.quantize(Decimal("0.01"))
+
+
+def _limits(limits: Mapping[str, object]) -> dict[str, tuple[int, Period]]:
+    """``{feature: 100}``, ``{feature: (100, 'day')}`` or ``{feature: {'limit': 100,
+    'period': 'day'}}`` -> ``{feature: (limit, period)}``; ``None`` or ``-1`` is unlimited."""
+    if not isinstance(limits, Mapping):
+        raise invalid("limits must be a dict of feature name to limit", field="limits")
+    parsed: dict[str, tuple[int, Period]] = {}
+    for feature, spec in limits.items():
+        feature = v.name(feature, "feature_name")
+        value: object = spec
+        per: object = Period.CURRENT_MONTH
+        if isinstance(spec, tuple) and len(spec) == 2:
+            value, per = spec
+        elif isinstance(spec, Mapping):
+            value, per = spec.get("limit"), spec.get("period", "current_month")
+        if value is None:
+            value = -1
+        chosen = v.period(per)
+        assert chosen is not None
+        parsed[feature] = (v.integer(value, "limit_value", minimum=-1), chosen)
+    return parsed
+
+
+def _stats(
+    rows: list[HourlyTotal], start: datetime | None, now: datetime, group_by: GroupBy
+) -> UsageStats:
+    buckets: dict[datetime, int] = {}
+    for row in rows:
+        if start is not None and row.hour < start.replace(minute=0, second=0, microsecond=0):
+            continue
+        key = bucket_key(row.hour, group_by)
+        buckets[key] = buckets.get(key, 0) + row.total
+    first = start if start is not None else (min(buckets) if buckets else now)
+    totals = [
+        PeriodTotal(date=bucket_label(b, group_by), total=buckets.get(b, 0))
+        for b in bucket_starts(first, now, group_by)
+    ]
+    values = [t.total for t in totals] or [0]
+    total = sum(values)
+    return UsageStats(
+        total=total,
+        average=round(total / len(values), 4),
+        max=max(values),
+        min=min(values),
+        by_period=totals,
+    )
+
+
+Clocked = Callable[[], datetime]
+__all__ = ["Core", "Op", "Options", "StoreCall", "as_mapping", "call", "config_error", "redact"]

@@ -1,0 +1,119 @@
+"""The plan-limit cache: plans and limits, profiles and adjustments, each with a TTL.
+
+Plans change rarely and are loaded whole; a user's profile and adjustments are cached per user.
+With warm entries a quota decision needs no read before its one atomic store call. Writes made
+through this UsageFlow instance invalidate at once; writes made elsewhere (another server, SQL)
+are seen within ``ttl`` seconds. ``ttl=0`` turns caching off.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cachetools import TTLCache
+
+from usageflow.models import LimitAdjustment, Plan, Profile
+
+__all__ = ["MISSING", "Catalog", "PlanCache"]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final = _Missing()
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every plan, indexed for the hot path."""
+
+    plans: dict[int, Plan] = field(default_factory=dict)
+    by_price: dict[str, Plan] = field(default_factory=dict)
+    free_plan: Plan | None = None
+
+    @classmethod
+    def build(cls, plans: Iterable[Plan]) -> Catalog:
+        by_id = {p.id: p for p in plans}
+        free = [p for p in by_id.values() if p.is_free]
+        return cls(
+            plans=by_id,
+            by_price={p.stripe_price_id: p for p in by_id.values() if p.stripe_price_id},
+            free_plan=min(free, key=lambda p: p.id) if free else None,
+        )
+
+
+class PlanCache:
+    """Thread-safe TTL cache; safe to share between threads and the event loop."""
+
+    def __init__(self, ttl: float, maxsize: int = 100_000) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._catalog: TTLCache[str, Catalog] = TTLCache(1, ttl or 1)
+        self._profiles: TTLCache[str, Profile | None] = TTLCache(maxsize, ttl or 1)
+        self._adjustments: TTLCache[tuple[str, str], tuple[LimitAdjustment, ...]] = TTLCache(
+            maxsize, ttl or 1
+        )
+
+    def catalog(self) -> Catalog | None:
+        if not self.ttl:
+            return None
+        with self._lock:
+            return self._catalog.get("catalog")
+
+    def put_catalog(self, plans: Iterable[Plan]) -> Catalog:
+        catalog = Catalog.build(plans)
+        if self.ttl:
+            with self._lock:
+                self._catalog["catalog"] = catalog
+        return catalog
+
+    def profile(self, user_id: str) -> Profile | None | _Missing:
+        if not self.ttl:
+            return MISSING
+        with self._lock:
+            return self._profiles.get(user_id, MISSING)
+
+    def put_profile(self, user_id: str, profile: Profile | None) -> None:
+        if self.ttl:
+            with self._lock:
+                self._profiles[user_id] = profile
+
+    def adjustments(self, user_id: str, feature_name: str) -> tuple[LimitAdjustment, ...] | None:
+        if not self.ttl:
+            return None
+        with self._lock:
+            return self._adjustments.get((user_id, feature_name))
+
+    def put_adjustments(
+        self, user_id: str, feature_name: str, rows: Iterable[LimitAdjustment]
+    ) -> tuple[LimitAdjustment, ...]:
+        value = tuple(rows)
+        if self.ttl:
+            with self._lock:
+                self._adjustments[(user_id, feature_name)] = value
+        return value
+
+    def invalidate_plans(self) -> None:
+        with self._lock:
+            self._catalog.clear()
+
+    def invalidate_user(self, user_id: str) -> None:
+        with self._lock:
+            self._profiles.pop(user_id, None)
+            for key in [k for k in self._adjustments if k[0] == user_id]:
+                self._adjustments.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._catalog.clear()
+            self._profiles.clear()
+            self._adjustments.clear()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"profiles": len(self._profiles), "adjustments": len(self._adjustments)}

@@ -1,0 +1,684 @@
+"""``UsageFlow`` (threads) and ``AsyncUsageFlow`` (asyncio): thin drivers over one core.
+
+Both expose the same methods with the same arguments and results. Each method validates and
+decides in :class:`usageflow._core.Core`; the driver only performs the store calls the core
+asks for: directly (``UsageFlow``) or awaited (``AsyncUsageFlow``, where a blocking store
+such as SQLite runs in a worker thread so the event loop never waits on I/O).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, TypeVar
+
+from usageflow._core import Core, Op, Options, StoreCall, redact
+from usageflow.cache import PlanCache
+from usageflow.errors import UsageFlowError, config_error
+from usageflow.models import (
+    Decision,
+    FeatureLimit,
+    LimitAdjustment,
+    Plan,
+    Profile,
+    Usage,
+    UsageEvent,
+    UsageSinceReset,
+    UsageStats,
+)
+from usageflow.periods import Clock
+from usageflow.stores import open_store, redact_url
+from usageflow.stores.base import AsyncStore, Store, Tables
+
+__all__ = ["AsyncReservation", "AsyncUsageFlow", "Reservation", "UsageFlow"]
+
+logger = logging.getLogger("usageflow")
+T = TypeVar("T")
+DEFAULT_STORE = "sqlite:///usageflow.db"
+
+
+def _build_store(
+    store: str | Store | None,
+    supabase_url: str | None,
+    supabase_key: str | None,
+    tables: Tables,
+    custom_tables: bool,
+) -> Store:
+    if store is not None and (supabase_url or supabase_key):
+        raise config_error("give either store= or supabase_url/supabase_key, not both")
+    if isinstance(store, Store):
+        if custom_tables:
+            raise config_error(
+                "table names are set on the store object when one is passed; "
+                "pass tables=Tables(...) to its constructor"
+            )
+        return store
+    if supabase_url or supabase_key:
+        if not (supabase_url and supabase_key):
+            raise config_error("supabase_url and supabase_key are both required")
+        from usageflow.stores.supabase import SupabaseStore
+
+        return SupabaseStore(supabase_url, supabase_key, tables)
+    if store is None:
+        store = os.environ.get("USAGEFLOW_STORE") or DEFAULT_STORE
+    if not isinstance(store, str):
+        raise config_error("store must be a URL string or a Store object")
+    return open_store(store, tables)
+
+
+class _Base:
+    """Configuration shared by both flows."""
+
+    store: Store
+    core: Core
+
+    def __init__(
+        self,
+        store: str | Store | None = None,
+        *,
+        supabase_url: str | None = None,
+        supabase_key: str | None = None,
+        manual_stripe_integration: bool = False,
+        enable_user_adjustments: bool = False,
+        debug: bool = False,
+        user_plans_table: str = "user_plans",
+        usage_events_table: str = "usage_events",
+        usage_feature_limits_table: str = "usage_feature_limits",
+        user_limit_adjustments_table: str = "user_limit_adjustments",
+        profiles_table: str = "profiles",
+        cache_ttl: float = 30.0,
+        reservation_ttl: float = 300.0,
+        clock: Clock | None = None,
+        stripe_webhook_secret: str | None = None,
+        stripe_api_key: str | None = None,
+    ) -> None:
+        for flag_name, flag in (
+            ("manual_stripe_integration", manual_stripe_integration),
+            ("enable_user_adjustments", enable_user_adjustments),
+            ("debug", debug),
+        ):
+            if not isinstance(flag, bool):
+                raise config_error(f"{flag_name} must be a bool")
+        for number_name, number in (("cache_ttl", cache_ttl), ("reservation_ttl", reservation_ttl)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0:
+                raise config_error(f"{number_name} must be a non-negative number of seconds")
+        if reservation_ttl <= 0:
+            raise config_error("reservation_ttl must be positive")
+        if clock is not None and not callable(clock):
+            raise config_error("clock must be a callable returning a datetime")
+        tables = Tables(
+            user_plans=user_plans_table,
+            usage_events=usage_events_table,
+            usage_feature_limits=usage_feature_limits_table,
+            user_limit_adjustments=user_limit_adjustments_table,
+            profiles=profiles_table,
+        )
+        self.tables = tables
+        self.store = _build_store(
+            store, supabase_url, supabase_key, tables, custom_tables=tables != Tables()
+        )
+        self.options = Options(
+            manual_stripe_integration=manual_stripe_integration,
+            enable_user_adjustments=enable_user_adjustments,
+            debug=debug,
+            reservation_ttl=float(reservation_ttl),
+        )
+        self.stripe_webhook_secret = stripe_webhook_secret or os.environ.get(
+            "STRIPE_WEBHOOK_SECRET"
+        )
+        self.stripe_api_key = stripe_api_key
+        self.cache = PlanCache(float(cache_ttl))
+        self.core = Core(self.options, self.cache, clock)
+        if debug:
+            logger.setLevel(logging.DEBUG)
+            logger.debug(
+                "usageflow: store=%s tables=%s",
+                redact_url(getattr(self.store, "url", type(self.store).__name__)),
+                tables,
+            )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} store={type(self.store).__name__}>"
+
+    def _log(self, call: StoreCall) -> None:
+        if self.options.debug:
+            logger.debug("usageflow store.%s %s", call.method, redact(call.kwargs))
+
+
+class UsageFlow(_Base):
+    """Usage tracking and quota enforcement, for threads (Flask, scripts, workers).
+
+    With no ``store`` and no Supabase settings the store is ``$USAGEFLOW_STORE`` or the
+    embedded SQLite file ``./usageflow.db``. See the docs for every option.
+    """
+
+    def _run(self, op: Op[T]) -> T:
+        store = self.store
+        try:
+            step = next(op)
+            while True:
+                self._log(step)
+                step = op.send(getattr(store, step.method)(**step.kwargs))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def __enter__(self) -> UsageFlow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- enforcement ----------------------------------------------------------------------------
+    def consume(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits: int = 1,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Decision:
+        """Check and charge in one atomic step: ``credits`` are recorded only if they fit."""
+        return self._run(
+            self.core.consume(user_id, feature_name, credits, metadata, idempotency_key)
+        )
+
+    def authorize(self, user_id: str, feature_name: str, credits: int = 1) -> bool:
+        """True when ``credits`` more fit in the user's quota now (nothing is recorded)."""
+        return self._run(self.core.authorize(user_id, feature_name, credits))
+
+    def reserve(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        ttl: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Reservation:
+        """Hold ``credits`` until :meth:`Reservation.commit`, :meth:`Reservation.release` or
+        ``ttl`` seconds pass; raises ``USAGE_LIMIT_ERROR`` when they do not fit."""
+        rid, expires_at, decision = self._run(
+            self.core.reserve(user_id, feature_name, credits, ttl, idempotency_key)
+        )
+        return Reservation(self, rid, user_id, feature_name, credits, expires_at, decision)
+
+    # -- recording ------------------------------------------------------------------------------
+    def increment_usage(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits_used: int = 1,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> UsageEvent:
+        """Record usage without checking the limit (tracking)."""
+        return self._run(
+            self.core.increment_usage(
+                user_id, feature_name, credits_used, metadata, idempotency_key
+            )
+        )
+
+    def adjust_usage(
+        self,
+        user_id: str,
+        feature_name: str,
+        amount: int,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> UsageEvent:
+        """Add ``amount`` to recorded usage: negative refunds credits, positive deducts them.
+        ``metadata['reason']`` is required."""
+        return self._run(
+            self.core.adjust_usage(user_id, feature_name, amount, metadata, idempotency_key)
+        )
+
+    def reset_feature_usage(
+        self, user_id: str, feature_name: str, metadata: Mapping[str, Any] | None = None
+    ) -> UsageEvent:
+        """Zero the usage of the feature's current window (the ledger keeps every event)."""
+        return self._run(self.core.reset_feature_usage(user_id, feature_name, metadata))
+
+    # -- reading --------------------------------------------------------------------------------
+    def fetch_usage(self, user_id: str, feature_name: str, period: str | None = None) -> Usage:
+        """Current usage (held credits included), limit and remaining credits."""
+        return self._run(self.core.fetch_usage(user_id, feature_name, period))
+
+    def get_total_usage(self, user_id: str, feature_name: str, period: str | None = None) -> int:
+        """Recorded usage in the period (default: the feature's limit period)."""
+        return self._run(self.core.get_total_usage(user_id, feature_name, period))
+
+    def get_usage_stats(
+        self,
+        user_id: str,
+        feature_name: str,
+        period: str = "current_month",
+        group_by: str = "day",
+    ) -> UsageStats:
+        """Usage in the period bucketed by hour, day, week or month."""
+        return self._run(self.core.get_usage_stats(user_id, feature_name, period, group_by))
+
+    def get_batch_usage_stats(
+        self,
+        user_ids: list[str],
+        feature_names: list[str],
+        period: str = "current_month",
+        group_by: str = "day",
+    ) -> dict[str, dict[str, UsageStats]]:
+        """``result[user_id][feature_name]`` for every pair, read in one query."""
+        return self._run(
+            self.core.get_batch_usage_stats(user_ids, feature_names, period, group_by)
+        )
+
+    def get_usage_since_reset(self, user_id: str, feature_name: str) -> UsageSinceReset:
+        return self._run(self.core.get_usage_since_reset(user_id, feature_name))
+
+    def list_events(
+        self, user_id: str, feature_name: str | None = None, limit: int = 100
+    ) -> list[UsageEvent]:
+        """The user's most recent ledger events, newest first."""
+        return self._run(self.core.list_events(user_id, feature_name, limit))
+
+    # -- plans, limits, profiles ----------------------------------------------------------------
+    def fetch_feature_limit(self, plan_id: int, feature_name: str) -> int | None:
+        """A plan's limit; ``None`` when unlimited, 0 when the plan lacks the feature."""
+        return self._run(self.core.fetch_feature_limit(plan_id, feature_name))
+
+    def fetch_feature_limit_for_user(self, user_id: str, feature_name: str) -> int | None:
+        """The user's limit now (adjustments included); ``None`` when unlimited."""
+        return self._run(self.core.fetch_feature_limit_for_user(user_id, feature_name))
+
+    def add_limit_adjustment(
+        self,
+        user_id: str,
+        feature_name: str,
+        amount: int,
+        type: str,
+        start_date: datetime,
+        end_date: datetime,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> LimitAdjustment:
+        """Raise (or lower) a user's limit between two dates; needs enable_user_adjustments."""
+        return self._run(
+            self.core.add_limit_adjustment(
+                user_id, feature_name, amount, type, start_date, end_date, metadata
+            )
+        )
+
+    def create_plan(
+        self,
+        name: str,
+        *,
+        stripe_price_id: str | None = None,
+        price_amount: Decimal | float | int | str | None = None,
+        price_currency: str | None = None,
+        is_free: bool = False,
+        payment_link_url: str | None = None,
+        limits: Mapping[str, object] | None = None,
+    ) -> Plan:
+        """Create or update a plan (matched by stripe_price_id, else by name) and its limits."""
+        return self._run(
+            self.core.create_plan(
+                name, stripe_price_id, price_amount, price_currency, is_free,
+                payment_link_url, limits,
+            )
+        )
+
+    def set_feature_limit(
+        self, plan_id: int, feature_name: str, limit_value: int, period: str = "current_month"
+    ) -> FeatureLimit:
+        """Create or replace a plan's limit for a feature (-1 = unlimited)."""
+        return self._run(self.core.set_feature_limit(plan_id, feature_name, limit_value, period))
+
+    def get_plans(self) -> list[Plan]:
+        return self._run(self.core.get_plans())
+
+    def assign_plan(
+        self,
+        user_id: str,
+        plan: Plan | int | str | None,
+        *,
+        email: str | None = None,
+        subscription_status: str | None = None,
+        current_period_start: datetime | None = None,
+        current_period_end: datetime | None = None,
+    ) -> Profile:
+        """Put a user on a plan (``None``: the free plan) by writing their profile."""
+        return self._run(
+            self.core.assign_plan(
+                user_id, plan, email, subscription_status,
+                current_period_start, current_period_end,
+            )
+        )
+
+    def get_profile(self, user_id: str) -> Profile | None:
+        return self._run(self.core.get_profile(user_id))
+
+    def update_profile(self, user_id: str, **fields: Any) -> Profile:
+        """Set profile columns directly (email, plan, subscription_status, ...)."""
+        return self._run(self.core.update_profile(user_id, fields))
+
+    def sync_price(self, price: Any) -> int:
+        """Update the plan sold at a Stripe price (a ``stripe.Price`` or dict); returns the
+        number of plans changed."""
+        return self._run(self.core.sync_price(price))
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns its version."""
+        return self._run(self.core.migrate())
+
+    def connection_check(self) -> bool:
+        """True when the store answers; False (never an exception) when it does not."""
+        try:
+            return self._run(self.core.connection_check())
+        except UsageFlowError:
+            return False
+
+
+class AsyncUsageFlow(_Base):
+    """The asyncio twin of :class:`UsageFlow`: same methods, awaited."""
+
+    def __init__(self, store: str | Store | None = None, **options: Any) -> None:
+        super().__init__(store, **options)
+        self.astore: AsyncStore = self.store.to_async()
+
+    async def _run(self, op: Op[T]) -> T:
+        astore = self.astore
+        try:
+            step = next(op)
+            while True:
+                self._log(step)
+                step = op.send(await astore.call(step.method, step.kwargs))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def __aenter__(self) -> AsyncUsageFlow:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.astore.aclose()
+
+    async def consume(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits: int = 1,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Decision:
+        return await self._run(
+            self.core.consume(user_id, feature_name, credits, metadata, idempotency_key)
+        )
+
+    async def authorize(self, user_id: str, feature_name: str, credits: int = 1) -> bool:
+        return await self._run(self.core.authorize(user_id, feature_name, credits))
+
+    async def reserve(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        ttl: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> AsyncReservation:
+        rid, expires_at, decision = await self._run(
+            self.core.reserve(user_id, feature_name, credits, ttl, idempotency_key)
+        )
+        return AsyncReservation(self, rid, user_id, feature_name, credits, expires_at, decision)
+
+    async def increment_usage(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits_used: int = 1,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> UsageEvent:
+        return await self._run(
+            self.core.increment_usage(
+                user_id, feature_name, credits_used, metadata, idempotency_key
+            )
+        )
+
+    async def adjust_usage(
+        self,
+        user_id: str,
+        feature_name: str,
+        amount: int,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> UsageEvent:
+        return await self._run(
+            self.core.adjust_usage(user_id, feature_name, amount, metadata, idempotency_key)
+        )
+
+    async def reset_feature_usage(
+        self, user_id: str, feature_name: str, metadata: Mapping[str, Any] | None = None
+    ) -> UsageEvent:
+        return await self._run(self.core.reset_feature_usage(user_id, feature_name, metadata))
+
+    async def fetch_usage(
+        self, user_id: str, feature_name: str, period: str | None = None
+    ) -> Usage:
+        return await self._run(self.core.fetch_usage(user_id, feature_name, period))
+
+    async def get_total_usage(
+        self, user_id: str, feature_name: str, period: str | None = None
+    ) -> int:
+        return await self._run(self.core.get_total_usage(user_id, feature_name, period))
+
+    async def get_usage_stats(
+        self,
+        user_id: str,
+        feature_name: str,
+        period: str = "current_month",
+        group_by: str = "day",
+    ) -> UsageStats:
+        return await self._run(
+            self.core.get_usage_stats(user_id, feature_name, period, group_by)
+        )
+
+    async def get_batch_usage_stats(
+        self,
+        user_ids: list[str],
+        feature_names: list[str],
+        period: str = "current_month",
+        group_by: str = "day",
+    ) -> dict[str, dict[str, UsageStats]]:
+        return await self._run(
+            self.core.get_batch_usage_stats(user_ids, feature_names, period, group_by)
+        )
+
+    async def get_usage_since_reset(self, user_id: str, feature_name: str) -> UsageSinceReset:
+        return await self._run(self.core.get_usage_since_reset(user_id, feature_name))
+
+    async def list_events(
+        self, user_id: str, feature_name: str | None = None, limit: int = 100
+    ) -> list[UsageEvent]:
+        return await self._run(self.core.list_events(user_id, feature_name, limit))
+
+    async def fetch_feature_limit(self, plan_id: int, feature_name: str) -> int | None:
+        return await self._run(self.core.fetch_feature_limit(plan_id, feature_name))
+
+    async def fetch_feature_limit_for_user(self, user_id: str, feature_name: str) -> int | None:
+        return await self._run(self.core.fetch_feature_limit_for_user(user_id, feature_name))
+
+    async def add_limit_adjustment(
+        self,
+        user_id: str,
+        feature_name: str,
+        amount: int,
+        type: str,
+        start_date: datetime,
+        end_date: datetime,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> LimitAdjustment:
+        return await self._run(
+            self.core.add_limit_adjustment(
+                user_id, feature_name, amount, type, start_date, end_date, metadata
+            )
+        )
+
+    async def create_plan(
+        self,
+        name: str,
+        *,
+        stripe_price_id: str | None = None,
+        price_amount: Decimal | float | int | str | None = None,
+        price_currency: str | None = None,
+        is_free: bool = False,
+        payment_link_url: str | None = None,
+        limits: Mapping[str, object] | None = None,
+    ) -> Plan:
+        return await self._run(
+            self.core.create_plan(
+                name, stripe_price_id, price_amount, price_currency, is_free,
+                payment_link_url, limits,
+            )
+        )
+
+    async def set_feature_limit(
+        self, plan_id: int, feature_name: str, limit_value: int, period: str = "current_month"
+    ) -> FeatureLimit:
+        return await self._run(
+            self.core.set_feature_limit(plan_id, feature_name, limit_value, period)
+        )
+
+    async def get_plans(self) -> list[Plan]:
+        return await self._run(self.core.get_plans())
+
+    async def assign_plan(
+        self,
+        user_id: str,
+        plan: Plan | int | str | None,
+        *,
+        email: str | None = None,
+        subscription_status: str | None = None,
+        current_period_start: datetime | None = None,
+        current_period_end: datetime | None = None,
+    ) -> Profile:
+        return await self._run(
+            self.core.assign_plan(
+                user_id, plan, email, subscription_status,
+                current_period_start, current_period_end,
+            )
+        )
+
+    async def get_profile(self, user_id: str) -> Profile | None:
+        return await self._run(self.core.get_profile(user_id))
+
+    async def update_profile(self, user_id: str, **fields: Any) -> Profile:
+        return await self._run(self.core.update_profile(user_id, fields))
+
+    async def sync_price(self, price: Any) -> int:
+        return await self._run(self.core.sync_price(price))
+
+    async def migrate(self) -> int:
+        return await self._run(self.core.migrate())
+
+    async def connection_check(self) -> bool:
+        try:
+            return await self._run(self.core.connection_check())
+        except UsageFlowError:
+            return False
+
+
+class _ReservationBase:
+    """Credits held for work whose cost is known afterwards."""
+
+    def __init__(
+        self,
+        flow: Any,
+        id: str,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        expires_at: datetime,
+        decision: Decision,
+    ) -> None:
+        self._flow = flow
+        self.id = id
+        self.user_id = user_id
+        self.feature_name = feature_name
+        self.credits = credits
+        self.expires_at = expires_at
+        self.decision = decision
+        self.settled = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.id} {self.feature_name!r} credits={self.credits} "
+            f"settled={self.settled}>"
+        )
+
+
+class Reservation(_ReservationBase):
+    """A sync reservation. As a context manager it commits the reserved credits on a clean
+    exit (unless already settled) and releases them when the block raises."""
+
+    def commit(
+        self, actual_credits: int | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> UsageEvent | None:
+        """Record ``actual_credits`` (default: the reserved amount) and free the hold."""
+        credits = self.credits if actual_credits is None else actual_credits
+        event = self._flow._run(self._flow.core.settle(self.id, credits, metadata))
+        self.settled = True
+        return event  # type: ignore[no-any-return]
+
+    def release(self) -> None:
+        """Give the held credits back without recording usage."""
+        self._flow._run(self._flow.core.settle(self.id, None, None))
+        self.settled = True
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.settled:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.release()
+
+
+class AsyncReservation(_ReservationBase):
+    """The asyncio twin of :class:`Reservation`."""
+
+    async def commit(
+        self, actual_credits: int | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> UsageEvent | None:
+        credits = self.credits if actual_credits is None else actual_credits
+        event = await self._flow._run(self._flow.core.settle(self.id, credits, metadata))
+        self.settled = True
+        return event  # type: ignore[no-any-return]
+
+    async def release(self) -> None:
+        await self._flow._run(self._flow.core.settle(self.id, None, None))
+        self.settled = True
+
+    async def __aenter__(self) -> AsyncReservation:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.settled:
+            return
+        if exc_type is None:
+            await self.commit()
+        else:
+            await self.release()
+
+
+Factory = Callable[..., UsageFlow]

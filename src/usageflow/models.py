@@ -1,0 +1,145 @@
+"""The values UsageFlow returns. All are immutable pydantic models with snake_case fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "Decision",
+    "FeatureLimit",
+    "LimitAdjustment",
+    "PeriodTotal",
+    "Plan",
+    "Profile",
+    "Usage",
+    "UsageEvent",
+    "UsageSinceReset",
+    "UsageStats",
+]
+
+EventType = Literal["usage", "credit", "reset", "adjustment"]
+AdjustmentType = Literal["one_time", "recurring"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Usage(_Model):
+    """A user's standing on one feature: ``current`` counts recorded and held credits.
+
+    ``limit`` and ``remaining`` are ``None`` when the feature is unlimited.
+    """
+
+    current: int
+    limit: int | None
+    remaining: int | None
+    is_unlimited: bool
+
+
+class Decision(_Model):
+    """The outcome of :meth:`UsageFlow.consume` (or of a reservation).
+
+    ``current`` is the usage after the decision (the charge included when allowed).
+    ``resets_at`` is when the window ends, ``None`` for lifetime and rolling windows.
+    ``replayed`` is true when an idempotency key matched an earlier write: nothing was charged
+    again, and ``event_id`` is that earlier event.
+    """
+
+    allowed: bool
+    feature_name: str
+    credits: int
+    current: int
+    limit: int | None
+    remaining: int | None
+    is_unlimited: bool
+    resets_at: datetime | None
+    event_id: int | None = None
+    replayed: bool = False
+
+
+class UsageEvent(_Model):
+    """One row of the usage ledger."""
+
+    id: int
+    user_id: str
+    feature_name: str
+    credits_used: int | None
+    event_type: EventType
+    metadata: dict[str, Any] | None
+    timestamp: datetime
+    idempotency_key: str | None = None
+    replayed: bool = False
+
+
+class PeriodTotal(_Model):
+    date: str
+    total: int
+
+
+class UsageStats(_Model):
+    """Usage over a period, bucketed by ``group_by``; every bucket of the period is listed."""
+
+    total: int
+    average: float
+    max: int
+    min: int
+    by_period: list[PeriodTotal]
+
+
+class UsageSinceReset(_Model):
+    """``total``: recorded since the last reset (ever, if none); ``pre_reset_total``: the usage
+    the last reset zeroed."""
+
+    total: int
+    last_reset_date: datetime | None
+    pre_reset_total: int
+
+
+class FeatureLimit(_Model):
+    plan_id: int
+    feature_name: str
+    limit_value: int
+    period: str = "current_month"
+
+    @property
+    def is_unlimited(self) -> bool:
+        return self.limit_value == -1
+
+
+class Plan(_Model):
+    id: int
+    name: str
+    stripe_price_id: str | None = None
+    price_amount: Decimal | None = None
+    price_currency: str | None = None
+    is_free: bool = False
+    payment_link_url: str | None = None
+    limits: dict[str, FeatureLimit] = {}
+
+
+class Profile(_Model):
+    """A user's subscription, in saas-subscription-helper's ``profiles`` shape."""
+
+    id: str
+    email: str | None = None
+    plan: str | None = None
+    subscription_status: str | None = None
+    stripe_customer_id: str | None = None
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+
+
+class LimitAdjustment(_Model):
+    id: int
+    user_id: str
+    feature_name: str
+    amount: int
+    type: AdjustmentType
+    start_date: datetime
+    end_date: datetime
+    metadata: dict[str, Any] | None = None

@@ -1,0 +1,125 @@
+"""Pure quota decisions: which plan applies, what a user's limit is, what a result means.
+
+Nothing here does I/O; the sync and async flows share every line of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from usageflow.cache import Catalog
+from usageflow.models import Decision, LimitAdjustment, Plan, Profile, Usage
+from usageflow.periods import Period, Window, to_utc, window_for
+from usageflow.stores.base import Charge
+
+__all__ = ["ENDED_STATUSES", "Quota", "decision", "plan_for", "quota_for", "usage_of"]
+
+#: Subscription statuses after which a profile's plan no longer applies.
+ENDED_STATUSES = frozenset({"canceled", "unpaid", "incomplete_expired"})
+
+
+def plan_for(catalog: Catalog, profile: Profile | None) -> Plan | None:
+    """The plan that applies to a user: the profile's plan while its subscription lasts,
+    else the free plan (``None`` when there is none)."""
+    if (
+        profile is not None
+        and profile.plan
+        and (profile.subscription_status or "active") not in ENDED_STATUSES
+    ):
+        plan = catalog.by_price.get(profile.plan)
+        if plan is not None:
+            return plan
+    return catalog.free_plan
+
+
+def adjustment_total(
+    adjustments: Iterable[LimitAdjustment], window: Window, now: datetime
+) -> int:
+    """The sum of the adjustments active at ``now``.
+
+    ``recurring`` ones apply to every window while active; ``one_time`` ones only to the
+    window in which they start.
+    """
+    total = 0
+    for adj in adjustments:
+        start, end = to_utc(adj.start_date), to_utc(adj.end_date)
+        if not start <= now < end:
+            continue
+        if adj.type == "one_time" and window.start is not None and start < window.start:
+            continue
+        total += adj.amount
+    return total
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A user's quota on one feature at one moment. ``limit=None`` is unlimited."""
+
+    plan: Plan
+    feature_name: str
+    limit: int | None
+    period: Period
+    window: Window
+
+    @property
+    def is_unlimited(self) -> bool:
+        return self.limit is None
+
+
+def quota_for(
+    plan: Plan,
+    feature_name: str,
+    profile: Profile | None,
+    adjustments: Iterable[LimitAdjustment],
+    now: datetime,
+    period: Period | None = None,
+) -> Quota:
+    """Limit and window of ``feature_name`` under ``plan``. A feature the plan does not list
+    has limit 0. ``period`` overrides the window (not the limit)."""
+    row = plan.limits.get(feature_name)
+    limit_period = Period(row.period) if row is not None else Period.CURRENT_MONTH
+    window_period = period or limit_period
+    window = window_for(
+        window_period,
+        now,
+        cycle_start=profile.current_period_start if profile else None,
+        cycle_end=profile.current_period_end if profile else None,
+    )
+    limit: int | None
+    if row is None:
+        limit = 0
+    elif row.limit_value == -1:
+        limit = None
+    else:
+        limit = max(0, row.limit_value + adjustment_total(adjustments, window, now))
+    return Quota(plan, feature_name, limit, window_period, window)
+
+
+def usage_of(quota: Quota, used: int, held: int) -> Usage:
+    current = max(used, 0) + held
+    if quota.limit is None:
+        return Usage(current=current, limit=None, remaining=None, is_unlimited=True)
+    return Usage(
+        current=current,
+        limit=quota.limit,
+        remaining=max(quota.limit - current, 0),
+        is_unlimited=False,
+    )
+
+
+def decision(quota: Quota, credits: int, charge: Charge) -> Decision:
+    usage = usage_of(quota, charge.used, charge.held)
+    return Decision(
+        allowed=charge.allowed,
+        feature_name=quota.feature_name,
+        credits=credits,
+        current=usage.current,
+        limit=usage.limit,
+        remaining=usage.remaining,
+        is_unlimited=usage.is_unlimited,
+        resets_at=quota.window.end,
+        event_id=charge.event.id if charge.event else None,
+        replayed=charge.replayed,
+    )

@@ -1,0 +1,432 @@
+"""``memory://``: an in-process store for tests and demos. Thread-safe; nothing persists."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from usageflow.errors import invalid, reservation_error
+from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.stores.base import (
+    Charge,
+    HourlyTotal,
+    ResetInfo,
+    Store,
+    Tables,
+    check_total,
+    fits,
+    window_used,
+)
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass
+class _Key:
+    """One (user, feature): the counters row and the time index of its ledger."""
+
+    total: int = 0
+    last_ts: datetime | None = None
+    last_reset_at: datetime | None = None
+    reset_base: int = 0
+    reset_event: UsageEvent | None = None
+    times: list[tuple[datetime, int]] = field(default_factory=list)  # (timestamp, event id)
+    prefix: list[int] = field(default_factory=list)  # running total after each event
+
+
+@dataclass
+class _Hold:
+    id: str
+    user_id: str
+    feature_name: str
+    credits: int
+    expires_at: datetime
+    status: str = "held"
+    event: UsageEvent | None = None
+    idempotency_key: str | None = None
+
+
+class MemoryStore(Store):
+    """Keeps everything in dicts behind one lock."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("memory",)
+    blocking: ClassVar[bool] = False
+
+    def __init__(self, tables: Tables | None = None) -> None:
+        super().__init__(tables)
+        self._lock = threading.Lock()
+        self._plans: dict[int, Plan] = {}
+        self._limits: dict[tuple[int, str], FeatureLimit] = {}
+        self._profiles: dict[str, Profile] = {}
+        self._adjustments: list[LimitAdjustment] = []
+        self._events: list[UsageEvent] = []
+        self._by_idem: dict[str, UsageEvent] = {}
+        self._keys: defaultdict[tuple[str, str], _Key] = defaultdict(_Key)
+        self._holds: dict[str, _Hold] = {}
+        self._active: defaultdict[tuple[str, str], dict[str, _Hold]] = defaultdict(dict)
+        self._holds_by_idem: dict[str, _Hold] = {}
+
+    @classmethod
+    def from_url(cls, url: str, tables: Tables | None = None) -> MemoryStore:
+        return cls(tables)
+
+    def migrate(self) -> int:
+        return 1
+
+    def connection_check(self) -> bool:
+        return True
+
+    # -- plans --------------------------------------------------------------------------------
+    def load_catalog(self) -> list[Plan]:
+        with self._lock:
+            return [self._with_limits(plan) for plan in self._plans.values()]
+
+    def _with_limits(self, plan: Plan) -> Plan:
+        limits = {f: lim for (pid, f), lim in self._limits.items() if pid == plan.id}
+        return plan.model_copy(update={"limits": limits})
+
+    def upsert_plan(
+        self,
+        *,
+        name: str,
+        stripe_price_id: str | None,
+        price_amount: Decimal | None,
+        price_currency: str | None,
+        is_free: bool,
+        payment_link_url: str | None,
+    ) -> Plan:
+        with self._lock:
+            existing = next(
+                (
+                    p
+                    for p in self._plans.values()
+                    if (stripe_price_id is not None and p.stripe_price_id == stripe_price_id)
+                    or (stripe_price_id is None and p.stripe_price_id is None and p.name == name)
+                ),
+                None,
+            )
+            plan_id = existing.id if existing else max(self._plans, default=0) + 1
+            plan = Plan(
+                id=plan_id,
+                name=name,
+                stripe_price_id=stripe_price_id,
+                price_amount=price_amount,
+                price_currency=price_currency,
+                is_free=is_free,
+                payment_link_url=payment_link_url,
+            )
+            self._plans[plan_id] = plan
+            return self._with_limits(plan)
+
+    def set_feature_limit(
+        self, *, plan_id: int, feature_name: str, limit_value: int, period: str
+    ) -> FeatureLimit:
+        with self._lock:
+            if plan_id not in self._plans:
+                raise invalid(f"no plan with id {plan_id}", plan_id=plan_id)
+            row = FeatureLimit(
+                plan_id=plan_id, feature_name=feature_name, limit_value=limit_value, period=period
+            )
+            self._limits[(plan_id, feature_name)] = row
+            return row
+
+    def update_price(
+        self, *, stripe_price_id: str, price_amount: Decimal | None, price_currency: str | None
+    ) -> int:
+        with self._lock:
+            changed = 0
+            for pid, plan in list(self._plans.items()):
+                if plan.stripe_price_id == stripe_price_id:
+                    self._plans[pid] = plan.model_copy(
+                        update={"price_amount": price_amount, "price_currency": price_currency}
+                    )
+                    changed += 1
+            return changed
+
+    # -- profiles and adjustments ---------------------------------------------------------------
+    def get_profile(self, *, user_id: str) -> Profile | None:
+        with self._lock:
+            return self._profiles.get(user_id)
+
+    def upsert_profile(self, *, user_id: str, fields: dict[str, Any]) -> Profile:
+        with self._lock:
+            old = self._profiles.get(user_id) or Profile(id=user_id)
+            profile = old.model_copy(update=fields)
+            self._profiles[user_id] = profile
+            return profile
+
+    def add_limit_adjustment(
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        amount: int,
+        type: str,
+        start_date: datetime,
+        end_date: datetime,
+        metadata: dict[str, Any] | None,
+    ) -> LimitAdjustment:
+        with self._lock:
+            row = LimitAdjustment(
+                id=len(self._adjustments) + 1,
+                user_id=user_id,
+                feature_name=feature_name,
+                amount=amount,
+                type=type,  # type: ignore[arg-type]
+                start_date=start_date,
+                end_date=end_date,
+                metadata=metadata,
+            )
+            self._adjustments.append(row)
+            return row
+
+    def get_limit_adjustments(
+        self, *, user_id: str, feature_name: str, ending_after: datetime
+    ) -> list[LimitAdjustment]:
+        with self._lock:
+            return [
+                a
+                for a in self._adjustments
+                if a.user_id == user_id
+                and a.feature_name == feature_name
+                and a.end_date > ending_after
+            ]
+
+    # -- ledger ---------------------------------------------------------------------------------
+    def _used(self, key: _Key, window_start: datetime | None) -> int:
+        prefix = 0
+        if window_start is not None:
+            i = bisect.bisect_left(key.times, (window_start, -1))
+            prefix = key.prefix[i - 1] if i else 0
+        return window_used(key.total, window_start, key.last_reset_at, key.reset_base, prefix)
+
+    def _held(self, user_id: str, feature_name: str, now: datetime) -> int:
+        active = self._active.get((user_id, feature_name))
+        if not active:
+            return 0
+        for hold_id in [i for i, h in active.items() if h.expires_at <= now]:
+            del active[hold_id]  # expired: no longer counts (it may still be committed)
+        return sum(h.credits for h in active.values())
+
+    def _append(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits: int | None,
+        event_type: str,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> UsageEvent:
+        key = self._keys[(user_id, feature_name)]
+        if credits is not None:
+            check_total(key.total, credits)
+        ts = now if key.last_ts is None or now > key.last_ts else key.last_ts
+        event = UsageEvent(
+            id=len(self._events) + 1,
+            user_id=user_id,
+            feature_name=feature_name,
+            credits_used=credits,
+            event_type=event_type,  # type: ignore[arg-type]
+            metadata=metadata,
+            timestamp=ts,
+            idempotency_key=idempotency_key,
+        )
+        self._events.append(event)
+        key.total += credits or 0
+        key.last_ts = ts
+        key.times.append((ts, event.id))
+        key.prefix.append(key.total)
+        if idempotency_key is not None:
+            self._by_idem[idempotency_key] = event
+        return event
+
+    def charge(
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        event_type: str,
+        limit: int | None,
+        window_start: datetime | None,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> Charge:
+        with self._lock:
+            key = self._keys[(user_id, feature_name)]
+            held = self._held(user_id, feature_name, now)
+            if idempotency_key is not None and idempotency_key in self._by_idem:
+                first = self._by_idem[idempotency_key]
+                return Charge(True, self._used(key, window_start), held, first, replayed=True)
+            used = self._used(key, window_start)
+            if not fits(used, held, credits, limit):
+                return Charge(False, used, held)
+            event = self._append(
+                user_id, feature_name, credits, event_type, now, metadata, idempotency_key
+            )
+            return Charge(True, used + credits, held, event)
+
+    def reserve(
+        self,
+        *,
+        reservation_id: str,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        limit: int | None,
+        window_start: datetime | None,
+        now: datetime,
+        expires_at: datetime,
+        idempotency_key: str | None,
+    ) -> Charge:
+        with self._lock:
+            key = self._keys[(user_id, feature_name)]
+            if idempotency_key is not None and idempotency_key in self._holds_by_idem:
+                first = self._holds_by_idem[idempotency_key]
+                return Charge(
+                    True,
+                    self._used(key, window_start),
+                    self._held(user_id, feature_name, now),
+                    replayed=True,
+                    reservation_id=first.id,
+                )
+            if reservation_id in self._holds:
+                raise invalid("reservation id already used", reservation_id=reservation_id)
+            used = self._used(key, window_start)
+            held = self._held(user_id, feature_name, now)
+            if not fits(used, held, credits, limit):
+                return Charge(False, used, held)
+            hold = _Hold(
+                reservation_id, user_id, feature_name, credits, expires_at, "held", None,
+                idempotency_key,
+            )
+            self._holds[reservation_id] = hold
+            self._active[(user_id, feature_name)][reservation_id] = hold
+            if idempotency_key is not None:
+                self._holds_by_idem[idempotency_key] = hold
+            return Charge(True, used, held + credits, reservation_id=reservation_id)
+
+    def settle(
+        self,
+        *,
+        reservation_id: str,
+        credits: int | None,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+    ) -> UsageEvent | None:
+        with self._lock:
+            hold = self._holds.get(reservation_id)
+            if hold is None:
+                raise reservation_error(
+                    "no such reservation", reservation_id=reservation_id
+                )
+            self._active[(hold.user_id, hold.feature_name)].pop(reservation_id, None)
+            if credits is None:  # release
+                if hold.status == "held":
+                    hold.status = "released"
+                return hold.event
+            if hold.status == "committed":
+                return hold.event.model_copy(update={"replayed": True}) if hold.event else None
+            if hold.status == "released":
+                raise reservation_error(
+                    "reservation was released; it cannot be committed",
+                    reservation_id=reservation_id,
+                )
+            event = self._append(
+                hold.user_id,
+                hold.feature_name,
+                credits,
+                "usage",
+                now,
+                metadata,
+                f"reservation:{reservation_id}",
+            )
+            hold.status = "committed"
+            hold.event = event
+            return event
+
+    def usage(
+        self, *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime
+    ) -> tuple[int, int]:
+        with self._lock:
+            key = self._keys.get((user_id, feature_name)) or _Key()
+            return self._used(key, window_start), self._held(user_id, feature_name, now)
+
+    def reset(
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        window_start: datetime | None,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+    ) -> UsageEvent:
+        with self._lock:
+            key = self._keys[(user_id, feature_name)]
+            zeroed = max(self._used(key, window_start), 0)
+            meta = {**(metadata or {}), "pre_reset_total": zeroed}
+            event = self._append(user_id, feature_name, None, "reset", now, meta, None)
+            key.last_reset_at = event.timestamp
+            key.reset_base = key.total
+            key.reset_event = event
+            return event
+
+    def usage_since_reset(self, *, user_id: str, feature_name: str) -> ResetInfo:
+        with self._lock:
+            key = self._keys.get((user_id, feature_name)) or _Key()
+            if key.reset_event is None:
+                return ResetInfo(key.total, None, 0)
+            pre = int((key.reset_event.metadata or {}).get("pre_reset_total", 0))
+            return ResetInfo(key.total - key.reset_base, key.last_reset_at, pre)
+
+    def hourly_totals(
+        self,
+        *,
+        user_ids: Sequence[str],
+        feature_names: Sequence[str],
+        start: datetime | None,
+        end: datetime,
+    ) -> list[HourlyTotal]:
+        users, features = set(user_ids), set(feature_names)
+        sums: defaultdict[tuple[str, str, datetime], int] = defaultdict(int)
+        with self._lock:
+            for e in self._events:
+                if (
+                    e.user_id in users
+                    and e.feature_name in features
+                    and e.event_type != "reset"
+                    and (start is None or e.timestamp >= start)
+                    and e.timestamp < end
+                ):
+                    hour = e.timestamp.replace(minute=0, second=0, microsecond=0)
+                    sums[(e.user_id, e.feature_name, hour)] += e.credits_used or 0
+        return [HourlyTotal(u, f, h, t) for (u, f, h), t in sorted(sums.items())]
+
+    def list_events(
+        self, *, user_id: str, feature_name: str | None = None, limit: int = 100
+    ) -> list[UsageEvent]:
+        with self._lock:
+            rows = [
+                e
+                for e in reversed(self._events)
+                if e.user_id == user_id and (feature_name is None or e.feature_name == feature_name)
+            ]
+            return rows[:limit]
+
+    def ledger_check(self, *, user_id: str, feature_name: str) -> tuple[int, int]:
+        with self._lock:
+            key = self._keys.get((user_id, feature_name)) or _Key()
+            ledger = sum(
+                e.credits_used or 0
+                for e in self._events
+                if e.user_id == user_id and e.feature_name == feature_name
+            )
+            return key.total, ledger
