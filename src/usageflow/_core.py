@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from usageflow import _validate as v
 from usageflow.cache import MISSING, Catalog, PlanCache
@@ -478,6 +479,28 @@ class Core:
         quota = yield from self._quota(user_id, feature_name, self.now())
         return quota.limit
 
+    def get_user_plan(self, user_id: str) -> Op[Plan | None]:
+        user_id = v.name(user_id, "user_id")
+        catalog = yield from self._catalog()
+        profile = yield from self._profile(user_id)
+        return plan_for(catalog, profile)
+
+    def upgrade_url(
+        self, user_id: str, plan: object, feature_name: str | None
+    ) -> Op[str | None]:
+        user_id = v.name(user_id, "user_id")
+        if feature_name is not None:
+            feature_name = v.name(feature_name, "feature_name")
+        catalog = yield from self._catalog()
+        profile = yield from self._profile(user_id)
+        if plan is None:
+            target = upgrade_target(catalog, plan_for(catalog, profile), feature_name)
+        else:
+            target = _find_plan(catalog, plan)
+        if target is None or not target.payment_link_url:
+            return None
+        return payment_link(target.payment_link_url, user_id, profile.email if profile else None)
+
     def get_plans(self) -> Op[list[Plan]]:
         catalog = yield from self._catalog()
         return sorted(catalog.plans.values(), key=lambda p: p.id)
@@ -659,6 +682,65 @@ class Core:
     def connection_check(self) -> Op[bool]:
         ok: bool = yield call("connection_check")
         return ok
+
+
+def _find_plan(catalog: Catalog, plan: object) -> Plan:
+    found: Plan | None = None
+    if isinstance(plan, Plan):
+        found = catalog.plans.get(plan.id)
+    elif isinstance(plan, int) and not isinstance(plan, bool):
+        found = catalog.plans.get(plan)
+    elif isinstance(plan, str):
+        found = catalog.by_price.get(plan)
+    else:
+        raise invalid("plan must be a Plan, a plan id or a stripe_price_id", field="plan")
+    if found is None:
+        raise invalid("no such plan", field="plan")
+    return found
+
+
+def _limit_rank(plan: Plan | None, feature_name: str | None) -> float:
+    if plan is None:
+        return -1.0
+    if feature_name is None:
+        return float(plan.price_amount or 0)
+    row = plan.limits.get(feature_name)
+    if row is None:
+        return 0.0
+    return float("inf") if row.limit_value == -1 else float(row.limit_value)
+
+
+def upgrade_target(catalog: Catalog, current: Plan | None, feature_name: str | None) -> Plan | None:
+    """The cheapest plan sold through a Payment Link that gives more of ``feature_name`` than
+    ``current`` (or, without a feature, that costs more)."""
+    floor = _limit_rank(current, feature_name)
+    candidates = [
+        p
+        for p in catalog.plans.values()
+        if p.payment_link_url
+        and (current is None or p.id != current.id)
+        and _limit_rank(p, feature_name) > floor
+    ]
+    if not candidates:
+        return None
+    return min(
+        candidates,
+        key=lambda p: (p.price_amount is None, p.price_amount or Decimal(0), p.id),
+    )
+
+
+def payment_link(url: str, user_id: str, email: str | None) -> str:
+    """A Payment Link that maps the purchase back to the user: ``client_reference_id`` (and
+    ``prefilled_email`` when known) appended to its query string."""
+    parts = urlsplit(url)
+    query = [(k, val) for k, val in parse_qsl(parts.query) if k not in _LINK_PARAMS]
+    query.append(("client_reference_id", user_id))
+    if email:
+        query.append(("prefilled_email", email))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+_LINK_PARAMS = ("client_reference_id", "prefilled_email")
 
 
 def _price_of(plan: Plan | None) -> str | None:

@@ -336,7 +336,22 @@ class UsageFlow(_Base):
         return self._run(self.core.set_feature_limit(plan_id, feature_name, limit_value, period))
 
     def get_plans(self) -> list[Plan]:
+        """Every plan with its limits (from the plan cache)."""
         return self._run(self.core.get_plans())
+
+    def get_user_plan(self, user_id: str) -> Plan | None:
+        """The plan that applies to the user now (``None``: no plan and no free plan)."""
+        return self._run(self.core.get_user_plan(user_id))
+
+    def upgrade_url(
+        self,
+        user_id: str,
+        plan: Plan | int | str | None = None,
+        feature_name: str | None = None,
+    ) -> str | None:
+        """The Payment Link of ``plan`` (default: the cheapest plan with a link that gives more
+        of ``feature_name``) carrying ``client_reference_id`` and ``prefilled_email``."""
+        return self._run(self.core.upgrade_url(user_id, plan, feature_name))
 
     def assign_plan(
         self,
@@ -554,6 +569,17 @@ class AsyncUsageFlow(_Base):
 
     async def get_plans(self) -> list[Plan]:
         return await self._run(self.core.get_plans())
+
+    async def get_user_plan(self, user_id: str) -> Plan | None:
+        return await self._run(self.core.get_user_plan(user_id))
+
+    async def upgrade_url(
+        self,
+        user_id: str,
+        plan: Plan | int | str | None = None,
+        feature_name: str | None = None,
+    ) -> str | None:
+        return await self._run(self.core.upgrade_url(user_id, plan, feature_name))
 
     async def assign_plan(
         self,
