@@ -1,0 +1,846 @@
+"""``sqlite:///path.db``: the embedded default store.
+
+One connection per thread, WAL journal, ``BEGIN IMMEDIATE`` for every decision (the write lock
+is taken before the check, so check-and-charge is atomic across threads *and* processes), a busy
+timeout instead of "database is locked" errors, and ``synchronous=FULL`` unless the URL asks for
+``?synchronous=normal``.
+
+URL options: ``timeout`` (seconds to wait for the write lock, default 30), ``synchronous``
+(``full`` or ``normal``), ``migrate`` (``true`` by default: the schema is created on first use).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from usageflow.errors import UsageFlowError, config_error, invalid, reservation_error
+from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.stores.base import (
+    PROFILE_FIELDS,
+    Charge,
+    HourlyTotal,
+    ResetInfo,
+    Store,
+    Tables,
+    check_total,
+    fits,
+    window_used,
+)
+
+__all__ = ["SQLiteStore"]
+
+SCHEMA_VERSION = 1
+_TS = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime(_TS)
+
+
+def _ts_or_none(value: datetime | None) -> str | None:
+    return None if value is None else _ts(value)
+
+
+def _dt(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def schema_sql(t: Tables) -> str:
+    """The DDL of schema version 1, for these table names."""
+    return f"""
+CREATE TABLE IF NOT EXISTS "{t.user_plans}" (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    stripe_price_id TEXT UNIQUE,
+    price_amount DECIMAL(10,2),
+    price_currency TEXT,
+    is_free BOOLEAN NOT NULL DEFAULT 0,
+    payment_link_url TEXT,
+    created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    updated_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+);
+CREATE TABLE IF NOT EXISTS "{t.usage_feature_limits}" (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    plan_id INTEGER NOT NULL REFERENCES "{t.user_plans}"(id) ON DELETE CASCADE,
+    feature_name TEXT NOT NULL,
+    limit_value INTEGER NOT NULL CHECK (limit_value >= -1),
+    period TEXT NOT NULL DEFAULT 'current_month' CHECK (period IN ('current_month',
+        'last_30_days', 'last_28_days', 'current_week', 'day', 'lifetime', 'billing_cycle')),
+    created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    updated_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    UNIQUE (plan_id, feature_name)
+);
+CREATE TABLE IF NOT EXISTS "{t.usage_events}" (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    feature_name TEXT NOT NULL,
+    credits_used INTEGER,
+    event_type TEXT NOT NULL DEFAULT 'usage'
+        CHECK (event_type IN ('usage', 'credit', 'reset', 'adjustment')),
+    metadata JSON,
+    timestamp TIMESTAMP NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    running_total INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "idx_{t.usage_events}_user_feature"
+    ON "{t.usage_events}" (user_id, feature_name, timestamp);
+CREATE INDEX IF NOT EXISTS "idx_{t.usage_events}_timestamp" ON "{t.usage_events}" (timestamp);
+CREATE INDEX IF NOT EXISTS "idx_{t.usage_events}_type" ON "{t.usage_events}" (event_type);
+CREATE TABLE IF NOT EXISTS "{t.user_limit_adjustments}" (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    feature_name TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    type TEXT NOT NULL CHECK (type IN ('one_time', 'recurring')),
+    start_date TIMESTAMP NOT NULL,
+    end_date TIMESTAMP NOT NULL,
+    metadata JSON,
+    created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    CHECK (start_date < end_date)
+);
+CREATE INDEX IF NOT EXISTS "idx_{t.user_limit_adjustments}_user"
+    ON "{t.user_limit_adjustments}" (user_id, feature_name);
+CREATE INDEX IF NOT EXISTS "idx_{t.user_limit_adjustments}_dates"
+    ON "{t.user_limit_adjustments}" (start_date, end_date);
+CREATE TABLE IF NOT EXISTS "{t.profiles}" (
+    id TEXT PRIMARY KEY,
+    email TEXT,
+    plan TEXT,
+    subscription_status TEXT,
+    stripe_customer_id TEXT,
+    current_period_start TIMESTAMP,
+    current_period_end TIMESTAMP,
+    created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    updated_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+);
+CREATE INDEX IF NOT EXISTS "idx_{t.profiles}_email" ON "{t.profiles}" (email);
+CREATE INDEX IF NOT EXISTS "idx_{t.profiles}_customer" ON "{t.profiles}" (stripe_customer_id);
+CREATE TABLE IF NOT EXISTS "{t.counters}" (
+    user_id TEXT NOT NULL,
+    feature_name TEXT NOT NULL,
+    total INTEGER NOT NULL DEFAULT 0,
+    last_ts TIMESTAMP,
+    last_reset_at TIMESTAMP,
+    reset_base INTEGER NOT NULL DEFAULT 0,
+    reset_pre_total INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, feature_name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS "{t.holds}" (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    feature_name TEXT NOT NULL,
+    credits INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'held'
+        CHECK (status IN ('held', 'committed', 'released', 'expired')),
+    created_at TIMESTAMP NOT NULL,
+    expires_at TIMESTAMP NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    event_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS "idx_{t.holds}_active"
+    ON "{t.holds}" (user_id, feature_name, expires_at) WHERE status = 'held';
+"""
+
+
+class SQLiteStore(Store):
+    """A SQLite database file shared by threads and processes."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+
+    def __init__(
+        self,
+        path: str | Path,
+        tables: Tables | None = None,
+        *,
+        timeout: float = 30.0,
+        synchronous: str = "full",
+        auto_migrate: bool = True,
+    ) -> None:
+        super().__init__(tables)
+        if synchronous.lower() not in ("full", "normal"):
+            raise config_error("sqlite synchronous must be 'full' or 'normal'")
+        self.path = str(path)
+        self.url = f"sqlite:///{self.path}"
+        self.timeout = timeout
+        self.synchronous = synchronous.upper()
+        self.auto_migrate = auto_migrate
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._migrated = False
+        t = self.tables
+        q = {name: f'"{getattr(t, name)}"' for name in (
+            "user_plans", "usage_events", "usage_feature_limits", "user_limit_adjustments",
+            "profiles", "counters", "holds", "schema",
+        )}
+        self._q = q
+        self._sql_event_cols = (
+            "id, user_id, feature_name, credits_used, event_type, metadata, timestamp, "
+            "idempotency_key"
+        )
+
+    @classmethod
+    def from_url(cls, url: str, tables: Tables | None = None) -> SQLiteStore:
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise config_error(
+                "sqlite URLs look like sqlite:///relative.db or sqlite:////absolute/path.db"
+            )
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+        if not path:
+            raise config_error("sqlite URL needs a file path: sqlite:///usageflow.db")
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(options) - {"timeout", "synchronous", "migrate"}
+        if unknown:
+            raise config_error(f"unknown sqlite URL options: {sorted(unknown)}")
+        try:
+            timeout = float(options.get("timeout", "30"))
+        except ValueError:
+            raise config_error("sqlite timeout must be a number of seconds") from None
+        return cls(
+            path,
+            tables,
+            timeout=timeout,
+            synchronous=options.get("synchronous", "full"),
+            auto_migrate=options.get("migrate", "true").lower() not in ("false", "0", "no"),
+        )
+
+    # -- connections ----------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            if self.auto_migrate and not self._migrated:
+                self.migrate()
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise self._error(exc, "connect", None) from None
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+
+    def _error(self, exc: BaseException, operation: str, table: str | None) -> UsageFlowError:
+        return config_error(
+            f"sqlite {operation} failed: {exc}",
+            original_error=str(exc),
+            table=table,
+            operation=operation,
+        )
+
+    @contextmanager
+    def _tx(self, operation: str, table: str, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """A transaction: ``BEGIN IMMEDIATE`` for writes (the lock is held from the first read),
+        a deferred one for consistent reads. Driver errors become ``USAGE_CONFIG_ERROR``."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise self._error(exc, operation, table) from None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def migrate(self) -> int:
+        conn = getattr(self._local, "conn", None) or self._connect()
+        self._local.conn = conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._q['schema']} ("
+                    "component TEXT PRIMARY KEY, version INTEGER NOT NULL, applied_at TEXT)"
+                )
+                row = conn.execute(
+                    f"SELECT version FROM {self._q['schema']} WHERE component = ?",
+                    (self.tables.usage_events,),
+                ).fetchone()
+                version = row[0] if row else 0
+                if version > SCHEMA_VERSION:
+                    raise config_error(
+                        f"the database schema is version {version}, newer than this "
+                        f"usageflow ({SCHEMA_VERSION}); upgrade usageflow"
+                    )
+                if version < SCHEMA_VERSION:
+                    for statement in schema_sql(self.tables).split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(
+                        f"INSERT INTO {self._q['schema']} (component, version, applied_at) "
+                        "VALUES (?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now')) "
+                        "ON CONFLICT (component) DO UPDATE SET version = excluded.version, "
+                        "applied_at = excluded.applied_at",
+                        (self.tables.usage_events, SCHEMA_VERSION),
+                    )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._error(exc, "migrate", None) from None
+        self._migrated = True
+        return SCHEMA_VERSION
+
+    def connection_check(self) -> bool:
+        with self._tx("connection_check", "", write=False) as c:
+            return c.execute("SELECT 1").fetchone() == (1,)
+
+    # -- plans ----------------------------------------------------------------------------------
+    def _plan(self, row: sqlite3.Row | tuple[Any, ...], limits: dict[str, FeatureLimit]) -> Plan:
+        pid, name, price_id, amount, currency, is_free, link = row
+        return Plan(
+            id=pid,
+            name=name,
+            stripe_price_id=price_id,
+            price_amount=None if amount is None else Decimal(str(amount)).quantize(Decimal("0.01")),
+            price_currency=currency,
+            is_free=bool(is_free),
+            payment_link_url=link,
+            limits=limits,
+        )
+
+    _PLAN_COLS = "id, name, stripe_price_id, price_amount, price_currency, is_free, payment_link_url"
+
+    def load_catalog(self) -> list[Plan]:
+        q = self._q
+        with self._tx("load_catalog", self.tables.user_plans, write=False) as c:
+            plans = c.execute(f"SELECT {self._PLAN_COLS} FROM {q['user_plans']}").fetchall()
+            rows = c.execute(
+                f"SELECT plan_id, feature_name, limit_value, period "
+                f"FROM {q['usage_feature_limits']}"
+            ).fetchall()
+        limits: dict[int, dict[str, FeatureLimit]] = {}
+        for plan_id, feature, value, period in rows:
+            limits.setdefault(plan_id, {})[feature] = FeatureLimit(
+                plan_id=plan_id, feature_name=feature, limit_value=value, period=period
+            )
+        return [self._plan(p, limits.get(p[0], {})) for p in plans]
+
+    def upsert_plan(
+        self,
+        *,
+        name: str,
+        stripe_price_id: str | None,
+        price_amount: Decimal | None,
+        price_currency: str | None,
+        is_free: bool,
+        payment_link_url: str | None,
+    ) -> Plan:
+        q = self._q
+        amount = None if price_amount is None else str(price_amount)
+        with self._tx("upsert_plan", self.tables.user_plans) as c:
+            if stripe_price_id is not None:
+                found = c.execute(
+                    f"SELECT id FROM {q['user_plans']} WHERE stripe_price_id = ?",
+                    (stripe_price_id,),
+                ).fetchone()
+            else:
+                found = c.execute(
+                    f"SELECT id FROM {q['user_plans']} WHERE stripe_price_id IS NULL "
+                    "AND name = ? ORDER BY id LIMIT 1",
+                    (name,),
+                ).fetchone()
+            values = (name, stripe_price_id, amount, price_currency, int(is_free), payment_link_url)
+            if found:
+                c.execute(
+                    f"UPDATE {q['user_plans']} SET name = ?, stripe_price_id = ?, "
+                    "price_amount = ?, price_currency = ?, is_free = ?, payment_link_url = ?, "
+                    "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = ?",
+                    (*values, found[0]),
+                )
+                plan_id = found[0]
+            else:
+                cur = c.execute(
+                    f"INSERT INTO {q['user_plans']} (name, stripe_price_id, price_amount, "
+                    "price_currency, is_free, payment_link_url) VALUES (?, ?, ?, ?, ?, ?)",
+                    values,
+                )
+                plan_id = cur.lastrowid
+            row = c.execute(
+                f"SELECT {self._PLAN_COLS} FROM {q['user_plans']} WHERE id = ?", (plan_id,)
+            ).fetchone()
+        return self._plan(row, {})
+
+    def set_feature_limit(
+        self, *, plan_id: int, feature_name: str, limit_value: int, period: str
+    ) -> FeatureLimit:
+        q = self._q
+        with self._tx("set_feature_limit", self.tables.usage_feature_limits) as c:
+            if not c.execute(f"SELECT 1 FROM {q['user_plans']} WHERE id = ?", (plan_id,)).fetchone():
+                raise invalid(f"no plan with id {plan_id}", plan_id=plan_id)
+            c.execute(
+                f"INSERT INTO {q['usage_feature_limits']} (plan_id, feature_name, limit_value, "
+                "period) VALUES (?, ?, ?, ?) ON CONFLICT (plan_id, feature_name) DO UPDATE SET "
+                "limit_value = excluded.limit_value, period = excluded.period, "
+                "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')",
+                (plan_id, feature_name, limit_value, period),
+            )
+        return FeatureLimit(
+            plan_id=plan_id, feature_name=feature_name, limit_value=limit_value, period=period
+        )
+
+    def update_price(
+        self, *, stripe_price_id: str, price_amount: Decimal | None, price_currency: str | None
+    ) -> int:
+        with self._tx("update_price", self.tables.user_plans) as c:
+            cur = c.execute(
+                f"UPDATE {self._q['user_plans']} SET price_amount = ?, price_currency = ?, "
+                "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE stripe_price_id = ?",
+                (None if price_amount is None else str(price_amount), price_currency,
+                 stripe_price_id),
+            )
+            return cur.rowcount
+
+    # -- profiles and adjustments ---------------------------------------------------------------
+    _PROFILE_COLS = ("id", *PROFILE_FIELDS)
+
+    def _profile(self, row: tuple[Any, ...]) -> Profile:
+        data = dict(zip(self._PROFILE_COLS, row, strict=True))
+        for field in ("current_period_start", "current_period_end"):
+            data[field] = _dt(data[field])
+        return Profile(**data)
+
+    def get_profile(self, *, user_id: str) -> Profile | None:
+        with self._tx("get_profile", self.tables.profiles, write=False) as c:
+            row = c.execute(
+                f"SELECT {', '.join(self._PROFILE_COLS)} FROM {self._q['profiles']} WHERE id = ?",
+                (user_id,),
+            ).fetchone()
+        return None if row is None else self._profile(row)
+
+    def upsert_profile(self, *, user_id: str, fields: dict[str, Any]) -> Profile:
+        columns = [f for f in PROFILE_FIELDS if f in fields]
+        values = [
+            _ts_or_none(fields[f]) if isinstance(fields[f], datetime) else fields[f]
+            for f in columns
+        ]
+        assignments = ", ".join(f"{col} = excluded.{col}" for col in columns)
+        names = ", ".join(["id", *columns])
+        marks = ", ".join("?" * (len(columns) + 1))
+        update = (
+            f"DO UPDATE SET {assignments}, updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')"
+            if columns
+            else "DO NOTHING"
+        )
+        with self._tx("upsert_profile", self.tables.profiles) as c:
+            c.execute(
+                f"INSERT INTO {self._q['profiles']} ({names}) VALUES ({marks}) "
+                f"ON CONFLICT (id) {update}",
+                (user_id, *values),
+            )
+            row = c.execute(
+                f"SELECT {', '.join(self._PROFILE_COLS)} FROM {self._q['profiles']} WHERE id = ?",
+                (user_id,),
+            ).fetchone()
+        return self._profile(row)
+
+    def add_limit_adjustment(
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        amount: int,
+        type: str,
+        start_date: datetime,
+        end_date: datetime,
+        metadata: dict[str, Any] | None,
+    ) -> LimitAdjustment:
+        with self._tx("add_limit_adjustment", self.tables.user_limit_adjustments) as c:
+            cur = c.execute(
+                f"INSERT INTO {self._q['user_limit_adjustments']} (user_id, feature_name, amount, "
+                "type, start_date, end_date, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (user_id, feature_name, amount, type, _ts(start_date), _ts(end_date),
+                 _json(metadata)),
+            )
+            adj_id = cur.lastrowid
+        assert adj_id is not None
+        return LimitAdjustment(
+            id=adj_id,
+            user_id=user_id,
+            feature_name=feature_name,
+            amount=amount,
+            type=type,  # type: ignore[arg-type]
+            start_date=start_date,
+            end_date=end_date,
+            metadata=metadata,
+        )
+
+    def get_limit_adjustments(
+        self, *, user_id: str, feature_name: str, ending_after: datetime
+    ) -> list[LimitAdjustment]:
+        with self._tx("get_limit_adjustments", self.tables.user_limit_adjustments, write=False) as c:
+            rows = c.execute(
+                f"SELECT id, amount, type, start_date, end_date, metadata "
+                f"FROM {self._q['user_limit_adjustments']} "
+                "WHERE user_id = ? AND feature_name = ? AND end_date > ? ORDER BY id",
+                (user_id, feature_name, _ts(ending_after)),
+            ).fetchall()
+        return [
+            LimitAdjustment(
+                id=r[0],
+                user_id=user_id,
+                feature_name=feature_name,
+                amount=r[1],
+                type=r[2],
+                start_date=_dt(r[3]),  # type: ignore[arg-type]
+                end_date=_dt(r[4]),  # type: ignore[arg-type]
+                metadata=json.loads(r[5]) if r[5] else None,
+            )
+            for r in rows
+        ]
+
+    # -- the ledger -----------------------------------------------------------------------------
+    def _counter(self, c: sqlite3.Connection, user_id: str, feature_name: str) -> tuple[Any, ...]:
+        row = c.execute(
+            f"SELECT total, last_ts, last_reset_at, reset_base, reset_pre_total "
+            f"FROM {self._q['counters']} WHERE user_id = ? AND feature_name = ?",
+            (user_id, feature_name),
+        ).fetchone()
+        return row or (0, None, None, 0, 0)
+
+    def _used(
+        self,
+        c: sqlite3.Connection,
+        user_id: str,
+        feature_name: str,
+        counter: tuple[Any, ...],
+        window_start: datetime | None,
+    ) -> int:
+        total, _last_ts, last_reset_at, reset_base, _pre = counter
+        reset_at = _dt(last_reset_at)
+        prefix = 0
+        if window_start is not None and not (reset_at is not None and reset_at >= window_start):
+            row = c.execute(
+                f"SELECT running_total FROM {self._q['usage_events']} "
+                "WHERE user_id = ? AND feature_name = ? AND timestamp < ? "
+                "ORDER BY timestamp DESC, id DESC LIMIT 1",
+                (user_id, feature_name, _ts(window_start)),
+            ).fetchone()
+            prefix = row[0] if row else 0
+        return window_used(total, window_start, reset_at, reset_base, prefix)
+
+    def _held(self, c: sqlite3.Connection, user_id: str, feature_name: str, now: datetime) -> int:
+        row = c.execute(
+            f"SELECT COALESCE(SUM(credits), 0) FROM {self._q['holds']} "
+            "WHERE user_id = ? AND feature_name = ? AND status = 'held' AND expires_at > ?",
+            (user_id, feature_name, _ts(now)),
+        ).fetchone()
+        return int(row[0])
+
+    def _event(self, row: tuple[Any, ...], replayed: bool = False) -> UsageEvent:
+        return UsageEvent(
+            id=row[0],
+            user_id=row[1],
+            feature_name=row[2],
+            credits_used=row[3],
+            event_type=row[4],
+            metadata=json.loads(row[5]) if row[5] else None,
+            timestamp=_dt(row[6]),  # type: ignore[arg-type]
+            idempotency_key=row[7],
+            replayed=replayed,
+        )
+
+    def _by_key(self, c: sqlite3.Connection, key: str) -> UsageEvent | None:
+        row = c.execute(
+            f"SELECT {self._sql_event_cols} FROM {self._q['usage_events']} "
+            "WHERE idempotency_key = ?",
+            (key,),
+        ).fetchone()
+        return None if row is None else self._event(row, replayed=True)
+
+    def _append(
+        self,
+        c: sqlite3.Connection,
+        counter: tuple[Any, ...],
+        user_id: str,
+        feature_name: str,
+        credits: int | None,
+        event_type: str,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+        *,
+        reset: bool = False,
+    ) -> UsageEvent:
+        total, last_ts, last_reset_at, reset_base, reset_pre = counter
+        if credits is not None:
+            check_total(total, credits)
+        now_s = _ts(now)
+        ts = now_s if last_ts is None or now_s > last_ts else last_ts
+        new_total = total + (credits or 0)
+        cur = c.execute(
+            f"INSERT INTO {self._q['usage_events']} (user_id, feature_name, credits_used, "
+            "event_type, metadata, timestamp, idempotency_key, running_total) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (user_id, feature_name, credits, event_type, _json(metadata), ts, idempotency_key,
+             new_total),
+        )
+        if reset:
+            last_reset_at, reset_base = ts, new_total
+            reset_pre = int((metadata or {}).get("pre_reset_total", 0))
+        c.execute(
+            f"INSERT INTO {self._q['counters']} (user_id, feature_name, total, last_ts, "
+            "last_reset_at, reset_base, reset_pre_total) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (user_id, feature_name) DO UPDATE SET total = excluded.total, "
+            "last_ts = excluded.last_ts, last_reset_at = excluded.last_reset_at, "
+            "reset_base = excluded.reset_base, reset_pre_total = excluded.reset_pre_total",
+            (user_id, feature_name, new_total, ts, last_reset_at, reset_base, reset_pre),
+        )
+        event_id = cur.lastrowid
+        assert event_id is not None
+        return UsageEvent(
+            id=event_id,
+            user_id=user_id,
+            feature_name=feature_name,
+            credits_used=credits,
+            event_type=event_type,  # type: ignore[arg-type]
+            metadata=metadata,
+            timestamp=_dt(ts),  # type: ignore[arg-type]
+            idempotency_key=idempotency_key,
+        )
+
+    def charge(
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        event_type: str,
+        limit: int | None,
+        window_start: datetime | None,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> Charge:
+        with self._tx("charge", self.tables.usage_events) as c:
+            counter = self._counter(c, user_id, feature_name)
+            first = self._by_key(c, idempotency_key) if idempotency_key is not None else None
+            if first is not None or limit is not None:
+                used = self._used(c, user_id, feature_name, counter, window_start)
+                held = self._held(c, user_id, feature_name, now)
+            else:
+                used, held = counter[0], 0  # pure tracking: no window is asked for
+            if first is not None:
+                return Charge(True, used, held, first, replayed=True)
+            if not fits(used, held, credits, limit):
+                return Charge(False, used, held)
+            event = self._append(
+                c, counter, user_id, feature_name, credits, event_type, now, metadata,
+                idempotency_key,
+            )
+            return Charge(True, used + credits, held, event)
+
+    def reserve(
+        self,
+        *,
+        reservation_id: str,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        limit: int | None,
+        window_start: datetime | None,
+        now: datetime,
+        expires_at: datetime,
+        idempotency_key: str | None,
+    ) -> Charge:
+        q = self._q
+        with self._tx("reserve", self.tables.holds) as c:
+            c.execute(
+                f"UPDATE {q['holds']} SET status = 'expired' WHERE user_id = ? AND "
+                "feature_name = ? AND status = 'held' AND expires_at <= ?",
+                (user_id, feature_name, _ts(now)),
+            )
+            counter = self._counter(c, user_id, feature_name)
+            used = self._used(c, user_id, feature_name, counter, window_start)
+            held = self._held(c, user_id, feature_name, now)
+            if idempotency_key is not None:
+                row = c.execute(
+                    f"SELECT id FROM {q['holds']} WHERE idempotency_key = ?", (idempotency_key,)
+                ).fetchone()
+                if row:
+                    return Charge(True, used, held, replayed=True, reservation_id=row[0])
+            if c.execute(f"SELECT 1 FROM {q['holds']} WHERE id = ?", (reservation_id,)).fetchone():
+                raise invalid("reservation id already used", reservation_id=reservation_id)
+            if not fits(used, held, credits, limit):
+                return Charge(False, used, held)
+            c.execute(
+                f"INSERT INTO {q['holds']} (id, user_id, feature_name, credits, status, "
+                "created_at, expires_at, idempotency_key) VALUES (?, ?, ?, ?, 'held', ?, ?, ?)",
+                (reservation_id, user_id, feature_name, credits, _ts(now), _ts(expires_at),
+                 idempotency_key),
+            )
+            return Charge(True, used, held + credits, reservation_id=reservation_id)
+
+    def settle(
+        self,
+        *,
+        reservation_id: str,
+        credits: int | None,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+    ) -> UsageEvent | None:
+        q = self._q
+        with self._tx("settle", self.tables.holds) as c:
+            row = c.execute(
+                f"SELECT user_id, feature_name, status FROM {q['holds']} WHERE id = ?",
+                (reservation_id,),
+            ).fetchone()
+            if row is None:
+                raise reservation_error("no such reservation", reservation_id=reservation_id)
+            user_id, feature_name, status = row
+            key = f"reservation:{reservation_id}"
+            if status == "committed":
+                return self._by_key(c, key)
+            if credits is None:
+                c.execute(
+                    f"UPDATE {q['holds']} SET status = 'released' WHERE id = ?", (reservation_id,)
+                )
+                return None
+            if status == "released":
+                raise reservation_error(
+                    "reservation was released; it cannot be committed",
+                    reservation_id=reservation_id,
+                )
+            counter = self._counter(c, user_id, feature_name)
+            event = self._append(
+                c, counter, user_id, feature_name, credits, "usage", now, metadata, key
+            )
+            c.execute(
+                f"UPDATE {q['holds']} SET status = 'committed', event_id = ? WHERE id = ?",
+                (event.id, reservation_id),
+            )
+            return event
+
+    def usage(
+        self, *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime
+    ) -> tuple[int, int]:
+        with self._tx("usage", self.tables.usage_events, write=False) as c:
+            counter = self._counter(c, user_id, feature_name)
+            return (
+                self._used(c, user_id, feature_name, counter, window_start),
+                self._held(c, user_id, feature_name, now),
+            )
+
+    def reset(
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        window_start: datetime | None,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+    ) -> UsageEvent:
+        with self._tx("reset", self.tables.usage_events) as c:
+            counter = self._counter(c, user_id, feature_name)
+            zeroed = max(self._used(c, user_id, feature_name, counter, window_start), 0)
+            meta = {**(metadata or {}), "pre_reset_total": zeroed}
+            return self._append(
+                c, counter, user_id, feature_name, None, "reset", now, meta, None, reset=True
+            )
+
+    def usage_since_reset(self, *, user_id: str, feature_name: str) -> ResetInfo:
+        with self._tx("usage_since_reset", self.tables.usage_events, write=False) as c:
+            total, _ts_, last_reset_at, reset_base, pre = self._counter(c, user_id, feature_name)
+        if last_reset_at is None:
+            return ResetInfo(total, None, 0)
+        return ResetInfo(total - reset_base, _dt(last_reset_at), pre)
+
+    def hourly_totals(
+        self,
+        *,
+        user_ids: Sequence[str],
+        feature_names: Sequence[str],
+        start: datetime | None,
+        end: datetime,
+    ) -> list[HourlyTotal]:
+        users = ", ".join("?" * len(user_ids))
+        features = ", ".join("?" * len(feature_names))
+        params: list[Any] = [*user_ids, *feature_names, _ts(end)]
+        since = ""
+        if start is not None:
+            since = "AND timestamp >= ?"
+            params.append(_ts(start))
+        with self._tx("hourly_totals", self.tables.usage_events, write=False) as c:
+            rows = c.execute(
+                f"SELECT user_id, feature_name, substr(timestamp, 1, 13), "
+                f"SUM(COALESCE(credits_used, 0)) FROM {self._q['usage_events']} "
+                f"WHERE user_id IN ({users}) AND feature_name IN ({features}) "
+                f"AND event_type != 'reset' AND timestamp < ? {since} "
+                "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+                params,
+            ).fetchall()
+        return [
+            HourlyTotal(
+                u, f, datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=timezone.utc), int(t)
+            )
+            for u, f, h, t in rows
+        ]
+
+    def list_events(
+        self, *, user_id: str, feature_name: str | None = None, limit: int = 100
+    ) -> list[UsageEvent]:
+        where, params = "user_id = ?", [user_id]
+        if feature_name is not None:
+            where += " AND feature_name = ?"
+            params.append(feature_name)
+        with self._tx("list_events", self.tables.usage_events, write=False) as c:
+            rows = c.execute(
+                f"SELECT {self._sql_event_cols} FROM {self._q['usage_events']} WHERE {where} "
+                "ORDER BY id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [self._event(r) for r in rows]
+
+    def ledger_check(self, *, user_id: str, feature_name: str) -> tuple[int, int]:
+        with self._tx("ledger_check", self.tables.usage_events, write=False) as c:
+            total = self._counter(c, user_id, feature_name)[0]
+            (ledger,) = c.execute(
+                f"SELECT COALESCE(SUM(credits_used), 0) FROM {self._q['usage_events']} "
+                "WHERE user_id = ? AND feature_name = ?",
+                (user_id, feature_name),
+            ).fetchone()
+        return int(total), int(ledger)
