@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from usageflow import _validate as v
-from usageflow.cache import MISSING, Catalog, PlanCache
+from usageflow.cache import MISSING, Catalog, PlanCache, _Missing
 from usageflow.errors import adjustment_error, config_error, invalid, limit_error
 from usageflow.models import (
     Decision,
@@ -43,7 +43,7 @@ from usageflow.periods import (
     window_for,
 )
 from usageflow.quota import Quota, decision, plan_for, quota_for, usage_of
-from usageflow.stores.base import PROFILE_FIELDS, Charge, HourlyTotal, ResetInfo
+from usageflow.stores.base import INT64_MAX, PROFILE_FIELDS, Charge, HourlyTotal, ResetInfo
 
 logger = logging.getLogger("usageflow")
 
@@ -52,7 +52,8 @@ Op = Generator["StoreCall", Any, T]
 
 #: Currencies Stripe amounts are not in cents for (https://docs.stripe.com/currencies).
 ZERO_DECIMAL_CURRENCIES = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv"}
+    | {"xaf", "xof", "xpf"}
 )
 _SECRET_WORDS = ("key", "secret", "token", "password", "authorization", "signature")
 
@@ -138,7 +139,7 @@ class Core:
         if profile is MISSING:
             profile = yield call("get_profile", user_id=user_id)
             self.cache.put_profile(user_id, profile)
-        assert not isinstance(profile, type(MISSING))
+        assert not isinstance(profile, _Missing)
         return profile
 
     def _quota(
@@ -316,7 +317,7 @@ class Core:
     ) -> Op[UsageEvent]:
         user_id = v.name(user_id, "user_id")
         feature_name = v.name(feature_name, "feature_name")
-        amount = v.integer(amount, "amount", minimum=-v.INT64_MAX)
+        amount = v.integer(amount, "amount", minimum=-INT64_MAX)
         if amount == 0:
             raise invalid("amount must not be zero", field="amount")
         reason = metadata.get("reason") if isinstance(metadata, Mapping) else None
@@ -357,7 +358,9 @@ class Core:
             idempotency_key=key,
         )
         assert charge.event is not None
-        return charge.event.model_copy(update={"replayed": True}) if charge.replayed else charge.event
+        if charge.replayed:
+            return charge.event.model_copy(update={"replayed": True})
+        return charge.event
 
     def reset_feature_usage(
         self, user_id: str, feature_name: str, metadata: Mapping[str, Any] | None
@@ -485,9 +488,7 @@ class Core:
         profile = yield from self._profile(user_id)
         return plan_for(catalog, profile)
 
-    def upgrade_url(
-        self, user_id: str, plan: object, feature_name: str | None
-    ) -> Op[str | None]:
+    def upgrade_url(self, user_id: str, plan: object, feature_name: str | None) -> Op[str | None]:
         user_id = v.name(user_id, "user_id")
         if feature_name is not None:
             feature_name = v.name(feature_name, "feature_name")
@@ -554,7 +555,7 @@ class Core:
     ) -> Op[FeatureLimit]:
         plan_id = v.integer(plan_id, "plan_id", minimum=1)
         feature_name = v.name(feature_name, "feature_name")
-        limit_value = v.integer(limit_value, "limit_value", minimum=-1, maximum=v.INT64_MAX)
+        limit_value = v.integer(limit_value, "limit_value", minimum=-1, maximum=INT64_MAX)
         chosen = v.period(period)
         assert chosen is not None
         row: FeatureLimit = yield call(
@@ -775,8 +776,8 @@ def _limits(limits: Mapping[str, object]) -> dict[str, tuple[int, Period]]:
     if not isinstance(limits, Mapping):
         raise invalid("limits must be a dict of feature name to limit", field="limits")
     parsed: dict[str, tuple[int, Period]] = {}
-    for feature, spec in limits.items():
-        feature = v.name(feature, "feature_name")
+    for raw_feature, spec in limits.items():
+        feature = v.name(raw_feature, "feature_name")
         value: object = spec
         per: object = Period.CURRENT_MONTH
         if isinstance(spec, tuple) and len(spec) == 2:
@@ -816,5 +817,4 @@ def _stats(
     )
 
 
-Clocked = Callable[[], datetime]
 __all__ = ["Core", "Op", "Options", "StoreCall", "as_mapping", "call", "config_error", "redact"]

@@ -72,7 +72,7 @@ class PlanCache:
                 self._catalog["catalog"] = catalog
         return catalog
 
-    def profile(self, user_id: str) -> Profile | None | _Missing:
+    def profile(self, user_id: str) -> Profile | _Missing | None:
         if not self.ttl:
             return MISSING
         with self._lock:

@@ -85,8 +85,7 @@ def reservation_error(message: str, **details: Any) -> UsageFlowError:
 
 def missing_dependency(module: str, extra: str) -> UsageFlowError:
     return config_error(
-        f"this feature needs the optional dependency {module!r}: "
-        f"pip install 'usageflow[{extra}]'",
+        f"this feature needs the optional dependency {module!r}: pip install 'usageflow[{extra}]'",
         module=module,
         extra=extra,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
@@ -60,9 +60,10 @@ def _build_store(
     if supabase_url or supabase_key:
         if not (supabase_url and supabase_key):
             raise config_error("supabase_url and supabase_key are both required")
-        from usageflow.stores.supabase import SupabaseStore
+        from usageflow.stores.supabase import SupabaseStore  # type: ignore[import-not-found,unused-ignore]
 
-        return SupabaseStore(supabase_url, supabase_key, tables)
+        supabase_store: Store = SupabaseStore(supabase_url, supabase_key, tables)
+        return supabase_store
     if store is None:
         store = os.environ.get("USAGEFLOW_STORE") or DEFAULT_STORE
     if not isinstance(store, str):
@@ -271,9 +272,7 @@ class UsageFlow(_Base):
         group_by: str = "day",
     ) -> dict[str, dict[str, UsageStats]]:
         """``result[user_id][feature_name]`` for every pair, read in one query."""
-        return self._run(
-            self.core.get_batch_usage_stats(user_ids, feature_names, period, group_by)
-        )
+        return self._run(self.core.get_batch_usage_stats(user_ids, feature_names, period, group_by))
 
     def get_usage_since_reset(self, user_id: str, feature_name: str) -> UsageSinceReset:
         return self._run(self.core.get_usage_since_reset(user_id, feature_name))
@@ -324,8 +323,13 @@ class UsageFlow(_Base):
         """Create or update a plan (matched by stripe_price_id, else by name) and its limits."""
         return self._run(
             self.core.create_plan(
-                name, stripe_price_id, price_amount, price_currency, is_free,
-                payment_link_url, limits,
+                name,
+                stripe_price_id,
+                price_amount,
+                price_currency,
+                is_free,
+                payment_link_url,
+                limits,
             )
         )
 
@@ -366,8 +370,12 @@ class UsageFlow(_Base):
         """Put a user on a plan (``None``: the free plan) by writing their profile."""
         return self._run(
             self.core.assign_plan(
-                user_id, plan, email, subscription_status,
-                current_period_start, current_period_end,
+                user_id,
+                plan,
+                email,
+                subscription_status,
+                current_period_start,
+                current_period_end,
             )
         )
 
@@ -497,9 +505,7 @@ class AsyncUsageFlow(_Base):
         period: str = "current_month",
         group_by: str = "day",
     ) -> UsageStats:
-        return await self._run(
-            self.core.get_usage_stats(user_id, feature_name, period, group_by)
-        )
+        return await self._run(self.core.get_usage_stats(user_id, feature_name, period, group_by))
 
     async def get_batch_usage_stats(
         self,
@@ -555,8 +561,13 @@ class AsyncUsageFlow(_Base):
     ) -> Plan:
         return await self._run(
             self.core.create_plan(
-                name, stripe_price_id, price_amount, price_currency, is_free,
-                payment_link_url, limits,
+                name,
+                stripe_price_id,
+                price_amount,
+                price_currency,
+                is_free,
+                payment_link_url,
+                limits,
             )
         )
 
@@ -593,8 +604,12 @@ class AsyncUsageFlow(_Base):
     ) -> Profile:
         return await self._run(
             self.core.assign_plan(
-                user_id, plan, email, subscription_status,
-                current_period_start, current_period_end,
+                user_id,
+                plan,
+                email,
+                subscription_status,
+                current_period_start,
+                current_period_end,
             )
         )
 
@@ -668,7 +683,10 @@ class Reservation(_ReservationBase):
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self.settled:
             return
@@ -697,7 +715,10 @@ class AsyncReservation(_ReservationBase):
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self.settled:
             return
@@ -705,6 +726,3 @@ class AsyncReservation(_ReservationBase):
             await self.commit()
         else:
             await self.release()
-
-
-Factory = Callable[..., UsageFlow]

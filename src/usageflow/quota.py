@@ -34,9 +34,7 @@ def plan_for(catalog: Catalog, profile: Profile | None) -> Plan | None:
     return catalog.free_plan
 
 
-def adjustment_total(
-    adjustments: Iterable[LimitAdjustment], window: Window, now: datetime
-) -> int:
+def adjustment_total(adjustments: Iterable[LimitAdjustment], window: Window, now: datetime) -> int:
     """The sum of the adjustments active at ``now``.
 
     ``recurring`` ones apply to every window while active; ``one_time`` ones only to the

@@ -305,7 +305,13 @@ class MemoryStore(Store):
             if not fits(used, held, credits, limit):
                 return Charge(False, used, held)
             hold = _Hold(
-                reservation_id, user_id, feature_name, credits, expires_at, "held", None,
+                reservation_id,
+                user_id,
+                feature_name,
+                credits,
+                expires_at,
+                "held",
+                None,
                 idempotency_key,
             )
             self._holds[reservation_id] = hold
@@ -325,9 +331,7 @@ class MemoryStore(Store):
         with self._lock:
             hold = self._holds.get(reservation_id)
             if hold is None:
-                raise reservation_error(
-                    "no such reservation", reservation_id=reservation_id
-                )
+                raise reservation_error("no such reservation", reservation_id=reservation_id)
             self._active[(hold.user_id, hold.feature_name)].pop(reservation_id, None)
             if credits is None:  # release
                 if hold.status == "held":

@@ -11,6 +11,7 @@ URL options: ``timeout`` (seconds to wait for the write lock, default 30), ``syn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -184,10 +185,19 @@ class SQLiteStore(Store):
         self._all_lock = threading.Lock()
         self._migrated = False
         t = self.tables
-        q = {name: f'"{getattr(t, name)}"' for name in (
-            "user_plans", "usage_events", "usage_feature_limits", "user_limit_adjustments",
-            "profiles", "counters", "holds", "schema",
-        )}
+        q = {
+            name: f'"{getattr(t, name)}"'
+            for name in (
+                "user_plans",
+                "usage_events",
+                "usage_feature_limits",
+                "user_limit_adjustments",
+                "profiles",
+                "counters",
+                "holds",
+                "schema",
+            )
+        }
         self._q = q
         self._sql_event_cols = (
             "id, user_id, feature_name, credits_used, event_type, metadata, timestamp, "
@@ -249,10 +259,8 @@ class SQLiteStore(Store):
         with self._all_lock:
             conns, self._all = self._all, []
         for conn in conns:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
         self._local = threading.local()
 
     def _error(self, exc: BaseException, operation: str, table: str | None) -> UsageFlowError:
@@ -264,7 +272,9 @@ class SQLiteStore(Store):
         )
 
     @contextmanager
-    def _tx(self, operation: str, table: str, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+    def _tx(
+        self, operation: str, table: str, *, write: bool = True
+    ) -> Iterator[sqlite3.Connection]:
         """A transaction: ``BEGIN IMMEDIATE`` for writes (the lock is held from the first read),
         a deferred one for consistent reads. Driver errors become ``USAGE_CONFIG_ERROR``."""
         conn = self._conn()
@@ -278,10 +288,8 @@ class SQLiteStore(Store):
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
             raise self._error(exc, operation, table) from None
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -327,7 +335,7 @@ class SQLiteStore(Store):
 
     def connection_check(self) -> bool:
         with self._tx("connection_check", "", write=False) as c:
-            return c.execute("SELECT 1").fetchone() == (1,)
+            return bool(c.execute("SELECT 1").fetchone() == (1,))
 
     # -- plans ----------------------------------------------------------------------------------
     def _plan(self, row: sqlite3.Row | tuple[Any, ...], limits: dict[str, FeatureLimit]) -> Plan:
@@ -343,7 +351,9 @@ class SQLiteStore(Store):
             limits=limits,
         )
 
-    _PLAN_COLS = "id, name, stripe_price_id, price_amount, price_currency, is_free, payment_link_url"
+    _PLAN_COLS = (
+        "id, name, stripe_price_id, price_amount, price_currency, is_free, payment_link_url"
+    )
 
     def load_catalog(self) -> list[Plan]:
         q = self._q
@@ -410,7 +420,9 @@ class SQLiteStore(Store):
     ) -> FeatureLimit:
         q = self._q
         with self._tx("set_feature_limit", self.tables.usage_feature_limits) as c:
-            if not c.execute(f"SELECT 1 FROM {q['user_plans']} WHERE id = ?", (plan_id,)).fetchone():
+            if not c.execute(
+                f"SELECT 1 FROM {q['user_plans']} WHERE id = ?", (plan_id,)
+            ).fetchone():
                 raise invalid(f"no plan with id {plan_id}", plan_id=plan_id)
             c.execute(
                 f"INSERT INTO {q['usage_feature_limits']} (plan_id, feature_name, limit_value, "
@@ -430,8 +442,11 @@ class SQLiteStore(Store):
             cur = c.execute(
                 f"UPDATE {self._q['user_plans']} SET price_amount = ?, price_currency = ?, "
                 "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE stripe_price_id = ?",
-                (None if price_amount is None else str(price_amount), price_currency,
-                 stripe_price_id),
+                (
+                    None if price_amount is None else str(price_amount),
+                    price_currency,
+                    stripe_price_id,
+                ),
             )
             return cur.rowcount
 
@@ -493,8 +508,15 @@ class SQLiteStore(Store):
             cur = c.execute(
                 f"INSERT INTO {self._q['user_limit_adjustments']} (user_id, feature_name, amount, "
                 "type, start_date, end_date, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (user_id, feature_name, amount, type, _ts(start_date), _ts(end_date),
-                 _json(metadata)),
+                (
+                    user_id,
+                    feature_name,
+                    amount,
+                    type,
+                    _ts(start_date),
+                    _ts(end_date),
+                    _json(metadata),
+                ),
             )
             adj_id = cur.lastrowid
         assert adj_id is not None
@@ -512,7 +534,9 @@ class SQLiteStore(Store):
     def get_limit_adjustments(
         self, *, user_id: str, feature_name: str, ending_after: datetime
     ) -> list[LimitAdjustment]:
-        with self._tx("get_limit_adjustments", self.tables.user_limit_adjustments, write=False) as c:
+        with self._tx(
+            "get_limit_adjustments", self.tables.user_limit_adjustments, write=False
+        ) as c:
             rows = c.execute(
                 f"SELECT id, amount, type, start_date, end_date, metadata "
                 f"FROM {self._q['user_limit_adjustments']} "
@@ -616,8 +640,16 @@ class SQLiteStore(Store):
             f"INSERT INTO {self._q['usage_events']} (user_id, feature_name, credits_used, "
             "event_type, metadata, timestamp, idempotency_key, running_total) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (user_id, feature_name, credits, event_type, _json(metadata), ts, idempotency_key,
-             new_total),
+            (
+                user_id,
+                feature_name,
+                credits,
+                event_type,
+                _json(metadata),
+                ts,
+                idempotency_key,
+                new_total,
+            ),
         )
         if reset:
             last_reset_at, reset_base = ts, new_total
@@ -669,7 +701,14 @@ class SQLiteStore(Store):
             if not fits(used, held, credits, limit):
                 return Charge(False, used, held)
             event = self._append(
-                c, counter, user_id, feature_name, credits, event_type, now, metadata,
+                c,
+                counter,
+                user_id,
+                feature_name,
+                credits,
+                event_type,
+                now,
+                metadata,
                 idempotency_key,
             )
             return Charge(True, used + credits, held, event)
@@ -710,8 +749,15 @@ class SQLiteStore(Store):
             c.execute(
                 f"INSERT INTO {q['holds']} (id, user_id, feature_name, credits, status, "
                 "created_at, expires_at, idempotency_key) VALUES (?, ?, ?, ?, 'held', ?, ?, ?)",
-                (reservation_id, user_id, feature_name, credits, _ts(now), _ts(expires_at),
-                 idempotency_key),
+                (
+                    reservation_id,
+                    user_id,
+                    feature_name,
+                    credits,
+                    _ts(now),
+                    _ts(expires_at),
+                    idempotency_key,
+                ),
             )
             return Charge(True, used, held + credits, reservation_id=reservation_id)
 
@@ -784,7 +830,9 @@ class SQLiteStore(Store):
 
     def usage_since_reset(self, *, user_id: str, feature_name: str) -> ResetInfo:
         with self._tx("usage_since_reset", self.tables.usage_events, write=False) as c:
-            total, _ts_, last_reset_at, reset_base, pre = self._counter(c, user_id, feature_name)
+            total, _last_ts, last_reset_at, reset_base, pre = self._counter(
+                c, user_id, feature_name
+            )
         if last_reset_at is None:
             return ResetInfo(total, None, 0)
         return ResetInfo(total - reset_base, _dt(last_reset_at), pre)
