@@ -100,7 +100,8 @@ def _price_amount(price: Mapping[str, Any]) -> Decimal | None:
         raise invalid("price unit_amount must be a number", field="price") from None
     if not amount.is_finite():
         raise invalid("price unit_amount must be a number", field="price")
-    return amount if currency in ZERO_DECIMAL_CURRENCIES else amount / 100
+    major = amount if currency in ZERO_DECIMAL_CURRENCIES else amount / 100
+    return major.quantize(Decimal("0.01"))
 
 
 def as_mapping(obj: object, field: str) -> Mapping[str, Any]:
@@ -430,7 +431,11 @@ class Core:
         known = [s for s in starts.values() if s is not None]
         earliest = None if len(known) < len(starts) else min(known)
         rows: list[HourlyTotal] = yield call(
-            "hourly_totals", user_ids=users, feature_names=features, start=earliest, end=now
+            "hourly_totals",
+            user_ids=users,
+            feature_names=features,
+            start=earliest,
+            end=now + timedelta(microseconds=1),
         )
         grouped: dict[tuple[str, str], list[HourlyTotal]] = {}
         for row in rows:

@@ -1,0 +1,214 @@
+"""Conformance: reservations (reserve/commit/release) and per-user limit adjustments."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from tests.conformance.test_enforcement import setup_plans
+from usageflow import ErrorCodes, UsageFlowError
+from usageflow.testing import FakeClock
+
+UTC = timezone.utc
+
+
+def test_held_credits_count_as_used(flow: Any) -> None:
+    setup_plans(flow)
+    reservation = flow.reserve("u1", "api", 6)
+    assert reservation.decision.current == 6 and reservation.decision.remaining == 4
+    assert flow.fetch_usage("u1", "api").current == 6
+    assert flow.get_total_usage("u1", "api") == 0
+    assert not flow.authorize("u1", "api", credits=5)
+    assert not flow.consume("u1", "api", credits=5).allowed
+    with pytest.raises(UsageFlowError) as err:
+        flow.reserve("u1", "api", 5)
+    assert err.value.code is ErrorCodes.USAGE_LIMIT_ERROR
+    decision = err.value.details["decision"]
+    assert (decision.current, decision.remaining, decision.allowed) == (6, 4, False)
+    event = reservation.commit(2, metadata={"pages": 2})
+    assert event.credits_used == 2 and event.metadata == {"pages": 2}
+    usage = flow.fetch_usage("u1", "api")
+    assert usage.current == 2 and usage.remaining == 8
+    assert flow.store.ledger_check(user_id="u1", feature_name="api") == (2, 2)
+
+
+def test_release_gives_credits_back(flow: Any) -> None:
+    setup_plans(flow)
+    reservation = flow.reserve("u1", "exports", 3)
+    assert not flow.consume("u1", "exports").allowed
+    reservation.release()
+    assert flow.fetch_usage("u1", "exports").current == 0
+    assert flow.consume("u1", "exports").allowed
+    with pytest.raises(UsageFlowError) as err:
+        reservation.commit()
+    assert err.value.code is ErrorCodes.USAGE_RESERVATION_ERROR
+    reservation.release()  # releasing twice is harmless
+    assert flow.get_total_usage("u1", "exports") == 1
+
+
+def test_commit_is_idempotent_and_may_exceed_the_estimate(flow: Any) -> None:
+    setup_plans(flow)
+    reservation = flow.reserve("u1", "api", 2)
+    first = reservation.commit(4)
+    again = reservation.commit(4)
+    assert again.id == first.id and again.replayed
+    reservation.release()  # after commit: nothing changes
+    assert flow.get_total_usage("u1", "api") == 4
+    assert flow.fetch_usage("u1", "api").current == 4
+
+
+def test_expired_reservation_frees_its_credits_but_still_commits(
+    flow: Any, clock: FakeClock
+) -> None:
+    setup_plans(flow)
+    reservation = flow.reserve("u1", "exports", 3, ttl=60)
+    assert reservation.expires_at == datetime(2024, 1, 15, 12, 1, tzinfo=UTC)
+    assert not flow.consume("u1", "exports").allowed
+    clock.advance(seconds=61)
+    assert flow.fetch_usage("u1", "exports").current == 0
+    assert flow.consume("u1", "exports").allowed
+    other = flow.reserve("u1", "exports", 2)  # sweeps expired holds too
+    event = reservation.commit(3)  # the work was done: nothing is lost
+    assert event.credits_used == 3
+    assert flow.fetch_usage("u1", "exports").current == 6
+    other.release()
+    assert flow.fetch_usage("u1", "exports").current == 4
+
+
+def test_reservation_as_context_manager(flow: Any) -> None:
+    setup_plans(flow)
+    with flow.reserve("u1", "api", 3):
+        pass
+    assert flow.get_total_usage("u1", "api") == 3
+    with flow.reserve("u1", "api", 3) as reservation:
+        reservation.commit(1)
+    assert flow.get_total_usage("u1", "api") == 4
+    with pytest.raises(RuntimeError), flow.reserve("u1", "api", 3):
+        raise RuntimeError("the work failed")
+    assert flow.fetch_usage("u1", "api").current == 4
+
+
+def test_reserve_idempotency_key_returns_the_same_reservation(flow: Any) -> None:
+    setup_plans(flow)
+    first = flow.reserve("u1", "api", 4, idempotency_key="job-7")
+    again = flow.reserve("u1", "api", 4, idempotency_key="job-7")
+    assert again.id == first.id and again.decision.replayed
+    assert flow.fetch_usage("u1", "api").current == 4
+
+
+def test_reservation_errors(flow: Any) -> None:
+    setup_plans(flow)
+    from usageflow.flow import AsyncReservation, Reservation
+
+    decision = flow.consume("u1", "api")
+    if hasattr(flow, "_flow"):  # the async API behind the test facade
+        ghost = flow._wrap(
+            AsyncReservation(flow._flow, "f" * 32, "u1", "api", 1, datetime.now(UTC), decision)
+        )
+    else:
+        ghost = Reservation(flow, "f" * 32, "u1", "api", 1, datetime.now(UTC), decision)
+    with pytest.raises(UsageFlowError) as err:
+        ghost.commit()
+    assert err.value.code is ErrorCodes.USAGE_RESERVATION_ERROR
+    for bad in (
+        {"credits": 0},
+        {"credits": -1},
+        {"credits": 1, "ttl": 0},
+        {"credits": 1, "ttl": float("nan")},
+    ):
+        with pytest.raises(UsageFlowError) as err:
+            flow.reserve("u1", "api", **bad)
+        assert err.value.code is ErrorCodes.USAGE_INVALID_PARAMS
+    reservation = flow.reserve("u1", "api", 1)
+    with pytest.raises(UsageFlowError) as err:
+        reservation.commit(-1)
+    assert err.value.code is ErrorCodes.USAGE_INVALID_PARAMS
+
+
+def test_adjustments_need_the_option(flow: Any) -> None:
+    setup_plans(flow)
+    with pytest.raises(UsageFlowError) as err:
+        flow.add_limit_adjustment(
+            "u1", "api", 5, "recurring", datetime(2024, 1, 1), datetime(2024, 2, 1)
+        )
+    assert err.value.code is ErrorCodes.USAGE_ADJUSTMENT_ERROR
+
+
+def test_recurring_and_one_time_adjustments(make_flow: Any, clock: FakeClock) -> None:
+    flow = make_flow(enable_user_adjustments=True)
+    setup_plans(flow)
+    start = datetime(2024, 1, 10, tzinfo=UTC)
+    row = flow.add_limit_adjustment(
+        "u1", "api", 5, "recurring", start, start + timedelta(days=60), {"reason": "grandfathered"}
+    )
+    assert (
+        row.amount == 5 and row.type == "recurring" and row.metadata == {"reason": "grandfathered"}
+    )
+    flow.add_limit_adjustment("u1", "api", 20, "one_time", start, start + timedelta(days=60))
+    assert flow.fetch_feature_limit_for_user("u1", "api") == 35
+    assert flow.fetch_usage("u1", "api").limit == 35
+    assert flow.fetch_feature_limit_for_user("u2", "api") == 10
+    clock.set(datetime(2024, 2, 5, tzinfo=UTC))  # next window: the one-time bonus is spent
+    assert flow.fetch_feature_limit_for_user("u1", "api") == 15
+    clock.set(datetime(2024, 3, 15, tzinfo=UTC))  # after end_date
+    assert flow.fetch_feature_limit_for_user("u1", "api") == 10
+    flow.add_limit_adjustment(
+        "u1", "api", -50, "recurring", datetime(2024, 3, 1), datetime(2024, 4, 1)
+    )
+    assert flow.fetch_feature_limit_for_user("u1", "api") == 0
+    assert not flow.consume("u1", "api").allowed
+
+
+def test_adjustments_on_unlimited_features_stay_unlimited(make_flow: Any) -> None:
+    flow = make_flow(enable_user_adjustments=True)
+    setup_plans(flow)
+    flow.assign_plan("u1", "price_ent")
+    flow.add_limit_adjustment(
+        "u1", "api", -5, "recurring", datetime(2024, 1, 1), datetime(2025, 1, 1)
+    )
+    assert flow.fetch_feature_limit_for_user("u1", "api") is None
+
+
+def test_adjustment_validation(make_flow: Any) -> None:
+    flow = make_flow(enable_user_adjustments=True)
+    cases = [
+        (
+            "api",
+            5,
+            "forever",
+            datetime(2024, 1, 1),
+            datetime(2024, 2, 1),
+            ErrorCodes.USAGE_INVALID_PARAMS,
+        ),
+        (
+            "api",
+            0,
+            "one_time",
+            datetime(2024, 1, 1),
+            datetime(2024, 2, 1),
+            ErrorCodes.USAGE_INVALID_PARAMS,
+        ),
+        (
+            "api",
+            5,
+            "one_time",
+            datetime(2024, 2, 1),
+            datetime(2024, 1, 1),
+            ErrorCodes.USAGE_ADJUSTMENT_ERROR,
+        ),
+        ("api", 5, "one_time", "2024-01-01", datetime(2024, 1, 1), ErrorCodes.USAGE_INVALID_PARAMS),
+        (
+            "",
+            5,
+            "one_time",
+            datetime(2024, 1, 1),
+            datetime(2024, 2, 1),
+            ErrorCodes.USAGE_INVALID_PARAMS,
+        ),
+    ]
+    for feature, amount, kind, start, end, code in cases:
+        with pytest.raises(UsageFlowError) as err:
+            flow.add_limit_adjustment("u1", feature, amount, kind, start, end)
+        assert err.value.code is code
