@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.stores import STORES, store_params
 from usageflow import AsyncReservation, AsyncUsageFlow, UsageFlow
 from usageflow.stores.base import Store
 from usageflow.testing import FakeClock
-from tests.support.stores import STORES, store_params
 
 START = datetime(2024, 1, 15, 12, 0, tzinfo=timezone.utc)
 

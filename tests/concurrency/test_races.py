@@ -1,0 +1,122 @@
+"""Concurrency: threads, tasks and processes racing one limit. Counts must be exact."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from usageflow import AsyncUsageFlow, UsageFlow, UsageFlowError
+from usageflow.stores.base import Store
+
+LIMIT = 100
+
+
+def _setup(flow: UsageFlow) -> None:
+    flow.create_plan("Free", is_free=True, limits={"race": LIMIT})
+
+
+def _hammer(threads: int, attempts: int, work: Callable[[], bool]) -> int:
+    barrier = threading.Barrier(threads)
+
+    def run() -> int:
+        barrier.wait()
+        return sum(work() for _ in range(attempts))
+
+    with ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(lambda _: run(), range(threads)))
+
+
+def test_32_threads_consume_exactly_the_limit(store: Store) -> None:
+    flow = UsageFlow(store)
+    _setup(flow)
+    allowed = _hammer(32, 8, lambda: flow.consume("u1", "race").allowed)
+    assert allowed == LIMIT
+    assert flow.get_total_usage("u1", "race") == LIMIT
+    assert store.ledger_check(user_id="u1", feature_name="race") == (LIMIT, LIMIT)
+    assert len(flow.list_events("u1", "race", limit=1000)) == LIMIT
+
+
+def test_threads_mixing_reserve_commit_release(store: Store) -> None:
+    flow = UsageFlow(store)
+    _setup(flow)
+    committed = threading.Lock()
+    total = [0]
+
+    def work() -> bool:
+        try:
+            reservation = flow.reserve("u1", "race", 3)
+        except UsageFlowError:
+            return False
+        if int(reservation.id, 16) % 3 == 0:
+            reservation.release()
+            return False
+        reservation.commit(2)
+        with committed:
+            total[0] += 2
+        return True
+
+    _hammer(16, 12, work)
+    usage = flow.fetch_usage("u1", "race")
+    assert usage.current == total[0] <= LIMIT
+    assert store.ledger_check(user_id="u1", feature_name="race") == (total[0], total[0])
+
+
+def test_async_tasks_consume_exactly_the_limit(store: Store) -> None:
+    async def main() -> list[bool]:
+        flow = AsyncUsageFlow(store)
+        await flow.create_plan("Free", is_free=True, limits={"race": LIMIT})
+        decisions = await asyncio.gather(*(flow.consume("u1", "race") for _ in range(250)))
+        return [d.allowed for d in decisions]
+
+    assert sum(asyncio.run(main())) == LIMIT
+    assert store.ledger_check(user_id="u1", feature_name="race") == (LIMIT, LIMIT)
+
+
+def test_idempotent_retries_from_threads_record_once(store: Store) -> None:
+    flow = UsageFlow(store)
+    _setup(flow)
+    keys = [f"req-{i % 20}" for i in range(200)]
+    results = list(
+        ThreadPoolExecutor(16).map(
+            lambda key: flow.increment_usage("u1", "race", 2, idempotency_key=key), keys
+        )
+    )
+    assert len({e.id for e in results}) == 20
+    assert flow.get_total_usage("u1", "race") == 40
+
+
+def _process_worker(url: str, attempts: int, threads: int, queue: Any) -> None:
+    flow = UsageFlow(url)
+    allowed = _hammer(threads, attempts, lambda: flow.consume("u1", "race").allowed)
+    keyed = sum(
+        not flow.increment_usage("u1", "keys", 1, idempotency_key=f"k{i}").replayed
+        for i in range(25)
+    )
+    flow.close()
+    queue.put((allowed, keyed))
+
+
+def test_processes_on_one_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    flow = UsageFlow(url)
+    _setup(flow)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    workers = [ctx.Process(target=_process_worker, args=(url, 10, 8, queue)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    results = [queue.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert sum(r[0] for r in results) == LIMIT
+    assert sum(r[1] for r in results) == 25
+    assert flow.get_total_usage("u1", "race") == LIMIT
+    assert flow.get_total_usage("u1", "keys") == 25
+    assert flow.store.ledger_check(user_id="u1", feature_name="race") == (LIMIT, LIMIT)
+    flow.close()

@@ -1,0 +1,177 @@
+"""Pure pieces: periods, plan resolution, configuration, store URLs, logging, errors."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from datetime import datetime, timezone
+
+import pytest
+
+import usageflow
+from usageflow import ErrorCodes, UsageFlow, UsageFlowError
+from usageflow.periods import GroupBy, Period, add_months, bucket_starts, window_for
+from usageflow.stores import open_store, redact_url
+
+UTC = timezone.utc
+
+
+def d(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("period", "now", "start", "end"),
+    [
+        (Period.CURRENT_MONTH, d(2024, 2, 29, 23), d(2024, 2, 1), d(2024, 3, 1)),
+        (Period.CURRENT_MONTH, d(2024, 12, 31), d(2024, 12, 1), d(2025, 1, 1)),
+        (Period.CURRENT_WEEK, d(2024, 1, 14, 23), d(2024, 1, 8), d(2024, 1, 15)),
+        (Period.CURRENT_WEEK, d(2024, 1, 15), d(2024, 1, 15), d(2024, 1, 22)),
+        (Period.DAY, d(2024, 3, 10, 5), d(2024, 3, 10), d(2024, 3, 11)),
+        (Period.LAST_30_DAYS, d(2024, 3, 1), d(2024, 1, 31), None),
+        (Period.LAST_28_DAYS, d(2024, 3, 1), d(2024, 2, 2), None),
+        (Period.LIFETIME, d(2024, 3, 1), None, None),
+        (Period.BILLING_CYCLE, d(2024, 3, 1), d(2024, 3, 1), d(2024, 4, 1)),
+    ],
+)
+def test_windows(
+    period: Period, now: datetime, start: datetime | None, end: datetime | None
+) -> None:
+    window = window_for(period, now)
+    assert (window.start, window.end) == (start, end)
+
+
+def test_billing_cycle_anchors_and_clamps() -> None:
+    anchor = d(2023, 1, 31, 9)
+    assert window_for(Period.BILLING_CYCLE, d(2023, 2, 15), cycle_start=anchor).start == anchor
+    w = window_for(Period.BILLING_CYCLE, d(2023, 3, 1), cycle_start=anchor)
+    assert (w.start, w.end) == (d(2023, 2, 28, 9), d(2023, 3, 31, 9))
+    w = window_for(Period.BILLING_CYCLE, d(2024, 2, 29, 10), cycle_start=anchor)
+    assert (w.start, w.end) == (d(2024, 2, 29, 9), d(2024, 3, 31, 9))
+    # Stripe's own period wins while it holds.
+    w = window_for(
+        Period.BILLING_CYCLE, d(2024, 5, 3), cycle_start=d(2024, 5, 2), cycle_end=d(2024, 5, 9)
+    )
+    assert (w.start, w.end) == (d(2024, 5, 2), d(2024, 5, 9))
+    # A cycle that starts in the future (clock skew): the previous anchored cycle.
+    w = window_for(Period.BILLING_CYCLE, d(2024, 5, 1), cycle_start=d(2024, 5, 2))
+    assert (w.start, w.end) == (d(2024, 4, 2), d(2024, 5, 2))
+
+
+def test_add_months_and_buckets() -> None:
+    assert add_months(d(2024, 1, 31), 1) == d(2024, 2, 29)
+    assert add_months(d(2024, 2, 29), 12) == d(2025, 2, 28)
+    assert add_months(d(2024, 1, 15), -1) == d(2023, 12, 15)
+    weeks = list(bucket_starts(d(2024, 1, 1), d(2024, 1, 31), GroupBy.WEEK))
+    assert weeks[0] == d(2024, 1, 1) and weeks[-1] == d(2024, 1, 29) and len(weeks) == 5
+    months = list(bucket_starts(d(2023, 11, 30), d(2024, 2, 1), GroupBy.MONTH))
+    assert months == [d(2023, 11, 1), d(2023, 12, 1), d(2024, 1, 1), d(2024, 2, 1)]
+
+
+@pytest.mark.parametrize(
+    "name", ["", "1abc", "user plans", "plans;drop", 'x"y', "a" * 49, "ünïcode", "a.b"]
+)
+def test_bad_table_names_fail_at_construction(name: str) -> None:
+    with pytest.raises(UsageFlowError) as err:
+        UsageFlow("memory://", user_plans_table=name)
+    assert err.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+
+
+def test_custom_table_names_work_on_sqlite(tmp_path: object) -> None:
+    flow = UsageFlow(
+        f"sqlite:///{tmp_path}/c.db",
+        user_plans_table="custom_user_plans",
+        usage_events_table="custom_usage_events",
+        usage_feature_limits_table="custom_feature_limits",
+        user_limit_adjustments_table="custom_limit_adjustments",
+        profiles_table="accounts",
+    )
+    flow.create_plan("Free", is_free=True, limits={"x": 1})
+    assert flow.consume("u", "x").allowed
+    with flow.store._tx("t", "", write=False) as c:  # type: ignore[attr-defined]
+        names = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"custom_user_plans", "custom_usage_events", "accounts"} <= names
+    assert "usage_events" not in names
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"store": "redis://localhost"}, "unknown store scheme"),
+        ({"store": "nonsense"}, "must be a URL"),
+        ({"store": "sqlite:///x.db", "supabase_url": "https://x.supabase.co"}, "not both"),
+        ({"store": None, "supabase_url": "https://x.supabase.co"}, "both required"),
+        ({"store": "memory://", "debug": "yes"}, "must be a bool"),
+        ({"store": "memory://", "cache_ttl": -1}, "non-negative"),
+        ({"store": "memory://", "reservation_ttl": 0}, "positive"),
+        ({"store": "sqlite:///x.db?bogus=1"}, "unknown sqlite URL options"),
+    ],
+)
+def test_configuration_errors(kwargs: dict[str, object], fragment: str) -> None:
+    store = kwargs.pop("store")
+    with pytest.raises(UsageFlowError) as err:
+        UsageFlow(store, **kwargs)  # type: ignore[arg-type]
+    assert err.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+    assert fragment in err.value.message
+
+
+def test_default_store_is_the_embedded_sqlite_file(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+    monkeypatch.delenv("USAGEFLOW_STORE", raising=False)
+    flow = UsageFlow()
+    assert type(flow.store).__name__ == "SQLiteStore"
+    assert flow.store.path == "usageflow.db"  # type: ignore[attr-defined]
+    flow.close()
+    monkeypatch.setenv("USAGEFLOW_STORE", "memory://")
+    assert type(UsageFlow().store).__name__ == "MemoryStore"
+
+
+def test_store_errors_carry_details_without_secrets(tmp_path: object) -> None:
+    flow = UsageFlow(f"sqlite:///{tmp_path}/missing-dir/x.db")
+    with pytest.raises(UsageFlowError) as err:
+        flow.consume("u", "x")
+    assert err.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+    assert err.value.is_store_failure
+    assert {"original_error", "table", "operation"} <= set(err.value.details)
+    assert flow.connection_check() is False
+
+
+def test_redact_url_and_debug_logging(caplog: pytest.LogCaptureFixture) -> None:
+    assert redact_url("postgresql://app:s3cret@db:5432/x") == "postgresql://app:***@db:5432/x"
+    with caplog.at_level(logging.DEBUG, logger="usageflow"):
+        flow = UsageFlow("memory://", debug=True)
+        flow.create_plan("Free", is_free=True, limits={"x": 5})
+        flow.consume("u", "x", idempotency_key="secret-ish")
+    text = caplog.text
+    assert "store.charge" in text and "'idempotency_key': '***'" in text
+    assert "secret-ish" not in text
+
+
+def test_errors_pickle_and_compare_to_strings() -> None:
+    err = UsageFlowError(ErrorCodes.USAGE_LIMIT_ERROR, "nope", {"x": 1})
+    clone = pickle.loads(pickle.dumps(err))
+    assert clone.code == "USAGE_LIMIT_ERROR" and clone.details == {"x": 1}
+    assert str(err) == "USAGE_LIMIT_ERROR: nope"
+
+
+def test_public_api_is_curated_and_imports_no_optional_dependency() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, usageflow; "
+        "bad = [m for m in ('psycopg', 'supabase', 'stripe', 'flask', 'starlette', 'openai', "
+        "'anthropic', 'fastapi') if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    for name in usageflow.__all__:
+        assert hasattr(usageflow, name)
+
+
+def test_open_store_builds_by_scheme(tmp_path: object) -> None:
+    assert type(open_store("memory://")).__name__ == "MemoryStore"
+    store = open_store(f"sqlite:///{tmp_path}/a.db?synchronous=normal&timeout=2")
+    assert store.synchronous == "NORMAL" and store.timeout == 2.0  # type: ignore[attr-defined]
