@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,14 @@ from usageflow.stores.base import Store
 from usageflow.testing import FakeClock
 
 START = datetime(2024, 1, 15, 12, 0, tzinfo=timezone.utc)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI (``USAGEFLOW_REQUIRE_POSTGRES=1``) a missing PostgreSQL is an error, not a skip."""
+    if os.environ.get("USAGEFLOW_REQUIRE_POSTGRES") == "1" and not os.environ.get(
+        "USAGEFLOW_TEST_POSTGRES_URL"
+    ):
+        pytest.exit("USAGEFLOW_REQUIRE_POSTGRES=1 but USAGEFLOW_TEST_POSTGRES_URL is unset", 3)
 
 
 class SyncFacade:
