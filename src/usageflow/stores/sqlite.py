@@ -44,7 +44,9 @@ _TS = "%Y-%m-%d %H:%M:%S.%f"
 
 
 def _ts(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime(_TS)
+    if value.tzinfo is not timezone.utc:
+        value = value.astimezone(timezone.utc)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _ts_or_none(value: datetime | None) -> str | None:
@@ -139,6 +141,7 @@ CREATE TABLE IF NOT EXISTS "{t.counters}" (
     last_reset_at TIMESTAMP,
     reset_base INTEGER NOT NULL DEFAULT 0,
     reset_pre_total INTEGER NOT NULL DEFAULT 0,
+    open_holds INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, feature_name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS "{t.holds}" (
@@ -560,11 +563,24 @@ class SQLiteStore(Store):
     # -- the ledger -----------------------------------------------------------------------------
     def _counter(self, c: sqlite3.Connection, user_id: str, feature_name: str) -> tuple[Any, ...]:
         row = c.execute(
-            f"SELECT total, last_ts, last_reset_at, reset_base, reset_pre_total "
+            f"SELECT total, last_ts, last_reset_at, reset_base, reset_pre_total, open_holds "
             f"FROM {self._q['counters']} WHERE user_id = ? AND feature_name = ?",
             (user_id, feature_name),
         ).fetchone()
-        return row or (0, None, None, 0, 0)
+        return row or (0, None, None, 0, 0, 0)
+
+    def _bump_holds(
+        self, c: sqlite3.Connection, user_id: str, feature_name: str, delta: int
+    ) -> None:
+        """Keep ``open_holds`` (holds not yet settled or swept) so that the common case, no
+        reservation open, skips the holds query."""
+        if delta:
+            c.execute(
+                f"INSERT INTO {self._q['counters']} (user_id, feature_name, open_holds) "
+                "VALUES (?, ?, max(?, 0)) ON CONFLICT (user_id, feature_name) DO UPDATE SET "
+                "open_holds = max(open_holds + ?, 0)",
+                (user_id, feature_name, delta, delta),
+            )
 
     def _used(
         self,
@@ -574,7 +590,7 @@ class SQLiteStore(Store):
         counter: tuple[Any, ...],
         window_start: datetime | None,
     ) -> int:
-        total, _last_ts, last_reset_at, reset_base, _pre = counter
+        total, _last_ts, last_reset_at, reset_base, _pre, _holds = counter
         reset_at = _dt(last_reset_at)
         prefix = 0
         if window_start is not None and not (reset_at is not None and reset_at >= window_start):
@@ -587,7 +603,16 @@ class SQLiteStore(Store):
             prefix = row[0] if row else 0
         return window_used(total, window_start, reset_at, reset_base, prefix)
 
-    def _held(self, c: sqlite3.Connection, user_id: str, feature_name: str, now: datetime) -> int:
+    def _held(
+        self,
+        c: sqlite3.Connection,
+        user_id: str,
+        feature_name: str,
+        now: datetime,
+        counter: tuple[Any, ...],
+    ) -> int:
+        if not counter[5]:
+            return 0
         row = c.execute(
             f"SELECT COALESCE(SUM(credits), 0) FROM {self._q['holds']} "
             "WHERE user_id = ? AND feature_name = ? AND status = 'held' AND expires_at > ?",
@@ -630,7 +655,7 @@ class SQLiteStore(Store):
         *,
         reset: bool = False,
     ) -> UsageEvent:
-        total, last_ts, last_reset_at, reset_base, reset_pre = counter
+        total, last_ts, last_reset_at, reset_base, reset_pre, _holds = counter
         if credits is not None:
             check_total(total, credits)
         now_s = _ts(now)
@@ -664,15 +689,16 @@ class SQLiteStore(Store):
         )
         event_id = cur.lastrowid
         assert event_id is not None
-        return UsageEvent(
+        return UsageEvent.model_construct(
             id=event_id,
             user_id=user_id,
             feature_name=feature_name,
             credits_used=credits,
             event_type=event_type,  # type: ignore[arg-type]
             metadata=metadata,
-            timestamp=_dt(ts),  # type: ignore[arg-type]
+            timestamp=_dt(ts),
             idempotency_key=idempotency_key,
+            replayed=False,
         )
 
     def charge(
@@ -693,7 +719,7 @@ class SQLiteStore(Store):
             first = self._by_key(c, idempotency_key) if idempotency_key is not None else None
             if first is not None or limit is not None:
                 used = self._used(c, user_id, feature_name, counter, window_start)
-                held = self._held(c, user_id, feature_name, now)
+                held = self._held(c, user_id, feature_name, now, counter)
             else:
                 used, held = counter[0], 0  # pure tracking: no window is asked for
             if first is not None:
@@ -728,14 +754,15 @@ class SQLiteStore(Store):
     ) -> Charge:
         q = self._q
         with self._tx("reserve", self.tables.holds) as c:
-            c.execute(
+            swept = c.execute(
                 f"UPDATE {q['holds']} SET status = 'expired' WHERE user_id = ? AND "
                 "feature_name = ? AND status = 'held' AND expires_at <= ?",
                 (user_id, feature_name, _ts(now)),
-            )
+            ).rowcount
+            self._bump_holds(c, user_id, feature_name, -swept)
             counter = self._counter(c, user_id, feature_name)
             used = self._used(c, user_id, feature_name, counter, window_start)
-            held = self._held(c, user_id, feature_name, now)
+            held = self._held(c, user_id, feature_name, now, counter)
             if idempotency_key is not None:
                 row = c.execute(
                     f"SELECT id FROM {q['holds']} WHERE idempotency_key = ?", (idempotency_key,)
@@ -759,6 +786,7 @@ class SQLiteStore(Store):
                     idempotency_key,
                 ),
             )
+            self._bump_holds(c, user_id, feature_name, 1)
             return Charge(True, used, held + credits, reservation_id=reservation_id)
 
     def settle(
@@ -781,6 +809,8 @@ class SQLiteStore(Store):
             key = f"reservation:{reservation_id}"
             if status == "committed":
                 return self._by_key(c, key)
+            if status == "held":  # no longer open, whatever happens next
+                self._bump_holds(c, user_id, feature_name, -1)
             if credits is None:
                 c.execute(
                     f"UPDATE {q['holds']} SET status = 'released' WHERE id = ?", (reservation_id,)
@@ -808,7 +838,7 @@ class SQLiteStore(Store):
             counter = self._counter(c, user_id, feature_name)
             return (
                 self._used(c, user_id, feature_name, counter, window_start),
-                self._held(c, user_id, feature_name, now),
+                self._held(c, user_id, feature_name, now, counter),
             )
 
     def reset(
@@ -830,7 +860,7 @@ class SQLiteStore(Store):
 
     def usage_since_reset(self, *, user_id: str, feature_name: str) -> ResetInfo:
         with self._tx("usage_since_reset", self.tables.usage_events, write=False) as c:
-            total, _last_ts, last_reset_at, reset_base, pre = self._counter(
+            total, _last_ts, last_reset_at, reset_base, pre, _holds = self._counter(
                 c, user_id, feature_name
             )
         if last_reset_at is None:
