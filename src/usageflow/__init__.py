@@ -7,6 +7,7 @@
 True
 """
 
+from usageflow.decorators import metered
 from usageflow.errors import ErrorCodes, UsageFlowError
 from usageflow.flow import AsyncReservation, AsyncUsageFlow, Reservation, UsageFlow
 from usageflow.models import (
@@ -44,4 +45,5 @@ __all__ = [
     "UsageFlowError",
     "UsageSinceReset",
     "UsageStats",
+    "metered",
 ]

@@ -1,0 +1,728 @@
+"""HTTP translation shared by every framework adapter; imports no framework.
+
+What lives here, written once for Starlette, FastAPI and Flask:
+
+* :class:`Meter`, the metering of one route (feature, credits, ``fail_open``, ``charge_if``),
+  and :class:`RouteTable`, route patterns (``"POST /v1/exports"``, ``"/v1/chat/{chat_id}"``,
+  ``"/files/{file_id:int}"``) compiled once and matched per request;
+* :func:`problem_for`, the translation of a refusal into an HTTP answer: ``402`` when the
+  quota is spent (``application/problem+json`` with ``feature``, ``limit``, ``current``,
+  ``remaining``, ``resets_at`` and ``upgrade_url``), ``401`` with no user, ``400`` for a
+  malformed user id, ``503`` when the store failed (fail closed);
+* :func:`quota_headers`, the IETF ``RateLimit-Policy`` / ``RateLimit`` fields
+  (draft-ietf-httpapi-ratelimit-headers, structured fields) and ``Retry-After``;
+* :class:`AsyncGate` / :class:`SyncGate`: reserve, commit and release over either flow, never
+  blocking an event loop (a blocking store runs in a worker thread);
+* :class:`MeterStats`, the counters of every decision (fail-open passes included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Final
+
+from usageflow.errors import ErrorCodes, UsageFlowError, config_error
+from usageflow.flow import AsyncReservation, AsyncUsageFlow, Reservation, UsageFlow
+from usageflow.models import Decision
+from usageflow.stores.base import INT64_MAX
+
+__all__ = [
+    "AsyncGate",
+    "Binding",
+    "Meter",
+    "MeterStats",
+    "MeteringError",
+    "Problem",
+    "RouteTable",
+    "ServedResponse",
+    "SyncGate",
+    "default_charge_if",
+    "problem_for",
+    "quota_headers",
+]
+
+logger = logging.getLogger("usageflow.integrations")
+
+AnyFlow = UsageFlow | AsyncUsageFlow
+AnyReservation = Reservation | AsyncReservation
+ChargeIf = Callable[[int], bool]
+
+PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+QUOTA_EXHAUSTED: Final = "urn:usageflow:problem:quota-exhausted"
+NO_USER: Final = "urn:usageflow:problem:unauthenticated"
+BAD_USER: Final = "urn:usageflow:problem:invalid-user-id"
+UNAVAILABLE: Final = "urn:usageflow:problem:metering-unavailable"
+
+
+def default_charge_if(status: int) -> bool:
+    """The default charging rule: a response is charged when its status is below 400."""
+    return status < 400
+
+
+# -- routes -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Meter:
+    """How one route (or one decorated handler) is metered.
+
+    ``credits`` is an int, or a callable computing the credits actually used once the response
+    is known (the middleware calls it with the request and a :class:`ServedResponse`; the
+    decorator with the handler's return value). With callable credits, ``reserve`` credits
+    (default 1) are held before the handler runs, so that a user with nothing left is refused
+    up front; the computed amount is then recorded even when it exceeds the hold.
+    ``fail_open`` and ``charge_if`` left as ``None`` inherit the adapter's settings.
+    """
+
+    feature: str
+    credits: int | Callable[..., Any] = 1
+    reserve: int | None = None
+    fail_open: bool | None = None
+    charge_if: ChargeIf | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.feature, str) or not self.feature.strip():
+            raise config_error("a metered feature name must be a non-empty string")
+        if len(self.feature) > 255 or not self.feature.isprintable():
+            raise config_error(
+                f"feature name {self.feature!r} must be at most 255 printable characters"
+            )
+        if callable(self.credits):
+            if self.reserve is not None:
+                _check_credits(self.reserve, "reserve")
+        else:
+            _check_credits(self.credits, "credits")
+            if self.reserve is not None:
+                raise config_error("reserve is only for callable credits")
+        if self.fail_open is not None and not isinstance(self.fail_open, bool):
+            raise config_error("fail_open must be a bool")
+        if self.charge_if is not None and not callable(self.charge_if):
+            raise config_error("charge_if must be a callable taking the status code")
+
+    @property
+    def held(self) -> int:
+        """The credits reserved before the handler runs."""
+        if isinstance(self.credits, int):
+            return self.credits
+        return self.reserve or 1
+
+    @classmethod
+    def of(cls, spec: object) -> Meter:
+        """A :class:`Meter` from a feature name, a ``Meter`` or a dict of its fields."""
+        if isinstance(spec, Meter):
+            return spec
+        if isinstance(spec, str):
+            return cls(spec)
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"feature", "credits", "reserve", "fail_open", "charge_if"}
+            if unknown:
+                raise config_error(f"unknown route option(s): {', '.join(sorted(unknown))}")
+            if "feature" not in spec:
+                raise config_error("a route spec needs a 'feature'")
+            return cls(**spec)
+        raise config_error(
+            "a route value must be a feature name, a Meter or a dict such as "
+            "{'feature': 'exports', 'credits': 2}"
+        )
+
+
+def _check_credits(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise config_error(f"{name} must be an int or a callable, not {type(value).__name__}")
+    if not 1 <= value <= INT64_MAX:
+        raise config_error(f"{name} must be between 1 and {INT64_MAX}")
+
+
+_CONVERTORS: Final = {
+    "str": "[^/]+",
+    "path": ".*",
+    "int": "[0-9]+",
+    "float": r"[0-9]+(?:\.[0-9]+)?",
+    "uuid": "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+}
+_PARAM: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_][A-Za-z0-9_]*))?}")
+_METHOD: Final = re.compile(r"^[A-Z]+$")
+
+
+@dataclass(frozen=True)
+class _Route:
+    method: str | None
+    pattern: str
+    regex: re.Pattern[str] | None
+    meter: Meter
+
+
+class RouteTable:
+    """Route patterns compiled once; :meth:`match` finds the meter of a request.
+
+    A key is ``"/path"`` (any method) or ``"METHOD /path"``; the path uses Starlette's syntax:
+    ``{name}`` matches one segment, ``{name:int}`` / ``float`` / ``uuid`` / ``path`` constrain
+    it. Patterns are tried in the order given and the first match wins; a static path is found
+    with one dict lookup. Invalid patterns fail here, at setup.
+    """
+
+    def __init__(self, routes: Mapping[str, object] | None) -> None:
+        if routes is None:
+            routes = {}
+        if not isinstance(routes, Mapping):
+            raise config_error("routes must be a dict of route pattern to feature")
+        self._static: dict[str, list[tuple[str | None, Meter]]] = {}
+        self._dynamic: list[_Route] = []
+        order: list[_Route] = []
+        for key, spec in routes.items():
+            route = self._compile(key, Meter.of(spec))
+            order.append(route)
+            if route.regex is None:
+                self._static.setdefault(route.pattern, []).append((route.method, route.meter))
+            else:
+                self._dynamic.append(route)
+        self._order = order
+        # A parameterized route declared before a static one may shadow it: first match wins,
+        # so such tables are scanned in order; others use the dict lookup for static paths.
+        first = next((i for i, r in enumerate(order) if r.regex is not None), len(order))
+        self._scan = any(r.regex is None for r in order[first:])
+
+    def __bool__(self) -> bool:
+        return bool(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @staticmethod
+    def _compile(key: object, meter: Meter) -> _Route:
+        if not isinstance(key, str):
+            raise config_error("a route pattern must be a string such as 'POST /v1/exports'")
+        method: str | None = None
+        path = key.strip()
+        if " " in path:
+            method, path = (part.strip() for part in path.split(None, 1))
+            method = method.upper()
+            if not _METHOD.match(method):
+                raise config_error(f"route {key!r}: {method!r} is not an HTTP method")
+        if not path.startswith("/") or any(c.isspace() for c in path):
+            raise config_error(f"route {key!r}: the path must start with '/' and have no spaces")
+        regex, names, last = "^", set(), 0
+        for m in _PARAM.finditer(path):
+            name, kind = m.group(1), m.group(2) or "str"
+            if kind not in _CONVERTORS:
+                raise config_error(
+                    f"route {key!r}: unknown convertor {kind!r} (known: {', '.join(_CONVERTORS)})"
+                )
+            if name in names:
+                raise config_error(f"route {key!r}: parameter {name!r} appears twice")
+            names.add(name)
+            regex += re.escape(path[last : m.start()]) + f"(?P<{name}>{_CONVERTORS[kind]})"
+            last = m.end()
+        rest = path[last:]
+        if "{" in _PARAM.sub("", path) or "}" in _PARAM.sub("", path):
+            raise config_error(f"route {key!r}: malformed parameter braces")
+        if not names:
+            return _Route(method, path, None, meter)
+        return _Route(method, path, re.compile(regex + re.escape(rest) + "$"), meter)
+
+    def match(self, method: str, path: str) -> Meter | None:
+        """The meter of the first route matching ``method`` and ``path``, or ``None``."""
+        if not self._scan:
+            for wanted, meter in self._static.get(path, ()):
+                if wanted is None or wanted == method:
+                    return meter
+            for route in self._dynamic:
+                if (
+                    (route.method is None or route.method == method)
+                    and route.regex is not None
+                    and route.regex.match(path)
+                ):
+                    return route.meter
+            return None
+        for route in self._order:
+            if route.method is not None and route.method != method:
+                continue
+            if route.regex is None:
+                if route.pattern == path:
+                    return route.meter
+            elif route.regex.match(path):
+                return route.meter
+        return None
+
+
+def route_path(scope: Mapping[str, Any]) -> str:
+    """The request path relative to the app's mount point (as Starlette's router sees it)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
+# -- answers ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServedResponse:
+    """What the middleware saw of a response, for a credits function."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    body_size: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An HTTP refusal: status, ``application/problem+json`` body (RFC 9457) and headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def content(self) -> bytes:
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def all_headers(self, content: bytes) -> list[tuple[str, str]]:
+        """Content type and length first, then the quota headers."""
+        return [
+            ("content-type", PROBLEM_CONTENT_TYPE),
+            ("content-length", str(len(content))),
+            *self.headers,
+        ]
+
+
+class MeteringError(UsageFlowError):
+    """A refusal raised by :func:`usageflow.metered` (or the FastAPI dependency).
+
+    It keeps the code, message and details of the core error (a quota refusal is still
+    ``USAGE_LIMIT_ERROR`` with ``details['decision']``), so plain Python callers handle it like
+    any :class:`UsageFlowError`; the framework adapters answer it with :attr:`problem`.
+    """
+
+    problem: Problem
+
+    def __init__(
+        self,
+        code: ErrorCodes,
+        message: str,
+        details: Mapping[str, Any] | None,
+        problem: Problem,
+    ) -> None:
+        super().__init__(code, message, dict(details or {}))
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.message, self.details, self.problem))
+
+
+def _sf_string(value: str) -> str:
+    """``value`` as a structured-field string (RFC 8941): printable ASCII, quoted, escaped."""
+    text = "".join(c if " " <= c <= "~" else f"%{ord(c):02X}" for c in value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _seconds_until(moment: datetime | None, now: datetime) -> int | None:
+    if moment is None:
+        return None
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    return max(0, math.ceil((moment - now).total_seconds()))
+
+
+def quota_headers(
+    decision: Decision, now: datetime, *, refused: bool = False, refund: int = 0
+) -> list[tuple[str, str]]:
+    """The quota fields of a metered response (none for an unlimited feature).
+
+    ``RateLimit-Policy: "<feature>";q=<limit>`` and ``RateLimit: "<feature>";r=<remaining>``
+    with ``;t=<seconds until the window resets>`` when the window has an end, and, when
+    ``refused``, ``Retry-After`` (same seconds). ``refund`` credits are added back to
+    ``remaining`` (a reservation that will be released because the response is not charged).
+    """
+    if decision.is_unlimited or decision.limit is None:
+        return []
+    name = _sf_string(decision.feature_name)
+    remaining = min(decision.limit, max(0, (decision.remaining or 0) + refund))
+    reset = _seconds_until(decision.resets_at, now)
+    limit_field = f"{name};r={remaining}" + (f";t={reset}" if reset is not None else "")
+    headers = [("ratelimit-policy", f"{name};q={decision.limit}"), ("ratelimit", limit_field)]
+    if refused and reset is not None:
+        headers.append(("retry-after", str(reset)))
+    return headers
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def exhausted(
+    decision: Decision, now: datetime, upgrade_url: str | None, message: str | None = None
+) -> Problem:
+    """The ``402`` of a spent quota."""
+    detail = message or (
+        f"The quota of {decision.feature_name!r} is spent: {decision.current} of "
+        f"{decision.limit} credits used, {decision.credits} more requested."
+    )
+    if decision.resets_at is not None:
+        detail += f" It resets at {_iso(decision.resets_at)}."
+    if upgrade_url:
+        detail += " Upgrade to get more."
+    body = {
+        "type": QUOTA_EXHAUSTED,
+        "title": "Quota exhausted",
+        "status": 402,
+        "detail": detail,
+        "feature": decision.feature_name,
+        "limit": decision.limit,
+        "current": decision.current,
+        "remaining": decision.remaining,
+        "resets_at": _iso(decision.resets_at),
+        "upgrade_url": upgrade_url,
+    }
+    return Problem(402, body, quota_headers(decision, now, refused=True))
+
+
+def unauthenticated(feature: str) -> Problem:
+    """The ``401`` of a metered request with no user id."""
+    return Problem(
+        401,
+        {
+            "type": NO_USER,
+            "title": "Authentication required",
+            "status": 401,
+            "detail": f"{feature!r} is metered per user and this request has no user.",
+            "feature": feature,
+        },
+    )
+
+
+def invalid_user(feature: str, reason: str) -> Problem:
+    """The ``400`` of a user id UsageFlow cannot accept (too long, control characters...)."""
+    return Problem(
+        400,
+        {
+            "type": BAD_USER,
+            "title": "Invalid user id",
+            "status": 400,
+            "detail": f"The user id of this request is not valid: {reason}.",
+            "feature": feature,
+        },
+    )
+
+
+def unavailable(feature: str) -> Problem:
+    """The ``503`` of a store that failed (fail closed)."""
+    return Problem(
+        503,
+        {
+            "type": UNAVAILABLE,
+            "title": "Usage metering unavailable",
+            "status": 503,
+            "detail": "Usage could not be checked; try again shortly.",
+            "feature": feature,
+        },
+        [("retry-after", "5")],
+    )
+
+
+def problem_for(
+    err: UsageFlowError, feature: str, now: datetime, upgrade_url: str | None = None
+) -> Problem:
+    """The HTTP answer to a :class:`UsageFlowError` raised while authorizing a request.
+
+    ``USAGE_LIMIT_ERROR`` -> 402 (a user with no plan at all is refused like a spent quota of
+    0); an invalid ``user_id`` -> 400; a store failure (and anything else) -> 503.
+    """
+    if err.code is ErrorCodes.USAGE_LIMIT_ERROR:
+        found = err.details.get("decision")
+        if not isinstance(found, Decision):
+            found = Decision(
+                allowed=False,
+                feature_name=feature,
+                credits=int(err.details.get("credits", 1) or 1),
+                current=0,
+                limit=0,
+                remaining=0,
+                is_unlimited=False,
+                resets_at=None,
+            )
+            return exhausted(found, now, upgrade_url, f"No plan gives access to {feature!r}.")
+        return exhausted(found, now, upgrade_url)
+    if err.code is ErrorCodes.USAGE_INVALID_PARAMS and err.details.get("field") == "user_id":
+        return invalid_user(feature, err.message)
+    return unavailable(feature)
+
+
+# -- counters ---------------------------------------------------------------------------------
+class MeterStats:
+    """Counters of every metering decision; thread-safe. Read them, e.g. for metrics.
+
+    ``allowed``: requests let through with a reservation; ``refused``: 402; ``unauthenticated``:
+    401; ``invalid``: 400; ``failed_closed``: 503 on a store failure; ``failed_open``: requests
+    let through unmetered because the store failed and the feature is ``fail_open``;
+    ``charged`` / ``released``: reservations committed / given back; ``settle_errors``:
+    commits or releases that failed after the response (the hold then expires by itself).
+    """
+
+    FIELDS: Final = (
+        "allowed",
+        "refused",
+        "unauthenticated",
+        "invalid",
+        "failed_closed",
+        "failed_open",
+        "charged",
+        "released",
+        "settle_errors",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self.FIELDS, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def __getattr__(self, name: str) -> int:
+        counts = self.__dict__.get("_counts")
+        if counts is not None and name in counts:
+            return int(counts[name])
+        raise AttributeError(name)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def __repr__(self) -> str:
+        return f"MeterStats({self.snapshot()})"
+
+
+def count_problem(stats: MeterStats, problem: Problem) -> None:
+    stats.add(
+        {402: "refused", 401: "unauthenticated", 400: "invalid"}.get(
+            problem.status, "failed_closed"
+        )
+    )
+
+
+# -- gates: reserve / commit / release over either flow ---------------------------------------
+def normalize_user_id(value: object) -> str | None:
+    """A user id as UsageFlow stores it: ``str``; an ``int`` (not ``bool``) is converted;
+    ``None`` and blank strings mean "no user"."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        return value if value.strip() else None
+    raise UsageFlowError(
+        ErrorCodes.USAGE_INVALID_PARAMS,
+        f"user_id must be a string, not {type(value).__name__}",
+        {"field": "user_id"},
+    )
+
+
+def check_flow(flow: object) -> AnyFlow:
+    if not isinstance(flow, (UsageFlow, AsyncUsageFlow)):
+        raise config_error("flow must be a usageflow.UsageFlow or usageflow.AsyncUsageFlow")
+    return flow
+
+
+class AsyncGate:
+    """Reserve, commit and release from async code over a ``UsageFlow`` or ``AsyncUsageFlow``.
+
+    A sync flow whose store blocks (SQLite, Postgres) runs in a worker thread; a non-blocking
+    one (memory) runs inline. The event loop never waits on I/O.
+    """
+
+    def __init__(self, flow: AnyFlow) -> None:
+        self.flow = check_flow(flow)
+        self._threaded = isinstance(flow, UsageFlow) and flow.store.blocking
+
+    def now(self) -> datetime:
+        return self.flow.core.clock()
+
+    async def reserve(
+        self, user_id: str, feature: str, credits: int, ttl: float | None = None
+    ) -> AnyReservation:
+        flow = self.flow
+        if isinstance(flow, AsyncUsageFlow):
+            return await flow.reserve(user_id, feature, credits, ttl)
+        if self._threaded:
+            return await asyncio.to_thread(flow.reserve, user_id, feature, credits, ttl)
+        return flow.reserve(user_id, feature, credits, ttl)
+
+    async def settle(self, held: AnyReservation, credits: int | None) -> None:
+        """Commit ``credits`` (``None``: release; 0: release, nothing was used)."""
+        if isinstance(held, AsyncReservation):
+            if credits:
+                await held.commit(credits)
+            else:
+                await held.release()
+            return
+        sync_held: Reservation = held
+
+        def call() -> None:
+            if credits:
+                sync_held.commit(credits)
+            else:
+                sync_held.release()
+
+        if self._threaded:
+            await asyncio.to_thread(call)
+        else:
+            call()
+
+    async def upgrade_url(self, user_id: str, feature: str) -> str | None:
+        """The upgrade link for a refusal; ``None`` when there is none or the store fails."""
+        flow = self.flow
+        try:
+            if isinstance(flow, AsyncUsageFlow):
+                return await flow.upgrade_url(user_id, feature_name=feature)
+            if self._threaded:
+                return await asyncio.to_thread(flow.upgrade_url, user_id, None, feature)
+            return flow.upgrade_url(user_id, None, feature)
+        except UsageFlowError:
+            logger.warning("usageflow: could not build the upgrade URL for %r", feature)
+            return None
+
+
+class SyncGate:
+    """Reserve, commit and release from sync code (Flask views, sync handlers).
+
+    With an ``AsyncUsageFlow`` the calls go to its event loop through ``anyio.from_thread``,
+    which works in the worker threads Starlette and FastAPI run sync handlers in.
+    """
+
+    def __init__(self, flow: AnyFlow) -> None:
+        self.flow = check_flow(flow)
+
+    def now(self) -> datetime:
+        return self.flow.core.clock()
+
+    def _await(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        try:
+            from anyio import from_thread
+
+            return from_thread.run(fn)
+        except (ImportError, RuntimeError) as exc:
+            raise config_error(
+                "a sync handler metered with an AsyncUsageFlow must run in a worker thread of "
+                "an async framework; pass a usageflow.UsageFlow for plain sync code"
+            ) from exc
+
+    def resolve(self, value: Awaitable[Any]) -> Any:
+        """The result of an awaitable (an async ``user_id`` or credits function)."""
+
+        async def wait() -> Any:
+            return await value
+
+        return self._await(wait)
+
+    def reserve(
+        self, user_id: str, feature: str, credits: int, ttl: float | None = None
+    ) -> AnyReservation:
+        flow = self.flow
+        if isinstance(flow, AsyncUsageFlow):
+            result: AsyncReservation = self._await(
+                lambda: flow.reserve(user_id, feature, credits, ttl)
+            )
+            return result
+        return flow.reserve(user_id, feature, credits, ttl)
+
+    def settle(self, held: AnyReservation, credits: int | None) -> None:
+        if isinstance(held, AsyncReservation):
+            async_held: AsyncReservation = held
+
+            async def settle() -> None:
+                if credits:
+                    await async_held.commit(credits)
+                else:
+                    await async_held.release()
+
+            self._await(settle)
+        elif credits:
+            held.commit(credits)
+        else:
+            held.release()
+
+    def upgrade_url(self, user_id: str, feature: str) -> str | None:
+        flow = self.flow
+        try:
+            if isinstance(flow, AsyncUsageFlow):
+                url: str | None = self._await(
+                    lambda: flow.upgrade_url(user_id, feature_name=feature)
+                )
+                return url
+            return flow.upgrade_url(user_id, None, feature)
+        except UsageFlowError:
+            logger.warning("usageflow: could not build the upgrade URL for %r", feature)
+            return None
+
+
+# -- the request binding read by decorators and dependencies ----------------------------------
+@dataclass
+class Binding:
+    """What a framework integration tells the decorators about the request being served.
+
+    ``user_id`` resolves the request's user (it may return an awaitable); ``decisions`` collects
+    the decisions of decorated handlers so that the integration can add their quota headers.
+    """
+
+    flow: AnyFlow
+    user_id: Callable[[], Any] | None
+    fail_open: bool = False
+    charge_if: ChargeIf = default_charge_if
+    stats: MeterStats | None = None
+    enabled: bool = True
+    decisions: list[tuple[Decision, int]] = field(default_factory=list)
+
+
+#: The integration bound to the request being served (set by the ASGI middleware).
+current_binding: ContextVar[Binding | None] = ContextVar("usageflow_binding", default=None)
+
+#: Functions that find the binding of a framework whose request state is not a ContextVar
+#: (the Flask extension registers one); tried in order when ``current_binding`` is unset.
+binding_providers: list[Callable[[], Binding | None]] = []
+
+
+def find_binding() -> Binding | None:
+    """The binding of the request being served, if an integration set one up."""
+    binding = current_binding.get()
+    if binding is not None:
+        return binding
+    for provider in binding_providers:
+        binding = provider()
+        if binding is not None:
+            return binding
+    return None
+
+
+#: Features already metered in the current request / call chain: metered once.
+active_features: ContextVar[frozenset[str]] = ContextVar(
+    "usageflow_active_features", default=frozenset()
+)
+
+
+def settle_credits(value: object, feature: str) -> int | None:
+    """Validate the result of a credits function: an int in ``[0, 2**63-1]``, else ``None``
+    (logged: the reserved amount is charged instead)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
+        logger.error(
+            "usageflow: the credits function of %r returned %r; "
+            "an int between 0 and 2**63-1 is required (the reserved credits are charged)",
+            feature,
+            value,
+        )
+        return None
+    return value
+
+
+def headers_of(decisions: Iterable[tuple[Decision, int]], now: datetime) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for decision, refund in decisions:
+        out.extend(quota_headers(decision, now, refund=refund))
+    return out
