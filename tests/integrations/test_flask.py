@@ -1,0 +1,230 @@
+"""UsageFlowFlask and ``@metered`` Flask views (sync and async) through Flask's test client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+import pytest
+from flask import Flask, abort, g, request
+
+from tests.integrations.conftest import PAYMENT_LINK, RESET_SECONDS, DeadSQLite
+from usageflow import AsyncUsageFlow, UsageFlow, UsageFlowError, metered
+from usageflow.context import current_user_id
+from usageflow.integrations.flask import UsageFlowFlask
+from usageflow.testing import FakeClock
+
+U1 = {"x-user": "u1"}
+
+
+def create_app(flow: UsageFlow | None, **config: Any) -> Flask:
+    """An app factory in Flask's style: the extension is created first, bound in init_app."""
+    app = Flask(__name__)
+    app.config.update(config)
+    usage = UsageFlowFlask(flow=flow, user_id=lambda: request.headers.get("x-user"))
+    usage.init_app(app)
+
+    @app.post("/v1/exports")
+    @metered("exports")
+    def export() -> dict[str, Any]:
+        return {"ok": True, "user": current_user_id.get()}
+
+    @app.post("/v1/chat")
+    @metered("chat", credits=2)
+    async def chat() -> dict[str, str]:
+        await asyncio.sleep(0)
+        return {"reply": "hi", "user": current_user_id.get() or ""}
+
+    @app.post("/v1/summaries")
+    @metered("tokens", credits=lambda result: result[0]["tokens"])
+    def summarize() -> tuple[dict[str, int], int]:
+        return {"tokens": int(request.args.get("n", "10"))}, 201
+
+    @app.get("/fails/<how>")
+    @metered("exports")
+    def fails(how: str) -> Any:
+        if how == "raise":
+            raise RuntimeError("view failed")
+        if how == "abort":
+            abort(409)
+        return "broken", 500
+
+    @app.get("/open")
+    def unmetered() -> str:
+        return "open"
+
+    return app
+
+
+def used(reader: UsageFlow, user: str, feature: str) -> int:
+    total, ledger = reader.store.ledger_check(user_id=user, feature_name=feature)
+    assert total == ledger
+    return total
+
+
+@pytest.fixture
+def flow(plan_store: Any, clock: FakeClock) -> UsageFlow:
+    return UsageFlow(plan_store, clock=clock)
+
+
+def test_sync_view_charged_then_402(flow: UsageFlow, reader: UsageFlow) -> None:
+    app = create_app(flow)
+    assert isinstance(app.extensions["usageflow"].flow, UsageFlow)
+    client = app.test_client()
+    for remaining in (2, 1, 0):
+        r = client.post("/v1/exports", headers=U1)
+        assert r.status_code == 200
+        assert r.json == {"ok": True, "user": "u1"}
+        assert r.headers["RateLimit-Policy"] == '"exports";q=3'
+        assert r.headers["RateLimit"] == f'"exports";r={remaining};t={RESET_SECONDS}'
+    r = client.post("/v1/exports", headers=U1)
+    assert r.status_code == 402
+    assert r.mimetype == "application/problem+json"
+    assert r.headers["Retry-After"] == str(RESET_SECONDS)
+    body = r.get_json(force=True)
+    assert body["feature"] == "exports"
+    assert (body["limit"], body["current"], body["remaining"]) == (3, 3, 0)
+    assert body["resets_at"] == "2024-02-01T00:00:00Z"
+    assert body["upgrade_url"] == f"{PAYMENT_LINK}?client_reference_id=u1"
+    assert used(reader, "u1", "exports") == 3
+
+
+def test_async_view(flow: UsageFlow, reader: UsageFlow) -> None:
+    client = create_app(flow).test_client()
+    r = client.post("/v1/chat", headers=U1)
+    assert r.status_code == 200
+    assert r.json == {"reply": "hi", "user": "u1"}
+    assert r.headers["RateLimit"] == f'"chat";r=3;t={RESET_SECONDS}'
+    client.post("/v1/chat", headers=U1)
+    assert client.post("/v1/chat", headers=U1).status_code == 402  # 4 used, 2 more > 5
+    assert used(reader, "u1", "chat") == 4
+
+
+def test_credits_from_the_views_result(flow: UsageFlow, reader: UsageFlow) -> None:
+    client = create_app(flow).test_client()
+    assert client.post("/v1/summaries?n=60", headers=U1).status_code == 201
+    assert client.post("/v1/summaries?n=0", headers=U1).status_code == 201
+    assert client.post("/v1/summaries?n=45", headers=U1).status_code == 201
+    assert client.post("/v1/summaries?n=1", headers=U1).status_code == 402
+    assert used(reader, "u1", "tokens") == 105
+
+
+def test_failed_views_are_not_charged(flow: UsageFlow, reader: UsageFlow) -> None:
+    app = create_app(flow)
+    client = app.test_client()
+    assert client.get("/fails/abort", headers=U1).status_code == 409
+    assert client.get("/fails/status", headers=U1).status_code == 500
+    assert client.get("/fails/raise", headers=U1).status_code == 500
+    app.testing = True  # now the view's exception reaches the caller
+    with pytest.raises(RuntimeError, match="view failed"):
+        client.get("/fails/raise", headers=U1)
+    assert used(reader, "u1", "exports") == 0
+    assert reader.fetch_usage("u1", "exports").current == 0
+
+
+def test_401_400_and_unmetered(flow: UsageFlow) -> None:
+    client = create_app(flow).test_client()
+    r = client.post("/v1/exports")
+    assert r.status_code == 401
+    assert r.get_json(force=True)["title"] == "Authentication required"
+    assert client.post("/v1/exports", headers={"x-user": "x" * 300}).status_code == 400
+    r = client.get("/open", headers=U1)
+    assert r.status_code == 200
+    assert "RateLimit" not in r.headers
+
+
+def test_user_from_flask_g_by_default_and_async_user_function(
+    flow: UsageFlow, reader: UsageFlow
+) -> None:
+    app = Flask(__name__)
+    UsageFlowFlask(app, flow=flow)
+
+    @app.before_request
+    def login() -> None:
+        g.user_id = request.headers.get("x-user")
+
+    @app.get("/x")
+    @metered("exports")
+    def x() -> str:
+        return "x"
+
+    assert app.test_client().get("/x", headers={"x-user": "g-user"}).status_code == 200
+
+    async def async_user() -> str:
+        return "async-user"
+
+    app2 = Flask(__name__)
+    UsageFlowFlask(app2, flow=flow, user_id=async_user)
+    app2.add_url_rule("/x", view_func=x)
+    app2.add_url_rule("/chat", view_func=metered("chat")(_async_view))
+    assert app2.test_client().get("/x").status_code == 200
+    assert app2.test_client().get("/chat").status_code == 200
+    assert used(reader, "g-user", "exports") == 1
+    assert used(reader, "async-user", "exports") == 1
+    assert used(reader, "async-user", "chat") == 1
+
+
+async def _async_view() -> str:
+    return "chat"
+
+
+def test_config_keys(flow: UsageFlow, reader: UsageFlow, tmp_path: Any) -> None:
+    client = create_app(flow, USAGEFLOW_ENABLED=False).test_client()
+    for _ in range(5):
+        assert client.post("/v1/exports", headers=U1).status_code == 200
+    assert used(reader, "u1", "exports") == 0
+
+    client = create_app(flow, USAGEFLOW_HEADERS_ENABLED=False).test_client()
+    assert "RateLimit" not in client.post("/v1/exports", headers=U1).headers
+
+    app = create_app(None, USAGEFLOW_STORE=f"sqlite:///{tmp_path / 'from-config.db'}")
+    built = app.extensions["usageflow"].flow
+    assert isinstance(built, UsageFlow)
+    assert built.store.url.endswith("from-config.db")  # type: ignore[attr-defined]
+    with pytest.raises(UsageFlowError, match="USAGEFLOW_FAIL_OPEN must be True or False"):
+        create_app(flow, USAGEFLOW_FAIL_OPEN="yes")
+
+
+def test_async_flow_is_refused(plan_store: Any) -> None:
+    with pytest.raises(UsageFlowError, match=r"needs a usageflow\.UsageFlow"):
+        UsageFlowFlask(Flask(__name__), flow=AsyncUsageFlow(plan_store))  # type: ignore[arg-type]
+
+
+def test_store_failure_503_and_fail_open(
+    dead_sqlite: DeadSQLite, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    flow = UsageFlow(dead_sqlite.store, clock=clock)
+    closed = create_app(flow).test_client()
+    opened_app = create_app(flow, USAGEFLOW_FAIL_OPEN=True)
+    opened = opened_app.test_client()
+    assert closed.post("/v1/exports", headers=U1).status_code == 200
+    dead_sqlite.kill()
+    r = closed.post("/v1/exports", headers=U1)
+    assert r.status_code == 503
+    assert r.get_json(force=True)["title"] == "Usage metering unavailable"
+    with caplog.at_level(logging.WARNING, logger="usageflow.integrations"):
+        assert opened.post("/v1/exports", headers=U1).status_code == 200
+    assert "fail_open" in caplog.text
+    assert opened_app.extensions["usageflow"].stats.failed_open == 1
+
+
+def test_threads_racing_a_flask_view(flow: UsageFlow, reader: UsageFlow) -> None:
+    """40 threads against a quota of 3 through the extension: exactly 3 succeed."""
+    app = create_app(flow)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def hit() -> None:
+        status = app.test_client().post("/v1/exports", headers=U1).status_code
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=hit) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] * 3 + [402] * 37
+    assert used(reader, "u1", "exports") == 3
