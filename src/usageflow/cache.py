@@ -9,7 +9,8 @@ are seen within ``ttl`` seconds. ``ttl=0`` turns caching off.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -50,13 +51,15 @@ class Catalog:
 class PlanCache:
     """Thread-safe TTL cache; safe to share between threads and the event loop."""
 
-    def __init__(self, ttl: float, maxsize: int = 100_000) -> None:
+    def __init__(
+        self, ttl: float, maxsize: int = 100_000, timer: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._catalog: TTLCache[str, Catalog] = TTLCache(1, ttl or 1)
-        self._profiles: TTLCache[str, Profile | None] = TTLCache(maxsize, ttl or 1)
+        self._catalog: TTLCache[str, Catalog] = TTLCache(1, ttl or 1, timer)
+        self._profiles: TTLCache[str, Profile | None] = TTLCache(maxsize, ttl or 1, timer)
         self._adjustments: TTLCache[tuple[str, str], tuple[LimitAdjustment, ...]] = TTLCache(
-            maxsize, ttl or 1
+            maxsize, ttl or 1, timer
         )
 
     def catalog(self) -> Catalog | None:

@@ -175,3 +175,35 @@ def test_open_store_builds_by_scheme(tmp_path: object) -> None:
     assert type(open_store("memory://")).__name__ == "MemoryStore"
     store = open_store(f"sqlite:///{tmp_path}/a.db?synchronous=normal&timeout=2")
     assert store.synchronous == "NORMAL" and store.timeout == 2.0  # type: ignore[attr-defined]
+
+
+def test_plan_cache_expires_after_its_ttl() -> None:
+    from usageflow.cache import MISSING, PlanCache
+    from usageflow.models import Plan, Profile
+
+    now = [0.0]
+    cache = PlanCache(30, timer=lambda: now[0])
+    cache.put_catalog([Plan(id=1, name="Free", is_free=True)])
+    cache.put_profile("u", Profile(id="u", plan="price_pro"))
+    now[0] = 29.9
+    assert cache.catalog() is not None and cache.profile("u") != MISSING
+    now[0] = 30.1
+    assert cache.catalog() is None and cache.profile("u") is MISSING
+    cache.put_profile("u", None)
+    cache.invalidate_user("u")
+    assert cache.profile("u") is MISSING
+    off = PlanCache(0)
+    off.put_catalog([])
+    assert off.catalog() is None
+
+
+def test_changes_from_another_server_are_seen_within_the_ttl(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    admin, cached, uncached = UsageFlow(url), UsageFlow(url), UsageFlow(url, cache_ttl=0)
+    free = admin.create_plan("Free", is_free=True, limits={"x": 5})
+    assert cached.fetch_feature_limit_for_user("u", "x") == 5
+    admin.set_feature_limit(free.id, "x", 9)
+    assert cached.fetch_feature_limit_for_user("u", "x") == 5  # cached for up to 30 s
+    assert uncached.fetch_feature_limit_for_user("u", "x") == 9
+    cached.cache.clear()
+    assert cached.fetch_feature_limit_for_user("u", "x") == 9

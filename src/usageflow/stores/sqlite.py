@@ -694,7 +694,7 @@ class SQLiteStore(Store):
             user_id=user_id,
             feature_name=feature_name,
             credits_used=credits,
-            event_type=event_type,  # type: ignore[arg-type]
+            event_type=event_type,
             metadata=metadata,
             timestamp=_dt(ts),
             idempotency_key=idempotency_key,
