@@ -614,10 +614,19 @@ class Core:
 
     def update_profile(self, user_id: str, fields: Mapping[str, Any]) -> Op[Profile]:
         """Set profile columns (for integrations such as the Stripe webhook handler)."""
+        user_id = v.name(user_id, "user_id")
         unknown = set(fields) - set(PROFILE_FIELDS)
         if unknown:
             raise invalid(f"unknown profile fields: {sorted(unknown)}")
-        profile: Profile = yield call("upsert_profile", user_id=user_id, fields=dict(fields))
+        checked: dict[str, Any] = {}
+        for field, value in fields.items():
+            if value is None:
+                checked[field] = None
+            elif field in ("current_period_start", "current_period_end"):
+                checked[field] = v.moment(value, field)
+            else:
+                checked[field] = v.name(value, field)
+        profile: Profile = yield call("upsert_profile", user_id=user_id, fields=checked)
         self.cache.invalidate_user(user_id)
         return profile
 

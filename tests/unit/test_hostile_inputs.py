@@ -51,6 +51,8 @@ METHODS: dict[str, int] = {
     "sync_price": 1,
     "upgrade_url": 3,
     "list_events": 3,
+    "get_user_plan": 1,
+    "get_profile": 1,
 }
 
 
@@ -86,6 +88,40 @@ def test_hostile_arguments(hostile_flow: UsageFlow, method: str, data: st.DataOb
         assert isinstance(err.code, ErrorCodes)
         assert err.message
         assert _ledger_size(hostile_flow) == before, "an error must write nothing"
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    user_id=hostile,
+    fields=st.dictionaries(
+        st.sampled_from(
+            [
+                "email",
+                "plan",
+                "subscription_status",
+                "stripe_customer_id",
+                "current_period_start",
+                "current_period_end",
+                "bogus",
+            ]
+        ),
+        hostile,
+        max_size=3,
+    ),
+)
+def test_hostile_profile_updates(
+    hostile_flow: UsageFlow, user_id: Any, fields: dict[str, Any]
+) -> None:
+    before = _ledger_size(hostile_flow)
+    try:
+        profile = hostile_flow.update_profile(user_id, **fields)
+    except UsageFlowError as err:
+        assert err.code is ErrorCodes.USAGE_INVALID_PARAMS
+        assert _ledger_size(hostile_flow) == before
+    else:
+        assert profile.id == user_id
 
 
 @settings(max_examples=200, deadline=None)
