@@ -39,6 +39,10 @@ __all__ = [
     "HourlyTotal",
     "ResetInfo",
     "Store",
+    "StripeApplied",
+    "StripeLink",
+    "StripePrice",
+    "StripeSubscription",
     "Tables",
     "fits",
     "window_used",
@@ -91,6 +95,26 @@ class Tables:
     def schema(self) -> str:
         return "usageflow_schema"
 
+    @property
+    def stripe_events(self) -> str:
+        """Stripe webhook events already processed (one row per event id)."""
+        return f"{self.usage_events}_stripe_events"
+
+    @property
+    def stripe_subscriptions(self) -> str:
+        """The latest known state of every Stripe subscription, with its ordering key."""
+        return f"{self.usage_events}_stripe_subs"
+
+    @property
+    def stripe_customers(self) -> str:
+        """Which user each Stripe customer belongs to."""
+        return f"{self.usage_events}_stripe_cust"
+
+    @property
+    def stripe_exports(self) -> str:
+        """Per Stripe meter: the last usage event id exported to it."""
+        return f"{self.usage_events}_stripe_export"
+
 
 @dataclass(frozen=True)
 class Charge:
@@ -123,6 +147,66 @@ class HourlyTotal:
     feature_name: str
     hour: datetime
     total: int
+
+
+@dataclass(frozen=True)
+class StripePrice:
+    """A price change from a ``price.*`` event: what :meth:`Store.update_price` writes."""
+
+    stripe_price_id: str
+    price_amount: Decimal | None
+    price_currency: str | None
+
+
+@dataclass(frozen=True)
+class StripeLink:
+    """A Stripe customer to link to a user (from ``checkout.session.completed``).
+
+    ``user_id`` is the ``client_reference_id`` the app put on the Payment Link; without it the
+    user is the one profile whose ``email`` equals ``email`` (case-insensitively). ``order_key``
+    orders links of one customer: a link never replaces one with a greater or equal key.
+    """
+
+    customer_id: str
+    user_id: str | None
+    email: str | None
+    order_key: str
+
+
+@dataclass(frozen=True)
+class StripeSubscription:
+    """The state of one Stripe subscription as an event (or the API) shows it.
+
+    ``order_key`` is a string that sorts (bytewise) in the order the states happened; a state
+    never replaces one with a greater or equal key. With ``period_guard`` (``invoice.paid``,
+    which may be paid late for an old period) it also never replaces a state whose
+    ``current_period_end`` is later than its own. ``started`` is the subscription's own
+    ``created`` and ``ended`` is true for statuses after which its plan no longer applies:
+    both choose which of a user's subscriptions the profile shows.
+    """
+
+    subscription_id: str
+    customer_id: str
+    order_key: str
+    started: datetime
+    ended: bool
+    plan: str
+    status: str
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    period_guard: bool = False
+
+
+@dataclass(frozen=True)
+class StripeApplied:
+    """What :meth:`Store.apply_stripe_event` did: ``action`` is ``applied``, ``duplicate``
+    (the event id was processed before: nothing written), ``stale`` (an older state than the
+    stored one: only the event id recorded), ``pending`` (a subscription whose customer is
+    linked to no user yet: stored, applied when the customer is linked) or ``ignored``.
+    ``user_id`` is the user whose profile the event concerns, when known."""
+
+    action: str
+    user_id: str | None = None
 
 
 def fits(used: int, held: int, credits: int, limit: int | None) -> bool:
@@ -328,6 +412,61 @@ class Store(ABC):
     @abstractmethod
     def ledger_check(self, *, user_id: str, feature_name: str) -> tuple[int, int]:
         """``(counter total, SUM of the ledger)`` of a key: equal in a healthy store."""
+
+    # -- Stripe (webhooks, reconcile, metered billing export) -----------------------------------
+    # Not abstract: a store without them keeps working for everything else.
+    def apply_stripe_event(
+        self,
+        *,
+        event_id: str | None,
+        event_type: str,
+        created: datetime,
+        now: datetime,
+        price: StripePrice | None = None,
+        link: StripeLink | None = None,
+        subscription: StripeSubscription | None = None,
+    ) -> StripeApplied:
+        """Apply what one Stripe event decided, atomically (all of it or nothing), once.
+
+        In one transaction:
+
+        1. ``event_id`` already in ``stripe_events``: return ``duplicate`` with the user id
+           recorded then; write nothing. (``event_id=None``, used by reconcile, is never
+           recorded and never a duplicate.)
+        2. ``price``: as :meth:`update_price` (plans keep their row when a price is deleted).
+        3. ``link``: the user is ``link.user_id`` (its profile created when missing) or the
+           single profile with ``lower(email) = lower(link.email)``; none or several: ``ignored``.
+           If ``stripe_customers`` holds the customer with an ``order_key`` >= the link's:
+           ``stale``. Else upsert ``(customer_id, user_id, order_key)``, set the profile's
+           ``email`` when it is NULL, and refresh the user's profile (below).
+        4. ``subscription``: if ``stripe_subscriptions`` holds it with ``order_key`` >= the
+           new one (or, with ``period_guard``, with a later ``current_period_end``): ``stale``.
+           Else upsert the row. The user is the customer's row in ``stripe_customers``, else
+           the profile whose ``stripe_customer_id`` is the customer (then a customer row with
+           ``order_key = ''`` is written); neither: ``pending``. Else refresh the profile.
+        5. Record ``(event_id, event_type, created, action, user_id, now)`` in
+           ``stripe_events``.
+
+        *Refresh the profile of user U*: among the subscriptions of every customer linked to U,
+        take the first by ``ended`` (false first), ``started`` descending, ``subscription_id``
+        descending, and set the profile's ``stripe_customer_id``, ``plan``,
+        ``subscription_status``, ``current_period_start`` and ``current_period_end`` from it;
+        with no subscription, set only ``stripe_customer_id`` to U's customer with the greatest
+        ``order_key``. The action is ``applied`` unless a step above said otherwise.
+        """
+        raise config_error("this store does not support Stripe webhooks yet")
+
+    def stripe_export_batch(
+        self, *, meter: str, feature_name: str | None, limit: int
+    ) -> tuple[int, list[tuple[UsageEvent, str | None]]]:
+        """``(cursor, rows)``: the meter's cursor in ``stripe_exports`` (0 when none) and up to
+        ``limit`` ledger events with ``id > cursor`` (of ``feature_name`` when given), by id
+        ascending, each with its user's ``profiles.stripe_customer_id`` (``None`` without)."""
+        raise config_error("this store does not support Stripe meter export yet")
+
+    def advance_stripe_cursor(self, *, meter: str, event_id: int) -> int:
+        """Set the meter's cursor to ``max(cursor, event_id)``; return the new cursor."""
+        raise config_error("this store does not support Stripe meter export yet")
 
 
 class AsyncStore(ABC):

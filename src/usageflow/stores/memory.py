@@ -18,6 +18,10 @@ from usageflow.stores.base import (
     HourlyTotal,
     ResetInfo,
     Store,
+    StripeApplied,
+    StripeLink,
+    StripePrice,
+    StripeSubscription,
     Tables,
     check_total,
     fits,
@@ -71,6 +75,10 @@ class MemoryStore(Store):
         self._holds: dict[str, _Hold] = {}
         self._active: defaultdict[tuple[str, str], dict[str, _Hold]] = defaultdict(dict)
         self._holds_by_idem: dict[str, _Hold] = {}
+        self._stripe_events: dict[str, StripeApplied] = {}
+        self._stripe_subs: dict[str, StripeSubscription] = {}
+        self._stripe_customers: dict[str, tuple[str, str]] = {}  # customer -> (user, key)
+        self._stripe_cursors: dict[str, int] = {}
 
     @classmethod
     def from_url(cls, url: str, tables: Tables | None = None) -> MemoryStore:
@@ -434,3 +442,133 @@ class MemoryStore(Store):
                 if e.user_id == user_id and e.feature_name == feature_name
             )
             return key.total, ledger
+
+    # -- Stripe ---------------------------------------------------------------------------------
+    def apply_stripe_event(
+        self,
+        *,
+        event_id: str | None,
+        event_type: str,
+        created: datetime,
+        now: datetime,
+        price: StripePrice | None = None,
+        link: StripeLink | None = None,
+        subscription: StripeSubscription | None = None,
+    ) -> StripeApplied:
+        with self._lock:
+            if event_id is not None and event_id in self._stripe_events:
+                return StripeApplied("duplicate", self._stripe_events[event_id].user_id)
+            result = StripeApplied("ignored")
+            if price is not None:
+                for pid, plan in list(self._plans.items()):
+                    if plan.stripe_price_id == price.stripe_price_id:
+                        self._plans[pid] = plan.model_copy(
+                            update={
+                                "price_amount": price.price_amount,
+                                "price_currency": price.price_currency,
+                            }
+                        )
+                result = StripeApplied("applied")
+            if link is not None:
+                result = self._stripe_link(link)
+            if subscription is not None:
+                result = self._stripe_subscription(subscription)
+            if event_id is not None:
+                self._stripe_events[event_id] = result
+            return result
+
+    def _stripe_link(self, link: StripeLink) -> StripeApplied:
+        user_id = link.user_id
+        if user_id is None:
+            wanted = (link.email or "").lower()
+            matches = [
+                p.id
+                for p in self._profiles.values()
+                if wanted and (p.email or "").lower() == wanted
+            ]
+            if len(matches) != 1:
+                return StripeApplied("ignored")
+            user_id = matches[0]
+        known = self._stripe_customers.get(link.customer_id)
+        if known is not None and known[1] >= link.order_key:
+            return StripeApplied("stale", user_id)
+        self._stripe_customers[link.customer_id] = (user_id, link.order_key)
+        profile = self._profiles.get(user_id) or Profile(id=user_id)
+        if profile.email is None and link.email:
+            profile = profile.model_copy(update={"email": link.email})
+        self._profiles[user_id] = profile
+        self._stripe_refresh(user_id)
+        return StripeApplied("applied", user_id)
+
+    def _stripe_subscription(self, sub: StripeSubscription) -> StripeApplied:
+        old = self._stripe_subs.get(sub.subscription_id)
+        old_end, new_end = (old.current_period_end if old else None), sub.current_period_end
+        if old is not None and (
+            old.order_key >= sub.order_key
+            or (sub.period_guard and old_end is not None and (new_end is None or old_end > new_end))
+        ):
+            return StripeApplied("stale", self._stripe_user(sub.customer_id))
+        self._stripe_subs[sub.subscription_id] = sub
+        user_id = self._stripe_user(sub.customer_id)
+        if user_id is None:
+            for profile in self._profiles.values():
+                if profile.stripe_customer_id == sub.customer_id:
+                    user_id = profile.id
+                    self._stripe_customers[sub.customer_id] = (user_id, "")
+                    break
+        if user_id is None:
+            return StripeApplied("pending")
+        self._stripe_refresh(user_id)
+        return StripeApplied("applied", user_id)
+
+    def _stripe_user(self, customer_id: str) -> str | None:
+        known = self._stripe_customers.get(customer_id)
+        return known[0] if known else None
+
+    def _stripe_refresh(self, user_id: str) -> None:
+        customers = {c: key for c, (u, key) in self._stripe_customers.items() if u == user_id}
+        subs = [s for s in self._stripe_subs.values() if s.customer_id in customers]
+        profile = self._profiles.get(user_id) or Profile(id=user_id)
+        if subs:
+            best = min(
+                subs,
+                key=lambda s: (s.ended, -s.started.timestamp(), _desc(s.subscription_id)),
+            )
+            fields: dict[str, Any] = {
+                "stripe_customer_id": best.customer_id,
+                "plan": best.plan,
+                "subscription_status": best.status,
+                "current_period_start": best.current_period_start,
+                "current_period_end": best.current_period_end,
+            }
+        else:
+            latest = max(customers, key=lambda c: (customers[c], c))
+            fields = {"stripe_customer_id": latest}
+        self._profiles[user_id] = profile.model_copy(update=fields)
+
+    def stripe_export_batch(
+        self, *, meter: str, feature_name: str | None, limit: int
+    ) -> tuple[int, list[tuple[UsageEvent, str | None]]]:
+        with self._lock:
+            cursor = self._stripe_cursors.get(meter, 0)
+            rows: list[tuple[UsageEvent, str | None]] = []
+            start = bisect.bisect_right([e.id for e in self._events], cursor)
+            for event in self._events[start:]:
+                if feature_name is not None and event.feature_name != feature_name:
+                    continue
+                profile = self._profiles.get(event.user_id)
+                rows.append((event, profile.stripe_customer_id if profile else None))
+                if len(rows) >= limit:
+                    break
+            return cursor, rows
+
+    def advance_stripe_cursor(self, *, meter: str, event_id: int) -> int:
+        with self._lock:
+            cursor = max(self._stripe_cursors.get(meter, 0), event_id)
+            self._stripe_cursors[meter] = cursor
+            return cursor
+
+
+def _desc(text: str) -> tuple[int, ...]:
+    """A key that sorts strings in descending order."""
+    return (*(-ord(ch) for ch in text), 1)

@@ -31,6 +31,10 @@ from usageflow.stores.base import (
     HourlyTotal,
     ResetInfo,
     Store,
+    StripeApplied,
+    StripeLink,
+    StripePrice,
+    StripeSubscription,
     Tables,
     check_total,
     fits,
@@ -39,7 +43,7 @@ from usageflow.stores.base import (
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _TS = "%Y-%m-%d %H:%M:%S.%f"
 
 
@@ -64,7 +68,8 @@ def _json(value: dict[str, Any] | None) -> str | None:
 
 
 def schema_sql(t: Tables) -> str:
-    """The DDL of schema version 1, for these table names."""
+    """The DDL of the schema (version 2: version 1 plus the Stripe tables), for these table
+    names. Every statement is idempotent, so upgrading from 1 runs it all again."""
     return f"""
 CREATE TABLE IF NOT EXISTS "{t.user_plans}" (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -158,6 +163,37 @@ CREATE TABLE IF NOT EXISTS "{t.holds}" (
 );
 CREATE INDEX IF NOT EXISTS "idx_{t.holds}_active"
     ON "{t.holds}" (user_id, feature_name, expires_at) WHERE status = 'held';
+CREATE TABLE IF NOT EXISTS "{t.stripe_events}" (
+    event_id TEXT PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    created TIMESTAMP NOT NULL,
+    action TEXT NOT NULL,
+    user_id TEXT,
+    processed_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS "{t.stripe_subscriptions}" (
+    subscription_id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    order_key TEXT NOT NULL,
+    started TIMESTAMP NOT NULL,
+    ended BOOLEAN NOT NULL,
+    plan TEXT NOT NULL,
+    status TEXT NOT NULL,
+    current_period_start TIMESTAMP,
+    current_period_end TIMESTAMP
+);
+CREATE INDEX IF NOT EXISTS "idx_{t.stripe_subscriptions}_customer"
+    ON "{t.stripe_subscriptions}" (customer_id);
+CREATE TABLE IF NOT EXISTS "{t.stripe_customers}" (
+    customer_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    order_key TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "idx_{t.stripe_customers}_user" ON "{t.stripe_customers}" (user_id);
+CREATE TABLE IF NOT EXISTS "{t.stripe_exports}" (
+    meter TEXT PRIMARY KEY,
+    last_event_id INTEGER NOT NULL
+);
 """
 
 
@@ -199,6 +235,10 @@ class SQLiteStore(Store):
                 "counters",
                 "holds",
                 "schema",
+                "stripe_events",
+                "stripe_subscriptions",
+                "stripe_customers",
+                "stripe_exports",
             )
         }
         self._q = q
@@ -922,3 +962,197 @@ class SQLiteStore(Store):
                 (user_id, feature_name),
             ).fetchone()
         return int(total), int(ledger)
+
+    # -- Stripe ---------------------------------------------------------------------------------
+    def apply_stripe_event(
+        self,
+        *,
+        event_id: str | None,
+        event_type: str,
+        created: datetime,
+        now: datetime,
+        price: StripePrice | None = None,
+        link: StripeLink | None = None,
+        subscription: StripeSubscription | None = None,
+    ) -> StripeApplied:
+        q = self._q
+        with self._tx("apply_stripe_event", self.tables.stripe_events) as c:
+            if event_id is not None:
+                row = c.execute(
+                    f"SELECT user_id FROM {q['stripe_events']} WHERE event_id = ?", (event_id,)
+                ).fetchone()
+                if row is not None:
+                    return StripeApplied("duplicate", row[0])
+            result = StripeApplied("ignored")
+            if price is not None:
+                c.execute(
+                    f"UPDATE {q['user_plans']} SET price_amount = ?, price_currency = ?, "
+                    "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE stripe_price_id = ?",
+                    (
+                        None if price.price_amount is None else str(price.price_amount),
+                        price.price_currency,
+                        price.stripe_price_id,
+                    ),
+                )
+                result = StripeApplied("applied")
+            if link is not None:
+                result = self._stripe_link(c, link)
+            if subscription is not None:
+                result = self._stripe_subscription(c, subscription)
+            if event_id is not None:
+                c.execute(
+                    f"INSERT INTO {q['stripe_events']} (event_id, event_type, created, action, "
+                    "user_id, processed_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (event_id, event_type, _ts(created), result.action, result.user_id, _ts(now)),
+                )
+            return result
+
+    def _stripe_link(self, c: sqlite3.Connection, link: StripeLink) -> StripeApplied:
+        q = self._q
+        user_id = link.user_id
+        if user_id is None:
+            rows = c.execute(
+                f"SELECT id FROM {q['profiles']} WHERE lower(email) = lower(?) LIMIT 2",
+                (link.email or "",),
+            ).fetchall()
+            if not link.email or len(rows) != 1:
+                return StripeApplied("ignored")
+            user_id = rows[0][0]
+        known = c.execute(
+            f"SELECT order_key FROM {q['stripe_customers']} WHERE customer_id = ?",
+            (link.customer_id,),
+        ).fetchone()
+        if known is not None and known[0] >= link.order_key:
+            return StripeApplied("stale", user_id)
+        c.execute(
+            f"INSERT INTO {q['stripe_customers']} (customer_id, user_id, order_key) "
+            "VALUES (?, ?, ?) ON CONFLICT (customer_id) DO UPDATE SET "
+            "user_id = excluded.user_id, order_key = excluded.order_key",
+            (link.customer_id, user_id, link.order_key),
+        )
+        c.execute(
+            f"INSERT INTO {q['profiles']} (id, email) VALUES (?, ?) ON CONFLICT (id) DO UPDATE "
+            "SET email = COALESCE(email, excluded.email)",
+            (user_id, link.email),
+        )
+        self._stripe_refresh(c, user_id)
+        return StripeApplied("applied", user_id)
+
+    def _stripe_subscription(self, c: sqlite3.Connection, sub: StripeSubscription) -> StripeApplied:
+        q = self._q
+        old = c.execute(
+            f"SELECT order_key, current_period_end FROM {q['stripe_subscriptions']} "
+            "WHERE subscription_id = ?",
+            (sub.subscription_id,),
+        ).fetchone()
+        new_end = _ts_or_none(sub.current_period_end)
+        if old is not None and (
+            old[0] >= sub.order_key
+            or (sub.period_guard and old[1] is not None and (new_end is None or old[1] > new_end))
+        ):
+            return StripeApplied("stale", self._stripe_user(c, sub.customer_id))
+        c.execute(
+            f"INSERT INTO {q['stripe_subscriptions']} (subscription_id, customer_id, order_key, "
+            "started, ended, plan, status, current_period_start, current_period_end) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscription_id) DO UPDATE SET "
+            "customer_id = excluded.customer_id, order_key = excluded.order_key, "
+            "started = excluded.started, ended = excluded.ended, plan = excluded.plan, "
+            "status = excluded.status, current_period_start = excluded.current_period_start, "
+            "current_period_end = excluded.current_period_end",
+            (
+                sub.subscription_id,
+                sub.customer_id,
+                sub.order_key,
+                _ts(sub.started),
+                int(sub.ended),
+                sub.plan,
+                sub.status,
+                _ts_or_none(sub.current_period_start),
+                new_end,
+            ),
+        )
+        user_id = self._stripe_user(c, sub.customer_id)
+        if user_id is None:
+            row = c.execute(
+                f"SELECT id FROM {q['profiles']} WHERE stripe_customer_id = ? ORDER BY id LIMIT 1",
+                (sub.customer_id,),
+            ).fetchone()
+            if row is None:
+                return StripeApplied("pending")
+            user_id = row[0]
+            c.execute(
+                f"INSERT INTO {q['stripe_customers']} (customer_id, user_id, order_key) "
+                "VALUES (?, ?, '')",
+                (sub.customer_id, user_id),
+            )
+        self._stripe_refresh(c, user_id)
+        return StripeApplied("applied", user_id)
+
+    def _stripe_user(self, c: sqlite3.Connection, customer_id: str) -> str | None:
+        row = c.execute(
+            f"SELECT user_id FROM {self._q['stripe_customers']} WHERE customer_id = ?",
+            (customer_id,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _stripe_refresh(self, c: sqlite3.Connection, user_id: str) -> None:
+        q = self._q
+        best = c.execute(
+            f"SELECT s.customer_id, s.plan, s.status, s.current_period_start, "
+            f"s.current_period_end FROM {q['stripe_subscriptions']} s "
+            f"JOIN {q['stripe_customers']} k ON k.customer_id = s.customer_id "
+            "WHERE k.user_id = ? "
+            "ORDER BY s.ended ASC, s.started DESC, s.subscription_id DESC LIMIT 1",
+            (user_id,),
+        ).fetchone()
+        if best is not None:
+            c.execute(
+                f"UPDATE {q['profiles']} SET stripe_customer_id = ?, plan = ?, "
+                "subscription_status = ?, current_period_start = ?, current_period_end = ?, "
+                "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = ?",
+                (*best, user_id),
+            )
+            return
+        c.execute(
+            f"UPDATE {q['profiles']} SET stripe_customer_id = (SELECT customer_id FROM "
+            f"{q['stripe_customers']} WHERE user_id = ? ORDER BY order_key DESC, "
+            "customer_id DESC LIMIT 1), updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') "
+            "WHERE id = ?",
+            (user_id, user_id),
+        )
+
+    def stripe_export_batch(
+        self, *, meter: str, feature_name: str | None, limit: int
+    ) -> tuple[int, list[tuple[UsageEvent, str | None]]]:
+        q = self._q
+        cols = ", ".join(f"e.{col.strip()}" for col in self._sql_event_cols.split(","))
+        where, params = "e.id > ?", []
+        if feature_name is not None:
+            where += " AND e.feature_name = ?"
+            params.append(feature_name)
+        with self._tx("stripe_export_batch", self.tables.stripe_exports, write=False) as c:
+            row = c.execute(
+                f"SELECT last_event_id FROM {q['stripe_exports']} WHERE meter = ?", (meter,)
+            ).fetchone()
+            cursor = int(row[0]) if row else 0
+            rows = c.execute(
+                f"SELECT {cols}, p.stripe_customer_id FROM {q['usage_events']} e "
+                f"LEFT JOIN {q['profiles']} p ON p.id = e.user_id WHERE {where} "
+                "ORDER BY e.id LIMIT ?",
+                (cursor, *params, limit),
+            ).fetchall()
+        return cursor, [(self._event(r[:-1]), r[-1]) for r in rows]
+
+    def advance_stripe_cursor(self, *, meter: str, event_id: int) -> int:
+        q = self._q
+        with self._tx("advance_stripe_cursor", self.tables.stripe_exports) as c:
+            c.execute(
+                f"INSERT INTO {q['stripe_exports']} (meter, last_event_id) VALUES (?, ?) "
+                "ON CONFLICT (meter) DO UPDATE SET "
+                "last_event_id = max(last_event_id, excluded.last_event_id)",
+                (meter, event_id),
+            )
+            row = c.execute(
+                f"SELECT last_event_id FROM {q['stripe_exports']} WHERE meter = ?", (meter,)
+            ).fetchone()
+        return int(row[0])
