@@ -8,13 +8,14 @@ and arithmetic happen here, identically for both drivers.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from usageflow import _validate as v
@@ -48,7 +49,7 @@ from usageflow.stores.base import INT64_MAX, PROFILE_FIELDS, Charge, HourlyTotal
 logger = logging.getLogger("usageflow")
 
 T = TypeVar("T")
-Op = Generator["StoreCall", Any, T]
+Op = Generator["StoreCall | Effect", Any, T]
 
 #: Currencies Stripe amounts are not in cents for (https://docs.stripe.com/currencies).
 ZERO_DECIMAL_CURRENCIES = frozenset(
@@ -63,6 +64,63 @@ class StoreCall(NamedTuple):
 
     method: str
     kwargs: dict[str, Any]
+
+
+class Effect(Protocol):
+    """A step that is not a store call (a Stripe API request, the app's ``plan_resolver``):
+    the sync flow calls :meth:`run`, the async flow awaits :meth:`arun`; the result is sent
+    back into the operation."""
+
+    def run(self, flow: Any) -> Any: ...
+
+    async def arun(self, flow: Any) -> Any: ...
+
+
+#: The app's plan resolver: user id -> a stripe price id, a plan id, a Plan or None (the free
+#: plan); an ``async def`` is accepted by ``AsyncUsageFlow``.
+PlanResolver = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class ResolvePlan:
+    """Ask the app's ``plan_resolver`` which plan a user is on."""
+
+    resolver: PlanResolver
+    user_id: str
+
+    def run(self, flow: Any) -> Any:
+        result = self.resolver(self.user_id)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise config_error("an async plan_resolver needs AsyncUsageFlow")
+        return result
+
+    async def arun(self, flow: Any) -> Any:
+        result = self.resolver(self.user_id)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+def resolved_plan(catalog: Catalog, chosen: object, user_id: str) -> Plan | None:
+    """The plan a ``plan_resolver`` answer names (``None``: the free plan)."""
+    if chosen is None:
+        return catalog.free_plan
+    found: Plan | None = None
+    if isinstance(chosen, Plan):
+        found = catalog.plans.get(chosen.id)
+    elif isinstance(chosen, int) and not isinstance(chosen, bool):
+        found = catalog.plans.get(chosen)
+    elif isinstance(chosen, str):
+        found = catalog.by_price.get(chosen)
+    if found is None:
+        raise limit_error(
+            "plan_resolver returned a plan that does not exist "
+            "(give a stripe_price_id, a plan id, a Plan or None)",
+            user_id=user_id,
+        )
+    return found
 
 
 def call(method: str, **kwargs: Any) -> StoreCall:
@@ -85,6 +143,7 @@ class Options:
     enable_user_adjustments: bool = False
     debug: bool = False
     reservation_ttl: float = 300.0
+    plan_resolver: PlanResolver | None = None
 
 
 def _price_amount(price: Mapping[str, Any]) -> Decimal | None:
@@ -143,12 +202,22 @@ class Core:
         assert not isinstance(profile, _Missing)
         return profile
 
+    def _user_plan(
+        self, user_id: str, catalog: Catalog, profile: Profile | None
+    ) -> Op[Plan | None]:
+        """The plan that applies: the app's ``plan_resolver`` when it has one, else the
+        profile's."""
+        if self.options.plan_resolver is None:
+            return plan_for(catalog, profile)
+        chosen = yield ResolvePlan(self.options.plan_resolver, user_id)
+        return resolved_plan(catalog, chosen, user_id)
+
     def _quota(
         self, user_id: str, feature_name: str, now: datetime, period: Period | None = None
     ) -> Op[Quota]:
         catalog = yield from self._catalog()
         profile = yield from self._profile(user_id)
-        plan = plan_for(catalog, profile)
+        plan = yield from self._user_plan(user_id, catalog, profile)
         if plan is None:
             raise limit_error(
                 "no plan applies to this user and no free plan is defined "
@@ -372,7 +441,7 @@ class Core:
         now = self.now()
         catalog = yield from self._catalog()
         profile = yield from self._profile(user_id)
-        plan = plan_for(catalog, profile)
+        plan = yield from self._user_plan(user_id, catalog, profile)
         # The usage the reset zeroes is measured over the feature's own window.
         quota = quota_for(plan, feature_name, profile, (), now) if plan else None
         start = quota.window.start if quota else window_for(Period.CURRENT_MONTH, now).start
@@ -395,7 +464,7 @@ class Core:
         if chosen is None:
             catalog = yield from self._catalog()
             profile = yield from self._profile(user_id)
-            plan = plan_for(catalog, profile)
+            plan = yield from self._user_plan(user_id, catalog, profile)
             row = plan.limits.get(feature_name) if plan else None
             chosen = Period(row.period) if row else Period.CURRENT_MONTH
         start = yield from self._window_start(user_id, chosen, now)
@@ -491,7 +560,7 @@ class Core:
         user_id = v.name(user_id, "user_id")
         catalog = yield from self._catalog()
         profile = yield from self._profile(user_id)
-        return plan_for(catalog, profile)
+        return (yield from self._user_plan(user_id, catalog, profile))
 
     def upgrade_url(self, user_id: str, plan: object, feature_name: str | None) -> Op[str | None]:
         user_id = v.name(user_id, "user_id")
@@ -500,7 +569,8 @@ class Core:
         catalog = yield from self._catalog()
         profile = yield from self._profile(user_id)
         if plan is None:
-            target = upgrade_target(catalog, plan_for(catalog, profile), feature_name)
+            current = yield from self._user_plan(user_id, catalog, profile)
+            target = upgrade_target(catalog, current, feature_name)
         else:
             target = _find_plan(catalog, plan)
         if target is None or not target.payment_link_url:
@@ -831,4 +901,15 @@ def _stats(
     )
 
 
-__all__ = ["Core", "Op", "Options", "StoreCall", "as_mapping", "call", "config_error", "redact"]
+__all__ = [
+    "Core",
+    "Effect",
+    "Op",
+    "Options",
+    "PlanResolver",
+    "StoreCall",
+    "as_mapping",
+    "call",
+    "config_error",
+    "redact",
+]

@@ -16,7 +16,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, TypeVar
 
-from usageflow._core import Core, Op, Options, StoreCall, redact
+from usageflow._core import Core, Op, Options, PlanResolver, StoreCall, redact
 from usageflow.cache import PlanCache
 from usageflow.errors import UsageFlowError, config_error
 from usageflow.models import (
@@ -96,6 +96,7 @@ class _Base:
         clock: Clock | None = None,
         stripe_webhook_secret: str | None = None,
         stripe_api_key: str | None = None,
+        plan_resolver: PlanResolver | None = None,
     ) -> None:
         for flag_name, flag in (
             ("manual_stripe_integration", manual_stripe_integration),
@@ -111,6 +112,8 @@ class _Base:
             raise config_error("reservation_ttl must be positive")
         if clock is not None and not callable(clock):
             raise config_error("clock must be a callable returning a datetime")
+        if plan_resolver is not None and not callable(plan_resolver):
+            raise config_error("plan_resolver must be a function of the user id")
         tables = Tables(
             user_plans=user_plans_table,
             usage_events=usage_events_table,
@@ -127,6 +130,7 @@ class _Base:
             enable_user_adjustments=enable_user_adjustments,
             debug=debug,
             reservation_ttl=float(reservation_ttl),
+            plan_resolver=plan_resolver,
         )
         self.stripe_webhook_secret = stripe_webhook_secret or os.environ.get(
             "STRIPE_WEBHOOK_SECRET"
@@ -162,8 +166,11 @@ class UsageFlow(_Base):
         try:
             step = next(op)
             while True:
-                self._log(step)
-                step = op.send(getattr(store, step.method)(**step.kwargs))
+                if isinstance(step, StoreCall):
+                    self._log(step)
+                    step = op.send(getattr(store, step.method)(**step.kwargs))
+                else:
+                    step = op.send(step.run(self))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
@@ -415,8 +422,11 @@ class AsyncUsageFlow(_Base):
         try:
             step = next(op)
             while True:
-                self._log(step)
-                step = op.send(await astore.call(step.method, step.kwargs))
+                if isinstance(step, StoreCall):
+                    self._log(step)
+                    step = op.send(await astore.call(step.method, step.kwargs))
+                else:
+                    step = op.send(await step.arun(self))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
