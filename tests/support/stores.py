@@ -53,3 +53,55 @@ def store_params() -> list[object]:
 
 def postgres_url() -> str | None:
     return os.environ.get(POSTGRES_URL_ENV) or None
+
+
+# -- PostgreSQL and Supabase ---------------------------------------------------------------------
+# Each test gets a fresh schema of the test database (created, migrated, dropped), so tests are
+# isolated and may run side by side; the Supabase store reaches the same functions through the
+# real ``supabase`` client and the PostgREST stand-in of ``tests/support/postgrest.py``.
+_NO_POSTGRES = (
+    f"PostgreSQL tests need {POSTGRES_URL_ENV} (e.g. postgresql://postgres@127.0.0.1/test)"
+)
+
+
+def _required_url() -> str:
+    url = postgres_url()
+    if url is None:
+        pytest.skip(_NO_POSTGRES)
+    return url
+
+
+@contextmanager
+def postgres_store(tmp_path: Path) -> Iterator[Store]:
+    from tests.support.postgres import fresh_schema, store_url
+
+    with fresh_schema(_required_url()) as schema:
+        store = open_store(store_url(_required_url(), schema))
+        store.migrate()
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+@contextmanager
+def supabase_store(tmp_path: Path) -> Iterator[Store]:
+    from usageflow.stores.supabase import SupabaseStore
+
+    from tests.support.postgres import fresh_schema
+    from tests.support.postgrest import shared_server
+
+    url = _required_url()
+    server = shared_server(url)
+    with fresh_schema(url) as schema:
+        server.migrate(schema)
+        store = SupabaseStore(server.url, server.service_key, schema=schema)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+_pg_reason = None if postgres_url() else _NO_POSTGRES
+STORES["postgres"] = (postgres_store, _pg_reason)
+STORES["supabase"] = (supabase_store, _pg_reason)

@@ -1,0 +1,728 @@
+"""``postgresql://``: PostgreSQL through psycopg 3, for many app processes sharing one database.
+
+Every store operation is ONE round trip: ``SELECT <function>(...)`` of a function installed by
+:meth:`PostgresStore.migrate` (see ``usageflow/stores/sql/postgres.sql``), run in autocommit,
+so each decision is one atomic transaction that locks only the counters row of its
+(user, feature). Its cost does not grow with the number of past events.
+
+URL options (query string; every other parameter is passed to libpq)::
+
+    postgresql://user:pass@host:5432/db?pool_size=10&connect_timeout=5&timeout=5
+        &statement_timeout=10&prepare=false&schema=usageflow
+
+=====================  ============================================================  =======
+``pool_size``          most connections of the pool                                  10
+``pool_min``           connections kept open                                         1
+``connect_timeout``    seconds to establish a connection                             5
+``timeout``            seconds a call waits for a free (or new) pooled connection    5
+``statement_timeout``  seconds a function may run on the server (0: no limit)        10
+``tcp_user_timeout``   seconds unacknowledged data may wait before the connection    10
+                       is dropped (a vanished server fails instead of hanging)
+``prepare``            ``false`` for Supabase's transaction pooler (port 6543) and    true
+                       PgBouncer: no server-side prepared statements
+``schema``             the schema holding the tables (sets ``search_path``)          server
+=====================  ============================================================  =======
+
+A failed call raises ``UsageFlowError(USAGE_CONFIG_ERROR)`` with ``details['original_error']``,
+``details['table']`` and ``details['operation']``; no message contains the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import weakref
+from collections import deque
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from usageflow.errors import UsageFlowError, config_error, missing_dependency
+from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.stores import redact_url
+from usageflow.stores.base import AsyncStore, Charge, HourlyTotal, ResetInfo, Store, Tables
+from usageflow.stores.sql import (
+    API_FUNCTIONS,
+    SCHEMA_VERSION,
+    decode,
+    encode,
+    function_name,
+    quote,
+    render,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+__all__ = ["AsyncPostgresStore", "PostgresStore", "PostgresSettings"]
+
+_IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+#: The table each operation mostly concerns (for error details).
+_TABLE_OF: dict[str, str] = {
+    "load_catalog": "user_plans",
+    "upsert_plan": "user_plans",
+    "update_price": "user_plans",
+    "set_feature_limit": "usage_feature_limits",
+    "get_profile": "profiles",
+    "upsert_profile": "profiles",
+    "add_limit_adjustment": "user_limit_adjustments",
+    "get_limit_adjustments": "user_limit_adjustments",
+}
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise missing_dependency("psycopg", "postgres") from None
+    return psycopg
+
+
+class PostgresSettings:
+    """Connection settings parsed (and validated) once from a URL."""
+
+    _OURS = (
+        "pool_size",
+        "pool_min",
+        "connect_timeout",
+        "timeout",
+        "statement_timeout",
+        "tcp_user_timeout",
+        "prepare",
+        "schema",
+    )
+
+    def __init__(self, url: str) -> None:
+        if not isinstance(url, str):
+            raise config_error("the PostgreSQL URL must be a string")
+        self.redacted = redact_url(url)
+        try:
+            parts = urlsplit(url)
+            query = parse_qsl(parts.query, keep_blank_values=True)
+            password = parts.password
+        except ValueError:
+            raise config_error("unparseable PostgreSQL URL", store=self.redacted) from None
+        scheme = parts.scheme.lower().split("+", 1)[0]
+        if scheme not in ("postgresql", "postgres"):
+            raise config_error("a PostgreSQL URL starts with postgresql://", store=self.redacted)
+        self.password = unquote(password) if password else None
+        ours = {k: v for k, v in query if k in self._OURS}
+        rest = [(k, v) for k, v in query if k not in self._OURS]
+        self.pool_size = self._int(ours, "pool_size", 10, minimum=1)
+        self.pool_min = self._int(ours, "pool_min", 1, minimum=0)
+        if self.pool_min > self.pool_size:
+            raise config_error("pool_min must not exceed pool_size", store=self.redacted)
+        self.connect_timeout = self._seconds(ours, "connect_timeout", 5.0)
+        self.timeout = self._seconds(ours, "timeout", 5.0)
+        self.statement_timeout = self._seconds(ours, "statement_timeout", 10.0, zero=True)
+        self.tcp_user_timeout = self._seconds(ours, "tcp_user_timeout", 10.0, zero=True)
+        prepare = ours.get("prepare", "true").lower()
+        if prepare not in ("true", "false", "1", "0", "yes", "no"):
+            raise config_error("prepare must be true or false", store=self.redacted)
+        self.prepare = prepare in ("true", "1", "yes")
+        self.schema = ours.get("schema") or None
+        if self.schema is not None and (
+            not set(self.schema) <= _IDENT_CHARS or self.schema[0].isdigit()
+        ):
+            raise config_error("schema must be a plain SQL identifier", store=self.redacted)
+        self.conninfo = urlunsplit(
+            ("postgresql", parts.netloc, parts.path, urlencode(rest), parts.fragment)
+        )
+
+    def _int(self, opts: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+        raw = opts.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise config_error(f"{name} must be an integer", store=self.redacted) from None
+        if value < minimum:
+            raise config_error(f"{name} must be at least {minimum}", store=self.redacted)
+        return value
+
+    def _seconds(
+        self, opts: Mapping[str, str], name: str, default: float, zero: bool = False
+    ) -> float:
+        raw = opts.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise config_error(f"{name} must be a number of seconds", store=self.redacted) from None
+        if not (value >= 0 if zero else value > 0) or value > 86400:
+            raise config_error(f"{name} is out of range", store=self.redacted)
+        return value
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``psycopg.connect`` (beyond the conninfo)."""
+        options = []
+        if self.statement_timeout:
+            options.append(f"-c statement_timeout={int(self.statement_timeout * 1000)}")
+        if self.schema:
+            options.append(f"-c search_path={self.schema}")
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "prepare_threshold": 5 if self.prepare else None,
+            "connect_timeout": max(1, round(self.connect_timeout)),
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        if self.tcp_user_timeout:
+            kwargs["tcp_user_timeout"] = int(self.tcp_user_timeout * 1000)
+        if options:
+            kwargs["options"] = " ".join(options)
+        if "application_name=" not in self.conninfo:
+            kwargs["application_name"] = "usageflow"
+        return kwargs
+
+
+class _Calls:
+    """The SQL text of every function call, built once per table names."""
+
+    def __init__(self, tables: Tables) -> None:
+        self.sql: dict[str, str] = {}
+        self.order: dict[str, tuple[str, ...]] = {}
+        for suffix, params in API_FUNCTIONS.items():
+            args = ", ".join(f"%s::{sql_type}" for _, sql_type in params)
+            self.sql[suffix] = f"SELECT {quote(function_name(tables, suffix))}({args})"
+            self.order[suffix] = tuple(name for name, _ in params)
+
+    def params(self, suffix: str, args: Mapping[str, Any], jsonb: Any) -> list[Any]:
+        values = []
+        for name in self.order[suffix]:
+            value = args[name]
+            if isinstance(value, dict):
+                value = jsonb(value)
+            values.append(value)
+        return values
+
+
+def _failure(
+    settings: PostgresSettings, tables: Tables, exc: BaseException, operation: str
+) -> UsageFlowError:
+    """One ``UsageFlowError`` for a driver failure; the password never appears."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if settings.password:
+        text = text.replace(settings.password, "***")
+    table = getattr(tables, _TABLE_OF.get(operation, "usage_events"))
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in ("42883", "42P01"):  # undefined function / table
+        message = (
+            "the usageflow schema is missing or out of date in this database: run "
+            "flow.migrate() (or `usageflow migrate`, or paste `usageflow migrate --print-sql`)"
+        )
+    elif sqlstate == "57014":
+        message = f"PostgreSQL {operation} timed out (statement_timeout)"
+    else:
+        message = f"PostgreSQL {operation} failed: {text}"
+    return config_error(
+        message, original_error=text, table=table, operation=operation, store=settings.redacted
+    )
+
+
+class PostgresStore(Store):
+    """A PostgreSQL store over a thread-safe ``psycopg_pool.ConnectionPool``.
+
+    The pool opens on first use, so building the store never connects. Each operation takes a
+    connection, runs one function call in autocommit and returns it; a connection that broke
+    is discarded (and the idle ones checked), so the store recovers when the database returns.
+    """
+
+    schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
+
+    def __init__(self, url: str, tables: Tables | None = None) -> None:
+        super().__init__(tables)
+        self._psycopg = _import_psycopg()
+        self.settings = PostgresSettings(url)
+        self.url = self.settings.redacted
+        self._calls = _Calls(self.tables)
+        self._pool: ConnectionPool[Any] | None = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
+        self._faces: weakref.WeakSet[AsyncPostgresStore] = weakref.WeakSet()
+
+    @classmethod
+    def from_url(cls, url: str, tables: Tables | None = None) -> PostgresStore:
+        return cls(url, tables)
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.url}>"
+
+    # -- connections --------------------------------------------------------------------------
+    def _get_pool(self) -> ConnectionPool[Any]:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._pool_lock:
+            if self._closed:
+                raise config_error("this PostgresStore is closed", store=self.url)
+            if self._pool is None:
+                from psycopg_pool import ConnectionPool
+
+                s = self.settings
+                self._pool = ConnectionPool(
+                    s.conninfo,
+                    kwargs=s.connect_kwargs(),
+                    min_size=s.pool_min,
+                    max_size=s.pool_size,
+                    timeout=s.timeout,
+                    reconnect_timeout=max(60.0, s.connect_timeout),
+                    name="usageflow",
+                    open=False,
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    def _rpc(self, operation: str, suffix: str, args: Mapping[str, Any]) -> Any:
+        psycopg = self._psycopg
+        params = self._calls.params(suffix, args, psycopg.types.json.Jsonb)
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn:
+                row = conn.execute(self._calls.sql[suffix], params).fetchone()
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) and not isinstance(
+                exc, psycopg.errors.QueryCanceled
+            ):
+                self._check_idle(pool)
+            raise _failure(self.settings, self.tables, exc, operation) from None
+        return row[0] if row else None
+
+    def _check_idle(self, pool: ConnectionPool[Any]) -> None:
+        """After a connection broke, drop the other idle ones that broke with it."""
+        with contextlib.suppress(Exception):  # best effort: the next call reports failures
+            pool.check()
+
+    def _invoke(self, operation: str, kwargs: Mapping[str, Any]) -> Any:
+        suffix, args = encode(operation, kwargs)
+        return decode(operation, self._rpc(operation, suffix, args))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def migration_sql(self) -> str:
+        """The full migration (schema, functions, grants) for this store's table names."""
+        return render(self.tables)
+
+    def migrate(self) -> int:
+        """Apply :meth:`migration_sql` in one transaction (serialized by an advisory lock, so
+        concurrent migrations are safe); return the schema version."""
+        psycopg = self._psycopg
+        try:
+            with self._get_pool().connection() as conn:
+                conn.execute(self.migration_sql().encode(), prepare=False)
+        except psycopg.Error as exc:
+            raise _failure(self.settings, self.tables, exc, "migrate") from None
+        return SCHEMA_VERSION
+
+    def connection_check(self) -> bool:
+        return self._rpc("connection_check", "version", {}) is not None
+
+    def close(self) -> None:
+        """Close the pool (and any async face made by :meth:`to_async`)."""
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        for face in list(self._faces):
+            face.abandon()
+
+    def to_async(self) -> AsyncPostgresStore:
+        """An asyncio face with its own non-blocking connections (same settings)."""
+        face = AsyncPostgresStore(self.settings, self.tables, self._psycopg)
+        self._faces.add(face)
+        return face
+
+    # -- the operations (each one function call) ------------------------------------------------
+    def load_catalog(self) -> list[Plan]:
+        result: list[Plan] = self._invoke("load_catalog", {})
+        return result
+
+    def upsert_plan(
+        self,
+        *,
+        name: str,
+        stripe_price_id: str | None,
+        price_amount: Decimal | None,
+        price_currency: str | None,
+        is_free: bool,
+        payment_link_url: str | None,
+    ) -> Plan:
+        result: Plan = self._invoke(
+            "upsert_plan",
+            {
+                "name": name,
+                "stripe_price_id": stripe_price_id,
+                "price_amount": price_amount,
+                "price_currency": price_currency,
+                "is_free": is_free,
+                "payment_link_url": payment_link_url,
+            },
+        )
+        return result
+
+    def set_feature_limit(
+        self, *, plan_id: int, feature_name: str, limit_value: int, period: str
+    ) -> FeatureLimit:
+        result: FeatureLimit = self._invoke(
+            "set_feature_limit",
+            {
+                "plan_id": plan_id,
+                "feature_name": feature_name,
+                "limit_value": limit_value,
+                "period": period,
+            },
+        )
+        return result
+
+    def update_price(
+        self, *, stripe_price_id: str, price_amount: Decimal | None, price_currency: str | None
+    ) -> int:
+        result: int = self._invoke(
+            "update_price",
+            {
+                "stripe_price_id": stripe_price_id,
+                "price_amount": price_amount,
+                "price_currency": price_currency,
+            },
+        )
+        return result
+
+    def get_profile(self, *, user_id: str) -> Profile | None:
+        result: Profile | None = self._invoke("get_profile", {"user_id": user_id})
+        return result
+
+    def upsert_profile(self, *, user_id: str, fields: dict[str, Any]) -> Profile:
+        result: Profile = self._invoke("upsert_profile", {"user_id": user_id, "fields": fields})
+        return result
+
+    def add_limit_adjustment(
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        amount: int,
+        type: str,
+        start_date: datetime,
+        end_date: datetime,
+        metadata: dict[str, Any] | None,
+    ) -> LimitAdjustment:
+        result: LimitAdjustment = self._invoke(
+            "add_limit_adjustment",
+            {
+                "user_id": user_id,
+                "feature_name": feature_name,
+                "amount": amount,
+                "type": type,
+                "start_date": start_date,
+                "end_date": end_date,
+                "metadata": metadata,
+            },
+        )
+        return result
+
+    def get_limit_adjustments(
+        self, *, user_id: str, feature_name: str, ending_after: datetime
+    ) -> list[LimitAdjustment]:
+        result: list[LimitAdjustment] = self._invoke(
+            "get_limit_adjustments",
+            {"user_id": user_id, "feature_name": feature_name, "ending_after": ending_after},
+        )
+        return result
+
+    def charge(
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        event_type: str,
+        limit: int | None,
+        window_start: datetime | None,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> Charge:
+        result: Charge = self._invoke(
+            "charge",
+            {
+                "user_id": user_id,
+                "feature_name": feature_name,
+                "credits": credits,
+                "event_type": event_type,
+                "limit": limit,
+                "window_start": window_start,
+                "now": now,
+                "metadata": metadata,
+                "idempotency_key": idempotency_key,
+            },
+        )
+        return result
+
+    def reserve(
+        self,
+        *,
+        reservation_id: str,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        limit: int | None,
+        window_start: datetime | None,
+        now: datetime,
+        expires_at: datetime,
+        idempotency_key: str | None,
+    ) -> Charge:
+        result: Charge = self._invoke(
+            "reserve",
+            {
+                "reservation_id": reservation_id,
+                "user_id": user_id,
+                "feature_name": feature_name,
+                "credits": credits,
+                "limit": limit,
+                "window_start": window_start,
+                "now": now,
+                "expires_at": expires_at,
+                "idempotency_key": idempotency_key,
+            },
+        )
+        return result
+
+    def settle(
+        self,
+        *,
+        reservation_id: str,
+        credits: int | None,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+    ) -> UsageEvent | None:
+        result: UsageEvent | None = self._invoke(
+            "settle",
+            {
+                "reservation_id": reservation_id,
+                "credits": credits,
+                "now": now,
+                "metadata": metadata,
+            },
+        )
+        return result
+
+    def usage(
+        self, *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime
+    ) -> tuple[int, int]:
+        result: tuple[int, int] = self._invoke(
+            "usage",
+            {
+                "user_id": user_id,
+                "feature_name": feature_name,
+                "window_start": window_start,
+                "now": now,
+            },
+        )
+        return result
+
+    def reset(
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        window_start: datetime | None,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+    ) -> UsageEvent:
+        result: UsageEvent = self._invoke(
+            "reset",
+            {
+                "user_id": user_id,
+                "feature_name": feature_name,
+                "window_start": window_start,
+                "now": now,
+                "metadata": metadata,
+            },
+        )
+        return result
+
+    def usage_since_reset(self, *, user_id: str, feature_name: str) -> ResetInfo:
+        result: ResetInfo = self._invoke(
+            "usage_since_reset", {"user_id": user_id, "feature_name": feature_name}
+        )
+        return result
+
+    def hourly_totals(
+        self,
+        *,
+        user_ids: Sequence[str],
+        feature_names: Sequence[str],
+        start: datetime | None,
+        end: datetime,
+    ) -> list[HourlyTotal]:
+        result: list[HourlyTotal] = self._invoke(
+            "hourly_totals",
+            {"user_ids": user_ids, "feature_names": feature_names, "start": start, "end": end},
+        )
+        return result
+
+    def list_events(
+        self, *, user_id: str, feature_name: str | None = None, limit: int = 100
+    ) -> list[UsageEvent]:
+        result: list[UsageEvent] = self._invoke(
+            "list_events", {"user_id": user_id, "feature_name": feature_name, "limit": limit}
+        )
+        return result
+
+    def ledger_check(self, *, user_id: str, feature_name: str) -> tuple[int, int]:
+        result: tuple[int, int] = self._invoke(
+            "ledger_check", {"user_id": user_id, "feature_name": feature_name}
+        )
+        return result
+
+
+class _AsyncPool:
+    """A small pool of ``psycopg.AsyncConnection`` with no background tasks.
+
+    Connections are made on demand (up to ``max_size``) inside the caller's event loop and kept
+    while idle; a broken one is dropped. Having no worker tasks, it needs no loop to be torn
+    down: :meth:`abandon` closes its connections from any thread, even after the loop that made
+    them has closed.
+    """
+
+    def __init__(self, settings: PostgresSettings, psycopg: Any) -> None:
+        self._settings = settings
+        self._psycopg = psycopg
+        self._idle: deque[psycopg.AsyncConnection[Any]] = deque()
+        self._all: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
+        self._size = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self.closed = False
+
+    def _bind(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._slots is None:
+            # A new event loop: connections made in the old one are not reused.
+            self.abandon(closing=False)
+            self._loop = loop
+            self._slots = asyncio.Semaphore(self._settings.pool_size)
+        return self._slots
+
+    async def acquire(self) -> psycopg.AsyncConnection[Any]:
+        if self.closed:
+            raise config_error("this store is closed")
+        slots = self._bind()
+        try:
+            await asyncio.wait_for(slots.acquire(), self._settings.timeout)
+        except asyncio.TimeoutError:
+            raise self._psycopg.OperationalError(
+                f"couldn't get a connection after {self._settings.timeout:.2f} sec"
+            ) from None
+        try:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    return conn  # type: ignore[no-any-return]
+            conn = await asyncio.wait_for(
+                self._psycopg.AsyncConnection.connect(
+                    self._settings.conninfo, **self._settings.connect_kwargs()
+                ),
+                self._settings.connect_timeout + 1,
+            )
+        except BaseException:
+            slots.release()
+            raise
+        # Marks the connection as pooled, as psycopg_pool does: psycopg then does not warn if
+        # it is collected open (an async flow dropped without ``aclose()``).
+        conn._pool = self
+        self._all.add(conn)
+        return conn  # type: ignore[no-any-return]
+
+    def release(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        idle = self._psycopg.pq.TransactionStatus.IDLE
+        if conn.closed or conn.broken or conn.info.transaction_status != idle:
+            conn.pgconn.finish()
+        elif self._loop is not None and self._loop.is_running():
+            self._idle.append(conn)
+        if self._slots is not None:
+            self._slots.release()
+
+    def abandon(self, closing: bool = True) -> None:
+        """Close every connection now, without awaiting (safe from any thread or no loop)."""
+        if closing:
+            self.closed = True
+        for conn in list(self._all):
+            if not conn.closed:
+                conn.pgconn.finish()
+        self._idle.clear()
+        self._all = weakref.WeakSet()
+        self._slots = None
+        self._loop = None
+
+    async def aclose(self) -> None:
+        self.closed = True
+        for conn in list(self._all):
+            if not conn.closed:
+                await conn.close()
+        self.abandon()
+
+
+class AsyncPostgresStore(AsyncStore):
+    """The asyncio face of :class:`PostgresStore`: the same function calls over
+    ``psycopg.AsyncConnection``, so the event loop never waits on the database."""
+
+    def __init__(self, settings: PostgresSettings, tables: Tables, psycopg: Any) -> None:
+        self.settings = settings
+        self.tables = tables
+        self._psycopg = psycopg
+        self._calls = _Calls(tables)
+        self._pool = _AsyncPool(settings, psycopg)
+
+    def __repr__(self) -> str:
+        return f"<AsyncPostgresStore {self.settings.redacted}>"
+
+    async def _execute(self, operation: str, query: str | bytes, params: Any) -> Any:
+        psycopg = self._psycopg
+        try:
+            conn = await self._pool.acquire()
+            try:
+                cur = await conn.execute(query, params, prepare=None if params else False)
+                row = await cur.fetchone()
+            finally:
+                self._pool.release(conn)
+        except psycopg.Error as exc:
+            raise _failure(self.settings, self.tables, exc, operation) from None
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise _failure(self.settings, self.tables, exc, operation) from None
+        return row[0] if row else None
+
+    async def call(self, method: str, kwargs: dict[str, Any]) -> Any:
+        """Run the store operation ``method`` (see :class:`~usageflow.stores.base.Store`)."""
+        if method == "migrate":
+            await self._execute("migrate", render(self.tables).encode(), None)
+            return SCHEMA_VERSION
+        if method == "connection_check":
+            return await self.call_function("connection_check", "version", {}) is not None
+        if method == "close":
+            await self.aclose()
+            return None
+        if method == "migration_sql":
+            return render(self.tables)
+        suffix, args = encode(method, kwargs)
+        return decode(method, await self.call_function(method, suffix, args))
+
+    async def call_function(self, operation: str, suffix: str, args: Mapping[str, Any]) -> Any:
+        params = self._calls.params(suffix, args, self._psycopg.types.json.Jsonb)
+        return await self._execute(operation, self._calls.sql[suffix], params)
+
+    def abandon(self) -> None:
+        self._pool.abandon()
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()

@@ -1,0 +1,482 @@
+"""The PostgreSQL schema and functions, and the translation shared by the stores that call them.
+
+``postgres.sql`` holds the schema and one SQL function per store operation. :func:`render`
+substitutes the configured table names (quoted identifiers, validated by
+:class:`~usageflow.stores.base.Tables`) and the derived function and index names.
+
+Both :class:`~usageflow.stores.postgres.PostgresStore` (psycopg, one ``SELECT fn(...)``) and
+:class:`~usageflow.stores.supabase.SupabaseStore` (one PostgREST ``rpc()``) make every store
+operation ONE call of one of these functions. What differs is only the transport, so the
+translation (arguments in, JSON out, refusals into :class:`UsageFlowError`) is written once
+here, as plain functions with no I/O: :func:`encode` and :func:`decode`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+
+from usageflow.errors import UsageFlowError, invalid, reservation_error
+from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.stores.base import Charge, HourlyTotal, ResetInfo, Tables
+
+__all__ = [
+    "API_FUNCTIONS",
+    "OPERATIONS",
+    "SCHEMA_VERSION",
+    "decode",
+    "encode",
+    "function_name",
+    "render",
+]
+
+#: Bumped whenever postgres.sql changes in a way that needs re-running.
+SCHEMA_VERSION = 1
+
+_TS = "timestamptz"
+
+#: The functions the stores call: name suffix -> ordered (parameter, SQL type).
+API_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "charge": (
+        ("p_user_id", "text"),
+        ("p_feature_name", "text"),
+        ("p_credits", "bigint"),
+        ("p_event_type", "text"),
+        ("p_limit", "bigint"),
+        ("p_window_start", _TS),
+        ("p_now", _TS),
+        ("p_metadata", "jsonb"),
+        ("p_idempotency_key", "text"),
+    ),
+    "reserve": (
+        ("p_reservation_id", "text"),
+        ("p_user_id", "text"),
+        ("p_feature_name", "text"),
+        ("p_credits", "bigint"),
+        ("p_limit", "bigint"),
+        ("p_window_start", _TS),
+        ("p_now", _TS),
+        ("p_expires_at", _TS),
+        ("p_idempotency_key", "text"),
+    ),
+    "settle": (
+        ("p_reservation_id", "text"),
+        ("p_credits", "bigint"),
+        ("p_now", _TS),
+        ("p_metadata", "jsonb"),
+    ),
+    "usage": (
+        ("p_user_id", "text"),
+        ("p_feature_name", "text"),
+        ("p_window_start", _TS),
+        ("p_now", _TS),
+    ),
+    "reset": (
+        ("p_user_id", "text"),
+        ("p_feature_name", "text"),
+        ("p_window_start", _TS),
+        ("p_now", _TS),
+        ("p_metadata", "jsonb"),
+    ),
+    "since_reset": (("p_user_id", "text"), ("p_feature_name", "text")),
+    "hourly": (
+        ("p_user_ids", "text[]"),
+        ("p_feature_names", "text[]"),
+        ("p_start", _TS),
+        ("p_end", _TS),
+    ),
+    "events": (("p_user_id", "text"), ("p_feature_name", "text"), ("p_limit", "integer")),
+    "ledger_check": (("p_user_id", "text"), ("p_feature_name", "text")),
+    "catalog": (),
+    "upsert_plan": (
+        ("p_name", "text"),
+        ("p_stripe_price_id", "text"),
+        ("p_price_amount", "numeric"),
+        ("p_price_currency", "text"),
+        ("p_is_free", "boolean"),
+        ("p_payment_link_url", "text"),
+    ),
+    "set_limit": (
+        ("p_plan_id", "bigint"),
+        ("p_feature_name", "text"),
+        ("p_limit_value", "bigint"),
+        ("p_period", "text"),
+    ),
+    "update_price": (
+        ("p_stripe_price_id", "text"),
+        ("p_price_amount", "numeric"),
+        ("p_price_currency", "text"),
+    ),
+    "get_profile": (("p_user_id", "text"),),
+    "upsert_profile": (("p_user_id", "text"), ("p_fields", "jsonb")),
+    "add_adjustment": (
+        ("p_user_id", "text"),
+        ("p_feature_name", "text"),
+        ("p_amount", "integer"),
+        ("p_type", "text"),
+        ("p_start_date", _TS),
+        ("p_end_date", _TS),
+        ("p_metadata", "jsonb"),
+    ),
+    "adjustments": (("p_user_id", "text"), ("p_feature_name", "text"), ("p_ending_after", _TS)),
+    "version": (),
+}
+
+#: Internal helpers: suffix -> argument types ("@x@" names a table's row type).
+_HELPERS: dict[str, tuple[str, ...]] = {
+    "us": (_TS,),
+    "event_json": ("@events@",),
+    "used": ("@counters@", _TS),
+    "lock": ("text", "text"),
+    "held": ("@counters@", _TS),
+    "append": ("@counters@", "bigint", "text", _TS, "jsonb", "text"),
+    "overflows": ("bigint", "bigint"),
+    "plan_json": ("@plans@",),
+    "profile_json": ("@profiles@",),
+    "adj_json": ("@adjustments@",),
+}
+
+
+def quote(identifier: str) -> str:
+    """A quoted SQL identifier (names are validated plain identifiers; quotes are doubled)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def function_name(tables: Tables, suffix: str) -> str:
+    """The (unquoted) name of a function: derived from the events table, so that two setups
+    with different table names can share one database."""
+    return f"{tables.usage_events}_{suffix}"
+
+
+def _names(tables: Tables) -> dict[str, str]:
+    names = {
+        "plans": quote(tables.user_plans),
+        "limits": quote(tables.usage_feature_limits),
+        "events": quote(tables.usage_events),
+        "adjustments": quote(tables.user_limit_adjustments),
+        "profiles": quote(tables.profiles),
+        "counters": quote(tables.counters),
+        "holds": quote(tables.holds),
+        "ix_key": quote(f"{tables.usage_events}_key_idx"),
+        "ix_user": quote(f"{tables.usage_events}_user_idx"),
+        "ix_adj": quote(f"{tables.usage_events}_adj_idx"),
+        "ix_hold": quote(f"{tables.usage_events}_hold_idx"),
+        "events_literal": literal(tables.usage_events),
+        "version": str(SCHEMA_VERSION),
+    }
+    for suffix in (*API_FUNCTIONS, *_HELPERS):
+        names[f"fn_{suffix}"] = quote(function_name(tables, suffix))
+    return names
+
+
+def _substitute(text: str, names: Mapping[str, str]) -> str:
+    parts = text.split("@")
+    # Tokens sit between '@'s; the SQL itself contains no '@'.
+    return "".join(names[p] if i % 2 else p for i, p in enumerate(parts))
+
+
+def render(tables: Tables) -> str:
+    """The full migration SQL for these table names: one transaction, idempotent."""
+    names = _names(tables)
+    api = [
+        f"{names['fn_' + s]}({', '.join(t for _, t in params)})"
+        for s, params in API_FUNCTIONS.items()
+    ]
+    helpers = [
+        f"{names['fn_' + s]}({', '.join(_substitute(t, names) for t in types)})"
+        for s, types in _HELPERS.items()
+    ]
+    table_names = [
+        tables.user_plans,
+        tables.usage_feature_limits,
+        tables.usage_events,
+        tables.user_limit_adjustments,
+        tables.profiles,
+        tables.counters,
+        tables.holds,
+        tables.schema,
+    ]
+    names = {
+        **names,
+        "table_literals": ", ".join(literal(t) for t in table_names),
+        "function_signatures": ", ".join(literal(f) for f in [*api, *helpers]),
+        "api_function_signatures": ", ".join(literal(f) for f in api),
+    }
+    template = resources.files(__name__).joinpath("postgres.sql").read_text(encoding="utf-8")
+    return _substitute(template, names)
+
+
+# -- values in and out ---------------------------------------------------------------------------
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def moment(micros: int | None) -> datetime | None:
+    """A moment from microseconds since the Unix epoch (as the functions return them)."""
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
+def _event(row: Mapping[str, Any] | None, replayed: bool = False) -> UsageEvent | None:
+    if row is None:
+        return None
+    return UsageEvent(
+        id=row["id"],
+        user_id=row["user_id"],
+        feature_name=row["feature_name"],
+        credits_used=row["credits_used"],
+        event_type=row["event_type"],
+        metadata=row["metadata"],
+        timestamp=_EPOCH + timedelta(microseconds=row["ts"]),
+        idempotency_key=row["idempotency_key"],
+        replayed=replayed,
+    )
+
+
+def _plan(row: Mapping[str, Any]) -> Plan:
+    amount = row["price_amount"]
+    return Plan(
+        id=row["id"],
+        name=row["name"],
+        stripe_price_id=row["stripe_price_id"],
+        price_amount=None if amount is None else Decimal(amount),
+        price_currency=row["price_currency"],
+        is_free=row["is_free"],
+        payment_link_url=row["payment_link_url"],
+        limits={lim["feature_name"]: FeatureLimit(**lim) for lim in row["limits"]},
+    )
+
+
+def _profile(row: Mapping[str, Any] | None) -> Profile | None:
+    if row is None:
+        return None
+    return Profile(
+        id=row["id"],
+        email=row["email"],
+        plan=row["plan"],
+        subscription_status=row["subscription_status"],
+        stripe_customer_id=row["stripe_customer_id"],
+        current_period_start=moment(row["current_period_start"]),
+        current_period_end=moment(row["current_period_end"]),
+    )
+
+
+def _adjustment(row: Mapping[str, Any]) -> LimitAdjustment:
+    return LimitAdjustment(
+        id=row["id"],
+        user_id=row["user_id"],
+        feature_name=row["feature_name"],
+        amount=row["amount"],
+        type=row["type"],
+        start_date=_EPOCH + timedelta(microseconds=row["start_date"]),
+        end_date=_EPOCH + timedelta(microseconds=row["end_date"]),
+        metadata=row["metadata"],
+    )
+
+
+def _charge(row: Mapping[str, Any]) -> Charge:
+    return Charge(
+        allowed=row["allowed"],
+        used=int(row["used"]),
+        held=int(row["held"]),
+        event=_event(row.get("event")),
+        replayed=bool(row.get("replayed", False)),
+        reservation_id=row.get("reservation_id"),
+    )
+
+
+def _settled(row: Mapping[str, Any]) -> UsageEvent | None:
+    return _event(row.get("event"), replayed=bool(row.get("replayed", False)))
+
+
+def _profile_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items()}
+
+
+Args = dict[str, Any]
+Encoder = Callable[..., Args]
+Decoder = Callable[[Any], Any]
+
+#: Store method -> (function suffix, kwargs -> function arguments, JSON result -> value).
+OPERATIONS: dict[str, tuple[str, Encoder, Decoder]] = {
+    "charge": (
+        "charge",
+        lambda **k: {
+            "p_user_id": k["user_id"],
+            "p_feature_name": k["feature_name"],
+            "p_credits": k["credits"],
+            "p_event_type": k["event_type"],
+            "p_limit": k["limit"],
+            "p_window_start": k["window_start"],
+            "p_now": k["now"],
+            "p_metadata": k["metadata"],
+            "p_idempotency_key": k["idempotency_key"],
+        },
+        _charge,
+    ),
+    "reserve": (
+        "reserve",
+        lambda **k: {
+            "p_reservation_id": k["reservation_id"],
+            "p_user_id": k["user_id"],
+            "p_feature_name": k["feature_name"],
+            "p_credits": k["credits"],
+            "p_limit": k["limit"],
+            "p_window_start": k["window_start"],
+            "p_now": k["now"],
+            "p_expires_at": k["expires_at"],
+            "p_idempotency_key": k["idempotency_key"],
+        },
+        _charge,
+    ),
+    "settle": (
+        "settle",
+        lambda **k: {
+            "p_reservation_id": k["reservation_id"],
+            "p_credits": k["credits"],
+            "p_now": k["now"],
+            "p_metadata": k["metadata"],
+        },
+        _settled,
+    ),
+    "usage": (
+        "usage",
+        lambda **k: {
+            "p_user_id": k["user_id"],
+            "p_feature_name": k["feature_name"],
+            "p_window_start": k["window_start"],
+            "p_now": k["now"],
+        },
+        lambda r: (int(r[0]), int(r[1])),
+    ),
+    "reset": (
+        "reset",
+        lambda **k: {
+            "p_user_id": k["user_id"],
+            "p_feature_name": k["feature_name"],
+            "p_window_start": k["window_start"],
+            "p_now": k["now"],
+            "p_metadata": k["metadata"],
+        },
+        _event,
+    ),
+    "usage_since_reset": (
+        "since_reset",
+        lambda **k: {"p_user_id": k["user_id"], "p_feature_name": k["feature_name"]},
+        lambda r: ResetInfo(int(r[0]), moment(r[1]), int(r[2])),
+    ),
+    "hourly_totals": (
+        "hourly",
+        lambda **k: {
+            "p_user_ids": list(k["user_ids"]),
+            "p_feature_names": list(k["feature_names"]),
+            "p_start": k["start"],
+            "p_end": k["end"],
+        },
+        lambda rows: sorted(
+            (HourlyTotal(u, f, _EPOCH + timedelta(microseconds=h), int(t)) for u, f, h, t in rows),
+            key=lambda h: (h.user_id, h.feature_name, h.hour),
+        ),
+    ),
+    "list_events": (
+        "events",
+        lambda **k: {
+            "p_user_id": k["user_id"],
+            "p_feature_name": k.get("feature_name"),
+            "p_limit": k.get("limit", 100),
+        },
+        lambda rows: [_event(r) for r in rows],
+    ),
+    "ledger_check": (
+        "ledger_check",
+        lambda **k: {"p_user_id": k["user_id"], "p_feature_name": k["feature_name"]},
+        lambda r: (int(r[0]), int(r[1])),
+    ),
+    "load_catalog": ("catalog", lambda **k: {}, lambda rows: [_plan(r) for r in rows]),
+    "upsert_plan": (
+        "upsert_plan",
+        lambda **k: {
+            "p_name": k["name"],
+            "p_stripe_price_id": k["stripe_price_id"],
+            "p_price_amount": k["price_amount"],
+            "p_price_currency": k["price_currency"],
+            "p_is_free": k["is_free"],
+            "p_payment_link_url": k["payment_link_url"],
+        },
+        _plan,
+    ),
+    "set_feature_limit": (
+        "set_limit",
+        lambda **k: {
+            "p_plan_id": k["plan_id"],
+            "p_feature_name": k["feature_name"],
+            "p_limit_value": k["limit_value"],
+            "p_period": k["period"],
+        },
+        lambda r: FeatureLimit(**r),
+    ),
+    "update_price": (
+        "update_price",
+        lambda **k: {
+            "p_stripe_price_id": k["stripe_price_id"],
+            "p_price_amount": k["price_amount"],
+            "p_price_currency": k["price_currency"],
+        },
+        int,
+    ),
+    "get_profile": ("get_profile", lambda **k: {"p_user_id": k["user_id"]}, _profile),
+    "upsert_profile": (
+        "upsert_profile",
+        lambda **k: {"p_user_id": k["user_id"], "p_fields": _profile_fields(k["fields"])},
+        _profile,
+    ),
+    "add_limit_adjustment": (
+        "add_adjustment",
+        lambda **k: {
+            "p_user_id": k["user_id"],
+            "p_feature_name": k["feature_name"],
+            "p_amount": k["amount"],
+            "p_type": k["type"],
+            "p_start_date": k["start_date"],
+            "p_end_date": k["end_date"],
+            "p_metadata": k["metadata"],
+        },
+        _adjustment,
+    ),
+    "get_limit_adjustments": (
+        "adjustments",
+        lambda **k: {
+            "p_user_id": k["user_id"],
+            "p_feature_name": k["feature_name"],
+            "p_ending_after": k["ending_after"],
+        },
+        lambda rows: [_adjustment(r) for r in rows],
+    ),
+}
+
+
+def encode(method: str, kwargs: Mapping[str, Any]) -> tuple[str, Args]:
+    """``(function suffix, arguments)`` of a store operation."""
+    suffix, enc, _dec = OPERATIONS[method]
+    return suffix, enc(**kwargs)
+
+
+def decode(method: str, result: Any) -> Any:
+    """The store operation's value from the function's JSON result; a refusal by rule
+    (``{"error": ...}``) is raised as the :class:`UsageFlowError` the memory store raises."""
+    if isinstance(result, dict) and "error" in result:
+        raise refusal(result)
+    return OPERATIONS[method][2](result)
+
+
+def refusal(result: Mapping[str, Any]) -> UsageFlowError:
+    details = dict(result.get("details") or {})
+    message = str(result.get("message", "refused"))
+    if result["error"] == "reservation":
+        return reservation_error(message, **details)
+    return invalid(message, **details)
