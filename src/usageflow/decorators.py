@@ -125,9 +125,11 @@ class _Plan:
         if self.binding is not None and self.binding.stats is not None:
             self.binding.stats.add(name)
 
-    def record(self, held: AnyReservation, charged: bool) -> None:
+    def record(self, held: AnyReservation, charged: int | None) -> None:
+        """Keep the decision for the integration's quota headers, ``remaining`` corrected by
+        what was actually charged (``None``: nothing)."""
         if self.binding is not None:
-            self.binding.decisions.append((held.decision, 0 if charged else held.credits))
+            self.binding.decisions.append((held.decision, held.credits - (charged or 0)))
 
 
 def _fail_open_log(meter: Meter, exc: UsageFlowError) -> None:
@@ -240,7 +242,7 @@ def _async_wrapper(
                     checked = settle_credits(value, meter.feature)
                     amount = held.credits if checked is None else checked
             await _settle_async(gate, plan, held, amount, meter)
-            plan.record(held, charged)
+            plan.record(held, amount)
             return result
         finally:
             active_features.reset(features_token)
@@ -326,7 +328,7 @@ def _sync_wrapper(
                     checked = settle_credits(value, meter.feature)
                     amount = held.credits if checked is None else checked
             _settle_sync(gate, plan, held, amount, meter)
-            plan.record(held, charged)
+            plan.record(held, amount)
             return result
         finally:
             active_features.reset(features_token)

@@ -19,6 +19,7 @@ What lives here, written once for Starlette, FastAPI and Flask:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from typing import Any, Final
 from usageflow.errors import ErrorCodes, UsageFlowError, config_error
 from usageflow.flow import AsyncReservation, AsyncUsageFlow, Reservation, UsageFlow
 from usageflow.models import Decision
+from usageflow.stores._threaded import ThreadedAsyncStore
 from usageflow.stores.base import INT64_MAX
 
 __all__ = [
@@ -315,8 +317,10 @@ class MeteringError(UsageFlowError):
         return (type(self), (self.code, self.message, self.details, self.problem))
 
 
+@functools.lru_cache(maxsize=1024)
 def _sf_string(value: str) -> str:
-    """``value`` as a structured-field string (RFC 8941): printable ASCII, quoted, escaped."""
+    """``value`` as a structured-field string (RFC 8941): printable ASCII, quoted, escaped
+    (other characters are percent-encoded). Cached: feature names are few."""
     text = "".join(c if " " <= c <= "~" else f"%{ord(c):02X}" for c in value)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -541,6 +545,10 @@ class AsyncGate:
     def __init__(self, flow: AnyFlow) -> None:
         self.flow = check_flow(flow)
         self._threaded = isinstance(flow, UsageFlow) and flow.store.blocking
+        #: True when a call may suspend (and so be cancelled): settling is then shielded.
+        self.suspends = bool(flow.store.blocking) or not isinstance(
+            getattr(flow, "astore", None), ThreadedAsyncStore
+        )
 
     def now(self) -> datetime:
         return self.flow.core.clock()

@@ -121,7 +121,7 @@ def meter(
             await _settle_async(gate, plan, held, None, spec)
             raise
         await _settle_async(gate, plan, held, held.credits, spec)
-        plan.record(held, charged=True)
+        plan.record(held, held.credits)
 
     dependency.__name__ = f"meter_{feature_name}".replace("-", "_")
     return dependency

@@ -62,7 +62,14 @@ from usageflow.integrations._http import (
     unauthenticated,
 )
 
-__all__ = ["Meter", "MeterStats", "UsageFlowMiddleware", "metering_error_handler"]
+__all__ = [
+    "Meter",
+    "MeterStats",
+    "MeteringError",
+    "ServedResponse",
+    "UsageFlowMiddleware",
+    "metering_error_handler",
+]
 
 logger = logging.getLogger("usageflow.integrations")
 
@@ -285,11 +292,13 @@ class UsageFlowMiddleware:
             if kind == "http.response.start":
                 status = int(message["status"])
                 started = True
-                raw_headers = list(message.get("headers", ()))
+                raw_headers = message.get("headers") or []
                 if self.headers:
+                    now = self.gate.now()
                     refund = 0 if charge_if(status) else held.credits
-                    extra = quota_headers(decision, self.gate.now(), refund=refund)
-                    extra += headers_of(binding.decisions, self.gate.now())
+                    extra = quota_headers(decision, now, refund=refund)
+                    if binding.decisions:
+                        extra += headers_of(binding.decisions, now)
                     message["headers"] = [*raw_headers, *_encode(extra)]
             elif kind == "http.response.body":
                 size += len(message.get("body", b""))
@@ -316,7 +325,10 @@ class UsageFlowMiddleware:
             credits: int | None = None
             if charged:
                 credits = await self._credits(meter, scope, status, raw_headers, size, held)
-            with anyio.CancelScope(shield=True):
+            if self.gate.suspends:
+                with anyio.CancelScope(shield=True):
+                    await self._settle(held, credits, meter.feature)
+            else:
                 await self._settle(held, credits, meter.feature)
         if failed is not None:
             raise failed

@@ -1,0 +1,292 @@
+"""Requests per second of one small app, bare and metered, against the rate-limit peers.
+
+    python benchmarks/http_middleware.py [--n 4000] [--rounds 3] [--concurrency 1]
+
+Starlette: bare; ``UsageFlowMiddleware`` on ``memory://`` and on SQLite (``AsyncUsageFlow``);
+slowapi on its in-memory storage. Flask: bare; ``UsageFlowFlask`` + ``@metered`` on
+``memory://`` and on SQLite; Flask-Limiter on its in-memory storage. Every metered variant
+does its full work per request (UsageFlow: reserve, then commit with the quota headers; the
+peers: hit a moving-window counter and add their headers), one user, a quota that never runs
+out.
+
+The requests are driven in-process, straight through the ASGI / WSGI callable (no sockets,
+no client library), so the figures are the cost of the framework plus the metering alone:
+the harshest setting for the ratios, since a real server adds the same fixed cost to every
+variant. The best of ``--rounds`` rounds is kept. Run by hand; it is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, request
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from usageflow import AsyncUsageFlow, UsageFlow, metered
+from usageflow.integrations.flask import UsageFlowFlask
+from usageflow.integrations.starlette import UsageFlowMiddleware
+
+QUOTA = 10**15
+USER = "bench-user"
+PATH = "/v1/exports"
+
+
+def make_flow(kind: str, url: str) -> Any:
+    flow: Any = AsyncUsageFlow(url) if kind == "async" else UsageFlow(url)
+    setup = UsageFlow(flow.store)
+    setup.create_plan("Free", is_free=True, limits={"exports": QUOTA})
+    return flow
+
+
+# -- Starlette ----------------------------------------------------------------------------------
+async def export(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+def user_of(request: Request) -> str | None:
+    return request.headers.get("x-user")
+
+
+def starlette_bare() -> Any:
+    return Starlette(routes=[Route(PATH, export, methods=["POST"])])
+
+
+def starlette_usageflow(url: str) -> Any:
+    app = starlette_bare()
+    app.add_middleware(
+        UsageFlowMiddleware,
+        flow=make_flow("async", url),
+        routes={f"POST {PATH}": "exports"},
+        user_id=user_of,
+    )
+    return app
+
+
+def starlette_slowapi() -> Any:
+    from slowapi import Limiter, _rate_limit_exceeded_handler
+    from slowapi.errors import RateLimitExceeded
+
+    limiter = Limiter(key_func=user_of, storage_uri="memory://", headers_enabled=True)
+
+    @limiter.limit(f"{QUOTA}/day")
+    async def limited(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route(PATH, limited, methods=["POST"])])
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+    return app
+
+
+async def drive_asgi(app: Any, n: int, concurrency: int) -> float:
+    scope_base = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench"), (b"x-user", USER.encode()), (b"content-length", b"0")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+    async def one() -> int:
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await app(dict(scope_base), receive, send)
+        return status
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            if await one() != 200:
+                raise RuntimeError("a benchmark request was not answered 200")
+
+    await worker(50)  # warm up: caches, connections, threads
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
+    return (n // concurrency * concurrency) / (time.perf_counter() - start)
+
+
+# -- Flask ----------------------------------------------------------------------------------------
+def flask_bare() -> Flask:
+    app = Flask("bench")
+
+    @app.post(PATH)
+    def export_view() -> Any:
+        return {"ok": True}
+
+    return app
+
+
+def flask_usageflow(url: str) -> Flask:
+    app = Flask("bench")
+    UsageFlowFlask(app, flow=make_flow("sync", url), user_id=lambda: request.headers.get("x-user"))
+
+    @app.post(PATH)
+    @metered("exports")
+    def export_view() -> Any:
+        return {"ok": True}
+
+    return app
+
+
+def flask_limiter() -> Flask:
+    from flask_limiter import Limiter
+
+    app = Flask("bench")
+    limiter = Limiter(
+        key_func=lambda: request.headers.get("x-user", ""),
+        app=app,
+        storage_uri="memory://",
+        headers_enabled=True,
+    )
+
+    @app.post(PATH)
+    @limiter.limit(f"{QUOTA}/day")
+    def export_view() -> Any:
+        return {"ok": True}
+
+    return app
+
+
+def drive_wsgi(app: Flask, n: int) -> float:
+    environ_base = {
+        "REQUEST_METHOD": "POST",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": PATH,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "bench",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "bench",
+        "HTTP_X_USER": USER,
+        "CONTENT_LENGTH": "0",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        statuses.append(status)
+        return None
+
+    def one() -> None:
+        environ = dict(environ_base)
+        environ["wsgi.input"] = io.BytesIO(b"")
+        body = app.wsgi_app(environ, start_response)
+        for _ in body:
+            pass
+        if hasattr(body, "close"):
+            body.close()
+
+    for _ in range(50):
+        one()
+    if not all(s.startswith("200") for s in statuses):
+        raise RuntimeError(f"a benchmark request was not answered 200: {set(statuses)}")
+    start = time.perf_counter()
+    for _ in range(n):
+        one()
+    return n / (time.perf_counter() - start)
+
+
+def best(rounds: int, run: Callable[[], float]) -> float:
+    return max(run() for _ in range(rounds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=4000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=1, help="ASGI requests in flight")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    tmp = Path(tempfile.mkdtemp(prefix="usageflow-bench-"))
+    sqlite = f"sqlite:///{tmp / 'bench.db'}?synchronous=normal"
+    sqlite_flask = f"sqlite:///{tmp / 'bench-flask.db'}?synchronous=normal"
+
+    def asgi(app: Any) -> Callable[[], float]:
+        return lambda: asyncio.run(drive_asgi(app, args.n, args.concurrency))
+
+    results: dict[str, float] = {}
+    plan: list[tuple[str, Callable[[], float]]] = [
+        ("starlette bare", asgi(starlette_bare())),
+        ("starlette usageflow memory", asgi(starlette_usageflow("memory://"))),
+        ("starlette usageflow sqlite", asgi(starlette_usageflow(sqlite))),
+        ("starlette slowapi memory", asgi(starlette_slowapi())),
+        ("flask bare", lambda: drive_wsgi(flask_bare(), args.n)),
+    ]
+    memory_flask, sqlite_app, limiter_app = (
+        flask_usageflow("memory://"),
+        flask_usageflow(sqlite_flask),
+        flask_limiter(),
+    )
+    plan += [
+        ("flask usageflow memory", lambda: drive_wsgi(memory_flask, args.n)),
+        ("flask usageflow sqlite", lambda: drive_wsgi(sqlite_app, args.n)),
+        ("flask flask-limiter memory", lambda: drive_wsgi(limiter_app, args.n)),
+    ]
+    for name, run in plan:
+        results[name] = best(args.rounds, run)
+        print(f"{name:32s} {results[name]:10,.0f} req/s")
+
+    ratios = {
+        "starlette: usageflow memory / bare (target >= 0.85)": (
+            results["starlette usageflow memory"] / results["starlette bare"]
+        ),
+        "starlette: usageflow memory / slowapi (target >= 1.0)": (
+            results["starlette usageflow memory"] / results["starlette slowapi memory"]
+        ),
+        "starlette: usageflow sqlite / slowapi (target >= 0.67)": (
+            results["starlette usageflow sqlite"] / results["starlette slowapi memory"]
+        ),
+        "flask: usageflow memory / bare (target >= 0.85)": (
+            results["flask usageflow memory"] / results["flask bare"]
+        ),
+        "flask: usageflow memory / flask-limiter (target >= 1.0)": (
+            results["flask usageflow memory"] / results["flask flask-limiter memory"]
+        ),
+        "flask: usageflow sqlite / flask-limiter (target >= 0.67)": (
+            results["flask usageflow sqlite"] / results["flask flask-limiter memory"]
+        ),
+    }
+    print()
+    for name, ratio in ratios.items():
+        print(f"{name:58s} {ratio:6.2f}")
+    if args.json:
+        print(json.dumps({"rps": results, "ratios": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
