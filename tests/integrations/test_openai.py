@@ -8,13 +8,16 @@ reported.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
+import importlib.util
 import sys
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import openai
 import pytest
 import pytest_asyncio
@@ -200,6 +203,36 @@ def test_truncated_responses_stream_settles_on_what_arrived(
     assert event.metadata["stream_completed"] is False
     assert event.metadata["output_tokens"] >= len(deltas)
     assert event.credits_used == event.metadata["total_tokens"]
+
+
+def test_the_responses_stream_helper_and_parse_are_metered(
+    client: openai.OpenAI, flow: UsageFlow, server: LLMServer
+) -> None:
+    with client.responses.stream(model="gpt-4o", input="Hello") as stream:
+        final = stream.get_final_response()
+    parsed = client.chat.completions.parse(model="gpt-4o", messages=MESSAGES, max_tokens=5)
+
+    assert final.usage is not None and parsed.usage is not None
+    events = list(reversed(flow.list_events(USER, FEATURE)))
+    assert [e.credits_used for e in events] == [
+        final.usage.total_tokens,
+        parsed.usage.total_tokens,
+    ]
+    assert [r.usage["total_tokens"] for r in server.requests] == [e.credits_used for e in events]
+
+
+def test_an_abandoned_stream_is_settled_when_collected(
+    client: openai.OpenAI, flow: UsageFlow
+) -> None:
+    stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    next(stream)
+    del stream
+    gc.collect()
+
+    event = _only_event(flow)
+    assert event.metadata is not None
+    assert event.metadata["usage_source"] == "estimated"
+    assert event.metadata["stream_completed"] is False
 
 
 # -- refusal, errors, truncation ------------------------------------------------------------------
@@ -539,3 +572,50 @@ async def test_async_concurrent_completions_never_commit_more_than_the_budget(
             events = await flow.list_events(USER, FEATURE, limit=CONCURRENT_CALLS)
             assert sum(e.credits_used or 0 for e in events) == budget
             assert flow.store.ledger_check(user_id=USER, feature_name=FEATURE) == (budget, budget)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_consumer_still_pays_for_what_it_received(
+    server: LLMServer, store_url: str
+) -> None:
+    """A client disconnecting from a streaming endpoint cancels the task reading the stream;
+    the settlement must still reach the ledger."""
+    async with AsyncUsageFlow(store_url) as flow:
+        await flow.create_plan("Free", is_free=True, limits={FEATURE: LIMIT})
+        async with wrap_openai(_aclient(server), flow, FEATURE, user_id=USER) as client:
+            stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+            with anyio.CancelScope() as scope:
+                async with stream:
+                    await stream.__anext__()
+                    scope.cancel()
+                    await anyio.sleep(5)  # cancelled here, and at every await after it
+            assert scope.cancelled_caught
+            for _ in range(200):
+                events = await flow.list_events(USER, FEATURE)
+                if events:
+                    break
+                await asyncio.sleep(0.01)
+
+        (event,) = events
+        assert event.metadata is not None
+        assert event.metadata["usage_source"] == "estimated"
+        assert event.metadata["stream_completed"] is False
+        assert (await flow.fetch_usage(USER, FEATURE)).current == event.credits_used
+
+
+def _load_example() -> Any:
+    path = Path(__file__).resolve().parents[2] / "examples" / "fastapi_chat.py"
+    spec = importlib.util.spec_from_file_location("fastapi_chat_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.asyncio
+async def test_the_fastapi_example_answers_402_when_the_token_budget_is_spent() -> None:
+    statuses = await _load_example().demo(monthly_tokens=500)
+
+    assert statuses[-1] == 402
+    assert set(statuses[:-1]) == {200}
+    assert len(statuses) > 2

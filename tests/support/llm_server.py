@@ -7,7 +7,9 @@ It stands in for exactly these endpoints, in their wire formats, so that the rea
   with ``"stream": true`` server-sent ``chat.completion.chunk`` events, a last chunk with no
   choices carrying ``usage`` when ``stream_options.include_usage`` is set, then ``[DONE]``;
 * ``POST /v1/responses`` (OpenAI Responses): a ``response`` JSON body, or the events
-  ``response.created``, ``response.output_text.delta``... and ``response.completed`` (with usage);
+  ``response.created``, ``.in_progress``, ``.output_item.added``, ``.content_part.added``,
+  ``response.output_text.delta``..., ``.output_text.done``, ``.content_part.done``,
+  ``.output_item.done`` and ``response.completed`` (with usage);
 * ``POST /v1/messages`` (Anthropic Messages): a ``message`` JSON body, or the events
   ``message_start``, ``content_block_start``, ``ping``, ``content_block_delta``...,
   ``content_block_stop``, ``message_delta`` (with the output usage) and ``message_stop``.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -82,6 +85,11 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 128
     owner: LLMServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that stops reading a stream closes its connection: expected
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -274,31 +282,31 @@ class _Handler(BaseHTTPRequestHandler):
         self._start_events(request_id)
         started = {**response, "status": "in_progress", "output": [], "usage": None}
         sequence = itertools.count()
-        self._event(
-            {"type": "response.created", "sequence_number": next(sequence), "response": started},
-            "response.created",
+
+        def emit(kind: str, **fields: Any) -> None:
+            self._event({"type": kind, "sequence_number": next(sequence), **fields}, kind)
+
+        emit("response.created", response=started)
+        emit("response.in_progress", response=started)
+        part = {"type": "output_text", "text": "", "annotations": []}
+        where = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+        emit(
+            "response.output_item.added",
+            output_index=0,
+            item={**item, "status": "in_progress", "content": []},
         )
+        emit("response.content_part.added", part=part, **where)
         for index, word in enumerate(words):
             if truncate and index == len(words) // 2:
                 self._cut()
                 return
-            self._event(
-                {
-                    "type": "response.output_text.delta",
-                    "sequence_number": next(sequence),
-                    "item_id": item["id"],
-                    "output_index": 0,
-                    "content_index": 0,
-                    "delta": word if index == 0 else " " + word,
-                    "logprobs": [],
-                },
-                "response.output_text.delta",
-            )
+            delta = word if index == 0 else " " + word
+            emit("response.output_text.delta", delta=delta, logprobs=[], **where)
+        emit("response.output_text.done", text=text, logprobs=[], **where)
+        emit("response.content_part.done", part={**part, "text": text}, **where)
+        emit("response.output_item.done", output_index=0, item=item)
         record.usage = flat
-        self._event(
-            {"type": "response.completed", "sequence_number": next(sequence), "response": response},
-            "response.completed",
-        )
+        emit("response.completed", response=response)
         self._end_events()
 
     # -- Anthropic messages --------------------------------------------------------------------

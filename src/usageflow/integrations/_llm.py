@@ -22,6 +22,7 @@ records what the API reports.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -516,15 +517,34 @@ class AsyncSettler:
             self.api, self.call, self.tally, completed, self.request_id
         )
         if outcome is None:
-            await self.reservation.release()
+            await shielded(self.reservation.release())
         else:
-            await self.reservation.commit(*outcome)
+            await shielded(self.reservation.commit(*outcome))
 
     async def finish_quietly(self) -> None:
         try:
             await self.finish(completed=False)
         except Exception:
             logger.exception("usageflow: could not settle an abandoned %s stream", self.call.api)
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "usageflow: a settlement failed after its caller was cancelled: %r", task.exception()
+        )
+
+
+async def shielded(settlement: Awaitable[T]) -> T:
+    """Await a commit or release to its end even when the caller is cancelled meanwhile (a
+    client that disconnects from a streaming endpoint): the caller still gets its
+    ``CancelledError``, the ledger still gets the settlement."""
+    task = asyncio.ensure_future(settlement)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_log_failure)
+        raise
 
 
 def reserve_sync(meter: Meter, call: Call) -> Reservation:
@@ -582,7 +602,7 @@ async def run_async(
     try:
         result = await method(**call.request)
     except BaseException:
-        await reservation.release()
+        await shielded(reservation.release())
         raise
     if call.stream and isinstance(result, stream_type):
         settler = AsyncSettler(meter, api, call, reservation, _request_id(api, result))
