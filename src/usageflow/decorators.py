@@ -125,11 +125,20 @@ class _Plan:
         if self.binding is not None and self.binding.stats is not None:
             self.binding.stats.add(name)
 
-    def record(self, held: AnyReservation, charged: int | None) -> None:
+    def record(self, held: AnyReservation, charged: int | None, replace: bool = False) -> None:
         """Keep the decision for the integration's quota headers, ``remaining`` corrected by
-        what was actually charged (``None``: nothing)."""
-        if self.binding is not None:
-            self.binding.decisions.append((held.decision, held.credits - (charged or 0)))
+        what was actually charged (``None``: nothing). ``replace`` corrects an earlier record
+        of the same reservation."""
+        if self.binding is None:
+            return
+        entry = (held.decision, held.credits - (charged or 0))
+        decisions = self.binding.decisions
+        if replace:
+            for i, (decision, _refund) in enumerate(decisions):
+                if decision is held.decision:
+                    decisions[i] = entry
+                    return
+        decisions.append(entry)
 
 
 def _fail_open_log(meter: Meter, exc: UsageFlowError) -> None:

@@ -106,10 +106,14 @@ def test_sync_endpoint_charges_from_its_result(any_flow: Any, reader: UsageFlow)
 
 def test_dependency_form(any_flow: Any, reader: UsageFlow) -> None:
     with TestClient(build(any_flow)) as client:
-        assert client.post("/v1/chat", headers=U1).status_code == 200
+        r = client.post("/v1/chat", headers=U1)
+        assert r.status_code == 200
+        assert r.headers["ratelimit"] == f'"chat";r=3;t={RESET_SECONDS}'
         r = client.post("/v1/chat/decision", headers=U1)
         assert r.json() == {"remaining": 2}
-        assert client.post("/v1/chat/fail", headers=U1).status_code == 422  # released
+        r = client.post("/v1/chat/fail", headers=U1)
+        assert r.status_code == 422  # released, and the headers say so
+        assert r.headers["ratelimit"] == f'"chat";r=2;t={RESET_SECONDS}'
         assert client.post("/v1/chat", headers=U1).status_code == 200
         r = client.post("/v1/chat", headers=U1)
         assert r.status_code == 402

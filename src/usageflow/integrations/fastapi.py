@@ -115,13 +115,16 @@ def meter(
                 url = await gate.upgrade_url(user, spec.feature)
             raise plan.refuse(exc, spec, url, gate.now()) from exc
         plan.count("allowed")
+        # Recorded before the endpoint runs: the middleware adds the quota headers when the
+        # response starts, which may be before this dependency exits.
+        plan.record(held, held.credits)
         try:
             yield held.decision
         except BaseException:
+            plan.record(held, None, replace=True)
             await _settle_async(gate, plan, held, None, spec)
             raise
         await _settle_async(gate, plan, held, held.credits, spec)
-        plan.record(held, held.credits)
 
     dependency.__name__ = f"meter_{feature_name}".replace("-", "_")
     return dependency
