@@ -16,7 +16,9 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, TypeVar
 
+from usageflow import _stripe
 from usageflow._core import Core, Op, Options, PlanResolver, StoreCall, redact
+from usageflow._stripe import ExportResult, PlanSyncResult, ReconcileResult, WebhookResult
 from usageflow.cache import PlanCache
 from usageflow.errors import UsageFlowError, config_error
 from usageflow.models import (
@@ -398,6 +400,54 @@ class UsageFlow(_Base):
         number of plans changed."""
         return self._run(self.core.sync_price(price))
 
+    # -- Stripe (see docs/stripe.md) --------------------------------------------------------------
+    def handle_webhook(
+        self, raw_body: bytes | str, signature: str | None, *, tolerance: int = 300
+    ) -> WebhookResult:
+        """Verify a Stripe webhook (the raw body and the ``Stripe-Signature`` header) and apply
+        its event once and in order; a bad signature or body raises and writes nothing."""
+        return self._run(
+            _stripe.handle_webhook(
+                self.core, raw_body, signature, self.stripe_webhook_secret, tolerance
+            )
+        )
+
+    def sync_plans_from_stripe(self, *, client: Any = None) -> PlanSyncResult:
+        """Create or update plans from the active recurring prices in Stripe, their Payment
+        Links and ``usageflow:<feature>`` product metadata."""
+        return self._run(_stripe.sync_plans(self.core, client))
+
+    def reconcile(self, *, client: Any = None) -> ReconcileResult:
+        """Re-read subscriptions (and completed checkouts) from Stripe and repair what lost
+        webhooks missed; never overwrites a newer state."""
+        return self._run(_stripe.reconcile(self.core, client))
+
+    def export_usage_to_stripe(
+        self,
+        event_name: str,
+        *,
+        feature_name: str | None = None,
+        batch_size: int = 100,
+        customer_key: str = "stripe_customer_id",
+        value_key: str = "value",
+        identifier_prefix: str = "usageflow-",
+        client: Any = None,
+    ) -> ExportResult:
+        """Send usage recorded since the last export to a Stripe Billing Meter (one meter
+        event per ledger event, its id as Stripe's ``identifier``)."""
+        return self._run(
+            _stripe.export_usage(
+                self.core,
+                event_name,
+                feature_name,
+                batch_size,
+                customer_key,
+                value_key,
+                identifier_prefix,
+                client,
+            )
+        )
+
     def migrate(self) -> int:
         """Create or upgrade the schema; returns its version."""
         return self._run(self.core.migrate())
@@ -631,6 +681,45 @@ class AsyncUsageFlow(_Base):
 
     async def sync_price(self, price: Any) -> int:
         return await self._run(self.core.sync_price(price))
+
+    async def handle_webhook(
+        self, raw_body: bytes | str, signature: str | None, *, tolerance: int = 300
+    ) -> WebhookResult:
+        return await self._run(
+            _stripe.handle_webhook(
+                self.core, raw_body, signature, self.stripe_webhook_secret, tolerance
+            )
+        )
+
+    async def sync_plans_from_stripe(self, *, client: Any = None) -> PlanSyncResult:
+        return await self._run(_stripe.sync_plans(self.core, client))
+
+    async def reconcile(self, *, client: Any = None) -> ReconcileResult:
+        return await self._run(_stripe.reconcile(self.core, client))
+
+    async def export_usage_to_stripe(
+        self,
+        event_name: str,
+        *,
+        feature_name: str | None = None,
+        batch_size: int = 100,
+        customer_key: str = "stripe_customer_id",
+        value_key: str = "value",
+        identifier_prefix: str = "usageflow-",
+        client: Any = None,
+    ) -> ExportResult:
+        return await self._run(
+            _stripe.export_usage(
+                self.core,
+                event_name,
+                feature_name,
+                batch_size,
+                customer_key,
+                value_key,
+                identifier_prefix,
+                client,
+            )
+        )
 
     async def migrate(self) -> int:
         return await self._run(self.core.migrate())

@@ -181,14 +181,15 @@ class StripeSubscription:
     never replaces one with a greater or equal key. With ``period_guard`` (``invoice.paid``,
     which may be paid late for an old period) it also never replaces a state whose
     ``current_period_end`` is later than its own. ``started`` is the subscription's own
-    ``created`` and ``ended`` is true for statuses after which its plan no longer applies:
-    both choose which of a user's subscriptions the profile shows.
+    ``created`` (``None`` when the event does not carry it: ``invoice.paid``) and ``ended`` is
+    true for statuses after which its plan no longer applies: both choose which of a user's
+    subscriptions the profile shows.
     """
 
     subscription_id: str
     customer_id: str
     order_key: str
-    started: datetime
+    started: datetime | None
     ended: bool
     plan: str
     status: str
@@ -440,16 +441,18 @@ class Store(ABC):
            ``stale``. Else upsert ``(customer_id, user_id, order_key)``, set the profile's
            ``email`` when it is NULL, and refresh the user's profile (below).
         4. ``subscription``: if ``stripe_subscriptions`` holds it with ``order_key`` >= the
-           new one (or, with ``period_guard``, with a later ``current_period_end``): ``stale``.
-           Else upsert the row. The user is the customer's row in ``stripe_customers``, else
-           the profile whose ``stripe_customer_id`` is the customer (then a customer row with
-           ``order_key = ''`` is written); neither: ``pending``. Else refresh the profile.
+           new one (or, with ``period_guard``, with a later ``current_period_end``): ``stale``
+           (but a stored ``started`` that is NULL is still set from a non-NULL one). Else
+           upsert the row, keeping the stored ``started`` when the new one is NULL. The user
+           is the customer's row in ``stripe_customers``, else the profile whose
+           ``stripe_customer_id`` is the customer (then a customer row with ``order_key = ''``
+           is written); neither: ``pending``. Else refresh the profile.
         5. Record ``(event_id, event_type, created, action, user_id, now)`` in
            ``stripe_events``.
 
         *Refresh the profile of user U*: among the subscriptions of every customer linked to U,
-        take the first by ``ended`` (false first), ``started`` descending, ``subscription_id``
-        descending, and set the profile's ``stripe_customer_id``, ``plan``,
+        take the first by ``ended`` (false first), ``started`` descending (NULL last),
+        ``subscription_id`` descending, and set the profile's ``stripe_customer_id``, ``plan``,
         ``subscription_status``, ``current_period_start`` and ``current_period_end`` from it;
         with no subscription, set only ``stripe_customer_id`` to U's customer with the greatest
         ``order_key``. The action is ``applied`` unless a step above said otherwise.

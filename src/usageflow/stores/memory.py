@@ -6,7 +6,7 @@ import bisect
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -507,7 +507,11 @@ class MemoryStore(Store):
             old.order_key >= sub.order_key
             or (sub.period_guard and old_end is not None and (new_end is None or old_end > new_end))
         ):
+            if old.started is None and sub.started is not None:
+                self._stripe_subs[sub.subscription_id] = replace(old, started=sub.started)
             return StripeApplied("stale", self._stripe_user(sub.customer_id))
+        if old is not None and sub.started is None:
+            sub = replace(sub, started=old.started)
         self._stripe_subs[sub.subscription_id] = sub
         user_id = self._stripe_user(sub.customer_id)
         if user_id is None:
@@ -532,7 +536,12 @@ class MemoryStore(Store):
         if subs:
             best = min(
                 subs,
-                key=lambda s: (s.ended, -s.started.timestamp(), _desc(s.subscription_id)),
+                key=lambda s: (
+                    s.ended,
+                    s.started is None,
+                    -s.started.timestamp() if s.started else 0,
+                    _desc(s.subscription_id),
+                ),
             )
             fields: dict[str, Any] = {
                 "stripe_customer_id": best.customer_id,

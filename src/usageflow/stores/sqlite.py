@@ -175,7 +175,7 @@ CREATE TABLE IF NOT EXISTS "{t.stripe_subscriptions}" (
     subscription_id TEXT PRIMARY KEY,
     customer_id TEXT NOT NULL,
     order_key TEXT NOT NULL,
-    started TIMESTAMP NOT NULL,
+    started TIMESTAMP,
     ended BOOLEAN NOT NULL,
     plan TEXT NOT NULL,
     status TEXT NOT NULL,
@@ -1050,20 +1050,27 @@ class SQLiteStore(Store):
             old[0] >= sub.order_key
             or (sub.period_guard and old[1] is not None and (new_end is None or old[1] > new_end))
         ):
+            if sub.started is not None:
+                c.execute(
+                    f"UPDATE {q['stripe_subscriptions']} SET started = ? "
+                    "WHERE subscription_id = ? AND started IS NULL",
+                    (_ts(sub.started), sub.subscription_id),
+                )
             return StripeApplied("stale", self._stripe_user(c, sub.customer_id))
         c.execute(
             f"INSERT INTO {q['stripe_subscriptions']} (subscription_id, customer_id, order_key, "
             "started, ended, plan, status, current_period_start, current_period_end) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscription_id) DO UPDATE SET "
             "customer_id = excluded.customer_id, order_key = excluded.order_key, "
-            "started = excluded.started, ended = excluded.ended, plan = excluded.plan, "
+            "started = COALESCE(excluded.started, started), ended = excluded.ended, "
+            "plan = excluded.plan, "
             "status = excluded.status, current_period_start = excluded.current_period_start, "
             "current_period_end = excluded.current_period_end",
             (
                 sub.subscription_id,
                 sub.customer_id,
                 sub.order_key,
-                _ts(sub.started),
+                _ts_or_none(sub.started),
                 int(sub.ended),
                 sub.plan,
                 sub.status,

@@ -1,0 +1,732 @@
+"""Stripe, written once for both flows: webhook decisions, plan sync, reconcile, meter export.
+
+Every operation here is a generator like those of :mod:`usageflow._core`: it yields store calls
+and :class:`StripeCall` steps (Stripe API requests, run by the sync flow with the ``stripe``
+library's sync client and by the async flow with its ``*_async`` methods). Deciding what an
+event means is pure: :func:`decide` turns a Stripe event (a dict) into the changes that one
+atomic store call, :meth:`~usageflow.stores.base.Store.apply_stripe_event`, applies.
+
+Ordering. Stripe delivers events at least once and in any order. Each subscription state
+carries an *order key*, a string that sorts in the order the states happened::
+
+    <terminal 0|1> | <event created, 12 digits> | <kind rank> | <period end, 12 digits> | <status>
+
+A canceled (terminal) state outranks every live one (a canceled subscription never comes
+back); then the event's ``created``; then, within one second, the kind of event
+(``customer.subscription.created`` < ``invoice.paid`` < other subscription events <
+reconcile), the later period and the later status. The store keeps a state only when its key
+is greater than the stored one, so any permutation of the same events ends in the same state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from usageflow._core import Core, Op, _price_amount, call
+from usageflow.cache import Catalog
+from usageflow.errors import (
+    ErrorCodes,
+    UsageFlowError,
+    config_error,
+    invalid,
+    missing_dependency,
+)
+from usageflow.models import Plan
+from usageflow.periods import Period
+from usageflow.quota import ENDED_STATUSES
+from usageflow.stores.base import (
+    StripeApplied,
+    StripeLink,
+    StripePrice,
+    StripeSubscription,
+)
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "ExportResult",
+    "PlanSyncResult",
+    "ReconcileResult",
+    "StripeCall",
+    "WebhookAction",
+    "WebhookResult",
+    "decide",
+    "export_usage",
+    "handle_webhook",
+    "reconcile",
+    "sync_plans",
+    "verify",
+]
+
+#: Seconds a signed webhook stays valid, either way from now (Stripe's default).
+DEFAULT_TOLERANCE = 300
+#: Statuses a subscription never leaves.
+TERMINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
+_STATUS_RANK = {
+    "incomplete": 0,
+    "trialing": 1,
+    "active": 2,
+    "past_due": 3,
+    "paused": 4,
+    "unpaid": 5,
+    "canceled": 6,
+    "incomplete_expired": 6,
+}
+_KIND_RANK = {
+    "customer.subscription.created": 0,
+    "invoice.paid": 1,
+    "customer.subscription.updated": 2,
+    "customer.subscription.deleted": 2,
+    "customer.subscription.paused": 2,
+    "customer.subscription.resumed": 2,
+    "reconcile": 3,
+}
+PRICE_EVENTS = frozenset({"price.created", "price.updated", "price.deleted"})
+SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "customer.subscription.paused",
+        "customer.subscription.resumed",
+    }
+)
+#: Meter events older than this are refused by Stripe; they are skipped, not sent.
+METER_MAX_AGE = timedelta(days=35)
+_METADATA_PREFIX = "usageflow:"
+_SECRET_TOKEN = re.compile(r"\b(sk|rk|whsec)_[A-Za-z0-9_*]+")
+
+WebhookAction = Literal["applied", "duplicate", "stale", "pending", "ignored"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class WebhookResult(_Model):
+    """What :meth:`UsageFlow.handle_webhook` did with one event.
+
+    ``action``: ``applied`` (written), ``duplicate`` (this event id was processed before:
+    nothing written), ``stale`` (older than the state already stored: nothing changed),
+    ``pending`` (a subscription whose customer is not linked to a user yet: kept, applied when
+    the checkout links it) or ``ignored`` (an event type UsageFlow does not use, or one it
+    could not match to a user). ``user_id`` is the user it concerned, when known.
+    """
+
+    event_id: str
+    type: str
+    action: WebhookAction
+    user_id: str | None = None
+
+
+class PlanSyncResult(_Model):
+    """Plans written by :meth:`UsageFlow.sync_plans_from_stripe`; ``warnings`` lists prices or
+    metadata entries that were skipped, and why."""
+
+    plans: list[Plan]
+    warnings: list[str] = []
+
+
+class ReconcileResult(_Model):
+    """Counts of what :meth:`UsageFlow.reconcile` did: ``repaired`` states were newer than the
+    stored ones, ``unchanged`` were not, ``pending`` belong to customers linked to no user."""
+
+    subscriptions: int
+    repaired: int
+    unchanged: int
+    pending: int
+    links: int = 0
+
+
+class ExportResult(_Model):
+    """What :meth:`UsageFlow.export_usage_to_stripe` sent. ``skipped_no_customer`` counts usage
+    of users without a ``stripe_customer_id``; ``skipped`` counts refunds, resets and events
+    older than Stripe accepts (35 days). ``cursor`` is the last ledger id handled."""
+
+    event_name: str
+    sent: int
+    skipped_no_customer: int
+    skipped: int
+    cursor: int
+
+
+# -- Stripe API steps -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StripeCall:
+    """One Stripe API request: ``client.<path>.<method>(*args, params=params)`` (or its
+    ``_async`` twin), answered as plain dicts. A failure is sent back as a
+    :class:`UsageFlowError` (``USAGE_CONFIG_ERROR``) instead of a result, so that the operation
+    can record what it finished before it re-raises."""
+
+    path: tuple[str, ...]
+    method: str
+    args: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+    client: Any = None
+
+    def _target(self, client: Any, suffix: str) -> Any:
+        obj = client
+        for part in self.path:
+            obj = getattr(obj, part)
+        return getattr(obj, self.method + suffix)
+
+    def run(self, flow: Any) -> Any:
+        import stripe
+
+        client, owned = self.client or _client(flow, sync=True), self.client is None
+        try:
+            return _plain(self._target(client, "")(*self.args, params=self.params))
+        except stripe.StripeError as exc:
+            return _api_error(self, exc)
+        finally:
+            if owned:
+                client._requestor._client.close()
+
+    async def arun(self, flow: Any) -> Any:
+        import stripe
+
+        client, owned = self.client or _client(flow, sync=False), self.client is None
+        try:
+            result = await self._target(client, "_async")(*self.args, params=self.params)
+            return _plain(result)
+        except stripe.StripeError as exc:
+            return _api_error(self, exc)
+        finally:
+            if owned:
+                await client._requestor._client.close_async()
+
+
+def _client(flow: Any, *, sync: bool) -> Any:
+    """A ``StripeClient`` for one request, over httpx, at the ``stripe`` module's
+    ``api_base`` (so ``stripe.api_base = ...`` points UsageFlow at stripe-mock or a test
+    server too)."""
+    try:
+        import stripe
+    except ImportError:  # pragma: no cover - stripe is an optional dependency
+        raise missing_dependency("stripe", "stripe") from None
+    api_key = (
+        getattr(flow, "stripe_api_key", None) or os.environ.get("STRIPE_API_KEY") or stripe.api_key
+    )
+    if not api_key:
+        raise config_error("a Stripe API key is needed: pass stripe_api_key= or set STRIPE_API_KEY")
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": stripe.api_base, "meter_events": stripe.meter_events_api_base},
+        http_client=stripe.HTTPXClient(allow_sync_methods=sync),
+    )
+
+
+def _plain(value: Any) -> Any:
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if callable(to_dict) else value
+
+
+def _api_error(step: StripeCall, exc: Exception) -> UsageFlowError:
+    message = _SECRET_TOKEN.sub(lambda m: f"{m.group(1)}_***", str(exc) or type(exc).__name__)
+    return config_error(
+        f"Stripe API {'.'.join(step.path)}.{step.method} failed: {message}",
+        operation=f"stripe.{'.'.join(step.path)}.{step.method}",
+        http_status=getattr(exc, "http_status", None),
+        original_error=type(exc).__name__,
+    )
+
+
+def _request(step: StripeCall) -> Op[Any]:
+    result = yield step
+    if isinstance(result, UsageFlowError):
+        raise result
+    return result
+
+
+def _list_all(
+    path: tuple[str, ...],
+    params: Mapping[str, Any],
+    client: Any,
+    args: tuple[str, ...] = (),
+) -> Op[list[dict[str, Any]]]:
+    """Every object of a Stripe list endpoint, page by page (``starting_after``)."""
+    items: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        page_params = {**params, "limit": 100}
+        if after is not None:
+            page_params["starting_after"] = after
+        page = yield from _request(StripeCall(path, "list", args, page_params, client))
+        data = page.get("data") or []
+        items.extend(data)
+        if not page.get("has_more") or not data:
+            return items
+        after = str(data[-1]["id"])
+
+
+# -- webhooks ---------------------------------------------------------------------------------
+def _signature_error(message: str) -> UsageFlowError:
+    return UsageFlowError(ErrorCodes.USAGE_WEBHOOK_SIGNATURE_ERROR, message)
+
+
+def _payload_error(message: str, **details: Any) -> UsageFlowError:
+    return UsageFlowError(ErrorCodes.USAGE_WEBHOOK_PAYLOAD_ERROR, message, details)
+
+
+def verify(
+    raw_body: bytes | str, signature: str | None, secret: str | None, tolerance: int
+) -> dict[str, Any]:
+    """Check ``Stripe-Signature`` with the ``stripe`` library (HMAC-SHA256 of ``t.body``, any
+    ``v1`` accepted, constant-time compare, ``t`` older than ``tolerance`` refused), refuse a
+    ``t`` more than ``tolerance`` seconds in the future, and parse the event."""
+    try:
+        import stripe
+    except ImportError:  # pragma: no cover
+        raise missing_dependency("stripe", "stripe") from None
+    if not secret:
+        raise config_error(
+            "the Stripe webhook secret is not set: pass stripe_webhook_secret= or set "
+            "STRIPE_WEBHOOK_SECRET"
+        )
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance <= 0:
+        raise invalid("tolerance must be a positive number of seconds", field="tolerance")
+    if not isinstance(raw_body, (bytes, bytearray, str)):
+        raise invalid("raw_body must be the request body as bytes or str", field="raw_body")
+    if not isinstance(signature, str) or not signature:
+        raise _signature_error("the Stripe-Signature header is missing")
+    try:
+        body = raw_body.decode("utf-8") if isinstance(raw_body, (bytes, bytearray)) else raw_body
+    except UnicodeDecodeError:
+        raise _signature_error("the webhook body is not UTF-8") from None
+    try:
+        stripe.WebhookSignature.verify_header(body, signature, secret, tolerance)
+    except stripe.SignatureVerificationError as exc:
+        raise _signature_error(f"Stripe-Signature does not verify: {exc.user_message}") from None
+    stamps = [p[2:] for p in signature.split(",") if p.startswith("t=")]
+    if not stamps or int(stamps[0]) > time.time() + tolerance:
+        raise _signature_error("Stripe-Signature timestamp is in the future")
+    try:
+        event = json.loads(body)
+    except ValueError:
+        raise _payload_error("the webhook body is not JSON") from None
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("id"), str)
+        or not isinstance(event.get("type"), str)
+        or not isinstance(event.get("created"), int)
+        or not isinstance(event.get("data"), dict)
+        or not isinstance(event["data"].get("object"), dict)
+    ):
+        raise _payload_error("the webhook body is not a Stripe event")
+    return event
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What an event asks of the store (``None`` everywhere: nothing to do)."""
+
+    price: StripePrice | None = None
+    link: StripeLink | None = None
+    subscription: StripeSubscription | None = None
+
+
+def _epoch(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _payload_error(f"{what} must be a Unix timestamp")
+    return value
+
+
+def _moment(value: object) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+def _id(value: object) -> str | None:
+    """An id, whether the field is expanded (an object) or not (a string)."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def subscription_key(created: int, kind: str, status: str, period_end: datetime | None) -> str:
+    """The order key of a subscription state (see the module docstring)."""
+    end = int(period_end.timestamp()) if period_end else 0
+    return (
+        f"{int(status in TERMINAL_STATUSES)}|{created:012d}|{_KIND_RANK.get(kind, 2)}|"
+        f"{end:012d}|{_STATUS_RANK.get(status, 9)}"
+    )
+
+
+def _pick(candidates: list[tuple[str, Any]], catalog: Catalog) -> tuple[str, Any] | None:
+    """The first candidate whose price is a plan, else the first."""
+    for candidate in candidates:
+        if candidate[0] in catalog.by_price:
+            return candidate
+    return candidates[0] if candidates else None
+
+
+def subscription_state(
+    sub: Mapping[str, Any], created: int, kind: str, catalog: Catalog
+) -> StripeSubscription | None:
+    """The state a subscription object shows (``None``: it has no priced item)."""
+    sub_id, customer, status = _id(sub.get("id")), _id(sub.get("customer")), sub.get("status")
+    if sub_id is None or customer is None or not isinstance(status, str):
+        raise _payload_error("a subscription needs an id, a customer and a status")
+    items = [
+        (price, item)
+        for item in (_get(sub, "items", "data") or [])
+        if isinstance(item, Mapping) and (price := _id(item.get("price")))
+    ]
+    chosen = _pick(items, catalog)
+    if chosen is None:
+        return None
+    price, item = chosen
+    # API versions from 2025-03-31 put the period on the item; older ones on the subscription.
+    start = _moment(item.get("current_period_start")) or _moment(sub.get("current_period_start"))
+    end = _moment(item.get("current_period_end")) or _moment(sub.get("current_period_end"))
+    started = _moment(sub.get("created")) or _moment(sub.get("start_date"))
+    return StripeSubscription(
+        subscription_id=sub_id,
+        customer_id=customer,
+        order_key=subscription_key(created, kind, status, end),
+        started=started or datetime.fromtimestamp(created, tz=timezone.utc),
+        ended=status in ENDED_STATUSES,
+        plan=price,
+        status=status,
+        current_period_start=start,
+        current_period_end=end,
+    )
+
+
+def _invoice_state(
+    invoice: Mapping[str, Any], created: int, catalog: Catalog
+) -> StripeSubscription | None:
+    sub_id = _id(invoice.get("subscription")) or _id(
+        _get(invoice, "parent", "subscription_details", "subscription")
+    )
+    customer = _id(invoice.get("customer"))
+    if sub_id is None or customer is None:
+        return None  # a one-off invoice
+    lines = []
+    for line in _get(invoice, "lines", "data") or []:
+        if not isinstance(line, Mapping):
+            continue
+        details = _get(line, "parent", "subscription_item_details")
+        proration = line.get("proration") or (details or {}).get("proration")
+        from_subscription = line.get("type") == "subscription" or details is not None
+        price = _id(line.get("price")) or _id(_get(line, "pricing", "price_details", "price"))
+        if from_subscription and not proration and price:
+            lines.append((price, line))
+    chosen = _pick(lines, catalog)
+    if chosen is None:
+        return None
+    price, line = chosen
+    start, end = _moment(_get(line, "period", "start")), _moment(_get(line, "period", "end"))
+    return StripeSubscription(
+        subscription_id=sub_id,
+        customer_id=customer,
+        order_key=subscription_key(created, "invoice.paid", "active", end),
+        started=None,  # an invoice does not say; the store keeps what a subscription event said
+        ended=False,
+        plan=price,
+        status="active",
+        current_period_start=start,
+        current_period_end=end,
+        period_guard=True,
+    )
+
+
+def decide(event: Mapping[str, Any], catalog: Catalog, manual: bool) -> Changes:
+    """The changes an event asks for. Pure: no I/O, no clock."""
+    kind, obj = str(event["type"]), event["data"]["object"]
+    created = _epoch(event.get("created"), "event created")
+    if kind in PRICE_EVENTS:
+        price_id = _id(obj.get("id"))
+        if price_id is None:
+            raise _payload_error("a price event needs the price id")
+        currency = obj.get("currency")
+        return Changes(
+            price=StripePrice(
+                price_id, _price_amount(obj), str(currency).lower() if currency else None
+            )
+        )
+    if manual:
+        return Changes()
+    if kind == "checkout.session.completed":
+        customer = _id(obj.get("customer"))
+        user_id = obj.get("client_reference_id")
+        email = _get(obj, "customer_details", "email") or obj.get("customer_email")
+        if customer is None or not (user_id or email):
+            return Changes()
+        return Changes(
+            link=StripeLink(
+                customer_id=customer,
+                user_id=str(user_id) if user_id else None,
+                email=str(email) if email else None,
+                order_key=f"{created:012d}|{event['id']}",
+            )
+        )
+    if kind in SUBSCRIPTION_EVENTS:
+        return Changes(subscription=subscription_state(obj, created, kind, catalog))
+    if kind == "invoice.paid":
+        return Changes(subscription=_invoice_state(obj, created, catalog))
+    return Changes()
+
+
+def _apply(
+    core: Core, event_id: str | None, kind: str, created: int, changes: Changes
+) -> Op[StripeApplied]:
+    now = core.now()
+    applied: StripeApplied = yield call(
+        "apply_stripe_event",
+        event_id=event_id,
+        event_type=kind,
+        created=datetime.fromtimestamp(created, tz=timezone.utc),
+        now=now,
+        price=changes.price,
+        link=changes.link,
+        subscription=changes.subscription,
+    )
+    if changes.price is not None:
+        core.cache.invalidate_plans()
+    if applied.user_id is not None:
+        core.cache.invalidate_user(applied.user_id)
+    return applied
+
+
+def handle_webhook(
+    core: Core,
+    raw_body: bytes | str,
+    signature: str | None,
+    secret: str | None,
+    tolerance: int = DEFAULT_TOLERANCE,
+) -> Op[WebhookResult]:
+    """Verify, decide and apply one webhook event (nothing is written unless it verifies)."""
+    event = verify(raw_body, signature, secret, tolerance)
+    kind = str(event["type"])
+    catalog = yield from core._catalog()
+    changes = decide(event, catalog, core.options.manual_stripe_integration)
+    applied = yield from _apply(core, event["id"], kind, int(event["created"]), changes)
+    return WebhookResult(
+        event_id=event["id"],
+        type=kind,
+        action=applied.action,  # type: ignore[arg-type]
+        user_id=applied.user_id,
+    )
+
+
+# -- plans from Stripe -------------------------------------------------------------------------
+def metadata_limits(
+    metadata: Mapping[str, Any], where: str, warnings: list[str]
+) -> dict[str, tuple[int, str]]:
+    """``usageflow:<feature>=<limit>`` (``-1`` or ``unlimited``: no limit) and
+    ``usageflow:<feature>:period=<period>`` entries -> ``{feature: (limit, period)}``."""
+    limits: dict[str, tuple[int, str]] = {}
+    periods: dict[str, str] = {}
+    for key, raw in metadata.items():
+        if not isinstance(key, str) or not key.startswith(_METADATA_PREFIX):
+            continue
+        name = key[len(_METADATA_PREFIX) :]
+        value = str(raw).strip().lower()
+        if name.endswith(":period"):
+            feature = name[: -len(":period")]
+            if value not in {p.value for p in Period}:
+                warnings.append(f"{where}: {key}={raw!r} is not a period; ignored")
+                continue
+            periods[feature] = value
+            continue
+        if value in ("unlimited", "-1"):
+            limits[name] = (-1, Period.CURRENT_MONTH.value)
+        elif value.isdigit():
+            limits[name] = (int(value), Period.CURRENT_MONTH.value)
+        else:
+            warnings.append(f"{where}: {key}={raw!r} is not a limit; ignored")
+    for feature, period in periods.items():
+        if feature in limits:
+            limits[feature] = (limits[feature][0], period)
+        else:
+            warnings.append(f"{where}: {_METADATA_PREFIX}{feature}:period has no limit; ignored")
+    return limits
+
+
+def sync_plans(core: Core, client: Any = None) -> Op[PlanSyncResult]:
+    """Active recurring prices (with their products) -> plans; Payment Links -> their URLs;
+    product (then price) metadata -> limits."""
+    prices = yield from _list_all(
+        ("v1", "prices"), {"active": "true", "expand": ["data.product"]}, client
+    )
+    links = yield from _list_all(("v1", "payment_links"), {"active": "true"}, client)
+    link_of: dict[str, str] = {}
+    for link in links:
+        link_id, url = _id(link.get("id")), link.get("url")
+        if link_id is None or not isinstance(url, str):
+            continue
+        items = yield from _list_all(("v1", "payment_links", "line_items"), {}, client, (link_id,))
+        for item in items:
+            price_id = _id(item.get("price"))
+            if price_id is not None:
+                link_of.setdefault(price_id, url)
+    plans: list[Plan] = []
+    warnings: list[str] = []
+    for price in prices:
+        price_id = _id(price.get("id"))
+        product = price.get("product")
+        if price_id is None:
+            continue
+        if not isinstance(product, Mapping):
+            warnings.append(f"{price_id}: product not expanded; skipped")
+            continue
+        if price.get("type") != "recurring":
+            warnings.append(f"{price_id}: not a recurring price; skipped")
+            continue
+        if product.get("active") is False:
+            warnings.append(f"{price_id}: product {product.get('id')} is archived; skipped")
+            continue
+        name = str(product.get("name") or price_id)
+        if price.get("nickname"):
+            name = f"{name} ({price['nickname']})"
+        limits = metadata_limits(product.get("metadata") or {}, str(product.get("id")), warnings)
+        limits.update(metadata_limits(price.get("metadata") or {}, price_id, warnings))
+        amount = _price_amount(price)
+        currency = price.get("currency")
+        plan = yield from core.create_plan(
+            name[:200],
+            price_id,
+            amount,
+            str(currency).lower() if currency else None,
+            amount == 0,
+            link_of.get(price_id),
+            dict(limits),
+        )
+        plans.append(plan)
+    return PlanSyncResult(plans=plans, warnings=warnings)
+
+
+def reconcile(core: Core, client: Any = None) -> Op[ReconcileResult]:
+    """Re-read every subscription (and completed checkout) and apply what the store lacks,
+    through the same order-safe store call as the webhooks."""
+    catalog = yield from core._catalog()
+    created = math.floor(core.now().timestamp())
+    sessions = yield from _list_all(("v1", "checkout", "sessions"), {"status": "complete"}, client)
+    links = 0
+    for session in sessions:
+        event = {"id": f"reconcile:{session.get('id')}", "type": "checkout.session.completed"}
+        stamp = session.get("created")
+        changes = decide(
+            {
+                **event,
+                "created": stamp if isinstance(stamp, int) else created,
+                "data": {"object": session},
+            },
+            catalog,
+            manual=False,
+        )
+        if changes.link is not None:
+            applied = yield from _apply(core, None, "reconcile", created, changes)
+            links += applied.action == "applied"
+    subs = yield from _list_all(("v1", "subscriptions"), {"status": "all"}, client)
+    counts = {"applied": 0, "stale": 0, "pending": 0}
+    total = 0
+    for sub in subs:
+        state = subscription_state(sub, created, "reconcile", catalog)
+        if state is None:
+            continue
+        total += 1
+        applied = yield from _apply(core, None, "reconcile", created, Changes(subscription=state))
+        counts[applied.action] = counts.get(applied.action, 0) + 1
+    return ReconcileResult(
+        subscriptions=total,
+        repaired=counts["applied"],
+        unchanged=counts["stale"],
+        pending=counts["pending"],
+        links=links,
+    )
+
+
+# -- metered billing ----------------------------------------------------------------------------
+def export_usage(
+    core: Core,
+    event_name: str,
+    feature_name: str | None,
+    batch_size: int,
+    customer_key: str,
+    value_key: str,
+    identifier_prefix: str,
+    client: Any = None,
+) -> Op[ExportResult]:
+    """Send new ledger events to a Stripe meter, batch by batch, moving the meter's cursor
+    after each batch (and, on a failure, up to the last event Stripe accepted)."""
+    for label, text in (
+        ("event_name", event_name),
+        ("customer_key", customer_key),
+        ("value_key", value_key),
+    ):
+        if not isinstance(text, str) or not text.strip():
+            raise invalid(f"{label} must be a non-empty string", field=label)
+    if not isinstance(identifier_prefix, str):
+        raise invalid("identifier_prefix must be a string", field="identifier_prefix")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or not 1 <= batch_size <= 1000
+    ):
+        raise invalid("batch_size must be between 1 and 1000", field="batch_size")
+    meter = event_name if feature_name is None else f"{event_name}:{feature_name}"
+    sent = skipped = no_customer = 0
+    cursor = 0
+    oldest = core.now() - METER_MAX_AGE
+    while True:
+        cursor, rows = yield call(
+            "stripe_export_batch", meter=meter, feature_name=feature_name, limit=batch_size
+        )
+        if not rows:
+            break
+        done = cursor
+        for event, customer in rows:
+            credits = event.credits_used or 0
+            billable = event.event_type in ("usage", "adjustment") and credits > 0
+            if not billable or event.timestamp < oldest:
+                skipped += 1
+            elif customer is None:
+                no_customer += 1
+            else:
+                result = yield StripeCall(
+                    ("v1", "billing", "meter_events"),
+                    "create",
+                    params={
+                        "event_name": event_name,
+                        "payload": {customer_key: customer, value_key: str(credits)},
+                        "identifier": f"{identifier_prefix}{event.id}",
+                        "timestamp": int(event.timestamp.timestamp()),
+                    },
+                    client=client,
+                )
+                if isinstance(result, UsageFlowError):
+                    if done > cursor:
+                        yield call("advance_stripe_cursor", meter=meter, event_id=done)
+                    raise result
+                sent += 1
+            done = event.id
+        cursor = yield call("advance_stripe_cursor", meter=meter, event_id=done)
+        if len(rows) < batch_size:
+            break
+    return ExportResult(
+        event_name=event_name,
+        sent=sent,
+        skipped_no_customer=no_customer,
+        skipped=skipped,
+        cursor=cursor,
+    )
