@@ -357,6 +357,25 @@ async def test_async_create_stream_and_helper_commit_the_reported_tokens(
 
 
 @pytest.mark.asyncio
+async def test_async_raw_responses_commit_the_reported_tokens(
+    aclient: anthropic.AsyncAnthropic, aflow: AsyncUsageFlow, server: LLMServer
+) -> None:
+    raw = await aclient.messages.with_raw_response.create(
+        model=MODEL, max_tokens=20, messages=MESSAGES
+    )
+    message = await raw.parse()
+    async with aclient.messages.with_streaming_response.create(
+        model=MODEL, max_tokens=20, messages=MESSAGES
+    ) as streamed:
+        streamed_message = await streamed.parse()
+
+    assert streamed_message.id != message.id
+    events = list(reversed(await aflow.list_events(USER, FEATURE)))
+    for event, request in zip(events, server.requests, strict=True):
+        _assert_reported(event, request.usage)
+
+
+@pytest.mark.asyncio
 async def test_async_truncation_and_errors(
     aclient: anthropic.AsyncAnthropic, aflow: AsyncUsageFlow, server: LLMServer
 ) -> None:

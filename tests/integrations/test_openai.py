@@ -221,6 +221,23 @@ def test_the_responses_stream_helper_and_parse_are_metered(
     assert [r.usage["total_tokens"] for r in server.requests] == [e.credits_used for e in events]
 
 
+def test_raw_responses_commit_the_reported_tokens(
+    client: openai.OpenAI, flow: UsageFlow, server: LLMServer
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MESSAGES, max_tokens=5
+    )
+    assert raw.headers["x-request-id"] == "req_1"
+    completion = raw.parse()
+
+    assert completion.usage is not None
+    event = _only_event(flow)
+    assert event.credits_used == completion.usage.total_tokens
+    assert event.metadata is not None
+    assert event.metadata["request_id"] == "req_1"
+    assert event.metadata["usage_source"] == "reported"
+
+
 def test_an_abandoned_stream_is_settled_when_collected(
     client: openai.OpenAI, flow: UsageFlow
 ) -> None:

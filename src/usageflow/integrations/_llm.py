@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import logging
 import math
@@ -560,9 +561,17 @@ async def reserve_async(meter: Meter, call: Call) -> AsyncReservation:
 
 
 def _request_id(api: Api, result: Any) -> str | None:
-    headers = getattr(getattr(result, "response", None), "headers", None)
+    response = getattr(result, "response", None) or getattr(result, "http_response", None)
+    headers = getattr(response, "headers", None)
     value = headers.get(api.request_id_header) if headers is not None else None
     return value if isinstance(value, str) else None
+
+
+def _is_raw(result: Any) -> bool:
+    """A raw response (``with_raw_response`` / ``with_streaming_response`` reached through the
+    metered method): its ``parse()`` gives the result and caches it for the caller. A raw
+    *stream* is settled on the estimate, its events being read by the caller alone."""
+    return callable(getattr(result, "parse", None)) and hasattr(result, "http_response")
 
 
 def run_sync(
@@ -584,7 +593,13 @@ def run_sync(
         raise
     if call.stream and isinstance(result, stream_type):
         return metered(result, SyncSettler(meter, api, call, reservation, _request_id(api, result)))
-    reservation.commit(*meter.result_settlement(api, call, result, None))
+    complete = result
+    if _is_raw(result):
+        try:
+            complete = None if call.stream else result.parse()
+        except Exception:
+            complete = None
+    reservation.commit(*meter.result_settlement(api, call, complete, _request_id(api, result)))
     return result
 
 
@@ -607,7 +622,16 @@ async def run_async(
     if call.stream and isinstance(result, stream_type):
         settler = AsyncSettler(meter, api, call, reservation, _request_id(api, result))
         return metered(result, settler)
-    await reservation.commit(*meter.result_settlement(api, call, result, None))
+    complete = result
+    if _is_raw(result):
+        try:
+            complete = None if call.stream else result.parse()
+            if inspect.isawaitable(complete):
+                complete = await complete
+        except Exception:
+            complete = None
+    settlement = meter.result_settlement(api, call, complete, _request_id(api, result))
+    await reservation.commit(*settlement)
     return result
 
 

@@ -12,8 +12,9 @@ Usage::
 (plain and ``stream=True``), ``messages.parse`` and the ``messages.stream(...)`` helper; copies
 made with ``client.with_options(...)`` too. The tokens of a call are ``input_tokens +
 output_tokens + cache_creation_input_tokens + cache_read_input_tokens`` (each is recorded in
-the event's metadata). ``with_raw_response``, ``with_streaming_response`` and ``beta`` are not
-metered. See ``docs/ai.md``.
+the event's metadata). ``with_raw_response`` / ``with_streaming_response`` first used after
+wrapping go through the metered methods (a raw *stream* is settled on its estimate); ``beta`` is
+not metered. See ``docs/ai.md``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ Usage::
 ``stream=True``, and the ``.stream(...)`` helpers of both (they call ``create``); copies made
 with ``client.with_options(...)`` are metered the same way. Every call reserves its estimate
 first and is refused with ``USAGE_LIMIT_ERROR``, without a request, when it does not fit.
-``with_raw_response`` and ``with_streaming_response`` are not metered. See ``docs/ai.md``.
+``with_raw_response`` / ``with_streaming_response`` first used after wrapping go through the
+metered methods (a raw *stream* is settled on its estimate). See ``docs/ai.md``.
 """
 
 from __future__ import annotations
