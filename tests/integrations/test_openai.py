@@ -252,6 +252,33 @@ def test_an_abandoned_stream_is_settled_when_collected(
     assert event.metadata["stream_completed"] is False
 
 
+def test_the_prompt_estimate_counts_text_and_skips_binary_payloads() -> None:
+    text = "x" * 40
+    image = "data:image/png;base64," + "A" * 4000
+    content = [
+        {"type": "text", "text": text},
+        {"type": "image_url", "image_url": {"url": image}},
+        {"type": "input_audio", "input_audio": {"data": "B" * 4000, "format": "wav"}},
+    ]
+    # 40 + len("text") + len("image_url") + len("input_audio") + len("wav") + len("user")
+    chars = 40 + 4 + 9 + 11 + 3 + 4
+    assert estimate_prompt_tokens({"messages": [{"role": "user", "content": content}]}) == (
+        -(-chars // 4) + 4 + 3
+    )
+    assert estimate_prompt_tokens({"input": "abcd", "instructions": "efgh"}) == 2 + 8 + 3
+
+
+def test_messages_given_as_a_generator_are_estimated_and_sent_whole(
+    client: openai.OpenAI, flow: UsageFlow, server: LLMServer
+) -> None:
+    client.chat.completions.create(model="m", messages=(m for m in MESSAGES), max_tokens=5)
+
+    assert server.requests[0].body["messages"] == MESSAGES
+    event = _only_event(flow)
+    assert event.metadata is not None
+    assert event.metadata["estimated_tokens"] == estimate_prompt_tokens({"messages": MESSAGES}) + 5
+
+
 # -- refusal, errors, truncation ------------------------------------------------------------------
 def test_a_refused_call_makes_no_request(server: LLMServer) -> None:
     with UsageFlow("memory://") as flow:
@@ -542,6 +569,24 @@ async def test_async_truncated_and_closed_streams_settle_on_what_arrived(
         assert event.metadata["usage_source"] == "estimated"
         assert event.metadata["stream_completed"] is False
     assert closed.metadata is not None and closed.metadata["completion_tokens"] == 1
+
+
+@pytest.mark.asyncio
+async def test_async_abandoned_stream_is_settled_when_collected(
+    aclient: openai.AsyncOpenAI, aflow: AsyncUsageFlow
+) -> None:
+    stream = await aclient.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    await stream.__anext__()
+    del stream
+    gc.collect()  # the event loop then closes the async generator, which settles
+    for _ in range(100):
+        if events := await aflow.list_events(USER, FEATURE):
+            break
+        await asyncio.sleep(0.01)
+
+    (event,) = events
+    assert event.metadata is not None
+    assert event.metadata["stream_completed"] is False
 
 
 @pytest.mark.asyncio

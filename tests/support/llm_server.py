@@ -273,7 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
         flat = {
             "input_tokens": prompt,
             "output_tokens": len(words),
-            "total_tokens": usage["total_tokens"],
+            "total_tokens": prompt + len(words),
         }
         if not body.get("stream"):
             record.usage = flat
