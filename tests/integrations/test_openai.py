@@ -221,6 +221,21 @@ def test_the_responses_stream_helper_and_parse_are_metered(
     assert [r.usage["total_tokens"] for r in server.requests] == [e.credits_used for e in events]
 
 
+def test_leaving_a_stream_helper_early_settles_at_once(
+    client: openai.OpenAI, flow: UsageFlow
+) -> None:
+    with client.chat.completions.stream(model="gpt-4o", messages=MESSAGES) as stream:
+        for event in stream:
+            if event.type == "content.delta":
+                break
+        assert flow.list_events(USER, FEATURE) == []
+
+    event = _only_event(flow)  # on leaving the block, while `stream` is still referenced
+    assert event.metadata is not None
+    assert event.metadata["usage_source"] == "estimated"
+    assert event.metadata["stream_completed"] is False
+
+
 def test_raw_responses_commit_the_reported_tokens(
     client: openai.OpenAI, flow: UsageFlow, server: LLMServer
 ) -> None:
@@ -587,6 +602,24 @@ async def test_async_abandoned_stream_is_settled_when_collected(
     (event,) = events
     assert event.metadata is not None
     assert event.metadata["stream_completed"] is False
+
+
+@pytest.mark.asyncio
+async def test_async_stream_helpers_are_metered(
+    aclient: openai.AsyncOpenAI, aflow: AsyncUsageFlow, server: LLMServer
+) -> None:
+    async with aclient.chat.completions.stream(model="m", messages=MESSAGES) as chat:
+        await chat.until_done()
+    async with aclient.responses.stream(model="m", input="Hi") as response:
+        async for event in response:
+            if event.type == "response.output_text.delta":
+                break
+
+    completed, left = reversed(await aflow.list_events(USER, FEATURE))
+    assert completed.credits_used == server.requests[0].usage["total_tokens"]
+    assert left.metadata is not None
+    assert left.metadata["usage_source"] == "estimated"
+    assert left.metadata["stream_completed"] is False
 
 
 @pytest.mark.asyncio

@@ -52,8 +52,10 @@ __all__ = [
     "TOKENS_PER_MESSAGE",
     "TOKENS_PER_REPLY",
     "Api",
+    "AsyncClosingManager",
     "AsyncMeteredStream",
     "Call",
+    "ClosingManager",
     "Meter",
     "SyncMeteredStream",
     "StreamTally",
@@ -61,6 +63,7 @@ __all__ = [
     "estimate_prompt_tokens",
     "estimate_text_tokens",
     "patch_copy",
+    "patch_helper",
     "patch_method",
     "run_async",
     "run_sync",
@@ -785,3 +788,66 @@ def patch_copy(client: Any, install: Callable[[Any], None]) -> None:
 
     for attribute in ("copy", "with_options"):
         setattr(client, attribute, copy)
+
+
+class ClosingManager:
+    """Mixed into a client's stream-helper manager (``with client.x.stream(...) as s``), whose
+    own exit closes only the HTTP response: this exit also closes the metered stream the helper
+    reads (its ``_raw_stream``), so that leaving the block early settles at once."""
+
+    def __init__(self, inner: Any) -> None:
+        self._usageflow_inner = inner
+        self._usageflow_stream: Any = None
+
+    def __enter__(self) -> Any:
+        self._usageflow_stream = self._usageflow_inner.__enter__()
+        return self._usageflow_stream
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._usageflow_inner.__exit__(exc_type, exc, exc_tb)
+        finally:
+            raw = getattr(self._usageflow_stream, "_raw_stream", None)
+            if isinstance(raw, SyncMeteredStream):
+                raw.close()
+
+
+class AsyncClosingManager:
+    """The asyncio twin of :class:`ClosingManager`."""
+
+    def __init__(self, inner: Any) -> None:
+        self._usageflow_inner = inner
+        self._usageflow_stream: Any = None
+
+    async def __aenter__(self) -> Any:
+        self._usageflow_stream = await self._usageflow_inner.__aenter__()
+        return self._usageflow_stream
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._usageflow_inner.__aexit__(exc_type, exc, exc_tb)
+        finally:
+            raw = getattr(self._usageflow_stream, "_raw_stream", None)
+            if isinstance(raw, AsyncMeteredStream):
+                await raw.close()
+
+
+def patch_helper(resource: object, name: str, manager: Callable[[Any], Any]) -> None:
+    """Wrap the manager ``resource.<name>(...)`` returns (a stream helper) in ``manager``."""
+    original = getattr(resource, name)
+
+    @functools.wraps(original)
+    def helper(*args: Any, **kwargs: Any) -> Any:
+        return manager(original(*args, **kwargs))
+
+    setattr(resource, name, helper)

@@ -27,8 +27,10 @@ from usageflow.flow import AsyncUsageFlow, UsageFlow
 from usageflow.integrations._llm import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     Api,
+    AsyncClosingManager,
     AsyncMeteredStream,
     AsyncSettler,
+    ClosingManager,
     Estimate,
     FeatureName,
     Meter,
@@ -39,11 +41,20 @@ from usageflow.integrations._llm import (
     UserId,
     Weights,
     patch_copy,
+    patch_helper,
     patch_method,
 )
 
 try:
     import openai
+    from openai.lib.streaming.chat import (
+        AsyncChatCompletionStreamManager,
+        ChatCompletionStreamManager,
+    )
+    from openai.lib.streaming.responses import (
+        AsyncResponseStreamManager,
+        ResponseStreamManager,
+    )
 except ImportError as exc:  # pragma: no cover - exercised by the missing-dependency test
     raise missing_dependency("openai", "openai") from exc
 
@@ -190,6 +201,22 @@ _CHAT: Api = _ChatCompletions()
 _RESPONSES: Api = _Responses()
 
 
+class _ChatStreamManager(ClosingManager, ChatCompletionStreamManager[Any]):
+    pass
+
+
+class _AsyncChatStreamManager(AsyncClosingManager, AsyncChatCompletionStreamManager[Any]):
+    pass
+
+
+class _ResponseStreamManager(ClosingManager, ResponseStreamManager[Any]):
+    pass
+
+
+class _AsyncResponseStreamManager(AsyncClosingManager, AsyncResponseStreamManager[Any]):
+    pass
+
+
 class _MeteredStream(SyncMeteredStream[_T], openai.Stream[_T]):
     """An ``openai.Stream`` that settles its reservation when it ends or is closed."""
 
@@ -212,6 +239,13 @@ def _install(client: openai.OpenAI | openai.AsyncOpenAI, meter: Meter) -> None:
     for resource, api in ((client.chat.completions, _CHAT), (client.responses, _RESPONSES)):
         for name in ("create", "parse"):
             patch_method(resource, name, meter, api, stream_type, metered, is_async)
+    # The .stream() helpers call the metered create(); their managers close the metered stream.
+    if is_async:
+        patch_helper(client.chat.completions, "stream", _AsyncChatStreamManager)
+        patch_helper(client.responses, "stream", _AsyncResponseStreamManager)
+    else:
+        patch_helper(client.chat.completions, "stream", _ChatStreamManager)
+        patch_helper(client.responses, "stream", _ResponseStreamManager)
     patch_copy(client, lambda copied: _install(copied, meter))
 
 
