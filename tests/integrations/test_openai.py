@@ -11,6 +11,8 @@ import asyncio
 import gc
 import importlib
 import importlib.util
+import logging
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -371,6 +373,33 @@ def test_a_stream_closed_early_settles_on_the_tokens_received(
     assert event.metadata["completion_tokens"] == max(2, -(-chars // 4))
     stream.close()  # closing again settles nothing more
     assert len(flow.list_events(USER, FEATURE)) == 1
+
+
+def test_a_store_failure_while_settling_is_logged_not_raised(
+    server: LLMServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer has been paid for by then: the caller keeps it, the hold expires by itself."""
+    path = tmp_path / "locked.db"
+    with UsageFlow(f"sqlite:///{path}?timeout=0.1") as flow:
+        _plan(flow)
+        with wrap_openai(_client(server), flow, FEATURE, user_id=USER) as client:
+            stream = client.chat.completions.create(
+                model="m", messages=MESSAGES, max_tokens=20, stream=True
+            )
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+            try:
+                with caplog.at_level(logging.ERROR, logger="usageflow"):
+                    chunks = list(stream)
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+
+        assert "".join(c.choices[0].delta.content or "" for c in chunks).split() == REPLY
+        assert "could not commit" in caplog.text
+        assert flow.list_events(USER, FEATURE) == []
+        held = estimate_prompt_tokens({"messages": MESSAGES}) + 20
+        assert flow.fetch_usage(USER, FEATURE).current == held  # until the hold expires
 
 
 # -- configuration --------------------------------------------------------------------------------

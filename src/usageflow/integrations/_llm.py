@@ -43,7 +43,7 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from usageflow.context import current_user_id
-from usageflow.errors import config_error, invalid
+from usageflow.errors import UsageFlowError, config_error, invalid
 from usageflow.flow import AsyncReservation, AsyncUsageFlow, Reservation, UsageFlow
 
 __all__ = [
@@ -477,10 +477,7 @@ class SyncSettler:
         outcome = self.meter.stream_settlement(
             self.api, self.call, self.tally, completed, self.request_id
         )
-        if outcome is None:
-            self.reservation.release()
-        else:
-            self.reservation.commit(*outcome)
+        settle_sync(self.reservation, self.call, outcome)
 
     def finish_quietly(self) -> None:
         """Settle from a finalizer: errors are logged, never raised."""
@@ -520,10 +517,7 @@ class AsyncSettler:
         outcome = self.meter.stream_settlement(
             self.api, self.call, self.tally, completed, self.request_id
         )
-        if outcome is None:
-            await shielded(self.reservation.release())
-        else:
-            await shielded(self.reservation.commit(*outcome))
+        await settle_async(self.reservation, self.call, outcome)
 
     async def finish_quietly(self) -> None:
         try:
@@ -549,6 +543,45 @@ async def shielded(settlement: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         task.add_done_callback(_log_failure)
         raise
+
+
+def _settle_failed(call: Call, outcome: tuple[int, dict[str, Any]] | None, exc: Exception) -> None:
+    logger.error(
+        "usageflow: could not %s the %s call of %r for %r (the hold expires by itself): %s",
+        "release" if outcome is None else f"commit {outcome[0]} credits of",
+        call.api,
+        call.feature_name,
+        call.user_id,
+        exc,
+    )
+
+
+def settle_sync(
+    reservation: Reservation, call: Call, outcome: tuple[int, dict[str, Any]] | None
+) -> None:
+    """Commit ``outcome`` (credits, metadata) or release (None). The call has happened by now,
+    so a store failure is logged, not raised: the caller keeps the answer it paid for, and the
+    hold expires by itself after its ttl (as the HTTP middleware does)."""
+    try:
+        if outcome is None:
+            reservation.release()
+        else:
+            reservation.commit(*outcome)
+    except UsageFlowError as exc:
+        _settle_failed(call, outcome, exc)
+
+
+async def settle_async(
+    reservation: AsyncReservation, call: Call, outcome: tuple[int, dict[str, Any]] | None
+) -> None:
+    """The asyncio twin of :func:`settle_sync`, shielded from the caller's cancellation."""
+    try:
+        if outcome is None:
+            await shielded(reservation.release())
+        else:
+            await shielded(reservation.commit(*outcome))
+    except UsageFlowError as exc:
+        _settle_failed(call, outcome, exc)
 
 
 def reserve_sync(meter: Meter, call: Call) -> Reservation:
@@ -592,7 +625,7 @@ def run_sync(
     try:
         result = method(**call.request)
     except BaseException:
-        reservation.release()
+        settle_sync(reservation, call, None)
         raise
     if call.stream and isinstance(result, stream_type):
         return metered(result, SyncSettler(meter, api, call, reservation, _request_id(api, result)))
@@ -602,7 +635,9 @@ def run_sync(
             complete = None if call.stream else result.parse()
         except Exception:
             complete = None
-    reservation.commit(*meter.result_settlement(api, call, complete, _request_id(api, result)))
+    settle_sync(
+        reservation, call, meter.result_settlement(api, call, complete, _request_id(api, result))
+    )
     return result
 
 
@@ -620,7 +655,7 @@ async def run_async(
     try:
         result = await method(**call.request)
     except BaseException:
-        await shielded(reservation.release())
+        await settle_async(reservation, call, None)
         raise
     if call.stream and isinstance(result, stream_type):
         settler = AsyncSettler(meter, api, call, reservation, _request_id(api, result))
@@ -634,7 +669,7 @@ async def run_async(
         except Exception:
             complete = None
     settlement = meter.result_settlement(api, call, complete, _request_id(api, result))
-    await reservation.commit(*settlement)
+    await settle_async(reservation, call, settlement)
     return result
 
 
