@@ -25,10 +25,10 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -66,6 +66,8 @@ __all__ = [
     "sync_plans",
     "verify",
 ]
+
+T = TypeVar("T")
 
 #: Seconds a signed webhook stays valid, either way from now (Stripe's default).
 DEFAULT_TOLERANCE = 300
@@ -137,12 +139,15 @@ class PlanSyncResult(_Model):
 
 
 class ReconcileResult(_Model):
-    """Counts of what :meth:`UsageFlow.reconcile` did: ``repaired`` states were newer than the
-    stored ones, ``unchanged`` were not, ``pending`` belong to customers linked to no user."""
+    """Counts of what :meth:`UsageFlow.reconcile` did with the subscriptions it read:
+    ``applied`` to profiles (a state read now is newer than every webhook sent before the
+    read), ``stale`` (a webhook newer than the read had already been applied, or the store
+    already holds a state read in the same second), ``pending`` (kept for customers linked to
+    no user yet). ``links``: customers linked to users from completed checkout sessions."""
 
     subscriptions: int
-    repaired: int
-    unchanged: int
+    applied: int
+    stale: int
     pending: int
     links: int = 0
 
@@ -162,19 +167,20 @@ class ExportResult(_Model):
 # -- Stripe API steps -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StripeCall:
-    """One Stripe API request: ``client.<path>.<method>(*args, params=params)`` (or its
-    ``_async`` twin), answered as plain dicts. A failure is sent back as a
+    """One Stripe API request: ``client.<path>.<method>(*args, params=..., options=...)`` (or
+    its ``_async`` twin), answered as plain dicts. A failure is sent back as a
     :class:`UsageFlowError` (``USAGE_CONFIG_ERROR``) instead of a result, so that the operation
     can record what it finished before it re-raises."""
 
+    client: Any
     path: tuple[str, ...]
     method: str
     args: tuple[str, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
-    client: Any = None
+    options: dict[str, Any] | None = None
 
-    def _target(self, client: Any, suffix: str) -> Any:
-        obj = client
+    def _target(self, suffix: str) -> Any:
+        obj = self.client
         for part in self.path:
             obj = getattr(obj, part)
         return getattr(obj, self.method + suffix)
@@ -182,33 +188,27 @@ class StripeCall:
     def run(self, flow: Any) -> Any:
         import stripe
 
-        client, owned = self.client or _client(flow, sync=True), self.client is None
         try:
-            return _plain(self._target(client, "")(*self.args, params=self.params))
+            method = self._target("")
+            return _plain(method(*self.args, params=self.params, options=self.options))
         except stripe.StripeError as exc:
             return _api_error(self, exc)
-        finally:
-            if owned:
-                client._requestor._client.close()
 
     async def arun(self, flow: Any) -> Any:
         import stripe
 
-        client, owned = self.client or _client(flow, sync=False), self.client is None
         try:
-            result = await self._target(client, "_async")(*self.args, params=self.params)
+            method = self._target("_async")
+            result = await method(*self.args, params=self.params, options=self.options)
             return _plain(result)
         except stripe.StripeError as exc:
             return _api_error(self, exc)
-        finally:
-            if owned:
-                await client._requestor._client.close_async()
 
 
-def _client(flow: Any, *, sync: bool) -> Any:
-    """A ``StripeClient`` for one request, over httpx, at the ``stripe`` module's
-    ``api_base`` (so ``stripe.api_base = ...`` points UsageFlow at stripe-mock or a test
-    server too)."""
+def _client(flow: Any, *, sync: bool) -> tuple[Any, Any]:
+    """A ``StripeClient`` over a new httpx client (returned too, to be closed), at the
+    ``stripe`` module's ``api_base`` (so ``stripe.api_base = ...`` points UsageFlow at
+    stripe-mock or a test server too)."""
     try:
         import stripe
     except ImportError:  # pragma: no cover - stripe is an optional dependency
@@ -218,11 +218,37 @@ def _client(flow: Any, *, sync: bool) -> Any:
     )
     if not api_key:
         raise config_error("a Stripe API key is needed: pass stripe_api_key= or set STRIPE_API_KEY")
-    return stripe.StripeClient(
+    # Sync: the library's default client (requests when installed); async: its httpx client.
+    http = stripe.new_default_http_client() if sync else stripe.HTTPXClient()
+    client = stripe.StripeClient(
         api_key,
         base_addresses={"api": stripe.api_base, "meter_events": stripe.meter_events_api_base},
-        http_client=stripe.HTTPXClient(allow_sync_methods=sync),
+        http_client=http,
     )
+    return client, http
+
+
+def run_with_client(flow: Any, make_op: Callable[[Any], Op[T]], client: Any) -> T:
+    """Run a Stripe operation on the sync flow with ``client`` (or one made for it, closed
+    after)."""
+    if client is not None:
+        return cast(T, flow._run(make_op(client)))
+    client, http = _client(flow, sync=True)
+    try:
+        return cast(T, flow._run(make_op(client)))
+    finally:
+        http.close()
+
+
+async def arun_with_client(flow: Any, make_op: Callable[[Any], Op[T]], client: Any) -> T:
+    """The async twin of :func:`run_with_client`."""
+    if client is not None:
+        return cast(T, await flow._run(make_op(client)))
+    client, http = _client(flow, sync=False)
+    try:
+        return cast(T, await flow._run(make_op(client)))
+    finally:
+        await http.close_async()
 
 
 def _plain(value: Any) -> Any:
@@ -260,7 +286,7 @@ def _list_all(
         page_params = {**params, "limit": 100}
         if after is not None:
             page_params["starting_after"] = after
-        page = yield from _request(StripeCall(path, "list", args, page_params, client))
+        page = yield from _request(StripeCall(client, path, "list", args, page_params))
         data = page.get("data") or []
         items.extend(data)
         if not page.get("has_more") or not data:
@@ -562,7 +588,7 @@ def metadata_limits(
     return limits
 
 
-def sync_plans(core: Core, client: Any = None) -> Op[PlanSyncResult]:
+def sync_plans(core: Core, client: Any) -> Op[PlanSyncResult]:
     """Active recurring prices (with their products) -> plans; Payment Links -> their URLs;
     product (then price) metadata -> limits."""
     prices = yield from _list_all(
@@ -615,7 +641,7 @@ def sync_plans(core: Core, client: Any = None) -> Op[PlanSyncResult]:
     return PlanSyncResult(plans=plans, warnings=warnings)
 
 
-def reconcile(core: Core, client: Any = None) -> Op[ReconcileResult]:
+def reconcile(core: Core, client: Any) -> Op[ReconcileResult]:
     """Re-read every subscription (and completed checkout) and apply what the store lacks,
     through the same order-safe store call as the webhooks."""
     catalog = yield from core._catalog()
@@ -649,8 +675,8 @@ def reconcile(core: Core, client: Any = None) -> Op[ReconcileResult]:
         counts[applied.action] = counts.get(applied.action, 0) + 1
     return ReconcileResult(
         subscriptions=total,
-        repaired=counts["applied"],
-        unchanged=counts["stale"],
+        applied=counts["applied"],
+        stale=counts["stale"],
         pending=counts["pending"],
         links=links,
     )
@@ -665,7 +691,7 @@ def export_usage(
     customer_key: str,
     value_key: str,
     identifier_prefix: str,
-    client: Any = None,
+    client: Any,
 ) -> Op[ExportResult]:
     """Send new ledger events to a Stripe meter, batch by batch, moving the meter's cursor
     after each batch (and, on a failure, up to the last event Stripe accepted)."""
@@ -703,16 +729,18 @@ def export_usage(
             elif customer is None:
                 no_customer += 1
             else:
+                identifier = f"{identifier_prefix}{event.id}"
                 result = yield StripeCall(
+                    client,
                     ("v1", "billing", "meter_events"),
                     "create",
                     params={
                         "event_name": event_name,
                         "payload": {customer_key: customer, value_key: str(credits)},
-                        "identifier": f"{identifier_prefix}{event.id}",
+                        "identifier": identifier,
                         "timestamp": int(event.timestamp.timestamp()),
                     },
-                    client=client,
+                    options={"idempotency_key": identifier},
                 )
                 if isinstance(result, UsageFlowError):
                     if done > cursor:

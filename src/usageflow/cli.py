@@ -3,6 +3,7 @@
     usageflow migrate [--store URL] [--print-sql]
     usageflow plans list [--store URL]
     usageflow plans load FILE.toml [--store URL]
+    usageflow plans sync-stripe [--store URL]      (Stripe API key from $STRIPE_API_KEY)
     usageflow usage USER_ID FEATURE [--store URL]
 
 ``--store`` defaults to ``$USAGEFLOW_STORE``, then ``sqlite:///usageflow.db``.
@@ -39,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     plans.add_parser("list", parents=[common], help="print every plan and its limits")
     load = plans.add_parser("load", parents=[common], help="create or update plans from TOML")
     load.add_argument("file", type=Path)
+    plans.add_parser(
+        "sync-stripe",
+        parents=[common],
+        help="create or update plans from Stripe prices, Payment Links and product metadata "
+        "(API key from $STRIPE_API_KEY)",
+    )
 
     usage = sub.add_parser("usage", parents=[common], help="show a user's usage of a feature")
     usage.add_argument("user_id")
@@ -69,6 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.command == "usage":
                 usage = flow.fetch_usage(args.user_id, args.feature_name)
                 print(json.dumps(usage.model_dump(), indent=2))
+            elif args.plans_command == "sync-stripe":
+                flow.migrate()
+                result = flow.sync_plans_from_stripe()
+                for warning in result.warnings:
+                    print(f"warning: {warning}", file=sys.stderr)
+                for plan in result.plans:
+                    print(
+                        f"{plan.id}\t{plan.name}\t{plan.stripe_price_id}\t{len(plan.limits)} limits"
+                    )
             elif args.plans_command == "load":
                 flow.migrate()
                 from usageflow.plans_file import load_plans

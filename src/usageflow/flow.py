@@ -415,12 +415,12 @@ class UsageFlow(_Base):
     def sync_plans_from_stripe(self, *, client: Any = None) -> PlanSyncResult:
         """Create or update plans from the active recurring prices in Stripe, their Payment
         Links and ``usageflow:<feature>`` product metadata."""
-        return self._run(_stripe.sync_plans(self.core, client))
+        return _stripe.run_with_client(self, lambda c: _stripe.sync_plans(self.core, c), client)
 
     def reconcile(self, *, client: Any = None) -> ReconcileResult:
         """Re-read subscriptions (and completed checkouts) from Stripe and repair what lost
         webhooks missed; never overwrites a newer state."""
-        return self._run(_stripe.reconcile(self.core, client))
+        return _stripe.run_with_client(self, lambda c: _stripe.reconcile(self.core, c), client)
 
     def export_usage_to_stripe(
         self,
@@ -435,8 +435,9 @@ class UsageFlow(_Base):
     ) -> ExportResult:
         """Send usage recorded since the last export to a Stripe Billing Meter (one meter
         event per ledger event, its id as Stripe's ``identifier``)."""
-        return self._run(
-            _stripe.export_usage(
+        return _stripe.run_with_client(
+            self,
+            lambda c: _stripe.export_usage(
                 self.core,
                 event_name,
                 feature_name,
@@ -444,8 +445,9 @@ class UsageFlow(_Base):
                 customer_key,
                 value_key,
                 identifier_prefix,
-                client,
-            )
+                c,
+            ),
+            client,
         )
 
     def migrate(self) -> int:
@@ -692,10 +694,14 @@ class AsyncUsageFlow(_Base):
         )
 
     async def sync_plans_from_stripe(self, *, client: Any = None) -> PlanSyncResult:
-        return await self._run(_stripe.sync_plans(self.core, client))
+        return await _stripe.arun_with_client(
+            self, lambda c: _stripe.sync_plans(self.core, c), client
+        )
 
     async def reconcile(self, *, client: Any = None) -> ReconcileResult:
-        return await self._run(_stripe.reconcile(self.core, client))
+        return await _stripe.arun_with_client(
+            self, lambda c: _stripe.reconcile(self.core, c), client
+        )
 
     async def export_usage_to_stripe(
         self,
@@ -708,8 +714,9 @@ class AsyncUsageFlow(_Base):
         identifier_prefix: str = "usageflow-",
         client: Any = None,
     ) -> ExportResult:
-        return await self._run(
-            _stripe.export_usage(
+        return await _stripe.arun_with_client(
+            self,
+            lambda c: _stripe.export_usage(
                 self.core,
                 event_name,
                 feature_name,
@@ -717,8 +724,9 @@ class AsyncUsageFlow(_Base):
                 customer_key,
                 value_key,
                 identifier_prefix,
-                client,
-            )
+                c,
+            ),
+            client,
         )
 
     async def migrate(self) -> int:
