@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
+from usageflow import _validate as v
 from usageflow._core import Core, Op, _price_amount, call
 from usageflow.cache import Catalog
 from usageflow.errors import (
@@ -379,6 +380,14 @@ def _id(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _valid_name(value: object) -> str | None:
+    """``value`` when it is a usable user id or email, else ``None``."""
+    try:
+        return v.name(value, "client_reference_id")
+    except UsageFlowError:
+        return None
+
+
 def _get(obj: Any, *path: str) -> Any:
     for key in path:
         if not isinstance(obj, Mapping):
@@ -493,15 +502,15 @@ def decide(event: Mapping[str, Any], catalog: Catalog, manual: bool) -> Changes:
         return Changes()
     if kind == "checkout.session.completed":
         customer = _id(obj.get("customer"))
-        user_id = obj.get("client_reference_id")
-        email = _get(obj, "customer_details", "email") or obj.get("customer_email")
+        user_id = _valid_name(obj.get("client_reference_id"))
+        email = _valid_name(_get(obj, "customer_details", "email") or obj.get("customer_email"))
         if customer is None or not (user_id or email):
             return Changes()
         return Changes(
             link=StripeLink(
                 customer_id=customer,
-                user_id=str(user_id) if user_id else None,
-                email=str(email) if email else None,
+                user_id=user_id,
+                email=email,
                 order_key=f"{created:012d}|{event['id']}",
             )
         )

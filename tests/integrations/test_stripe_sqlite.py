@@ -1,0 +1,98 @@
+"""SQLite specifics of the Stripe tables: the upgrade from schema 1, and atomicity (an event
+whose write fails leaves no trace, not even its processed-event record)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.support.stripe_events import SECRET, T0, Events, deliver
+from usageflow import UsageFlow
+from usageflow.errors import ErrorCodes, UsageFlowError
+from usageflow.stores.base import Tables
+from usageflow.stores.sqlite import SCHEMA_VERSION
+
+STRIPE_TABLES = ("_stripe_events", "_stripe_subs", "_stripe_cust", "_stripe_export")
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    conn.close()
+    return {r[0] for r in rows}
+
+
+def test_upgrade_from_schema_1_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    flow = UsageFlow(f"sqlite:///{path}")
+    flow.create_plan("Free", is_free=True, limits={"exports": 3})
+    flow.increment_usage("u1", "exports", 2)
+    flow.close()
+    # Make it a version-1 database: no Stripe tables, version row 1.
+    conn = sqlite3.connect(path)
+    for suffix in STRIPE_TABLES:
+        conn.execute(f'DROP TABLE "usage_events{suffix}"')
+    conn.execute("UPDATE usageflow_schema SET version = 1")
+    conn.commit()
+    conn.close()
+    assert not {f"usage_events{s}" for s in STRIPE_TABLES} & tables(path)
+
+    flow = UsageFlow(f"sqlite:///{path}", stripe_webhook_secret=SECRET)
+    assert flow.migrate() == SCHEMA_VERSION == 2
+    assert flow.migrate() == 2  # idempotent
+    assert {f"usage_events{s}" for s in STRIPE_TABLES} <= tables(path)
+    assert flow.get_total_usage("u1", "exports") == 2
+    assert deliver(flow, Events().checkout("cus_1", T0, client_reference_id="u1")).action == (
+        "applied"
+    )
+    flow.close()
+
+
+def test_custom_table_names_derive_the_stripe_tables(tmp_path: Path) -> None:
+    flow = UsageFlow(f"sqlite:///{tmp_path / 'c.db'}", usage_events_table="app_events")
+    flow.migrate()
+    assert Tables(usage_events="app_events").stripe_events == "app_events_stripe_events"
+    assert {f"app_events{s}" for s in STRIPE_TABLES} <= tables(tmp_path / "c.db")
+    flow.close()
+
+
+def test_a_failed_write_records_nothing(tmp_path: Path) -> None:
+    """A trigger of the shared database refuses one profile update (as another app's schema
+    might): the event's whole transaction rolls back, so Stripe's redelivery applies it."""
+    path = tmp_path / "t.db"
+    flow = UsageFlow(f"sqlite:///{path}", stripe_webhook_secret=SECRET)
+    flow.create_plan("Free", is_free=True, limits={"exports": 3})
+    flow.create_plan("Pro", stripe_price_id="price_pro", limits={"exports": 1000})
+    ev = Events()
+    deliver(flow, ev.checkout("cus_1", T0, client_reference_id="u1"))
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE OF plan ON profiles "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the shared schema'); END"
+    )
+    conn.commit()
+    event = ev.subscription(
+        "customer.subscription.created",
+        "sub_1",
+        "cus_1",
+        "price_pro",
+        "active",
+        (T0, T0 + 86_400 * 30),
+        T0 + 1,
+    )
+    with pytest.raises(UsageFlowError) as err:
+        deliver(flow, event)
+    assert err.value.code is ErrorCodes.USAGE_CONFIG_ERROR and err.value.is_store_failure
+    counts = conn.execute(
+        "SELECT (SELECT count(*) FROM usage_events_stripe_events), "
+        "(SELECT count(*) FROM usage_events_stripe_subs)"
+    ).fetchone()
+    assert counts == (1, 0)  # only the checkout
+    conn.execute("DROP TRIGGER refuse")
+    conn.commit()
+    conn.close()
+    assert deliver(flow, event).action == "applied"
+    assert flow.get_user_plan("u1").name == "Pro"
+    flow.close()
