@@ -450,12 +450,16 @@ class Store(ABC):
         5. Record ``(event_id, event_type, created, action, user_id, now)`` in
            ``stripe_events``.
 
-        *Refresh the profile of user U*: among the subscriptions of every customer linked to U,
-        take the first by ``ended`` (false first), ``started`` descending (NULL last),
-        ``subscription_id`` descending, and set the profile's ``stripe_customer_id``, ``plan``,
-        ``subscription_status``, ``current_period_start`` and ``current_period_end`` from it;
-        with no subscription, set only ``stripe_customer_id`` to U's customer with the greatest
-        ``order_key``. The action is ``applied`` unless a step above said otherwise.
+        *Refresh the profile of user U* (the row is created when missing): among the
+        subscriptions of every customer linked to U, take the first by ``ended`` (false
+        first), ``started`` descending (NULL last), ``subscription_id`` descending, and set the
+        profile's ``stripe_customer_id``, ``plan``, ``subscription_status``,
+        ``current_period_start`` and ``current_period_end`` from it; with no subscription, set
+        only ``stripe_customer_id`` to U's customer with the greatest ``order_key``. The action
+        is ``applied`` unless a step above said otherwise.
+
+        Order keys and ids compare bytewise (in PostgreSQL: ``COLLATE "C"``). When several
+        profiles have the customer as ``stripe_customer_id``, the one with the lowest id wins.
         """
         raise config_error("this store does not support Stripe webhooks yet")
 

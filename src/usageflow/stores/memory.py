@@ -515,11 +515,12 @@ class MemoryStore(Store):
         self._stripe_subs[sub.subscription_id] = sub
         user_id = self._stripe_user(sub.customer_id)
         if user_id is None:
-            for profile in self._profiles.values():
-                if profile.stripe_customer_id == sub.customer_id:
-                    user_id = profile.id
-                    self._stripe_customers[sub.customer_id] = (user_id, "")
-                    break
+            user_id = min(
+                (p.id for p in self._profiles.values() if p.stripe_customer_id == sub.customer_id),
+                default=None,
+            )
+            if user_id is not None:
+                self._stripe_customers[sub.customer_id] = (user_id, "")
         if user_id is None:
             return StripeApplied("pending")
         self._stripe_refresh(user_id)

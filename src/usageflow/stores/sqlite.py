@@ -1104,6 +1104,9 @@ class SQLiteStore(Store):
 
     def _stripe_refresh(self, c: sqlite3.Connection, user_id: str) -> None:
         q = self._q
+        c.execute(
+            f"INSERT INTO {q['profiles']} (id) VALUES (?) ON CONFLICT (id) DO NOTHING", (user_id,)
+        )
         best = c.execute(
             f"SELECT s.customer_id, s.plan, s.status, s.current_period_start, "
             f"s.current_period_end FROM {q['stripe_subscriptions']} s "
