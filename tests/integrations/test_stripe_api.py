@@ -324,6 +324,7 @@ def test_export_usage_to_stripe(plans: Any, server: StripeServer, clock: FakeClo
         (f"usageflow-{b1.id}", {"stripe_customer_id": "cus_bob", "value": "5"}),
     ]
     assert sent[0]["timestamp"] == int(a1.timestamp.timestamp())
+    assert set(server.data.idempotent) == {e["identifier"] for e in sent}  # Idempotency-Key
     assert sent[0]["event_name"] == "llm_tokens"
     assert all(e["identifier"] != f"usageflow-{old.id}" for e in sent)
 

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.stripe_events import DAY, MONTH, SECRET, T0, Events, deliver, skip_unported
 from usageflow import AsyncUsageFlow, UsageFlow
@@ -398,3 +400,55 @@ async def test_async_plan_resolver() -> None:
     with pytest.raises(UsageFlowError) as err:
         sync_flow.authorize("alice", "exports")
     assert err.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+
+
+def test_a_newer_checkout_moves_the_customer_and_an_older_one_does_not(stripe_flow: Any) -> None:
+    flow = stripe_flow
+    ev = Events()
+    older = ev.checkout("cus_c", T0, client_reference_id="first")
+    newer = ev.checkout("cus_c", T0 + 10, client_reference_id="second")
+    assert deliver(flow, newer).action == "applied"
+    assert deliver(flow, older).action == "stale"
+    assert flow.get_profile("second").stripe_customer_id == "cus_c"
+    assert flow.get_profile("first") is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_any_delivery_order_gives_one_state(data: st.DataObject) -> None:
+    """Hypothesis: a lifecycle plus a second subscription and price changes, delivered in any
+    order with any duplicates, always ends in the state of the in-order delivery."""
+    ev = Events()
+    events = lifecycle(ev, "h", "cus_h", "sub_h")
+    events.append(
+        ev.subscription(
+            "customer.subscription.created",
+            "sub_h2",
+            "cus_h",
+            "price_basic",
+            "active",
+            P2,
+            P2[0] + 2 * DAY,
+            started=P2[0] + 2 * DAY,
+        )
+    )
+    # Stripe never changes a price's amount (it makes a new price), so price events agree.
+    events += [ev.price("price.updated", "price_pro", 3100, T0 + n) for n in range(2)]
+
+    def final(order: list[dict[str, Any]]) -> tuple[Any, ...]:
+        flow = UsageFlow("memory://", stripe_webhook_secret=SECRET)
+        flow.create_plan("Free", is_free=True)
+        flow.create_plan("Basic", stripe_price_id="price_basic")
+        flow.create_plan("Pro", stripe_price_id="price_pro")
+        for event in order:
+            deliver(flow, event)
+        return (*_state(flow, "h"), flow.get_profile("h").stripe_customer_id)
+
+    expected = final(events)
+    assert expected[0] == "price_basic" and expected[1] == "active"
+    order = data.draw(st.permutations(events))
+    extra = data.draw(st.lists(st.sampled_from(events), max_size=4))
+    positions = [data.draw(st.integers(0, len(order))) for _ in extra]
+    for event, at_index in zip(extra, positions, strict=True):
+        order.insert(at_index, event)
+    assert final(order) == expected
