@@ -21,6 +21,7 @@ is greater than the stored one, so any permutation of the same events ends in th
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+logger = logging.getLogger("usageflow")
 
 #: Seconds a signed webhook stays valid, either way from now (Stripe's default).
 DEFAULT_TOLERANCE = 300
@@ -186,9 +188,14 @@ class StripeCall:
             obj = getattr(obj, part)
         return getattr(obj, self.method + suffix)
 
+    def _log(self, flow: Any) -> None:
+        if getattr(getattr(flow, "options", None), "debug", False):
+            logger.debug("usageflow stripe %s.%s %s", ".".join(self.path), self.method, self.args)
+
     def run(self, flow: Any) -> Any:
         import stripe
 
+        self._log(flow)
         try:
             method = self._target("")
             return _plain(method(*self.args, params=self.params, options=self.options))
@@ -198,6 +205,7 @@ class StripeCall:
     async def arun(self, flow: Any) -> Any:
         import stripe
 
+        self._log(flow)
         try:
             method = self._target("_async")
             result = await method(*self.args, params=self.params, options=self.options)
@@ -653,6 +661,11 @@ def sync_plans(core: Core, client: Any) -> Op[PlanSyncResult]:
 def reconcile(core: Core, client: Any) -> Op[ReconcileResult]:
     """Re-read every subscription (and completed checkout) and apply what the store lacks,
     through the same order-safe store call as the webhooks."""
+    if core.options.manual_stripe_integration:
+        raise config_error(
+            "reconcile writes subscriptions to profiles; with manual_stripe_integration=True "
+            "the app keeps them itself"
+        )
     catalog = yield from core._catalog()
     created = math.floor(core.now().timestamp())
     sessions = yield from _list_all(("v1", "checkout", "sessions"), {"status": "complete"}, client)

@@ -171,6 +171,17 @@ def test_bad_api_key_is_an_error_without_the_key(
     assert "sk_test_wrong_key_123456" not in str(err.value)
 
 
+def test_reconcile_is_not_for_manual_integrations(
+    make_flow: Any, store: Store, server: StripeServer
+) -> None:
+    skip_unported(store)
+    flow = make_flow(stripe_api_key=API_KEY, manual_stripe_integration=True)
+    with pytest.raises(UsageFlowError) as err:
+        flow.reconcile()
+    assert err.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+    assert server.data.requests == []
+
+
 def test_no_api_key(make_flow: Any, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     skip_unported(store)
     monkeypatch.delenv("STRIPE_API_KEY", raising=False)
@@ -372,3 +383,18 @@ def test_export_rejects_bad_arguments(plans: Any) -> None:
         with pytest.raises(UsageFlowError) as err:
             plans.export_usage_to_stripe("m", **kwargs)
         assert err.value.code is ErrorCodes.USAGE_INVALID_PARAMS
+
+
+def test_debug_logs_never_show_secrets(
+    make_flow: Any, store: Store, server: StripeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    skip_unported(store)
+    catalog(server.data)
+    with caplog.at_level("DEBUG", logger="usageflow"):  # restores the level debug=True sets
+        flow = make_flow(stripe_api_key=API_KEY, stripe_webhook_secret=SECRET, debug=True)
+        flow.sync_plans_from_stripe()
+        deliver(flow, Events().checkout("cus_1", T0, client_reference_id="u1"))
+    assert "usageflow stripe v1.prices.list" in caplog.text
+    assert "apply_stripe_event" in caplog.text
+    assert API_KEY not in caplog.text and SECRET not in caplog.text
+    assert API_KEY not in repr(flow) and SECRET not in repr(flow)
