@@ -1,6 +1,7 @@
 """Requests per second of one small app, bare and metered, against the rate-limit peers.
 
     python benchmarks/http_middleware.py [--n 4000] [--rounds 3] [--concurrency 1]
+    python benchmarks/http_middleware.py --http [--n 3000] [--connections 8]
 
 Starlette: bare; ``UsageFlowMiddleware`` on ``memory://`` and on SQLite (``AsyncUsageFlow``);
 slowapi on its in-memory storage. Flask: bare; ``UsageFlowFlask`` + ``@metered`` on
@@ -12,7 +13,10 @@ out.
 The requests are driven in-process, straight through the ASGI / WSGI callable (no sockets,
 no client library), so the figures are the cost of the framework plus the metering alone:
 the harshest setting for the ratios, since a real server adds the same fixed cost to every
-variant. The best of ``--rounds`` rounds is kept. Run by hand; it is not a test.
+variant. With ``--http`` each app is served in its own process instead (Starlette by
+uvicorn, Flask by Werkzeug's threaded server) and driven over keep-alive sockets on
+127.0.0.1 by a minimal asyncio client: the figures then include a real server, as in
+production. The best of ``--rounds`` rounds is kept. Run by hand; it is not a test.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ import asyncio
 import io
 import json
 import logging
+import re
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -40,6 +48,9 @@ from usageflow.integrations.flask import UsageFlowFlask
 from usageflow.integrations.starlette import UsageFlowMiddleware
 
 QUOTA = 10**15
+#: In-process rounds are timed in CPU seconds of this process (all its threads): other load
+#: on a shared machine does not skew them. ``--wall`` switches to wall-clock time.
+TIMER: dict[str, Callable[[], float]] = {"clock": time.process_time}
 USER = "bench-user"
 PATH = "/v1/exports"
 
@@ -128,9 +139,9 @@ async def drive_asgi(app: Any, n: int, concurrency: int) -> float:
                 raise RuntimeError("a benchmark request was not answered 200")
 
     await worker(50)  # warm up: caches, connections, threads
-    start = time.perf_counter()
+    start = TIMER["clock"]()
     await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
-    return (n // concurrency * concurrency) / (time.perf_counter() - start)
+    return (n // concurrency * concurrency) / (TIMER["clock"]() - start)
 
 
 # -- Flask ----------------------------------------------------------------------------------------
@@ -213,10 +224,96 @@ def drive_wsgi(app: Flask, n: int) -> float:
         one()
     if not all(s.startswith("200") for s in statuses):
         raise RuntimeError(f"a benchmark request was not answered 200: {set(statuses)}")
-    start = time.perf_counter()
+    start = TIMER["clock"]()
     for _ in range(n):
         one()
-    return n / (time.perf_counter() - start)
+    return n / (TIMER["clock"]() - start)
+
+
+# -- over HTTP ------------------------------------------------------------------------------------
+APPS: dict[str, Callable[[str], Any]] = {
+    "starlette bare": lambda tmp: starlette_bare(),
+    "starlette usageflow memory": lambda tmp: starlette_usageflow("memory://"),
+    "starlette usageflow sqlite": lambda tmp: starlette_usageflow(
+        f"sqlite:///{tmp}/http.db?synchronous=normal"
+    ),
+    "starlette slowapi memory": lambda tmp: starlette_slowapi(),
+    "flask bare": lambda tmp: flask_bare(),
+    "flask usageflow memory": lambda tmp: flask_usageflow("memory://"),
+    "flask usageflow sqlite": lambda tmp: flask_usageflow(
+        f"sqlite:///{tmp}/http-flask.db?synchronous=normal"
+    ),
+    "flask flask-limiter memory": lambda tmp: flask_limiter(),
+}
+_CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *([0-9]+)")
+
+
+def serve(name: str, port: int, tmp: str) -> None:
+    """Serve one variant (run in a child process)."""
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    app = APPS[name](tmp)
+    if name.startswith("flask"):
+        from werkzeug.serving import run_simple
+
+        run_simple("127.0.0.1", port, app, threaded=True)
+    else:
+        import uvicorn
+
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+
+
+async def drive_http(port: int, n: int, connections: int) -> float:
+    request_bytes = (
+        f"POST {PATH} HTTP/1.1\r\nHost: bench\r\nX-User: {USER}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+    async def worker(count: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(count):
+                writer.write(request_bytes)
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head[9:12] != b"200":
+                    raise RuntimeError(f"answered {head[:12]!r}")
+                length = _CONTENT_LENGTH.search(head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                if b"connection: close" in head.lower():  # Werkzeug: no keep-alive
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(50) for _ in range(connections)))  # warm up
+    per = n // connections
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(per) for _ in range(connections)))
+    return per * connections / (time.perf_counter() - start)
+
+
+def run_http(name: str, tmp: str, n: int, connections: int, rounds: int) -> float:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", name, "--port", str(port), "--tmp", tmp],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or child.poll() is not None:
+                    raise RuntimeError(f"{name} did not start") from None
+                time.sleep(0.1)
+        return max(asyncio.run(drive_http(port, n, connections)) for _ in range(rounds))
+    finally:
+        child.terminate()
+        child.wait(10)
 
 
 def best(rounds: int, run: Callable[[], float]) -> float:
@@ -229,7 +326,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=1, help="ASGI requests in flight")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--http", action="store_true", help="serve each app, drive it by HTTP")
+    parser.add_argument("--connections", type=int, default=8, help="HTTP keep-alive sockets")
+    parser.add_argument("--wall", action="store_true", help="time in-process runs by wall clock")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--tmp", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port, args.tmp)
+        return
+    if args.wall:
+        TIMER["clock"] = time.perf_counter
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
     tmp = Path(tempfile.mkdtemp(prefix="usageflow-bench-"))
@@ -257,6 +365,11 @@ def main() -> None:
         ("flask usageflow sqlite", lambda: drive_wsgi(sqlite_app, args.n)),
         ("flask flask-limiter memory", lambda: drive_wsgi(limiter_app, args.n)),
     ]
+    if args.http:
+        plan = [
+            (name, lambda name=name: run_http(name, str(tmp), args.n, args.connections, 1))
+            for name in APPS
+        ]
     for name, run in plan:
         results[name] = best(args.rounds, run)
         print(f"{name:32s} {results[name]:10,.0f} req/s")

@@ -499,3 +499,25 @@ def test_problem_body_is_json_even_for_odd_feature_names(any_flow: Any) -> None:
     assert r.status_code == 402
     assert json.loads(r.content)["feature"] == 'ünï "quoted"'
     assert r.headers["ratelimit-policy"] == '"%FCn%EF \\"quoted\\"";q=0'
+
+
+def test_head_is_metered_like_get(any_flow: Any, reader: UsageFlow) -> None:
+    with TestClient(make_app(any_flow, routes={"GET /unmetered": "exports"})) as client:
+        assert client.head("/unmetered", headers=U1).status_code == 200
+        assert client.get("/unmetered", headers=U1).status_code == 200
+    assert used(reader, "u1", "exports") == 2
+
+
+def test_user_function_may_refuse_with_http_exception(any_flow: Any) -> None:
+    def strict_user(request: Request) -> str:
+        token = request.headers.get("authorization")
+        if token != "Bearer good":
+            raise HTTPException(403, "bad token", headers={"www-authenticate": "Bearer"})
+        return "u1"
+
+    with TestClient(make_app(any_flow, user_id=strict_user)) as client:
+        r = client.post("/v1/exports", headers={"authorization": "Bearer bad"})
+        assert r.status_code == 403
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["detail"] == "bad token"
+        assert client.post("/v1/exports", headers={"authorization": "Bearer good"}).is_success

@@ -230,21 +230,24 @@ class RouteTable:
         return _Route(method, path, re.compile(regex + re.escape(rest) + "$"), meter)
 
     def match(self, method: str, path: str) -> Meter | None:
-        """The meter of the first route matching ``method`` and ``path``, or ``None``."""
+        """The meter of the first route matching ``method`` and ``path``, or ``None``.
+        ``HEAD`` matches ``GET`` routes too."""
+        # HEAD runs the GET handler (Starlette answers it from GET routes): metered alike.
+        alias = "GET" if method == "HEAD" else method
         if not self._scan:
             for wanted, meter in self._static.get(path, ()):
-                if wanted is None or wanted == method:
+                if wanted is None or wanted in (method, alias):
                     return meter
             for route in self._dynamic:
                 if (
-                    (route.method is None or route.method == method)
+                    (route.method is None or route.method in (method, alias))
                     and route.regex is not None
                     and route.regex.match(path)
                 ):
                     return route.meter
             return None
         for route in self._order:
-            if route.method is not None and route.method != method:
+            if route.method is not None and route.method not in (method, alias):
                 continue
             if route.regex is None:
                 if route.pattern == path:

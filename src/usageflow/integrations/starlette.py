@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -99,6 +100,21 @@ async def _send_problem(send: Send, problem: Problem) -> None:
         }
     )
     await send({"type": "http.response.body", "body": content})
+
+
+def _http_problem(exc: HTTPException, feature: str) -> Problem:
+    """An ``HTTPException`` raised by the ``user_id`` function, as a problem response."""
+    return Problem(
+        exc.status_code,
+        {
+            "type": "about:blank",
+            "title": str(exc.detail),
+            "status": exc.status_code,
+            "detail": str(exc.detail),
+            "feature": feature,
+        },
+        list((exc.headers or {}).items()),
+    )
 
 
 def metering_error_handler(request: Request, exc: Exception) -> Response:
@@ -241,6 +257,9 @@ class UsageFlowMiddleware:
             user = await self._resolve_user(scope)
         except UsageFlowError as exc:
             await self._refuse(send, problem_for(exc, feature, gate.now()))
+            return
+        except HTTPException as exc:  # the app's authentication refused the request
+            await _send_problem(send, _http_problem(exc, feature))
             return
         if user is None:
             await self._refuse(send, unauthenticated(feature))
