@@ -13,8 +13,9 @@ carries an *order key*, a string that sorts in the order the states happened::
 
 A canceled (terminal) state outranks every live one (a canceled subscription never comes
 back); then the event's ``created``; then, within one second, the kind of event
-(``customer.subscription.created`` < ``invoice.paid`` < other subscription events <
-reconcile), the later period and the later status. The store keeps a state only when its key
+(``invoice.paid`` < ``customer.subscription.created`` < other subscription events <
+reconcile: an invoice does not know a trial from a paid period, and a subscription is created
+before it changes), the later period and the later status. The store keeps a state only when its key
 is greater than the stored one, so any permutation of the same events ends in the same state.
 """
 
@@ -87,8 +88,8 @@ _STATUS_RANK = {
     "incomplete_expired": 6,
 }
 _KIND_RANK = {
-    "customer.subscription.created": 0,
-    "invoice.paid": 1,
+    "invoice.paid": 0,
+    "customer.subscription.created": 1,
     "customer.subscription.updated": 2,
     "customer.subscription.deleted": 2,
     "customer.subscription.paused": 2,

@@ -452,3 +452,20 @@ def test_any_delivery_order_gives_one_state(data: st.DataObject) -> None:
     for event, at_index in zip(extra, positions, strict=True):
         order.insert(at_index, event)
     assert final(order) == expected
+
+
+@pytest.mark.parametrize("invoice_first", [True, False])
+def test_a_trial_stays_trialing_when_its_zero_invoice_is_paid(
+    stripe_flow: Any, invoice_first: bool
+) -> None:
+    flow = stripe_flow
+    ev = Events()
+    deliver(flow, ev.checkout("cus_t", T0, client_reference_id="ut"))
+    created = ev.subscription(
+        "customer.subscription.created", "sub_t", "cus_t", "price_pro", "trialing", P1, T0 + 1
+    )
+    paid = ev.invoice_paid("sub_t", "cus_t", "price_pro", P1, T0 + 1)
+    for event in (paid, created) if invoice_first else (created, paid):
+        deliver(flow, event)
+    assert flow.get_profile("ut").subscription_status == "trialing"
+    assert flow.get_user_plan("ut").name == "Pro"
