@@ -186,7 +186,8 @@ class StripeCall:
     def _target(self, suffix: str) -> Any:
         obj = self.client
         for part in self.path:
-            obj = getattr(obj, part)
+            # stripe < 13 had the v1 services on the client itself.
+            obj = getattr(obj, part, obj) if part == "v1" else getattr(obj, part)
         return getattr(obj, self.method + suffix)
 
     def _log(self, flow: Any) -> None:
