@@ -3,7 +3,9 @@ whose write fails leaves no trace, not even its processed-event record)."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -95,4 +97,40 @@ def test_a_failed_write_records_nothing(tmp_path: Path) -> None:
     conn.close()
     assert deliver(flow, event).action == "applied"
     assert flow.get_user_plan("u1").name == "Pro"
+    flow.close()
+
+
+def test_concurrent_redeliveries_are_processed_once(tmp_path: Path) -> None:
+    """Stripe retries while a first delivery is still running: threads (and their own SQLite
+    connections) race on the same events; each is applied exactly once."""
+    flow = UsageFlow(f"sqlite:///{tmp_path / 'race.db'}", stripe_webhook_secret=SECRET)
+    flow.create_plan("Free", is_free=True)
+    flow.create_plan("Pro", stripe_price_id="price_pro")
+    ev = Events()
+    events = [ev.checkout(f"cus_{n}", T0, client_reference_id=f"u{n}") for n in range(10)]
+    events += [
+        ev.subscription(
+            "customer.subscription.updated",
+            f"sub_{n}",
+            f"cus_{n}",
+            "price_pro",
+            status,
+            (T0, T0 + 86_400 * 30),
+            T0 + step,
+        )
+        for n in range(10)
+        for step, status in enumerate(("active", "past_due", "active", "canceled"))
+    ]
+
+    def worker(seed: int) -> list[str]:
+        order = random.Random(seed).sample(events, len(events))
+        return [deliver(flow, e).action for e in order]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = [a for actions in pool.map(worker, range(6)) for a in actions]
+    assert len(results) - results.count("duplicate") == len(events)
+    for n in range(10):
+        profile = flow.get_profile(f"u{n}")
+        assert profile is not None
+        assert (profile.plan, profile.subscription_status) == ("price_pro", "canceled")
     flow.close()
