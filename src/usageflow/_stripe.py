@@ -15,8 +15,9 @@ A canceled (terminal) state outranks every live one (a canceled subscription nev
 back); then the event's ``created``; then, within one second, the kind of event
 (``invoice.paid`` < ``customer.subscription.created`` < other subscription events <
 reconcile: an invoice does not know a trial from a paid period, and a subscription is created
-before it changes), the later period and the later status. The store keeps a state only when its key
-is greater than the stored one, so any permutation of the same events ends in the same state.
+before it changes), the later period and the later status. The store keeps a state only when
+its key is greater than the stored one, so any permutation of the same events ends in the
+same state.
 """
 
 from __future__ import annotations
