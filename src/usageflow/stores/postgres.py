@@ -18,6 +18,9 @@ URL options (query string; every other parameter is passed to libpq)::
 ``statement_timeout``  seconds a function may run on the server (0: no limit)        10
 ``tcp_user_timeout``   seconds unacknowledged data may wait before the connection    10
                        is dropped (a vanished server fails instead of hanging)
+``query_timeout``      seconds the client waits for an answer before it drops the    statement
+                       connection (a server that accepts but never answers; 0: no    timeout + 2
+                       limit)
 ``prepare``            ``false`` for Supabase's transaction pooler (port 6543) and    true
                        PgBouncer: no server-side prepared statements
 ``schema``             the schema holding the tables (sets ``search_path``)          server
@@ -31,7 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -94,6 +100,7 @@ class PostgresSettings:
         "timeout",
         "statement_timeout",
         "tcp_user_timeout",
+        "query_timeout",
         "prepare",
         "schema",
     )
@@ -122,6 +129,8 @@ class PostgresSettings:
         self.timeout = self._seconds(ours, "timeout", 5.0)
         self.statement_timeout = self._seconds(ours, "statement_timeout", 10.0, zero=True)
         self.tcp_user_timeout = self._seconds(ours, "tcp_user_timeout", 10.0, zero=True)
+        default_query = self.statement_timeout + 2.0 if self.statement_timeout else 0.0
+        self.query_timeout = self._seconds(ours, "query_timeout", default_query, zero=True)
         prepare = ours.get("prepare", "true").lower()
         if prepare not in ("true", "false", "1", "0", "yes", "no"):
             raise config_error("prepare must be true or false", store=self.redacted)
@@ -184,6 +193,86 @@ class PostgresSettings:
         if "application_name=" not in self.conninfo:
             kwargs["application_name"] = "usageflow"
         return kwargs
+
+
+class _Watchdog:
+    """Client-side deadlines: a call whose answer has not come by its deadline has its socket
+    shut down, so the waiting driver fails at once (and the pool drops that connection).
+
+    The server's ``statement_timeout`` ends slow statements cleanly; this covers the cases it
+    cannot: a server, pooler or network that stops answering. One daemon thread serves every
+    store of the process; registering a call costs a dict insert under a lock.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._calls: dict[int, tuple[float, int]] = {}  # token -> (deadline, fd); FIFO
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, fd: int, seconds: float) -> int:
+        with self._cond:
+            self._next += 1
+            token = self._next
+            was_empty = not self._calls
+            self._calls[token] = (time.monotonic() + seconds, fd)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="usageflow-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif was_empty:
+                self._cond.notify()
+        return token
+
+    def done(self, token: int) -> None:
+        with self._cond:
+            self._calls.pop(token, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if not self._calls:
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                expired = [t for t, (deadline, _fd) in self._calls.items() if deadline <= now]
+                for token in expired:
+                    _deadline, fd = self._calls.pop(token)
+                    _shutdown(fd)
+                if self._calls:
+                    earliest = min(deadline for deadline, _fd in self._calls.values())
+                    self._cond.wait(max(0.0, earliest - now))
+
+
+def _shutdown(fd: int) -> None:
+    """Shut a connection's socket down (both ways) without closing the driver's descriptor."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _pool_class(deadline: float) -> Any:
+    """``psycopg_pool.ConnectionPool`` whose health checks are bounded by ``deadline``."""
+    from psycopg_pool import ConnectionPool
+
+    class Pool(ConnectionPool):
+        @staticmethod
+        def check_connection(conn: Any) -> None:
+            token = _WATCHDOG.watch(conn.pgconn.socket, deadline) if deadline else 0
+            try:
+                ConnectionPool.check_connection(conn)
+            finally:
+                if token:
+                    _WATCHDOG.done(token)
+
+    return Pool
 
 
 class _Calls:
@@ -249,6 +338,7 @@ class PostgresStore(Store):
         self._pool: ConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
         self._closed = False
+        self._checking = False
         self._faces: weakref.WeakSet[AsyncPostgresStore] = weakref.WeakSet()
 
     @classmethod
@@ -267,10 +357,8 @@ class PostgresStore(Store):
             if self._closed:
                 raise config_error("this PostgresStore is closed", store=self.url)
             if self._pool is None:
-                from psycopg_pool import ConnectionPool
-
                 s = self.settings
-                self._pool = ConnectionPool(
+                self._pool = _pool_class(s.query_timeout)(
                     s.conninfo,
                     kwargs=s.connect_kwargs(),
                     min_size=s.pool_min,
@@ -287,9 +375,15 @@ class PostgresStore(Store):
         psycopg = self._psycopg
         params = self._calls.params(suffix, args, psycopg.types.json.Jsonb)
         pool = self._get_pool()
+        limit = self.settings.query_timeout
         try:
             with pool.connection() as conn:
-                row = conn.execute(self._calls.sql[suffix], params).fetchone()
+                token = _WATCHDOG.watch(conn.pgconn.socket, limit) if limit else 0
+                try:
+                    row = conn.execute(self._calls.sql[suffix], params).fetchone()
+                finally:
+                    if token:
+                        _WATCHDOG.done(token)
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) and not isinstance(
                 exc, psycopg.errors.QueryCanceled
@@ -299,9 +393,22 @@ class PostgresStore(Store):
         return row[0] if row else None
 
     def _check_idle(self, pool: ConnectionPool[Any]) -> None:
-        """After a connection broke, drop the other idle ones that broke with it."""
-        with contextlib.suppress(Exception):  # best effort: the next call reports failures
-            pool.check()
+        """After a connection broke, drop the other idle ones that broke with it (in the
+        background, each check bounded by the query deadline), so that a database restart
+        costs one failed call rather than one per pooled connection."""
+        with self._pool_lock:
+            if self._checking:
+                return
+            self._checking = True
+
+        def run() -> None:
+            try:
+                with contextlib.suppress(Exception):  # best effort
+                    pool.check()
+            finally:
+                self._checking = False
+
+        threading.Thread(target=run, name="usageflow-pool-check", daemon=True).start()
 
     def _invoke(self, operation: str, kwargs: Mapping[str, Any]) -> Any:
         suffix, args = encode(operation, kwargs)
@@ -691,10 +798,14 @@ class AsyncPostgresStore(AsyncStore):
         psycopg = self._psycopg
         try:
             conn = await self._pool.acquire()
+            limit = self.settings.query_timeout if params else 0.0
+            token = _WATCHDOG.watch(conn.pgconn.socket, limit) if limit else 0
             try:
                 cur = await conn.execute(query, params, prepare=None if params else False)
                 row = await cur.fetchone()
             finally:
+                if token:
+                    _WATCHDOG.done(token)
                 self._pool.release(conn)
         except psycopg.Error as exc:
             raise _failure(self.settings, self.tables, exc, operation) from None

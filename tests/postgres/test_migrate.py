@@ -1,0 +1,97 @@
+"""The migration: idempotent, versioned, safe when several processes run it at once, and
+parameterized by the configured table names (two setups can share one database)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+
+from tests.support.postgres import store_url
+from usageflow import ErrorCodes, UsageFlow, UsageFlowError
+from usageflow.stores import open_store
+from usageflow.stores.base import Tables
+from usageflow.stores.postgres import PostgresStore
+
+
+def test_concurrent_migrations_of_one_database(pg_url: str, schema: str) -> None:
+    stores = [PostgresStore(store_url(pg_url, schema)) for _ in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        versions = list(pool.map(lambda s: s.migrate(), stores))
+    assert versions == [1] * 6
+    assert stores[0].migrate() == 1  # and again: idempotent
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(f'SELECT name, version FROM "{schema}".usageflow_schema').fetchall()
+    assert rows == [("usage_events", 1)]
+    for store in stores:
+        store.close()
+
+
+def test_custom_table_names_share_one_database(pg_url: str, schema: str) -> None:
+    url = store_url(pg_url, schema)
+    default = open_store(url)
+    custom = PostgresStore(
+        url,
+        Tables(
+            user_plans="acme_plans",
+            usage_events="acme_events",
+            usage_feature_limits="acme_limits",
+            user_limit_adjustments="acme_adjustments",
+            profiles="acme_profiles",
+        ),
+    )
+    assert default.migrate() == custom.migrate() == 1
+    sql = custom.migration_sql()
+    assert '"acme_events_counters"' in sql and '"acme_events_charge"' in sql
+    a, b = UsageFlow(default), UsageFlow(custom)
+    a.create_plan("Free", is_free=True, limits={"api": 1})
+    b.create_plan("Free", is_free=True, limits={"api": 2})
+    assert [a.consume("u1", "api").allowed for _ in range(2)] == [True, False]
+    assert [b.consume("u1", "api").allowed for _ in range(3)] == [True, True, False]
+    default.close()
+    custom.close()
+
+
+def test_missing_schema_and_bad_urls_say_what_to_do(pg_url: str, schema: str) -> None:
+    store = PostgresStore(store_url(pg_url, schema))
+    with pytest.raises(UsageFlowError) as caught:
+        UsageFlow(store).consume("u1", "api")
+    assert caught.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+    assert "migrate" in caught.value.message and caught.value.details["operation"]
+    store.close()
+    for bad in ("pool_size=0", "timeout=abc", "prepare=maybe", "schema=a;b"):
+        with pytest.raises(UsageFlowError) as caught:
+            open_store(f"postgresql://u:secret@h/db?{bad}")
+        assert "secret" not in str(caught.value)
+
+
+def test_password_never_in_errors_or_repr(pg_url: str, schema: str) -> None:
+    store = PostgresStore(
+        f"postgresql://nobody:s3cr3t-pw@127.0.0.1:9/none?schema={schema}&connect_timeout=1&timeout=1"
+    )
+    assert "s3cr3t-pw" not in repr(store) + store.url
+    with pytest.raises(UsageFlowError) as caught:
+        store.load_catalog()
+    assert "s3cr3t-pw" not in str(caught.value) + repr(caught.value.details)
+    store.close()
+
+
+@pytest.mark.parametrize(("prepare", "expected"), [("false", 0), ("true", 1)])
+def test_transaction_pooler_mode_without_prepared_statements(
+    pg_url: str, schema: str, prepare: str, expected: int
+) -> None:
+    """``prepare=false`` (Supabase's transaction pooler, PgBouncer) never prepares a statement
+    on the server; by default the charge is prepared after a few calls."""
+    store = PostgresStore(store_url(pg_url, schema, prepare=prepare, pool_size=1, pool_min=1))
+    store.migrate()
+    flow = UsageFlow(store)
+    flow.create_plan("Free", is_free=True, limits={"api": 100})
+    assert all(flow.consume("u1", "api").allowed for _ in range(10))
+    # The server's view of the pool's one session (a driver-level property, so read there).
+    with store._get_pool().connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%_charge%'"
+        ).fetchone()
+    assert row == (expected,)
+    store.close()
