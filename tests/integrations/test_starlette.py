@@ -521,3 +521,47 @@ def test_user_function_may_refuse_with_http_exception(any_flow: Any) -> None:
         assert r.headers["www-authenticate"] == "Bearer"
         assert r.json()["detail"] == "bad token"
         assert client.post("/v1/exports", headers={"authorization": "Bearer good"}).is_success
+
+
+@pytest.mark.asyncio
+async def test_client_gone_mid_stream_is_not_charged(any_flow: Any, reader: UsageFlow) -> None:
+    """The server's ``send`` fails once the client has gone (as uvicorn's does): the stream did
+    not end, so nothing is charged and the hold is released."""
+    app = make_app(any_flow)
+    sent: list[dict[str, Any]] = []
+    gone = asyncio.Event()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and len(sent) > 1:
+            gone.set()
+            raise OSError("client disconnected")
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/stream",
+        "raw_path": b"/stream",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"x-user", b"u1"), (b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    with pytest.raises(OSError, match="client disconnected"):
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 200
+    assert used(reader, "u1", "tokens") == 0
+    assert reader.fetch_usage("u1", "tokens").current == 0
