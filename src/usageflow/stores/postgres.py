@@ -120,7 +120,8 @@ class PostgresSettings:
             raise config_error("a PostgreSQL URL starts with postgresql://", store=self.redacted)
         self.password = unquote(password) if password else None
         ours = {k: v for k, v in query if k in self._OURS}
-        rest = [(k, v) for k, v in query if k not in self._OURS]
+        rest = [(k, v) for k, v in query if k not in self._OURS and k != "options"]
+        self.options = " ".join(v for k, v in query if k == "options")  # merged with ours
         self.pool_size = self._int(ours, "pool_size", 10, minimum=1)
         self.pool_min = self._int(ours, "pool_min", 1, minimum=0)
         if self.pool_min > self.pool_size:
@@ -172,7 +173,7 @@ class PostgresSettings:
 
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``psycopg.connect`` (beyond the conninfo)."""
-        options = []
+        options = [self.options] if self.options else []
         if self.statement_timeout:
             options.append(f"-c statement_timeout={int(self.statement_timeout * 1000)}")
         if self.schema:

@@ -463,7 +463,38 @@ OPERATIONS: dict[str, tuple[str, Encoder, Decoder]] = {
 def encode(method: str, kwargs: Mapping[str, Any]) -> tuple[str, Args]:
     """``(function suffix, arguments)`` of a store operation."""
     suffix, enc, _dec = OPERATIONS[method]
-    return suffix, enc(**kwargs)
+    args = enc(**kwargs)
+    metadata = args.get("p_metadata")
+    if metadata is not None:
+        _check_jsonb(metadata)
+    return suffix, args
+
+
+def _check_jsonb(value: Any) -> None:
+    """PostgreSQL's ``jsonb`` cannot hold a NUL character or an unpaired surrogate: refuse
+    such metadata as invalid input (nothing is sent) rather than as a store failure."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise invalid(
+                    "metadata cannot be stored in PostgreSQL: strings must not contain NUL",
+                    field="metadata",
+                )
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise invalid(
+                    "metadata cannot be stored in PostgreSQL: strings must not contain "
+                    "unpaired surrogates",
+                    field="metadata",
+                ) from None
 
 
 def decode(method: str, result: Any) -> Any:
