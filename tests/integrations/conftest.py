@@ -71,6 +71,30 @@ def reader(plan_store: Store, clock: FakeClock) -> UsageFlow:
     return UsageFlow(plan_store, clock=clock, cache_ttl=0)
 
 
+# Tests about the adapters' own logic (validation, routes, answers) run on ``memory://`` only;
+# those about charging run on every store (``plan_store``), to keep the suite quick when
+# PostgreSQL is configured.
+@pytest.fixture
+def quick_store(clock: FakeClock) -> Store:
+    """A memory store with the Free and Pro plans."""
+    store = open_store("memory://")
+    setup_plans(store, clock)
+    return store
+
+
+@pytest.fixture
+def quick_flow(quick_store: Store, clock: FakeClock, flow_api: str) -> Any:
+    """An ``AsyncUsageFlow`` or a ``UsageFlow`` over the memory store."""
+    if flow_api == "async":
+        return AsyncUsageFlow(quick_store, clock=clock)
+    return UsageFlow(quick_store, clock=clock)
+
+
+@pytest.fixture
+def quick_reader(quick_store: Store, clock: FakeClock) -> UsageFlow:
+    return UsageFlow(quick_store, clock=clock, cache_ttl=0)
+
+
 class DeadSQLite:
     """A real SQLite store that can be made unreachable: :meth:`kill` closes its connections
     and puts a directory where the database file was, so every later connection fails inside

@@ -122,11 +122,11 @@ def test_dependency_form(any_flow: Any, reader: UsageFlow) -> None:
     assert used(reader, "u1", "chat") == 5
 
 
-def test_middleware_route_on_fastapi(any_flow: Any, reader: UsageFlow) -> None:
-    with TestClient(build(any_flow)) as client:
+def test_middleware_route_on_fastapi(quick_flow: Any, quick_reader: UsageFlow) -> None:
+    with TestClient(build(quick_flow)) as client:
         statuses = [client.get("/v1/routed", headers=U1).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 402]
-    assert used(reader, "u1", "exports") == 3
+    assert used(quick_reader, "u1", "exports") == 3
 
 
 def test_without_middleware_explicit_flow_and_handler(plan_store: Any, clock: FakeClock) -> None:

@@ -66,7 +66,14 @@ def used(reader: UsageFlow, user: str, feature: str) -> int:
 
 @pytest.fixture
 def flow(plan_store: Any, clock: FakeClock) -> UsageFlow:
+    """A flow over every store (charging tests)."""
     return UsageFlow(plan_store, clock=clock)
+
+
+@pytest.fixture
+def mem_flow(quick_store: Any, clock: FakeClock) -> UsageFlow:
+    """A flow over the memory store (the adapter's own logic)."""
+    return UsageFlow(quick_store, clock=clock)
 
 
 def test_sync_view_charged_then_402(flow: UsageFlow, reader: UsageFlow) -> None:
@@ -102,13 +109,13 @@ def test_async_view(flow: UsageFlow, reader: UsageFlow) -> None:
     assert used(reader, "u1", "chat") == 4
 
 
-def test_credits_from_the_views_result(flow: UsageFlow, reader: UsageFlow) -> None:
-    client = create_app(flow).test_client()
+def test_credits_from_the_views_result(mem_flow: UsageFlow, quick_reader: UsageFlow) -> None:
+    client = create_app(mem_flow).test_client()
     assert client.post("/v1/summaries?n=60", headers=U1).status_code == 201
     assert client.post("/v1/summaries?n=0", headers=U1).status_code == 201
     assert client.post("/v1/summaries?n=45", headers=U1).status_code == 201
     assert client.post("/v1/summaries?n=1", headers=U1).status_code == 402
-    assert used(reader, "u1", "tokens") == 105
+    assert used(quick_reader, "u1", "tokens") == 105
 
 
 def test_failed_views_are_not_charged(flow: UsageFlow, reader: UsageFlow) -> None:
@@ -124,8 +131,8 @@ def test_failed_views_are_not_charged(flow: UsageFlow, reader: UsageFlow) -> Non
     assert reader.fetch_usage("u1", "exports").current == 0
 
 
-def test_401_400_and_unmetered(flow: UsageFlow) -> None:
-    client = create_app(flow).test_client()
+def test_401_400_and_unmetered(mem_flow: UsageFlow) -> None:
+    client = create_app(mem_flow).test_client()
     r = client.post("/v1/exports")
     assert r.status_code == 401
     assert r.get_json(force=True)["title"] == "Authentication required"
@@ -136,10 +143,10 @@ def test_401_400_and_unmetered(flow: UsageFlow) -> None:
 
 
 def test_user_from_flask_g_by_default_and_async_user_function(
-    flow: UsageFlow, reader: UsageFlow
+    mem_flow: UsageFlow, quick_reader: UsageFlow
 ) -> None:
     app = Flask(__name__)
-    UsageFlowFlask(app, flow=flow)
+    UsageFlowFlask(app, flow=mem_flow)
 
     @app.before_request
     def login() -> None:
@@ -156,27 +163,27 @@ def test_user_from_flask_g_by_default_and_async_user_function(
         return "async-user"
 
     app2 = Flask(__name__)
-    UsageFlowFlask(app2, flow=flow, user_id=async_user)
+    UsageFlowFlask(app2, flow=mem_flow, user_id=async_user)
     app2.add_url_rule("/x", view_func=x)
     app2.add_url_rule("/chat", view_func=metered("chat")(_async_view))
     assert app2.test_client().get("/x").status_code == 200
     assert app2.test_client().get("/chat").status_code == 200
-    assert used(reader, "g-user", "exports") == 1
-    assert used(reader, "async-user", "exports") == 1
-    assert used(reader, "async-user", "chat") == 1
+    assert used(quick_reader, "g-user", "exports") == 1
+    assert used(quick_reader, "async-user", "exports") == 1
+    assert used(quick_reader, "async-user", "chat") == 1
 
 
 async def _async_view() -> str:
     return "chat"
 
 
-def test_config_keys(flow: UsageFlow, reader: UsageFlow, tmp_path: Any) -> None:
-    client = create_app(flow, USAGEFLOW_ENABLED=False).test_client()
+def test_config_keys(mem_flow: UsageFlow, quick_reader: UsageFlow, tmp_path: Any) -> None:
+    client = create_app(mem_flow, USAGEFLOW_ENABLED=False).test_client()
     for _ in range(5):
         assert client.post("/v1/exports", headers=U1).status_code == 200
-    assert used(reader, "u1", "exports") == 0
+    assert used(quick_reader, "u1", "exports") == 0
 
-    client = create_app(flow, USAGEFLOW_HEADERS_ENABLED=False).test_client()
+    client = create_app(mem_flow, USAGEFLOW_HEADERS_ENABLED=False).test_client()
     assert "RateLimit" not in client.post("/v1/exports", headers=U1).headers
 
     app = create_app(None, USAGEFLOW_STORE=f"sqlite:///{tmp_path / 'from-config.db'}")
@@ -184,7 +191,7 @@ def test_config_keys(flow: UsageFlow, reader: UsageFlow, tmp_path: Any) -> None:
     assert isinstance(built, UsageFlow)
     assert built.store.url.endswith("from-config.db")  # type: ignore[attr-defined]
     with pytest.raises(UsageFlowError, match="USAGEFLOW_FAIL_OPEN must be True or False"):
-        create_app(flow, USAGEFLOW_FAIL_OPEN="yes")
+        create_app(mem_flow, USAGEFLOW_FAIL_OPEN="yes")
 
 
 def test_async_flow_is_refused(plan_store: Any) -> None:

@@ -173,8 +173,8 @@ def test_upgrade_url_carries_the_known_email(plan_store: Any, clock: FakeClock) 
     )
 
 
-def test_no_plan_link_gives_null_upgrade_url(any_flow: Any) -> None:
-    with TestClient(make_app(any_flow, routes={"/unmetered": "no-such-feature"})) as client:
+def test_no_plan_link_gives_null_upgrade_url(quick_flow: Any) -> None:
+    with TestClient(make_app(quick_flow, routes={"/unmetered": "no-such-feature"})) as client:
         r = client.get("/unmetered", headers=U1)
     # The Free plan does not list the feature: limit 0, and Pro does not list it either.
     assert r.status_code == 402
@@ -183,9 +183,9 @@ def test_no_plan_link_gives_null_upgrade_url(any_flow: Any) -> None:
 
 
 def test_unmatched_routes_lifespan_and_websockets_pass_through(
-    any_flow: Any, reader: UsageFlow
+    quick_flow: Any, quick_reader: UsageFlow
 ) -> None:
-    app = make_app(any_flow)
+    app = make_app(quick_flow)
     with TestClient(app) as client:
         assert app.state.started == ["up"]
         r = client.get("/unmetered", headers=U1)
@@ -196,21 +196,21 @@ def test_unmatched_routes_lifespan_and_websockets_pass_through(
         assert client.get("/no-such-route").status_code == 404
         with client.websocket_connect("/ws") as ws:
             assert ws.receive_text() == "hello"
-    assert used(reader, "u1", "exports") == 0
+    assert used(quick_reader, "u1", "exports") == 0
 
 
-def test_path_parameters_and_convertors(any_flow: Any, reader: UsageFlow) -> None:
-    with TestClient(make_app(any_flow)) as client:
+def test_path_parameters_and_convertors(quick_flow: Any, quick_reader: UsageFlow) -> None:
+    with TestClient(make_app(quick_flow)) as client:
         r = client.post("/v1/chat/42", headers=U1)
         assert r.status_code == 200
         assert r.headers["ratelimit"].startswith('"chat";r=3;')
         # {chat_id:int} does not match a word: the router answers, unmetered.
         assert client.post("/v1/chat/abc", headers=U1).status_code == 404
-    assert used(reader, "u1", "chat") == 2
+    assert used(quick_reader, "u1", "chat") == 2
 
 
-def test_no_user_is_401(any_flow: Any) -> None:
-    with TestClient(make_app(any_flow)) as client:
+def test_no_user_is_401(quick_flow: Any) -> None:
+    with TestClient(make_app(quick_flow)) as client:
         r = client.post("/v1/exports")
         assert r.status_code == 401
         assert r.headers["content-type"] == "application/problem+json"
@@ -223,24 +223,26 @@ def test_no_user_is_401(any_flow: Any) -> None:
     ["u" * 256, "tab\tinside", 3.5, {"id": 1}],
     ids=["too-long", "control-char", "float", "dict"],
 )
-def test_malformed_user_id_is_400(any_flow: Any, bad_user: object) -> None:
-    app = make_app(any_flow, user_id=lambda request: bad_user)
+def test_malformed_user_id_is_400(quick_flow: Any, bad_user: object) -> None:
+    app = make_app(quick_flow, user_id=lambda request: bad_user)
     with TestClient(app) as client:
         r = client.post("/v1/exports")
     assert r.status_code == 400
     assert r.json()["title"] == "Invalid user id"
 
 
-def test_int_user_ids_and_async_user_functions(any_flow: Any, reader: UsageFlow) -> None:
+def test_int_user_ids_and_async_user_functions(quick_flow: Any, quick_reader: UsageFlow) -> None:
     async def user_id(request: Request) -> int:
         return 7
 
-    with TestClient(make_app(any_flow, user_id=user_id)) as client:
+    with TestClient(make_app(quick_flow, user_id=user_id)) as client:
         assert client.post("/v1/exports").status_code == 200
-    assert used(reader, "7", "exports") == 1
+    assert used(quick_reader, "7", "exports") == 1
 
 
-def test_default_user_is_starlettes_authenticated_user(any_flow: Any, reader: UsageFlow) -> None:
+def test_default_user_is_starlettes_authenticated_user(
+    quick_flow: Any, quick_reader: UsageFlow
+) -> None:
     from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
     from starlette.middleware.authentication import AuthenticationMiddleware
     from starlette.requests import HTTPConnection
@@ -251,12 +253,12 @@ def test_default_user_is_starlettes_authenticated_user(any_flow: Any, reader: Us
             return (AuthCredentials(["user"]), SimpleUser(name)) if name else None
 
     app = Starlette(routes=ROUTES)
-    app.add_middleware(UsageFlowMiddleware, flow=any_flow, routes={"POST /v1/exports": "exports"})
+    app.add_middleware(UsageFlowMiddleware, flow=quick_flow, routes={"POST /v1/exports": "exports"})
     app.add_middleware(AuthenticationMiddleware, backend=HeaderAuth())
     with TestClient(app) as client:
         assert client.post("/v1/exports", headers={"x-user": "ada"}).status_code == 200
         assert client.post("/v1/exports").status_code == 401
-    assert used(reader, "ada", "exports") == 1
+    assert used(quick_reader, "ada", "exports") == 1
 
 
 def test_failed_handlers_are_not_charged(any_flow: Any, reader: UsageFlow) -> None:
@@ -277,19 +279,19 @@ def test_failed_handlers_are_not_charged(any_flow: Any, reader: UsageFlow) -> No
     assert used(reader, "u1", "exports") == 1
 
 
-def test_raising_handler_propagates_its_exception(any_flow: Any, reader: UsageFlow) -> None:
-    with TestClient(make_app(any_flow)) as client, pytest.raises(RuntimeError, match="handler"):
+def test_raising_handler_propagates_its_exception(quick_flow: Any, quick_reader: UsageFlow) -> None:
+    with TestClient(make_app(quick_flow)) as client, pytest.raises(RuntimeError, match="handler"):
         client.get("/boom", headers=U1)
-    assert used(reader, "u1", "exports") == 0
-    assert reader.fetch_usage("u1", "exports").current == 0  # no hold left behind
+    assert used(quick_reader, "u1", "exports") == 0
+    assert quick_reader.fetch_usage("u1", "exports").current == 0  # no hold left behind
 
 
-def test_charge_if_is_configurable(any_flow: Any, reader: UsageFlow) -> None:
-    app = make_app(any_flow, charge_if=lambda status: status < 500)
+def test_charge_if_is_configurable(quick_flow: Any, quick_reader: UsageFlow) -> None:
+    app = make_app(quick_flow, charge_if=lambda status: status < 500)
     with TestClient(app) as client:
         assert client.get("/conflict", headers=U1).status_code == 409
         assert client.get("/server-error", headers=U1).status_code == 500
-    assert used(reader, "u1", "exports") == 1
+    assert used(quick_reader, "u1", "exports") == 1
 
 
 def test_streaming_response_is_charged_when_it_ends(any_flow: Any, reader: UsageFlow) -> None:
@@ -356,9 +358,9 @@ def test_huge_credit_values_get_clear_answers(
     ],
 )
 def test_options_are_validated_at_construction(
-    any_flow: Any, options: dict[str, Any], message: str
+    quick_flow: Any, options: dict[str, Any], message: str
 ) -> None:
-    kwargs: dict[str, Any] = {"flow": any_flow, "routes": {}, **options}
+    kwargs: dict[str, Any] = {"flow": quick_flow, "routes": {}, **options}
     with pytest.raises(UsageFlowError, match=message):
         UsageFlowMiddleware(Starlette(), **kwargs)
 
@@ -406,8 +408,8 @@ def test_middleware_wide_fail_open(dead_sqlite: DeadSQLite, clock: FakeClock) ->
         assert client.post("/v1/exports", headers=U1).status_code == 200
 
 
-def test_headers_can_be_turned_off(any_flow: Any) -> None:
-    with TestClient(make_app(any_flow, headers=False)) as client:
+def test_headers_can_be_turned_off(quick_flow: Any) -> None:
+    with TestClient(make_app(quick_flow, headers=False)) as client:
         assert "ratelimit" not in client.post("/v1/exports", headers=U1).headers
 
 
@@ -468,7 +470,7 @@ def test_decorated_endpoint_uses_the_middlewares_flow(any_flow: Any, reader: Usa
     assert used(reader, "u1", "chat") == 3
 
 
-def test_stacked_metering_charges_once(any_flow: Any, reader: UsageFlow) -> None:
+def test_stacked_metering_charges_once(quick_flow: Any, quick_reader: UsageFlow) -> None:
     @metered("exports")
     @metered("exports")
     @metered("chat")
@@ -481,19 +483,19 @@ def test_stacked_metering_charges_once(any_flow: Any, reader: UsageFlow) -> None
 
     app = Starlette(routes=[Route("/export", export), Route("/routed", export)])
     app.add_middleware(
-        UsageFlowMiddleware, flow=any_flow, routes={"/routed": "exports"}, user_id=user_header
+        UsageFlowMiddleware, flow=quick_flow, routes={"/routed": "exports"}, user_id=user_header
     )
     with TestClient(app) as client:
         assert client.get("/export", headers=U1).status_code == 200
         assert client.get("/routed", headers=U1).status_code == 200
-    assert used(reader, "u1", "exports") == 2  # once per request, not 3 or 4 times
-    assert used(reader, "u1", "chat") == 2
+    assert used(quick_reader, "u1", "exports") == 2  # once per request, not 3 or 4 times
+    assert used(quick_reader, "u1", "chat") == 2
 
 
-def test_problem_body_is_json_even_for_odd_feature_names(any_flow: Any) -> None:
-    flow = UsageFlow(any_flow.store, clock=any_flow.core.clock)
+def test_problem_body_is_json_even_for_odd_feature_names(quick_flow: Any) -> None:
+    flow = UsageFlow(quick_flow.store, clock=quick_flow.core.clock)
     flow.create_plan("Free", is_free=True, limits={'ünï "quoted"': 0})
-    app = make_app(any_flow, routes={"/unmetered": 'ünï "quoted"'})
+    app = make_app(quick_flow, routes={"/unmetered": 'ünï "quoted"'})
     with TestClient(app) as client:
         r = client.get("/unmetered", headers=U1)
     assert r.status_code == 402
@@ -501,21 +503,21 @@ def test_problem_body_is_json_even_for_odd_feature_names(any_flow: Any) -> None:
     assert r.headers["ratelimit-policy"] == '"%FCn%EF \\"quoted\\"";q=0'
 
 
-def test_head_is_metered_like_get(any_flow: Any, reader: UsageFlow) -> None:
-    with TestClient(make_app(any_flow, routes={"GET /unmetered": "exports"})) as client:
+def test_head_is_metered_like_get(quick_flow: Any, quick_reader: UsageFlow) -> None:
+    with TestClient(make_app(quick_flow, routes={"GET /unmetered": "exports"})) as client:
         assert client.head("/unmetered", headers=U1).status_code == 200
         assert client.get("/unmetered", headers=U1).status_code == 200
-    assert used(reader, "u1", "exports") == 2
+    assert used(quick_reader, "u1", "exports") == 2
 
 
-def test_user_function_may_refuse_with_http_exception(any_flow: Any) -> None:
+def test_user_function_may_refuse_with_http_exception(quick_flow: Any) -> None:
     def strict_user(request: Request) -> str:
         token = request.headers.get("authorization")
         if token != "Bearer good":
             raise HTTPException(403, "bad token", headers={"www-authenticate": "Bearer"})
         return "u1"
 
-    with TestClient(make_app(any_flow, user_id=strict_user)) as client:
+    with TestClient(make_app(quick_flow, user_id=strict_user)) as client:
         r = client.post("/v1/exports", headers={"authorization": "Bearer bad"})
         assert r.status_code == 403
         assert r.headers["www-authenticate"] == "Bearer"
@@ -524,10 +526,12 @@ def test_user_function_may_refuse_with_http_exception(any_flow: Any) -> None:
 
 
 @pytest.mark.asyncio
-async def test_client_gone_mid_stream_is_not_charged(any_flow: Any, reader: UsageFlow) -> None:
+async def test_client_gone_mid_stream_is_not_charged(
+    quick_flow: Any, quick_reader: UsageFlow
+) -> None:
     """The server's ``send`` fails once the client has gone (as uvicorn's does): the stream did
     not end, so nothing is charged and the hold is released."""
-    app = make_app(any_flow)
+    app = make_app(quick_flow)
     sent: list[dict[str, Any]] = []
     gone = asyncio.Event()
     requested = False
@@ -563,5 +567,5 @@ async def test_client_gone_mid_stream_is_not_charged(any_flow: Any, reader: Usag
     with pytest.raises(OSError, match="client disconnected"):
         await app(scope, receive, send)  # type: ignore[arg-type]
     assert sent[0]["status"] == 200
-    assert used(reader, "u1", "tokens") == 0
-    assert reader.fetch_usage("u1", "tokens").current == 0
+    assert used(quick_reader, "u1", "tokens") == 0
+    assert quick_reader.fetch_usage("u1", "tokens").current == 0
