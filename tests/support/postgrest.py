@@ -237,9 +237,14 @@ class PostgrestStandIn:
     def _as_role(
         conn: psycopg.Connection[Any], role: str, claims: dict[str, Any], schema: str
     ) -> None:
-        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
-        conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
-        conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(sql.Identifier(schema)))
+        """Become the request's role, as PostgREST does at the start of its transaction."""
+        conn.execute(
+            sql.SQL(
+                "SET LOCAL ROLE {}; SET LOCAL search_path TO {}, public; "
+                "SELECT set_config('request.jwt.claims', {}, true)"
+            ).format(sql.Identifier(role), sql.Identifier(schema), sql.Literal(json.dumps(claims))),
+            prepare=False,
+        )
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

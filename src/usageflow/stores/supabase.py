@@ -13,6 +13,7 @@ never logged, shown in a repr, or included in an error.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -128,6 +129,15 @@ def _options(module: Any, settings: _Settings, http_client: Any, cls_name: str) 
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> Any:
+    """One TLS context per process: building one (loading the CA bundle) costs ~70 ms, too
+    much to pay for every client."""
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
 def _import_supabase() -> Any:
     try:
         import supabase
@@ -174,7 +184,7 @@ class SupabaseStore(Store):
                     import httpx
 
                     sb = self._supabase
-                    self._http = httpx.Client(timeout=self._settings.timeout)
+                    self._http = httpx.Client(timeout=self._settings.timeout, verify=_ssl_context())
                     try:
                         self._client = sb.create_client(
                             self._settings.url,
@@ -493,7 +503,7 @@ class AsyncSupabaseStore(AsyncStore):
             import httpx
 
             sb = self._supabase
-            self._http = httpx.AsyncClient(timeout=self._settings.timeout)
+            self._http = httpx.AsyncClient(timeout=self._settings.timeout, verify=_ssl_context())
             try:
                 self._client = await sb.acreate_client(
                     self._settings.url,
