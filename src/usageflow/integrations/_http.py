@@ -489,9 +489,9 @@ class MeterStats:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(self.FIELDS, 0)
 
-    def add(self, name: str, n: int = 1) -> None:
+    def add(self, name: str) -> None:
         with self._lock:
-            self._counts[name] += n
+            self._counts[name] += 1
 
     def __getattr__(self, name: str) -> int:
         counts = self.__dict__.get("_counts")
@@ -675,7 +675,6 @@ class SyncGate:
 
 
 # -- the request binding read by decorators and dependencies ----------------------------------
-@dataclass
 class Binding:
     """What a framework integration tells the decorators about the request being served.
 
@@ -683,13 +682,24 @@ class Binding:
     the decisions of decorated handlers so that the integration can add their quota headers.
     """
 
-    flow: AnyFlow
-    user_id: Callable[[], Any] | None
-    fail_open: bool = False
-    charge_if: ChargeIf = default_charge_if
-    stats: MeterStats | None = None
-    enabled: bool = True
-    decisions: list[tuple[Decision, int]] = field(default_factory=list)
+    __slots__ = ("charge_if", "decisions", "enabled", "fail_open", "flow", "stats", "user_id")
+
+    def __init__(
+        self,
+        flow: AnyFlow,
+        user_id: Callable[[], Any] | None,
+        fail_open: bool = False,
+        charge_if: ChargeIf = default_charge_if,
+        stats: MeterStats | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.flow = flow
+        self.user_id = user_id
+        self.fail_open = fail_open
+        self.charge_if = charge_if
+        self.stats = stats
+        self.enabled = enabled
+        self.decisions: list[tuple[Decision, int]] = []
 
 
 #: The integration bound to the request being served (set by the ASGI middleware).
