@@ -45,7 +45,7 @@ from usageflow.integrations._http import (
     headers_of,
 )
 
-__all__ = ["UsageFlowFlask"]
+__all__ = ["MeterStats", "MeteringError", "UsageFlowFlask"]
 
 EXTENSION = "usageflow"
 _G_KEY = "_usageflow_binding"
