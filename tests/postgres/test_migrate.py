@@ -13,17 +13,18 @@ from usageflow import ErrorCodes, UsageFlow, UsageFlowError
 from usageflow.stores import open_store
 from usageflow.stores.base import Tables
 from usageflow.stores.postgres import PostgresStore
+from usageflow.stores.sql import SCHEMA_VERSION
 
 
 def test_concurrent_migrations_of_one_database(pg_url: str, schema: str) -> None:
     stores = [PostgresStore(store_url(pg_url, schema)) for _ in range(6)]
     with ThreadPoolExecutor(6) as pool:
         versions = list(pool.map(lambda s: s.migrate(), stores))
-    assert versions == [1] * 6
-    assert stores[0].migrate() == 1  # and again: idempotent
+    assert versions == [SCHEMA_VERSION] * 6
+    assert stores[0].migrate() == SCHEMA_VERSION  # and again: idempotent
     with psycopg.connect(pg_url) as conn:
         rows = conn.execute(f'SELECT name, version FROM "{schema}".usageflow_schema').fetchall()
-    assert rows == [("usage_events", 1)]
+    assert rows == [("usage_events", SCHEMA_VERSION)]
     for store in stores:
         store.close()
 
@@ -41,7 +42,7 @@ def test_custom_table_names_share_one_database(pg_url: str, schema: str) -> None
             profiles="acme_profiles",
         ),
     )
-    assert default.migrate() == custom.migrate() == 1
+    assert default.migrate() == custom.migrate() == SCHEMA_VERSION
     sql = custom.migration_sql()
     assert '"acme_events_counters"' in sql and '"acme_events_charge"' in sql
     a, b = UsageFlow(default), UsageFlow(custom)
@@ -95,3 +96,12 @@ def test_transaction_pooler_mode_without_prepared_statements(
         ).fetchone()
     assert row == (expected,)
     store.close()
+
+
+def test_connection_check_needs_no_schema(pg_url: str, schema: str) -> None:
+    store = PostgresStore(store_url(pg_url, schema))
+    assert store.connection_check() and UsageFlow(store).connection_check()
+    store.close()
+    dead = PostgresStore("postgresql://nobody@127.0.0.1:9/none?connect_timeout=1&timeout=1")
+    assert UsageFlow(dead).connection_check() is False  # never an exception
+    dead.close()

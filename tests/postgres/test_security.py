@@ -21,7 +21,7 @@ from supabase import ClientOptions, create_client
 from tests.support.postgrest import PostgrestStandIn, make_key
 from usageflow import ErrorCodes, UsageFlow, UsageFlowError
 from usageflow.stores.base import Tables
-from usageflow.stores.sql import API_FUNCTIONS, function_name
+from usageflow.stores.sql import API_FUNCTIONS, SCHEMA_VERSION, function_name
 from usageflow.stores.supabase import SupabaseStore
 
 TABLES = Tables()
@@ -34,6 +34,10 @@ TABLE_NAMES = [
     TABLES.counters,
     TABLES.holds,
     TABLES.schema,
+    TABLES.stripe_events,
+    TABLES.stripe_subscriptions,
+    TABLES.stripe_customers,
+    TABLES.stripe_exports,
 ]
 _SAMPLE = {
     "text": "x",
@@ -181,7 +185,7 @@ def test_supabase_flow_from_url_and_key(postgrest: PostgrestStandIn, project: st
     assert "migrate --print-sql" in caught.value.message
     assert postgrest.service_key not in str(caught.value)
     store = SupabaseStore(postgrest.url, postgrest.service_key, schema=project)
-    assert UsageFlow(store).migrate() == 1 and UsageFlow(store).connection_check()
+    assert UsageFlow(store).migrate() == SCHEMA_VERSION and UsageFlow(store).connection_check()
     assert "ENABLE ROW LEVEL SECURITY" in store.migration_sql()
     flow.close()
     store.close()

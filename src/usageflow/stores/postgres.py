@@ -49,7 +49,18 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from usageflow.errors import UsageFlowError, config_error, missing_dependency
 from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
 from usageflow.stores import redact_url
-from usageflow.stores.base import AsyncStore, Charge, HourlyTotal, ResetInfo, Store, Tables
+from usageflow.stores.base import (
+    AsyncStore,
+    Charge,
+    HourlyTotal,
+    ResetInfo,
+    Store,
+    StripeApplied,
+    StripeLink,
+    StripePrice,
+    StripeSubscription,
+    Tables,
+)
 from usageflow.stores.sql import (
     API_FUNCTIONS,
     SCHEMA_VERSION,
@@ -373,15 +384,19 @@ class PostgresStore(Store):
             return self._pool
 
     def _rpc(self, operation: str, suffix: str, args: Mapping[str, Any]) -> Any:
+        params = self._calls.params(suffix, args, self._psycopg.types.json.Jsonb)
+        return self._execute(operation, self._calls.sql[suffix], params)
+
+    def _execute(self, operation: str, query: str, params: Sequence[Any]) -> Any:
+        """Run one statement on a pooled connection; the first column of its one row."""
         psycopg = self._psycopg
-        params = self._calls.params(suffix, args, psycopg.types.json.Jsonb)
         pool = self._get_pool()
         limit = self.settings.query_timeout
         try:
             with pool.connection() as conn:
                 token = _WATCHDOG.watch(conn.pgconn.socket, limit) if limit else 0
                 try:
-                    row = conn.execute(self._calls.sql[suffix], params).fetchone()
+                    row = conn.execute(query, params).fetchone()
                 finally:
                     if token:
                         _WATCHDOG.done(token)
@@ -432,7 +447,8 @@ class PostgresStore(Store):
         return SCHEMA_VERSION
 
     def connection_check(self) -> bool:
-        return self._rpc("connection_check", "version", {}) is not None
+        """True when the database answers ``SELECT 1`` (migrated or not)."""
+        return bool(self._execute("connection_check", "SELECT 1", ()) == 1)
 
     def close(self) -> None:
         """Close the pool (and any async face made by :meth:`to_async`)."""
@@ -693,6 +709,44 @@ class PostgresStore(Store):
         )
         return result
 
+    # -- Stripe webhook state and meter export (each one function call) -----------------------
+    def apply_stripe_event(
+        self,
+        *,
+        event_id: str | None,
+        event_type: str,
+        created: datetime,
+        now: datetime,
+        price: StripePrice | None = None,
+        link: StripeLink | None = None,
+        subscription: StripeSubscription | None = None,
+    ) -> StripeApplied:
+        result: StripeApplied = self._invoke(
+            "apply_stripe_event",
+            {
+                "event_id": event_id,
+                "event_type": event_type,
+                "created": created,
+                "now": now,
+                "price": price,
+                "link": link,
+                "subscription": subscription,
+            },
+        )
+        return result
+
+    def stripe_export_batch(
+        self, *, meter: str, feature_name: str | None, limit: int
+    ) -> tuple[int, list[tuple[UsageEvent, str | None]]]:
+        result: tuple[int, list[tuple[UsageEvent, str | None]]] = self._invoke(
+            "stripe_export_batch", {"meter": meter, "feature_name": feature_name, "limit": limit}
+        )
+        return result
+
+    def advance_stripe_cursor(self, *, meter: str, event_id: int) -> int:
+        result: int = self._invoke("advance_stripe_cursor", {"meter": meter, "event_id": event_id})
+        return result
+
 
 class _AsyncPool:
     """A small pool of ``psycopg.AsyncConnection`` with no background tasks.
@@ -799,10 +853,11 @@ class AsyncPostgresStore(AsyncStore):
         psycopg = self._psycopg
         try:
             conn = await self._pool.acquire()
-            limit = self.settings.query_timeout if params else 0.0
+            statement = params is not None  # None: a script (the migration), never prepared
+            limit = self.settings.query_timeout if statement else 0.0
             token = _WATCHDOG.watch(conn.pgconn.socket, limit) if limit else 0
             try:
-                cur = await conn.execute(query, params, prepare=None if params else False)
+                cur = await conn.execute(query, params, prepare=None if statement else False)
                 row = await cur.fetchone()
             finally:
                 if token:
@@ -820,7 +875,7 @@ class AsyncPostgresStore(AsyncStore):
             await self._execute("migrate", render(self.tables).encode(), None)
             return SCHEMA_VERSION
         if method == "connection_check":
-            return await self.call_function("connection_check", "version", {}) is not None
+            return await self._execute("connection_check", "SELECT 1", ()) == 1
         if method == "close":
             await self.aclose()
             return None

@@ -23,7 +23,18 @@ from typing import Any, ClassVar
 
 from usageflow.errors import UsageFlowError, config_error, missing_dependency
 from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
-from usageflow.stores.base import AsyncStore, Charge, HourlyTotal, ResetInfo, Store, Tables
+from usageflow.stores.base import (
+    AsyncStore,
+    Charge,
+    HourlyTotal,
+    ResetInfo,
+    Store,
+    StripeApplied,
+    StripeLink,
+    StripePrice,
+    StripeSubscription,
+    Tables,
+)
 from usageflow.stores.sql import SCHEMA_VERSION, decode, encode, function_name, render
 
 __all__ = ["AsyncSupabaseStore", "SupabaseStore"]
@@ -475,6 +486,44 @@ class SupabaseStore(Store):
         result: tuple[int, int] = self._invoke(
             "ledger_check", {"user_id": user_id, "feature_name": feature_name}
         )
+        return result
+
+    # -- Stripe webhook state and meter export (each one function call) -----------------------
+    def apply_stripe_event(
+        self,
+        *,
+        event_id: str | None,
+        event_type: str,
+        created: datetime,
+        now: datetime,
+        price: StripePrice | None = None,
+        link: StripeLink | None = None,
+        subscription: StripeSubscription | None = None,
+    ) -> StripeApplied:
+        result: StripeApplied = self._invoke(
+            "apply_stripe_event",
+            {
+                "event_id": event_id,
+                "event_type": event_type,
+                "created": created,
+                "now": now,
+                "price": price,
+                "link": link,
+                "subscription": subscription,
+            },
+        )
+        return result
+
+    def stripe_export_batch(
+        self, *, meter: str, feature_name: str | None, limit: int
+    ) -> tuple[int, list[tuple[UsageEvent, str | None]]]:
+        result: tuple[int, list[tuple[UsageEvent, str | None]]] = self._invoke(
+            "stripe_export_batch", {"meter": meter, "feature_name": feature_name, "limit": limit}
+        )
+        return result
+
+    def advance_stripe_cursor(self, *, meter: str, event_id: int) -> int:
+        result: int = self._invoke("advance_stripe_cursor", {"meter": meter, "event_id": event_id})
         return result
 
 

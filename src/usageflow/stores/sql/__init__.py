@@ -13,6 +13,7 @@ here, as plain functions with no I/O: :func:`encode` and :func:`decode`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -21,7 +22,7 @@ from typing import Any
 
 from usageflow.errors import UsageFlowError, invalid, reservation_error
 from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
-from usageflow.stores.base import Charge, HourlyTotal, ResetInfo, Tables
+from usageflow.stores.base import Charge, HourlyTotal, ResetInfo, StripeApplied, Tables
 
 __all__ = [
     "API_FUNCTIONS",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 #: Bumped whenever postgres.sql changes in a way that needs re-running.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _TS = "timestamptz"
 
@@ -122,6 +123,17 @@ API_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
         ("p_metadata", "jsonb"),
     ),
     "adjustments": (("p_user_id", "text"), ("p_feature_name", "text"), ("p_ending_after", _TS)),
+    "stripe_apply": (
+        ("p_event_id", "text"),
+        ("p_event_type", "text"),
+        ("p_created", _TS),
+        ("p_now", _TS),
+        ("p_price", "jsonb"),
+        ("p_link", "jsonb"),
+        ("p_subscription", "jsonb"),
+    ),
+    "stripe_batch": (("p_meter", "text"), ("p_feature_name", "text"), ("p_limit", "integer")),
+    "stripe_cursor": (("p_meter", "text"), ("p_event_id", "bigint")),
     "version": (),
 }
 
@@ -137,6 +149,7 @@ _HELPERS: dict[str, tuple[str, ...]] = {
     "plan_json": ("@plans@",),
     "profile_json": ("@profiles@",),
     "adj_json": ("@adjustments@",),
+    "stripe_refresh": ("text",),
 }
 
 
@@ -168,6 +181,12 @@ def _names(tables: Tables) -> dict[str, str]:
         "ix_user": quote(f"{tables.usage_events}_user_idx"),
         "ix_adj": quote(f"{tables.usage_events}_adj_idx"),
         "ix_hold": quote(f"{tables.usage_events}_hold_idx"),
+        "stripe_events": quote(tables.stripe_events),
+        "stripe_subs": quote(tables.stripe_subscriptions),
+        "stripe_cust": quote(tables.stripe_customers),
+        "stripe_export": quote(tables.stripe_exports),
+        "ix_subs": quote(f"{tables.usage_events}_subs_idx"),
+        "ix_cust": quote(f"{tables.usage_events}_cust_idx"),
         "events_literal": literal(tables.usage_events),
         "version": str(SCHEMA_VERSION),
     }
@@ -202,6 +221,10 @@ def render(tables: Tables) -> str:
         tables.counters,
         tables.holds,
         tables.schema,
+        tables.stripe_events,
+        tables.stripe_subscriptions,
+        tables.stripe_customers,
+        tables.stripe_exports,
     ]
     names = {
         **names,
@@ -296,6 +319,27 @@ def _settled(row: Mapping[str, Any]) -> UsageEvent | None:
 
 def _profile_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items()}
+
+
+def _plain(value: Any) -> Any:
+    """A dataclass (or None) as a JSON object: moments in ISO format, decimals as strings."""
+    if value is None:
+        return None
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, Decimal) else v
+        for k, v in dataclasses.asdict(value).items()
+    }
+
+
+def _export_batch(row: list[Any]) -> tuple[int, list[tuple[UsageEvent, str | None]]]:
+    cursor, rows = row
+    return int(cursor), [(_event_required(e), customer) for e, customer in rows]
+
+
+def _event_required(row: Mapping[str, Any]) -> UsageEvent:
+    event = _event(row)
+    assert event is not None
+    return event
 
 
 Args = dict[str, Any]
@@ -447,6 +491,33 @@ OPERATIONS: dict[str, tuple[str, Encoder, Decoder]] = {
             "p_metadata": k["metadata"],
         },
         _adjustment,
+    ),
+    "apply_stripe_event": (
+        "stripe_apply",
+        lambda **k: {
+            "p_event_id": k["event_id"],
+            "p_event_type": k["event_type"],
+            "p_created": k["created"],
+            "p_now": k["now"],
+            "p_price": _plain(k.get("price")),
+            "p_link": _plain(k.get("link")),
+            "p_subscription": _plain(k.get("subscription")),
+        },
+        lambda r: StripeApplied(r["action"], r["user_id"]),
+    ),
+    "stripe_export_batch": (
+        "stripe_batch",
+        lambda **k: {
+            "p_meter": k["meter"],
+            "p_feature_name": k["feature_name"],
+            "p_limit": k["limit"],
+        },
+        _export_batch,
+    ),
+    "advance_stripe_cursor": (
+        "stripe_cursor",
+        lambda **k: {"p_meter": k["meter"], "p_event_id": k["event_id"]},
+        int,
     ),
     "get_limit_adjustments": (
         "adjustments",

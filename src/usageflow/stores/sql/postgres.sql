@@ -121,6 +121,38 @@ CREATE TABLE IF NOT EXISTS @holds@ (
 CREATE INDEX IF NOT EXISTS @ix_hold@
     ON @holds@ (user_id, feature_name, expires_at) WHERE status = 'held';
 
+-- Stripe webhook state (see Store.apply_stripe_event) and the meter export cursors.
+CREATE TABLE IF NOT EXISTS @stripe_events@ (
+    event_id TEXT PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    created TIMESTAMPTZ NOT NULL,
+    action TEXT NOT NULL,
+    user_id TEXT,
+    processed_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS @stripe_subs@ (
+    subscription_id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    order_key TEXT NOT NULL,
+    started TIMESTAMPTZ,
+    ended BOOLEAN NOT NULL,
+    plan TEXT NOT NULL,
+    status TEXT NOT NULL,
+    current_period_start TIMESTAMPTZ,
+    current_period_end TIMESTAMPTZ
+);
+CREATE INDEX IF NOT EXISTS @ix_subs@ ON @stripe_subs@ (customer_id);
+CREATE TABLE IF NOT EXISTS @stripe_cust@ (
+    customer_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    order_key TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS @ix_cust@ ON @stripe_cust@ (user_id);
+CREATE TABLE IF NOT EXISTS @stripe_export@ (
+    meter TEXT PRIMARY KEY,
+    last_event_id BIGINT NOT NULL
+);
+
 -- ------------------------------------------------------------------------------------------
 -- Internal helpers (not callable by API roles).
 
@@ -721,6 +753,192 @@ AS $fn$
       AND a.end_date > p_ending_after
 $fn$;
 
+-- ------------------------------------------------------------------------------------------
+-- Stripe: webhook events applied once and in order, and the meter export cursor.
+
+-- Refresh the profile of a user from the subscriptions of the customers linked to it.
+CREATE OR REPLACE FUNCTION @fn_stripe_refresh@(p_user_id TEXT) RETURNS VOID
+LANGUAGE plpgsql VOLATILE
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    s @stripe_subs@;
+BEGIN
+    INSERT INTO @profiles@ (id) VALUES (p_user_id) ON CONFLICT (id) DO NOTHING;
+    SELECT sub.* INTO s FROM @stripe_subs@ sub
+    JOIN @stripe_cust@ k ON k.customer_id = sub.customer_id
+    WHERE k.user_id = p_user_id
+    ORDER BY sub.ended ASC, sub.started DESC NULLS LAST,
+             sub.subscription_id COLLATE "C" DESC
+    LIMIT 1;
+    IF FOUND THEN
+        UPDATE @profiles@ SET stripe_customer_id = s.customer_id, plan = s.plan,
+            subscription_status = s.status, current_period_start = s.current_period_start,
+            current_period_end = s.current_period_end, updated_at = now()
+        WHERE id = p_user_id;
+    ELSE
+        UPDATE @profiles@ SET stripe_customer_id = (
+            SELECT k.customer_id FROM @stripe_cust@ k WHERE k.user_id = p_user_id
+            ORDER BY k.order_key COLLATE "C" DESC, k.customer_id COLLATE "C" DESC LIMIT 1),
+            updated_at = now()
+        WHERE id = p_user_id;
+    END IF;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION @fn_stripe_apply@(
+    p_event_id TEXT, p_event_type TEXT, p_created TIMESTAMPTZ, p_now TIMESTAMPTZ,
+    p_price JSONB, p_link JSONB, p_subscription JSONB
+) RETURNS JSONB
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    v_action TEXT := 'ignored';
+    v_user TEXT;
+    v_known TEXT;
+    v_ids TEXT[];
+    v_old @stripe_subs@;
+    v_end TIMESTAMPTZ;
+BEGIN
+    -- Webhooks are few: one at a time per setup, so redeliveries racing are applied once.
+    PERFORM pg_advisory_xact_lock(4823572, hashtext(@events_literal@));
+    IF p_event_id IS NOT NULL THEN
+        SELECT e.user_id INTO v_user FROM @stripe_events@ e WHERE e.event_id = p_event_id;
+        IF FOUND THEN
+            RETURN jsonb_build_object('action', 'duplicate', 'user_id', v_user);
+        END IF;
+        v_user := NULL;
+    END IF;
+    IF p_price IS NOT NULL THEN
+        UPDATE @plans@ SET price_amount = (p_price ->> 'price_amount')::NUMERIC,
+            price_currency = p_price ->> 'price_currency', updated_at = now()
+        WHERE stripe_price_id = p_price ->> 'stripe_price_id';
+        v_action := 'applied';
+    END IF;
+    IF p_link IS NOT NULL THEN
+        v_user := p_link ->> 'user_id';
+        IF v_user IS NULL THEN
+            v_ids := ARRAY(SELECT r.id FROM @profiles@ r
+                           WHERE lower(r.email) = lower(coalesce(p_link ->> 'email', ''))
+                           LIMIT 2);
+            IF p_link ->> 'email' IS NULL OR cardinality(v_ids) <> 1 THEN
+                v_action := 'ignored';
+                v_user := NULL;
+            ELSE
+                v_user := v_ids[1];
+            END IF;
+        END IF;
+        IF v_user IS NOT NULL THEN
+            SELECT k.order_key INTO v_known FROM @stripe_cust@ k
+            WHERE k.customer_id = p_link ->> 'customer_id';
+            IF FOUND AND v_known COLLATE "C" >= (p_link ->> 'order_key') COLLATE "C" THEN
+                v_action := 'stale';
+            ELSE
+                INSERT INTO @stripe_cust@ (customer_id, user_id, order_key)
+                VALUES (p_link ->> 'customer_id', v_user, p_link ->> 'order_key')
+                ON CONFLICT (customer_id) DO UPDATE SET user_id = excluded.user_id,
+                    order_key = excluded.order_key;
+                INSERT INTO @profiles@ AS t (id, email) VALUES (v_user, p_link ->> 'email')
+                ON CONFLICT (id) DO UPDATE SET email = coalesce(t.email, excluded.email);
+                PERFORM @fn_stripe_refresh@(v_user);
+                v_action := 'applied';
+            END IF;
+        END IF;
+    END IF;
+    IF p_subscription IS NOT NULL THEN
+        v_user := NULL;
+        v_end := (p_subscription ->> 'current_period_end')::TIMESTAMPTZ;
+        SELECT * INTO v_old FROM @stripe_subs@
+        WHERE subscription_id = p_subscription ->> 'subscription_id';
+        IF FOUND AND (
+            v_old.order_key COLLATE "C" >= (p_subscription ->> 'order_key') COLLATE "C"
+            OR ((p_subscription ->> 'period_guard')::BOOLEAN
+                AND v_old.current_period_end IS NOT NULL
+                AND (v_end IS NULL OR v_old.current_period_end > v_end))
+        ) THEN
+            IF p_subscription ->> 'started' IS NOT NULL THEN
+                UPDATE @stripe_subs@
+                SET started = (p_subscription ->> 'started')::TIMESTAMPTZ
+                WHERE subscription_id = v_old.subscription_id AND started IS NULL;
+            END IF;
+            SELECT k.user_id INTO v_user FROM @stripe_cust@ k
+            WHERE k.customer_id = p_subscription ->> 'customer_id';
+            v_action := 'stale';
+        ELSE
+            INSERT INTO @stripe_subs@ AS t (subscription_id, customer_id, order_key, started,
+                ended, plan, status, current_period_start, current_period_end)
+            VALUES (p_subscription ->> 'subscription_id', p_subscription ->> 'customer_id',
+                p_subscription ->> 'order_key',
+                (p_subscription ->> 'started')::TIMESTAMPTZ,
+                (p_subscription ->> 'ended')::BOOLEAN, p_subscription ->> 'plan',
+                p_subscription ->> 'status',
+                (p_subscription ->> 'current_period_start')::TIMESTAMPTZ, v_end)
+            ON CONFLICT (subscription_id) DO UPDATE SET customer_id = excluded.customer_id,
+                order_key = excluded.order_key,
+                started = coalesce(excluded.started, t.started), ended = excluded.ended,
+                plan = excluded.plan, status = excluded.status,
+                current_period_start = excluded.current_period_start,
+                current_period_end = excluded.current_period_end;
+            SELECT k.user_id INTO v_user FROM @stripe_cust@ k
+            WHERE k.customer_id = p_subscription ->> 'customer_id';
+            IF v_user IS NULL THEN
+                SELECT r.id INTO v_user FROM @profiles@ r
+                WHERE r.stripe_customer_id = p_subscription ->> 'customer_id'
+                ORDER BY r.id COLLATE "C" LIMIT 1;
+                IF v_user IS NOT NULL THEN
+                    INSERT INTO @stripe_cust@ (customer_id, user_id, order_key)
+                    VALUES (p_subscription ->> 'customer_id', v_user, '');
+                END IF;
+            END IF;
+            IF v_user IS NULL THEN
+                v_action := 'pending';
+            ELSE
+                PERFORM @fn_stripe_refresh@(v_user);
+                v_action := 'applied';
+            END IF;
+        END IF;
+    END IF;
+    IF p_event_id IS NOT NULL THEN
+        INSERT INTO @stripe_events@ (event_id, event_type, created, action, user_id,
+                                     processed_at)
+        VALUES (p_event_id, p_event_type, p_created, v_action, v_user, p_now);
+    END IF;
+    RETURN jsonb_build_object('action', v_action, 'user_id', v_user);
+END
+$fn$;
+
+-- (the meter's cursor, up to p_limit ledger events after it with their customer ids).
+CREATE OR REPLACE FUNCTION @fn_stripe_batch@(p_meter TEXT, p_feature_name TEXT, p_limit INTEGER)
+RETURNS JSONB
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+    WITH cur AS (
+        SELECT coalesce((SELECT x.last_event_id FROM @stripe_export@ x
+                         WHERE x.meter = p_meter), 0) AS id
+    )
+    SELECT jsonb_build_array(cur.id, coalesce((
+        SELECT jsonb_agg(jsonb_build_array(@fn_event_json@(t.ev), t.customer) ORDER BY t.id)
+        FROM (
+            SELECT e AS ev, e.id, p.stripe_customer_id AS customer FROM @events@ e
+            LEFT JOIN @profiles@ p ON p.id = e.user_id
+            WHERE e.id > cur.id AND (p_feature_name IS NULL OR e.feature_name = p_feature_name)
+            ORDER BY e.id LIMIT p_limit
+        ) AS t), '[]'::JSONB))
+    FROM cur
+$fn$;
+
+CREATE OR REPLACE FUNCTION @fn_stripe_cursor@(p_meter TEXT, p_event_id BIGINT) RETURNS JSONB
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+    INSERT INTO @stripe_export@ AS x (meter, last_event_id) VALUES (p_meter, p_event_id)
+    ON CONFLICT (meter) DO UPDATE SET last_event_id = greatest(x.last_event_id,
+                                                               excluded.last_event_id)
+    RETURNING to_jsonb(x.last_event_id)
+$fn$;
+
 CREATE OR REPLACE FUNCTION @fn_version@() RETURNS JSONB
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path FROM CURRENT
@@ -739,6 +957,10 @@ ALTER TABLE @adjustments@ ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @profiles@ ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @counters@ ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @holds@ ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @stripe_events@ ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @stripe_subs@ ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @stripe_cust@ ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @stripe_export@ ENABLE ROW LEVEL SECURITY;
 
 DO $do$
 DECLARE
