@@ -3,6 +3,7 @@ parameterized by the configured table names (two setups can share one database).
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -105,3 +106,20 @@ def test_connection_check_needs_no_schema(pg_url: str, schema: str) -> None:
     dead = PostgresStore("postgresql://nobody@127.0.0.1:9/none?connect_timeout=1&timeout=1")
     assert UsageFlow(dead).connection_check() is False  # never an exception
     dead.close()
+
+
+@pytest.mark.parametrize(
+    ("module", "build"),
+    [
+        ("psycopg", lambda: open_store("postgresql://h/db")),
+        ("supabase", lambda: UsageFlow(supabase_url="https://x.supabase.co", supabase_key="k")),
+    ],
+)
+def test_missing_driver_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, module: str, build: object
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(UsageFlowError) as caught:
+        build()  # type: ignore[operator]
+    assert caught.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+    assert "pip install 'usageflow[" in caught.value.message
