@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-import uuid
+import os
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -184,6 +184,8 @@ class Core:
         self.clock: Clock = clock or system_clock
 
     def now(self) -> datetime:
+        if self.clock is system_clock:  # already aware UTC
+            return system_clock()
         return v.moment(self.clock(), "clock()")
 
     # -- plan and quota resolution --------------------------------------------------------------
@@ -318,7 +320,7 @@ class Core:
         key = v.optional_key(idempotency_key)
         now = self.now()
         quota = yield from self._quota(user_id, feature_name, now)
-        reservation_id = uuid.uuid4().hex
+        reservation_id = os.urandom(16).hex()
         expires_at = now + timedelta(seconds=seconds)
         charge: Charge = yield call(
             "reserve",

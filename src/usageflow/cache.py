@@ -56,23 +56,23 @@ class PlanCache:
     ) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._catalog: TTLCache[str, Catalog] = TTLCache(1, ttl or 1, timer)
+        self._timer = timer
+        self._catalog: tuple[float, Catalog] | None = None  # (expires at, catalog)
         self._profiles: TTLCache[str, Profile | None] = TTLCache(maxsize, ttl or 1, timer)
         self._adjustments: TTLCache[tuple[str, str], tuple[LimitAdjustment, ...]] = TTLCache(
             maxsize, ttl or 1, timer
         )
 
     def catalog(self) -> Catalog | None:
-        if not self.ttl:
+        entry = self._catalog  # one atomic read: no lock needed
+        if entry is None or entry[0] <= self._timer():
             return None
-        with self._lock:
-            return self._catalog.get("catalog")
+        return entry[1]
 
     def put_catalog(self, plans: Iterable[Plan]) -> Catalog:
         catalog = Catalog.build(plans)
         if self.ttl:
-            with self._lock:
-                self._catalog["catalog"] = catalog
+            self._catalog = (self._timer() + self.ttl, catalog)
         return catalog
 
     def profile(self, user_id: str) -> Profile | _Missing | None:
@@ -102,8 +102,7 @@ class PlanCache:
         return value
 
     def invalidate_plans(self) -> None:
-        with self._lock:
-            self._catalog.clear()
+        self._catalog = None
 
     def invalidate_user(self, user_id: str) -> None:
         with self._lock:
@@ -112,8 +111,8 @@ class PlanCache:
                 self._adjustments.pop(key, None)
 
     def clear(self) -> None:
+        self._catalog = None
         with self._lock:
-            self._catalog.clear()
             self._profiles.clear()
             self._adjustments.clear()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -25,8 +25,23 @@ EventType = Literal["usage", "credit", "reset", "adjustment"]
 AdjustmentType = Literal["one_time", "recurring"]
 
 
+_M = TypeVar("_M", bound="_Model")
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def _trusted(cls: type[_M], **values: Any) -> _M:
+        """Build from values UsageFlow computed itself (every field given, already the right
+        type), skipping validation: the hot path builds a few of these per decision, and
+        ``model_construct`` spends most of its time on defaults we never need."""
+        instance = cls.__new__(cls)
+        object.__setattr__(instance, "__dict__", values)
+        object.__setattr__(instance, "__pydantic_fields_set__", set(values))
+        object.__setattr__(instance, "__pydantic_extra__", None)
+        object.__setattr__(instance, "__pydantic_private__", None)
+        return instance
 
 
 class Usage(_Model):

@@ -119,19 +119,40 @@ def window_for(
     ``cycle_start``; without a cycle it is the calendar month.
     """
     now = to_utc(now)
+    cached = _calendar.get(period)
+    if cached is not None and cached.start <= now < cached.end:  # type: ignore[operator]
+        return cached
+    if period in _CALENDAR:
+        window = _calendar_window(period, now)
+        _calendar[period] = window
+        return window
+    return _other_window(period, now, cycle_start, cycle_end)
+
+
+_CALENDAR = frozenset({"current_month", "current_week", "day"})
+#: The last calendar window computed per period: the hot path asks for the same one again and
+#: again. A plain dict: concurrent writers store equal values.
+_calendar: dict[Period, Window] = {}
+
+
+def _calendar_window(period: Period, now: datetime) -> Window:
     if period is Period.CURRENT_MONTH:
         start = _month_start(now)
         return Window(start, add_months(start, 1))
+    if period is Period.CURRENT_WEEK:
+        start = _day_start(now) - timedelta(days=now.weekday())
+        return Window(start, start + timedelta(days=7))
+    start = _day_start(now)
+    return Window(start, start + timedelta(days=1))
+
+
+def _other_window(
+    period: Period, now: datetime, cycle_start: datetime | None, cycle_end: datetime | None
+) -> Window:
     if period is Period.LAST_30_DAYS:
         return Window(now - timedelta(days=30), None)
     if period is Period.LAST_28_DAYS:
         return Window(now - timedelta(days=28), None)
-    if period is Period.CURRENT_WEEK:
-        start = _day_start(now) - timedelta(days=now.weekday())
-        return Window(start, start + timedelta(days=7))
-    if period is Period.DAY:
-        start = _day_start(now)
-        return Window(start, start + timedelta(days=1))
     if period is Period.LIFETIME:
         return Window(None, None)
     # billing_cycle

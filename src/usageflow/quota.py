@@ -98,8 +98,8 @@ def quota_for(
 def usage_of(quota: Quota, used: int, held: int) -> Usage:
     current = max(used, 0) + held
     if quota.limit is None:
-        return Usage.model_construct(current=current, limit=None, remaining=None, is_unlimited=True)
-    return Usage.model_construct(
+        return Usage._trusted(current=current, limit=None, remaining=None, is_unlimited=True)
+    return Usage._trusted(
         current=current,
         limit=quota.limit,
         remaining=max(quota.limit - current, 0),
@@ -109,7 +109,7 @@ def usage_of(quota: Quota, used: int, held: int) -> Usage:
 
 def decision(quota: Quota, credits: int, charge: Charge) -> Decision:
     usage = usage_of(quota, charge.used, charge.held)
-    return Decision.model_construct(
+    return Decision._trusted(
         allowed=charge.allowed,
         feature_name=quota.feature_name,
         credits=credits,

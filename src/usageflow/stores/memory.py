@@ -236,15 +236,16 @@ class MemoryStore(Store):
         if credits is not None:
             check_total(key.total, credits)
         ts = now if key.last_ts is None or now > key.last_ts else key.last_ts
-        event = UsageEvent(
+        event = UsageEvent._trusted(
             id=len(self._events) + 1,
             user_id=user_id,
             feature_name=feature_name,
             credits_used=credits,
-            event_type=event_type,  # type: ignore[arg-type]
+            event_type=event_type,
             metadata=metadata,
             timestamp=ts,
             idempotency_key=idempotency_key,
+            replayed=False,
         )
         self._events.append(event)
         key.total += credits or 0

@@ -729,7 +729,7 @@ class SQLiteStore(Store):
         )
         event_id = cur.lastrowid
         assert event_id is not None
-        return UsageEvent.model_construct(
+        return UsageEvent._trusted(
             id=event_id,
             user_id=user_id,
             feature_name=feature_name,
