@@ -207,3 +207,22 @@ def test_changes_from_another_server_are_seen_within_the_ttl(tmp_path: object) -
     assert uncached.fetch_feature_limit_for_user("u", "x") == 9
     cached.cache.clear()
     assert cached.fetch_feature_limit_for_user("u", "x") == 9
+
+
+def test_memory_store_forgets_old_settled_reservations() -> None:
+    from usageflow.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    store.MAX_SETTLED = 10  # type: ignore[misc]
+    flow = UsageFlow(store)
+    flow.create_plan("Free", is_free=True, limits={"x": -1})
+    first = flow.reserve("u", "x", 1)
+    first.commit()
+    for _ in range(30):
+        flow.reserve("u", "x", 1).commit()
+    assert len(store._holds) <= 11
+    assert flow.get_total_usage("u", "x") == 31
+    with pytest.raises(UsageFlowError) as err:
+        first.commit()  # forgotten: reported, never double-charged
+    assert err.value.code is ErrorCodes.USAGE_RESERVATION_ERROR
+    assert flow.get_total_usage("u", "x") == 31

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -61,6 +61,7 @@ class MemoryStore(Store):
 
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
     blocking: ClassVar[bool] = False
+    MAX_SETTLED: ClassVar[int] = 100_000
 
     def __init__(self, tables: Tables | None = None) -> None:
         super().__init__(tables)
@@ -74,6 +75,7 @@ class MemoryStore(Store):
         self._keys: defaultdict[tuple[str, str], _Key] = defaultdict(_Key)
         self._holds: dict[str, _Hold] = {}
         self._active: defaultdict[tuple[str, str], dict[str, _Hold]] = defaultdict(dict)
+        self._settled: deque[str] = deque()  # settled hold ids, oldest first (bounded)
         self._holds_by_idem: dict[str, _Hold] = {}
         self._stripe_events: dict[str, StripeApplied] = {}
         self._stripe_subs: dict[str, StripeSubscription] = {}
@@ -341,7 +343,8 @@ class MemoryStore(Store):
             hold = self._holds.get(reservation_id)
             if hold is None:
                 raise reservation_error("no such reservation", reservation_id=reservation_id)
-            self._active[(hold.user_id, hold.feature_name)].pop(reservation_id, None)
+            if self._active[(hold.user_id, hold.feature_name)].pop(reservation_id, None):
+                self._forget_settled(reservation_id)
             if credits is None:  # release
                 if hold.status == "held":
                     hold.status = "released"
@@ -365,6 +368,15 @@ class MemoryStore(Store):
             hold.status = "committed"
             hold.event = event
             return event
+
+    def _forget_settled(self, reservation_id: str) -> None:
+        """Keep at most ``MAX_SETTLED`` settled holds (for idempotent commits): the memory store
+        serves long-running demos, which must not grow without bound."""
+        self._settled.append(reservation_id)
+        while len(self._settled) > self.MAX_SETTLED:
+            old = self._holds.pop(self._settled.popleft(), None)
+            if old is not None and old.idempotency_key is not None:
+                self._holds_by_idem.pop(old.idempotency_key, None)
 
     def usage(
         self, *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime

@@ -794,13 +794,16 @@ class SQLiteStore(Store):
     ) -> Charge:
         q = self._q
         with self._tx("reserve", self.tables.holds) as c:
-            swept = c.execute(
-                f"UPDATE {q['holds']} SET status = 'expired' WHERE user_id = ? AND "
-                "feature_name = ? AND status = 'held' AND expires_at <= ?",
-                (user_id, feature_name, _ts(now)),
-            ).rowcount
-            self._bump_holds(c, user_id, feature_name, -swept)
             counter = self._counter(c, user_id, feature_name)
+            if counter[5]:  # open holds: sweep the expired ones first
+                swept = c.execute(
+                    f"UPDATE {q['holds']} SET status = 'expired' WHERE user_id = ? AND "
+                    "feature_name = ? AND status = 'held' AND expires_at <= ?",
+                    (user_id, feature_name, _ts(now)),
+                ).rowcount
+                if swept:
+                    self._bump_holds(c, user_id, feature_name, -swept)
+                    counter = self._counter(c, user_id, feature_name)
             used = self._used(c, user_id, feature_name, counter, window_start)
             held = self._held(c, user_id, feature_name, now, counter)
             if idempotency_key is not None:
@@ -809,8 +812,7 @@ class SQLiteStore(Store):
                 ).fetchone()
                 if row:
                     return Charge(True, used, held, replayed=True, reservation_id=row[0])
-            if c.execute(f"SELECT 1 FROM {q['holds']} WHERE id = ?", (reservation_id,)).fetchone():
-                raise invalid("reservation id already used", reservation_id=reservation_id)
+            # A reused reservation id (128 random bits) fails the primary key: nothing written.
             if not fits(used, held, credits, limit):
                 return Charge(False, used, held)
             c.execute(
