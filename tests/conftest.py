@@ -120,6 +120,7 @@ def make_flow(store: Store, clock: FakeClock, api: str) -> Iterator[Any]:
     yield make
     for flow in made:
         if isinstance(flow, SyncFacade):
+            flow._loop.run_until_complete(flow._flow.aclose())
             flow._loop.run_until_complete(flow._loop.shutdown_default_executor())
             flow._loop.close()
 

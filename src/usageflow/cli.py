@@ -1,12 +1,13 @@
 """The ``usageflow`` command.
 
-    usageflow migrate [--store URL] [--print-sql]
+    usageflow migrate [--store URL] [--print-sql [--dialect sqlite|postgresql]]
     usageflow plans list [--store URL]
     usageflow plans load FILE.toml [--store URL]
     usageflow plans sync-stripe [--store URL]      (Stripe API key from $STRIPE_API_KEY)
     usageflow usage USER_ID FEATURE [--store URL]
 
-``--store`` defaults to ``$USAGEFLOW_STORE``, then ``sqlite:///usageflow.db``.
+``--store`` defaults to ``$USAGEFLOW_STORE``, then ``sqlite:///usageflow.db``; custom table
+names are given with ``--user-plans-table NAME`` and its siblings, as in the flow's options.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from usageflow.errors import UsageFlowError
 from usageflow.flow import UsageFlow
@@ -27,11 +29,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="usageflow", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", help="store URL (default: $USAGEFLOW_STORE or sqlite)")
+    for option in _TABLE_OPTIONS:
+        common.add_argument(f"--{option.replace('_', '-')}", metavar="NAME", help="table name")
     sub = parser.add_subparsers(dest="command", required=True)
 
     migrate = sub.add_parser("migrate", parents=[common], help="create or upgrade the schema")
     migrate.add_argument(
         "--print-sql", action="store_true", help="print the SQL instead of applying it"
+    )
+    migrate.add_argument(
+        "--dialect",
+        choices=["sqlite", "postgresql"],
+        help="with --print-sql: the SQL dialect (default: the store's)",
     )
 
     plans = sub.add_parser("plans", help="list or load plans").add_subparsers(
@@ -53,13 +62,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _migration_sql(flow: UsageFlow) -> str:
-    migration_sql = getattr(flow.store, "migration_sql", None)
-    if callable(migration_sql):
-        return str(migration_sql())
+_TABLE_OPTIONS = (
+    "user_plans_table",
+    "usage_events_table",
+    "usage_feature_limits_table",
+    "user_limit_adjustments_table",
+    "profiles_table",
+)
+
+
+def _tables(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in _TABLE_OPTIONS if getattr(args, name, None)}
+
+
+def _migration_sql(args: argparse.Namespace) -> str:
+    """The migration for ``--dialect`` (or the store's), without connecting to anything."""
+    if args.dialect is None:
+        flow = UsageFlow(args.store or None, **_tables(args))
+        migration_sql = getattr(flow.store, "migration_sql", None)
+        if callable(migration_sql):
+            return str(migration_sql())
+        tables = flow.tables
+    else:
+        tables = UsageFlow("memory://", **_tables(args)).tables
+        if args.dialect == "postgresql":
+            from usageflow.stores.sql import render
+
+            return render(tables)
     from usageflow.stores.sqlite import schema_sql
 
-    return schema_sql(flow.tables)
+    return schema_sql(tables)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,10 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "migrate" and args.print_sql:
-            flow = UsageFlow(args.store or None)
-            print(_migration_sql(flow))
+            print(_migration_sql(args))
             return 0
-        with UsageFlow(args.store or None) as flow:
+        with UsageFlow(args.store or None, **_tables(args)) as flow:
             if args.command == "migrate":
                 print(f"schema version {flow.migrate()}")
             elif args.command == "usage":

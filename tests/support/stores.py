@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ import pytest
 from usageflow.stores import open_store
 from usageflow.stores.base import Store
 
-StoreFactory = Callable[[Path], "contextmanager[Store]"]
+StoreFactory = Callable[[Path], AbstractContextManager[Store]]
 
 POSTGRES_URL_ENV = "USAGEFLOW_TEST_POSTGRES_URL"
 
@@ -86,10 +86,9 @@ def postgres_store(tmp_path: Path) -> Iterator[Store]:
 
 @contextmanager
 def supabase_store(tmp_path: Path) -> Iterator[Store]:
-    from usageflow.stores.supabase import SupabaseStore
-
     from tests.support.postgres import fresh_schema
     from tests.support.postgrest import shared_server
+    from usageflow.stores.supabase import SupabaseStore
 
     url = _required_url()
     server = shared_server(url)

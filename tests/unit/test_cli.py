@@ -92,3 +92,26 @@ def test_quickstart_example_runs_on_the_embedded_default(tmp_path: Path) -> None
     assert lines[5].startswith("402 quota spent (5/5); upgrade: https://buy.stripe.com/test_pro?")
     assert "exported poster-9.png (997 left this month)" in result.stdout
     assert (tmp_path / "usageflow.db").exists()
+
+
+def test_print_sql_for_a_dialect_and_custom_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "migrate",
+                "--print-sql",
+                "--dialect",
+                "postgresql",
+                "--usage-events-table",
+                "ev",
+                "--profiles-table",
+                "accounts",
+            ]
+        )
+        == 0
+    )
+    sql = capsys.readouterr().out
+    assert "ev_counters" in sql and "accounts" in sql and "ROW LEVEL SECURITY" in sql.upper()
+    assert main(["migrate", "--print-sql", "--dialect", "sqlite", "--user-plans-table", "p"]) == 0
+    assert 'CREATE TABLE IF NOT EXISTS "p"' in capsys.readouterr().out
+    assert main(["migrate", "--print-sql", "--user-plans-table", "bad name"]) == 1
