@@ -8,6 +8,7 @@ such as SQLite runs in a worker thread so the event loop never waits on I/O).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from usageflow import _stripe
 from usageflow._core import Core, Op, Options, PlanResolver, StoreCall, redact
 from usageflow._stripe import ExportResult, PlanSyncResult, ReconcileResult, WebhookResult
 from usageflow.cache import PlanCache
-from usageflow.errors import UsageFlowError, config_error
+from usageflow.errors import UsageFlowError, config_error, reservation_error
 from usageflow.models import (
     Decision,
     FeatureLimit,
@@ -739,6 +740,12 @@ class AsyncUsageFlow(_Base):
             return False
 
 
+def _committed(reservation_id: str, event: object) -> UsageEvent:
+    if not isinstance(event, UsageEvent):
+        raise reservation_error("the store returned no event for this commit", id=reservation_id)
+    return event
+
+
 class _ReservationBase:
     """Credits held for work whose cost is known afterwards."""
 
@@ -774,12 +781,13 @@ class Reservation(_ReservationBase):
 
     def commit(
         self, actual_credits: int | None = None, metadata: Mapping[str, Any] | None = None
-    ) -> UsageEvent | None:
-        """Record ``actual_credits`` (default: the reserved amount) and free the hold."""
+    ) -> UsageEvent:
+        """Record ``actual_credits`` (default: the reserved amount) and free the hold; return
+        the ledger event (the first one again when already committed)."""
         credits = self.credits if actual_credits is None else actual_credits
         event = self._flow._run(self._flow.core.settle(self.id, credits, metadata))
         self.settled = True
-        return event  # type: ignore[no-any-return]
+        return _committed(self.id, event)
 
     def release(self) -> None:
         """Give the held credits back without recording usage."""
@@ -808,14 +816,19 @@ class AsyncReservation(_ReservationBase):
 
     async def commit(
         self, actual_credits: int | None = None, metadata: Mapping[str, Any] | None = None
-    ) -> UsageEvent | None:
+    ) -> UsageEvent:
+        """Shielded from cancellation: once started, the commit completes even when the
+        awaiting task is cancelled (a client disconnecting must not lose usage)."""
         credits = self.credits if actual_credits is None else actual_credits
-        event = await self._flow._run(self._flow.core.settle(self.id, credits, metadata))
+        event = await asyncio.shield(
+            self._flow._run(self._flow.core.settle(self.id, credits, metadata))
+        )
         self.settled = True
-        return event  # type: ignore[no-any-return]
+        return _committed(self.id, event)
 
     async def release(self) -> None:
-        await self._flow._run(self._flow.core.settle(self.id, None, None))
+        """Shielded from cancellation, like :meth:`commit`."""
+        await asyncio.shield(self._flow._run(self._flow.core.settle(self.id, None, None)))
         self.settled = True
 
     async def __aenter__(self) -> AsyncReservation:

@@ -17,7 +17,7 @@ from usageflow.stores.base import Charge
 __all__ = ["ENDED_STATUSES", "Quota", "decision", "plan_for", "quota_for", "usage_of"]
 
 #: Subscription statuses after which a profile's plan no longer applies.
-ENDED_STATUSES = frozenset({"canceled", "unpaid", "incomplete_expired"})
+ENDED_STATUSES = frozenset({"canceled", "unpaid", "incomplete_expired", "paused"})
 
 
 def plan_for(catalog: Catalog, profile: Profile | None) -> Plan | None:

@@ -117,7 +117,7 @@ def test_plan_follows_the_subscription_status(flow: Any) -> None:
     setup_plans(flow)
     flow.assign_plan("u1", "price_pro")
     assert flow.fetch_feature_limit_for_user("u1", "exports") == 100
-    for status in ("canceled", "unpaid", "incomplete_expired"):
+    for status in ("canceled", "unpaid", "incomplete_expired", "paused"):
         flow.update_profile("u1", subscription_status=status)
         assert flow.fetch_feature_limit_for_user("u1", "exports") == 3, status
     for status in ("active", "trialing", "past_due"):
