@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import stripe
 
-from tests.support.stripe_events import DAY, MONTH, SECRET, T0, Events, deliver, skip_unported
+from tests.support.stripe_events import DAY, MONTH, SECRET, T0, Events, deliver
 from tests.support.stripe_server import API_KEY, StripeData, StripeServer, stripe_server
 from usageflow.cli import main
 from usageflow.errors import ErrorCodes, UsageFlowError
@@ -33,7 +33,6 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[StripeServer]:
 
 @pytest.fixture
 def api_flow(make_flow: Any, store: Store, server: StripeServer) -> Any:
-    skip_unported(store)
     return make_flow(stripe_api_key=API_KEY, stripe_webhook_secret=SECRET)
 
 
@@ -162,7 +161,6 @@ def test_sync_plans_paginates(api_flow: Any, server: StripeServer) -> None:
 def test_bad_api_key_is_an_error_without_the_key(
     make_flow: Any, store: Store, server: StripeServer
 ) -> None:
-    skip_unported(store)
     flow = make_flow(stripe_api_key="sk_test_wrong_key_123456")
     with pytest.raises(UsageFlowError) as err:
         flow.sync_plans_from_stripe()
@@ -174,7 +172,6 @@ def test_bad_api_key_is_an_error_without_the_key(
 def test_reconcile_is_not_for_manual_integrations(
     make_flow: Any, store: Store, server: StripeServer
 ) -> None:
-    skip_unported(store)
     flow = make_flow(stripe_api_key=API_KEY, manual_stripe_integration=True)
     with pytest.raises(UsageFlowError) as err:
         flow.reconcile()
@@ -183,7 +180,6 @@ def test_reconcile_is_not_for_manual_integrations(
 
 
 def test_no_api_key(make_flow: Any, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    skip_unported(store)
     monkeypatch.delenv("STRIPE_API_KEY", raising=False)
     monkeypatch.setattr(stripe, "api_key", None)
     with pytest.raises(UsageFlowError) as err:
@@ -388,7 +384,6 @@ def test_export_rejects_bad_arguments(plans: Any) -> None:
 def test_debug_logs_never_show_secrets(
     make_flow: Any, store: Store, server: StripeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    skip_unported(store)
     catalog(server.data)
     with caplog.at_level("DEBUG", logger="usageflow"):  # restores the level debug=True sets
         flow = make_flow(stripe_api_key=API_KEY, stripe_webhook_secret=SECRET, debug=True)

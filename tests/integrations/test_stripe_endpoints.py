@@ -12,7 +12,7 @@ from flask import Flask
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from tests.support.stripe_events import SECRET, T0, Events, skip_unported
+from tests.support.stripe_events import SECRET, T0, Events
 from usageflow import AsyncUsageFlow, UsageFlow
 from usageflow.integrations.stripe import webhook_blueprint, webhook_route
 from usageflow.stores.base import Store
@@ -21,7 +21,6 @@ from usageflow.testing import sign_stripe_payload
 
 @pytest.fixture(params=["sync", "async"])
 def any_flow(request: pytest.FixtureRequest, store: Store) -> Iterator[Any]:
-    skip_unported(store)
     if request.param == "async":
         yield AsyncUsageFlow(store, stripe_webhook_secret=SECRET)
     else:

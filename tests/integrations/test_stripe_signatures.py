@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.support.stripe_events import SECRET, T0, Events, skip_unported
+from tests.support.stripe_events import SECRET, T0, Events
 from usageflow import UsageFlow
 from usageflow.errors import ErrorCodes, UsageFlowError
 from usageflow.stores.base import Store
@@ -25,7 +25,6 @@ PAYLOAD = ErrorCodes.USAGE_WEBHOOK_PAYLOAD_ERROR
 
 @pytest.fixture
 def wflow(make_flow: Any, store: Store) -> Any:
-    skip_unported(store)
     flow = make_flow(stripe_webhook_secret=SECRET)
     flow.create_plan("Free", is_free=True, limits={"exports": 3})
     return flow
@@ -140,7 +139,6 @@ def test_malformed_subscription_writes_nothing(wflow: Any) -> None:
 
 
 def test_no_secret_configured(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    skip_unported(store)
     monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
     flow = UsageFlow(store)
     body, header = sign_stripe_payload({"id": "evt_1"}, SECRET)
@@ -152,7 +150,6 @@ def test_no_secret_configured(store: Store, monkeypatch: pytest.MonkeyPatch) -> 
 def test_secret_from_the_environment(
     store: Store, monkeypatch: pytest.MonkeyPatch, event: dict[str, Any]
 ) -> None:
-    skip_unported(store)
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
     flow = UsageFlow(store)
     body, header = sign_stripe_payload(event, SECRET)

@@ -1,7 +1,6 @@
 """The Stripe store methods, called directly: the contract a store must keep (see
 ``Store.apply_stripe_event``, ``stripe_export_batch`` and ``advance_stripe_cursor`` in
-``usageflow/stores/base.py``). Written for every store; the PostgreSQL and Supabase entries
-skip until the methods are ported there."""
+``usageflow/stores/base.py``), over every store of the conformance table."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from decimal import Decimal
 
 import pytest
 
-from tests.support.stripe_events import skip_unported
 from usageflow.stores.base import (
     Store,
     StripeLink,
@@ -23,7 +21,6 @@ NOW = datetime(2024, 1, 15, 12, tzinfo=timezone.utc)
 
 @pytest.fixture
 def s(store: Store) -> Store:
-    skip_unported(store)
     return store
 
 

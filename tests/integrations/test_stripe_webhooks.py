@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.stripe_events import DAY, MONTH, SECRET, T0, Events, deliver, skip_unported
+from tests.support.stripe_events import DAY, MONTH, SECRET, T0, Events, deliver
 from usageflow import AsyncUsageFlow, UsageFlow
 from usageflow.errors import ErrorCodes, UsageFlowError
 from usageflow.stores.base import Store
@@ -30,7 +30,6 @@ def at(epoch: int) -> datetime:
 
 @pytest.fixture
 def stripe_flow(make_flow: Any, store: Store) -> Any:
-    skip_unported(store)
     flow = make_flow(stripe_webhook_secret=SECRET)
     flow.create_plan("Free", is_free=True, limits={"exports": 3, "reports": (1, "billing_cycle")})
     flow.create_plan(
@@ -337,7 +336,6 @@ def test_unknown_event_types_are_acknowledged(stripe_flow: Any) -> None:
 
 
 def test_manual_integration_handles_only_prices(make_flow: Any, store: Store) -> None:
-    skip_unported(store)
     flow = make_flow(stripe_webhook_secret=SECRET, manual_stripe_integration=True)
     flow.create_plan("Free", is_free=True, limits={"exports": 3})
     flow.create_plan("Pro", stripe_price_id="price_pro", price_amount=30, limits={"exports": 1000})

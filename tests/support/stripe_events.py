@@ -13,9 +13,6 @@ import itertools
 from datetime import datetime, timezone
 from typing import Any
 
-import pytest
-
-from usageflow.stores.base import Store
 from usageflow.testing import sign_stripe_payload
 
 SECRET = "whsec_test_3cf1d2a0b7e94e5c8f0a"
@@ -23,16 +20,6 @@ SECRET = "whsec_test_3cf1d2a0b7e94e5c8f0a"
 T0 = int(datetime(2024, 1, 15, 12, 0, tzinfo=timezone.utc).timestamp())
 DAY = 86_400
 MONTH = 31 * DAY
-
-#: Until the lead ports ``apply_stripe_event`` and the export cursor to PostgreSQL/Supabase.
-NOT_PORTED_REASON = "Stripe webhook storage not yet on Postgres"
-_NOT_PORTED = ("PostgresStore", "SupabaseStore")
-
-
-def skip_unported(store: Store) -> None:
-    """Skip a test on the stores that do not have the Stripe store methods yet."""
-    if type(store).__name__ in _NOT_PORTED:
-        pytest.skip(NOT_PORTED_REASON)
 
 
 def deliver(flow: Any, event: dict[str, Any], secret: str = SECRET) -> Any:

@@ -89,6 +89,9 @@ _TABLE_OF: dict[str, str] = {
     "upsert_profile": "profiles",
     "add_limit_adjustment": "user_limit_adjustments",
     "get_limit_adjustments": "user_limit_adjustments",
+    "apply_stripe_event": "stripe_events",
+    "stripe_export_batch": "stripe_exports",
+    "advance_stripe_cursor": "stripe_exports",
 }
 
 

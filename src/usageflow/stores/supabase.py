@@ -49,6 +49,9 @@ _TABLE_OF = {
     "upsert_profile": "profiles",
     "add_limit_adjustment": "user_limit_adjustments",
     "get_limit_adjustments": "user_limit_adjustments",
+    "apply_stripe_event": "stripe_events",
+    "stripe_export_batch": "stripe_exports",
+    "advance_stripe_cursor": "stripe_exports",
 }
 
 

@@ -756,7 +756,9 @@ $fn$;
 -- ------------------------------------------------------------------------------------------
 -- Stripe: webhook events applied once and in order, and the meter export cursor.
 
--- Refresh the profile of a user from the subscriptions of the customers linked to it.
+-- Refresh the profile of a user from the subscriptions of the customers linked to it. The
+-- profile row is locked before the subscriptions are read: a concurrent refresh of the same
+-- user (another customer's event) has then committed, and the next statement sees its writes.
 CREATE OR REPLACE FUNCTION @fn_stripe_refresh@(p_user_id TEXT) RETURNS VOID
 LANGUAGE plpgsql VOLATILE
 SET search_path FROM CURRENT
@@ -765,6 +767,7 @@ DECLARE
     s @stripe_subs@;
 BEGIN
     INSERT INTO @profiles@ (id) VALUES (p_user_id) ON CONFLICT (id) DO NOTHING;
+    PERFORM 1 FROM @profiles@ WHERE id = p_user_id FOR UPDATE;
     SELECT sub.* INTO s FROM @stripe_subs@ sub
     JOIN @stripe_cust@ k ON k.customer_id = sub.customer_id
     WHERE k.user_id = p_user_id
@@ -786,6 +789,17 @@ BEGIN
 END
 $fn$;
 
+-- One Stripe event, in one transaction (see Store.apply_stripe_event). Concurrency:
+-- * the event row is inserted first (ON CONFLICT DO NOTHING): a redelivery racing the first
+--   delivery waits for it to commit, then answers 'duplicate' with the user it recorded;
+-- * the customer's and the subscription's rows are written by conditional upserts, which lock
+--   them (FOR UPDATE) whether or not the new state wins, so two states of one row are decided
+--   one after the other;
+-- * a transaction-scoped lock per customer orders a link against a subscription event of the
+--   same customer: without it a subscription could be left 'pending' by a link that committed
+--   meanwhile without seeing it (neither row exists yet for the other to lock);
+-- * the profile is refreshed under its row lock (above).
+-- Lock order: event row, customer lock, customer/subscription rows, profile row.
 CREATE OR REPLACE FUNCTION @fn_stripe_apply@(
     p_event_id TEXT, p_event_type TEXT, p_created TIMESTAMPTZ, p_now TIMESTAMPTZ,
     p_price JSONB, p_link JSONB, p_subscription JSONB
@@ -796,19 +810,22 @@ AS $fn$
 DECLARE
     v_action TEXT := 'ignored';
     v_user TEXT;
-    v_known TEXT;
+    v_customer TEXT;
+    v_email TEXT;
     v_ids TEXT[];
-    v_old @stripe_subs@;
+    v_start TIMESTAMPTZ;
     v_end TIMESTAMPTZ;
+    v_guard BOOLEAN;
 BEGIN
-    -- Webhooks are few: one at a time per setup, so redeliveries racing are applied once.
-    PERFORM pg_advisory_xact_lock(4823572, hashtext(@events_literal@));
     IF p_event_id IS NOT NULL THEN
-        SELECT e.user_id INTO v_user FROM @stripe_events@ e WHERE e.event_id = p_event_id;
-        IF FOUND THEN
+        INSERT INTO @stripe_events@ (event_id, event_type, created, action, user_id,
+                                     processed_at)
+        VALUES (p_event_id, p_event_type, p_created, v_action, NULL, p_now)
+        ON CONFLICT (event_id) DO NOTHING;
+        IF NOT FOUND THEN
+            SELECT e.user_id INTO v_user FROM @stripe_events@ e WHERE e.event_id = p_event_id;
             RETURN jsonb_build_object('action', 'duplicate', 'user_id', v_user);
         END IF;
-        v_user := NULL;
     END IF;
     IF p_price IS NOT NULL THEN
         UPDATE @plans@ SET price_amount = (p_price ->> 'price_amount')::NUMERIC,
@@ -817,29 +834,29 @@ BEGIN
         v_action := 'applied';
     END IF;
     IF p_link IS NOT NULL THEN
+        v_customer := p_link ->> 'customer_id';
         v_user := p_link ->> 'user_id';
-        IF v_user IS NULL THEN
+        v_email := nullif(p_link ->> 'email', '');
+        IF v_user IS NULL AND v_email IS NOT NULL THEN
             v_ids := ARRAY(SELECT r.id FROM @profiles@ r
-                           WHERE lower(r.email) = lower(coalesce(p_link ->> 'email', ''))
-                           LIMIT 2);
-            IF p_link ->> 'email' IS NULL OR cardinality(v_ids) <> 1 THEN
-                v_action := 'ignored';
-                v_user := NULL;
-            ELSE
+                           WHERE lower(r.email) = lower(v_email) LIMIT 2);
+            IF cardinality(v_ids) = 1 THEN
                 v_user := v_ids[1];
             END IF;
         END IF;
-        IF v_user IS NOT NULL THEN
-            SELECT k.order_key INTO v_known FROM @stripe_cust@ k
-            WHERE k.customer_id = p_link ->> 'customer_id';
-            IF FOUND AND v_known COLLATE "C" >= (p_link ->> 'order_key') COLLATE "C" THEN
+        IF v_user IS NULL THEN
+            v_action := 'ignored';
+        ELSE
+            PERFORM pg_advisory_xact_lock(4823572, hashtext(@events_literal@ || '/' || v_customer));
+            INSERT INTO @stripe_cust@ AS k (customer_id, user_id, order_key)
+            VALUES (v_customer, v_user, p_link ->> 'order_key')
+            ON CONFLICT (customer_id) DO UPDATE SET user_id = excluded.user_id,
+                order_key = excluded.order_key
+            WHERE k.order_key COLLATE "C" < excluded.order_key COLLATE "C";
+            IF NOT FOUND THEN  -- the stored link is as new or newer (its row is now locked)
                 v_action := 'stale';
             ELSE
-                INSERT INTO @stripe_cust@ (customer_id, user_id, order_key)
-                VALUES (p_link ->> 'customer_id', v_user, p_link ->> 'order_key')
-                ON CONFLICT (customer_id) DO UPDATE SET user_id = excluded.user_id,
-                    order_key = excluded.order_key;
-                INSERT INTO @profiles@ AS t (id, email) VALUES (v_user, p_link ->> 'email')
+                INSERT INTO @profiles@ AS t (id, email) VALUES (v_user, v_email)
                 ON CONFLICT (id) DO UPDATE SET email = coalesce(t.email, excluded.email);
                 PERFORM @fn_stripe_refresh@(v_user);
                 v_action := 'applied';
@@ -847,48 +864,44 @@ BEGIN
         END IF;
     END IF;
     IF p_subscription IS NOT NULL THEN
-        v_user := NULL;
+        v_customer := p_subscription ->> 'customer_id';
+        v_start := (p_subscription ->> 'started')::TIMESTAMPTZ;
         v_end := (p_subscription ->> 'current_period_end')::TIMESTAMPTZ;
-        SELECT * INTO v_old FROM @stripe_subs@
-        WHERE subscription_id = p_subscription ->> 'subscription_id';
-        IF FOUND AND (
-            v_old.order_key COLLATE "C" >= (p_subscription ->> 'order_key') COLLATE "C"
-            OR ((p_subscription ->> 'period_guard')::BOOLEAN
-                AND v_old.current_period_end IS NOT NULL
-                AND (v_end IS NULL OR v_old.current_period_end > v_end))
-        ) THEN
-            IF p_subscription ->> 'started' IS NOT NULL THEN
-                UPDATE @stripe_subs@
-                SET started = (p_subscription ->> 'started')::TIMESTAMPTZ
-                WHERE subscription_id = v_old.subscription_id AND started IS NULL;
+        v_guard := coalesce((p_subscription ->> 'period_guard')::BOOLEAN, false);
+        PERFORM pg_advisory_xact_lock(4823572, hashtext(@events_literal@ || '/' || v_customer));
+        INSERT INTO @stripe_subs@ AS t (subscription_id, customer_id, order_key, started, ended,
+            plan, status, current_period_start, current_period_end)
+        VALUES (p_subscription ->> 'subscription_id', v_customer,
+            p_subscription ->> 'order_key', v_start, (p_subscription ->> 'ended')::BOOLEAN,
+            p_subscription ->> 'plan', p_subscription ->> 'status',
+            (p_subscription ->> 'current_period_start')::TIMESTAMPTZ, v_end)
+        ON CONFLICT (subscription_id) DO UPDATE SET customer_id = excluded.customer_id,
+            order_key = excluded.order_key, started = coalesce(excluded.started, t.started),
+            ended = excluded.ended, plan = excluded.plan, status = excluded.status,
+            current_period_start = excluded.current_period_start,
+            current_period_end = excluded.current_period_end
+        WHERE t.order_key COLLATE "C" < excluded.order_key COLLATE "C"
+          AND NOT (v_guard AND t.current_period_end IS NOT NULL
+                   AND (excluded.current_period_end IS NULL
+                        OR t.current_period_end > excluded.current_period_end));
+        IF NOT FOUND THEN  -- an older state than the stored (now locked) one
+            IF v_start IS NOT NULL THEN
+                UPDATE @stripe_subs@ SET started = v_start
+                WHERE subscription_id = p_subscription ->> 'subscription_id'
+                  AND started IS NULL;
             END IF;
-            SELECT k.user_id INTO v_user FROM @stripe_cust@ k
-            WHERE k.customer_id = p_subscription ->> 'customer_id';
+            SELECT k.user_id INTO v_user FROM @stripe_cust@ k WHERE k.customer_id = v_customer;
             v_action := 'stale';
         ELSE
-            INSERT INTO @stripe_subs@ AS t (subscription_id, customer_id, order_key, started,
-                ended, plan, status, current_period_start, current_period_end)
-            VALUES (p_subscription ->> 'subscription_id', p_subscription ->> 'customer_id',
-                p_subscription ->> 'order_key',
-                (p_subscription ->> 'started')::TIMESTAMPTZ,
-                (p_subscription ->> 'ended')::BOOLEAN, p_subscription ->> 'plan',
-                p_subscription ->> 'status',
-                (p_subscription ->> 'current_period_start')::TIMESTAMPTZ, v_end)
-            ON CONFLICT (subscription_id) DO UPDATE SET customer_id = excluded.customer_id,
-                order_key = excluded.order_key,
-                started = coalesce(excluded.started, t.started), ended = excluded.ended,
-                plan = excluded.plan, status = excluded.status,
-                current_period_start = excluded.current_period_start,
-                current_period_end = excluded.current_period_end;
             SELECT k.user_id INTO v_user FROM @stripe_cust@ k
-            WHERE k.customer_id = p_subscription ->> 'customer_id';
+            WHERE k.customer_id = v_customer FOR UPDATE;
             IF v_user IS NULL THEN
                 SELECT r.id INTO v_user FROM @profiles@ r
-                WHERE r.stripe_customer_id = p_subscription ->> 'customer_id'
+                WHERE r.stripe_customer_id = v_customer
                 ORDER BY r.id COLLATE "C" LIMIT 1;
                 IF v_user IS NOT NULL THEN
                     INSERT INTO @stripe_cust@ (customer_id, user_id, order_key)
-                    VALUES (p_subscription ->> 'customer_id', v_user, '');
+                    VALUES (v_customer, v_user, '');
                 END IF;
             END IF;
             IF v_user IS NULL THEN
@@ -900,9 +913,8 @@ BEGIN
         END IF;
     END IF;
     IF p_event_id IS NOT NULL THEN
-        INSERT INTO @stripe_events@ (event_id, event_type, created, action, user_id,
-                                     processed_at)
-        VALUES (p_event_id, p_event_type, p_created, v_action, v_user, p_now);
+        UPDATE @stripe_events@ SET action = v_action, user_id = v_user
+        WHERE event_id = p_event_id;
     END IF;
     RETURN jsonb_build_object('action', v_action, 'user_id', v_user);
 END
