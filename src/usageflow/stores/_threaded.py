@@ -17,6 +17,7 @@ class ThreadedAsyncStore(AsyncStore):
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.can_suspend = store.blocking
 
     async def call(self, method: str, kwargs: dict[str, Any]) -> Any:
         fn = getattr(self.store, method)

@@ -482,6 +482,10 @@ class AsyncStore(ABC):
     It is duck-typed against :class:`Store`'s method names; see that class for each promise.
     """
 
+    #: False when no call ever suspends (the memory store run inline): callers then need no
+    #: protection against cancellation in the middle of a call.
+    can_suspend: bool = True
+
     @abstractmethod
     async def call(self, method: str, kwargs: dict[str, Any]) -> Any:
         """Run the operation ``method`` with ``kwargs``."""
