@@ -76,7 +76,42 @@ def _details(usage: object, name: str, fields: tuple[str, ...]) -> dict[str, int
     return {field: value for field, value in found.items() if value}
 
 
-class _ChatCompletions:
+class _OpenAIApi:
+    """What both OpenAI APIs share: usage is ``<prompt_field>``/``<completion_field>`` plus
+    ``total_tokens``, with cached and reasoning tokens in their ``*_details``."""
+
+    prompt_field = ""
+    completion_field = ""
+
+    def counts(self, usage: object) -> dict[str, int]:
+        prompt, completion = self.prompt_field, self.completion_field
+        counts = {
+            prompt: _int(getattr(usage, prompt, None)) or 0,
+            completion: _int(getattr(usage, completion, None)) or 0,
+        }
+        counts.update(_details(usage, f"{prompt}_details", ("cached_tokens",)))
+        counts.update(_details(usage, f"{completion}_details", ("reasoning_tokens",)))
+        return counts
+
+    def reported(self, result: Any) -> Tokens | None:
+        usage = getattr(result, "usage", None)
+        if usage is None:
+            return None
+        counts = self.counts(usage)
+        total = _int(getattr(usage, "total_tokens", None))
+        if total is None:
+            total = counts[self.prompt_field] + counts[self.completion_field]
+        return Tokens(counts, total, "reported")
+
+    def describe(self, result: Any) -> tuple[str | None, str | None, str | None]:
+        return (
+            getattr(result, "model", None),
+            getattr(result, "id", None),
+            getattr(result, "_request_id", None),
+        )
+
+
+class _ChatCompletions(_OpenAIApi):
     """``chat.completions``: usage is ``prompt_tokens``/``completion_tokens``/``total_tokens``;
     a stream reports it in a last chunk with no choices when asked with ``include_usage``."""
 
@@ -95,32 +130,6 @@ class _ChatCompletions:
         options["include_usage"] = True
         request["stream_options"] = options
         return not asked
-
-    def counts(self, usage: object) -> dict[str, int]:
-        counts = {
-            "prompt_tokens": _int(getattr(usage, "prompt_tokens", None)) or 0,
-            "completion_tokens": _int(getattr(usage, "completion_tokens", None)) or 0,
-        }
-        counts.update(_details(usage, "prompt_tokens_details", ("cached_tokens",)))
-        counts.update(_details(usage, "completion_tokens_details", ("reasoning_tokens",)))
-        return counts
-
-    def reported(self, result: Any) -> Tokens | None:
-        usage = getattr(result, "usage", None)
-        if usage is None:
-            return None
-        counts = self.counts(usage)
-        total = _int(getattr(usage, "total_tokens", None))
-        if total is None:
-            total = counts["prompt_tokens"] + counts["completion_tokens"]
-        return Tokens(counts, total, "reported")
-
-    def describe(self, result: Any) -> tuple[str | None, str | None, str | None]:
-        return (
-            getattr(result, "model", None),
-            getattr(result, "id", None),
-            getattr(result, "_request_id", None),
-        )
 
     def observe(self, tally: StreamTally, item: Any) -> bool:
         tally.model = getattr(item, "model", None) or tally.model
@@ -142,7 +151,7 @@ class _ChatCompletions:
         return True
 
 
-class _Responses:
+class _Responses(_OpenAIApi):
     """``responses``: usage is ``input_tokens``/``output_tokens``/``total_tokens``; a stream
     reports it on its ``response.completed`` (or ``.incomplete``/``.failed``) event."""
 
@@ -155,32 +164,6 @@ class _Responses:
 
     def prepare(self, request: dict[str, Any], stream: bool) -> bool:
         return False
-
-    def counts(self, usage: object) -> dict[str, int]:
-        counts = {
-            "input_tokens": _int(getattr(usage, "input_tokens", None)) or 0,
-            "output_tokens": _int(getattr(usage, "output_tokens", None)) or 0,
-        }
-        counts.update(_details(usage, "input_tokens_details", ("cached_tokens",)))
-        counts.update(_details(usage, "output_tokens_details", ("reasoning_tokens",)))
-        return counts
-
-    def reported(self, result: Any) -> Tokens | None:
-        usage = getattr(result, "usage", None)
-        if usage is None:
-            return None
-        counts = self.counts(usage)
-        total = _int(getattr(usage, "total_tokens", None))
-        if total is None:
-            total = counts["input_tokens"] + counts["output_tokens"]
-        return Tokens(counts, total, "reported")
-
-    def describe(self, result: Any) -> tuple[str | None, str | None, str | None]:
-        return (
-            getattr(result, "model", None),
-            getattr(result, "id", None),
-            getattr(result, "_request_id", None),
-        )
 
     def observe(self, tally: StreamTally, item: Any) -> bool:
         kind = getattr(item, "type", None)
