@@ -980,26 +980,20 @@ DECLARE
     v_functions TEXT[] := ARRAY[@function_signatures@];
     v_api_functions TEXT[] := ARRAY[@api_function_signatures@];
     v_name TEXT;
+    v_role TEXT;
 BEGIN
     FOREACH v_name IN ARRAY v_functions LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', v_name);
     END LOOP;
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
+    FOREACH v_role IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role);
         FOREACH v_name IN ARRAY v_tables LOOP
-            EXECUTE format('REVOKE ALL ON TABLE %I FROM anon', v_name);
+            EXECUTE format('REVOKE ALL ON TABLE %I FROM %I', v_name, v_role);
         END LOOP;
         FOREACH v_name IN ARRAY v_functions LOOP
-            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM anon', v_name);
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', v_name, v_role);
         END LOOP;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
-        FOREACH v_name IN ARRAY v_tables LOOP
-            EXECUTE format('REVOKE ALL ON TABLE %I FROM authenticated', v_name);
-        END LOOP;
-        FOREACH v_name IN ARRAY v_functions LOOP
-            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM authenticated', v_name);
-        END LOOP;
-    END IF;
+    END LOOP;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
         FOREACH v_name IN ARRAY v_api_functions LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO service_role', v_name);
