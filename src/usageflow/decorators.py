@@ -121,6 +121,15 @@ class _Plan:
             problem,
         )
 
+    def raw_user(self, explicit: Callable[[], Any] | None) -> Any:
+        """The user id before normalization (maybe an awaitable): the handler's own
+        ``user_id`` function, else the integration's, else the current request user."""
+        if explicit is not None:
+            return explicit()
+        if self.binding is not None and self.binding.user_id is not None:
+            return self.binding.user_id()
+        return current_user_id.get()
+
     def count(self, name: str) -> None:
         if self.binding is not None and self.binding.stats is not None:
             self.binding.stats.add(name)
@@ -204,12 +213,7 @@ def _async_wrapper(
         gate = gates.get(id(plan.flow))
         if gate is None or gate.flow is not plan.flow:
             gate = gates[id(plan.flow)] = AsyncGate(plan.flow)
-        if user_id is not None:
-            raw = user_id(*args, **kwargs)
-        elif plan.binding is not None and plan.binding.user_id is not None:
-            raw = plan.binding.user_id()
-        else:
-            raw = current_user_id.get()
+        raw = plan.raw_user(None if user_id is None else lambda: user_id(*args, **kwargs))
         if inspect.isawaitable(raw):
             raw = await raw
         try:
@@ -290,12 +294,7 @@ def _sync_wrapper(
         gate = gates.get(id(plan.flow))
         if gate is None or gate.flow is not plan.flow:
             gate = gates[id(plan.flow)] = SyncGate(plan.flow)
-        if user_id is not None:
-            raw = user_id(*args, **kwargs)
-        elif plan.binding is not None and plan.binding.user_id is not None:
-            raw = plan.binding.user_id()
-        else:
-            raw = current_user_id.get()
+        raw = plan.raw_user(None if user_id is None else lambda: user_id(*args, **kwargs))
         if inspect.isawaitable(raw):
             raw = gate.resolve(raw)
         try:

@@ -35,7 +35,6 @@ from typing import Any
 
 from starlette.requests import Request
 
-from usageflow.context import current_user_id
 from usageflow.decorators import _Plan, _settle_async
 from usageflow.errors import ErrorCodes, UsageFlowError, config_error
 from usageflow.integrations._http import (
@@ -84,12 +83,7 @@ def meter(
             yield None
             return
         gate = AsyncGate(plan.flow)
-        if user_id is not None:
-            raw = user_id(request)
-        elif plan.binding is not None and plan.binding.user_id is not None:
-            raw = plan.binding.user_id()
-        else:
-            raw = current_user_id.get()
+        raw = plan.raw_user(None if user_id is None else lambda: user_id(request))
         if inspect.isawaitable(raw):
             raw = await raw
         try:
