@@ -25,7 +25,23 @@ from usageflow.stores.base import (
     StripeSubscription,
 )
 
-__all__ = ["FunctionStore"]
+__all__ = ["TABLE_OF", "FunctionStore"]
+
+#: The table each operation mostly concerns (for error details); ledger operations are not
+#: listed and report the events table.
+TABLE_OF: dict[str, str] = {
+    "load_catalog": "user_plans",
+    "upsert_plan": "user_plans",
+    "update_price": "user_plans",
+    "set_feature_limit": "usage_feature_limits",
+    "get_profile": "profiles",
+    "upsert_profile": "profiles",
+    "add_limit_adjustment": "user_limit_adjustments",
+    "get_limit_adjustments": "user_limit_adjustments",
+    "apply_stripe_event": "stripe_events",
+    "stripe_export_batch": "stripe_exports",
+    "advance_stripe_cursor": "stripe_exports",
+}
 
 
 class FunctionStore(Store):

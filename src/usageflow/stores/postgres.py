@@ -46,6 +46,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from usageflow.errors import UsageFlowError, config_error, missing_dependency
 from usageflow.stores import redact_url
+from usageflow.stores._functions import TABLE_OF as _TABLE_OF
 from usageflow.stores._functions import FunctionStore
 from usageflow.stores.base import (
     AsyncStore,
@@ -68,21 +69,6 @@ if TYPE_CHECKING:
 __all__ = ["AsyncPostgresStore", "PostgresStore", "PostgresSettings"]
 
 _IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-
-#: The table each operation mostly concerns (for error details).
-_TABLE_OF: dict[str, str] = {
-    "load_catalog": "user_plans",
-    "upsert_plan": "user_plans",
-    "update_price": "user_plans",
-    "set_feature_limit": "usage_feature_limits",
-    "get_profile": "profiles",
-    "upsert_profile": "profiles",
-    "add_limit_adjustment": "user_limit_adjustments",
-    "get_limit_adjustments": "user_limit_adjustments",
-    "apply_stripe_event": "stripe_events",
-    "stripe_export_batch": "stripe_exports",
-    "advance_stripe_cursor": "stripe_exports",
-}
 
 
 def _import_psycopg() -> Any:

@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 from usageflow.errors import UsageFlowError, config_error, missing_dependency
+from usageflow.stores._functions import TABLE_OF as _TABLE_OF
 from usageflow.stores._functions import FunctionStore
 from usageflow.stores.base import (
     AsyncStore,
@@ -32,19 +33,6 @@ from usageflow.stores.sql import SCHEMA_VERSION, decode, encode, function_name, 
 __all__ = ["AsyncSupabaseStore", "SupabaseStore"]
 
 _SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_TABLE_OF = {
-    "load_catalog": "user_plans",
-    "upsert_plan": "user_plans",
-    "update_price": "user_plans",
-    "set_feature_limit": "usage_feature_limits",
-    "get_profile": "profiles",
-    "upsert_profile": "profiles",
-    "add_limit_adjustment": "user_limit_adjustments",
-    "get_limit_adjustments": "user_limit_adjustments",
-    "apply_stripe_event": "stripe_events",
-    "stripe_export_batch": "stripe_exports",
-    "advance_stripe_cursor": "stripe_exports",
-}
 
 
 def _json_args(args: Mapping[str, Any]) -> dict[str, Any]:
