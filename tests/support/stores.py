@@ -37,10 +37,20 @@ def sqlite_store(tmp_path: Path) -> Iterator[Store]:
     store.close()
 
 
+@contextmanager
+def sqlite_normal_store(tmp_path: Path) -> Iterator[Store]:
+    """``synchronous=normal``: the async API then tries decisions inline on the event loop."""
+    store = open_store(f"sqlite:///{tmp_path / 'usageflow.db'}?synchronous=normal")
+    store.migrate()
+    yield store
+    store.close()
+
+
 #: name -> (factory, skip reason or None). Networked stores register themselves below.
 STORES: dict[str, tuple[Callable[[Path], object], str | None]] = {
     "memory": (memory_store, None),
     "sqlite": (sqlite_store, None),
+    "sqlite-normal": (sqlite_normal_store, None),
 }
 
 

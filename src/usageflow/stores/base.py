@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -233,6 +233,11 @@ def check_total(total: int, credits: int) -> None:
         raise invalid("this charge would overflow the usage counter (64-bit)", credits=credits)
 
 
+class WouldBlock(Exception):
+    """Raised by :meth:`Store.call_nowait` when the call would have to wait (a lock is taken):
+    nothing was written, and the caller runs the call in a worker thread instead."""
+
+
 class Store(ABC):
     """A synchronous store. Implementations must be safe to call from many threads at once.
 
@@ -258,6 +263,20 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def nowait_methods(self) -> frozenset[str]:
+        """The operations :meth:`call_nowait` may run on an event loop (none by default)."""
+        return frozenset()
+
+    def call_nowait(self, method: str, kwargs: dict[str, Any]) -> Any:
+        """Run ``method`` at once if it need not wait for a lock or the disk, else raise
+        :class:`WouldBlock` having written nothing. Only for :meth:`nowait_methods`."""
+        raise WouldBlock(method)
+
+    def upkeep(self) -> Callable[[], None] | None:
+        """Work owed by :meth:`call_nowait` calls (such as a WAL checkpoint), to be run in a
+        worker thread; ``None`` when nothing is due. Each piece is handed out once."""
+        return None
 
     def to_async(self) -> AsyncStore:
         """The asynchronous face of this store (by default: this store run in threads)."""

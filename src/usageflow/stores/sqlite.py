@@ -15,7 +15,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -36,6 +36,7 @@ from usageflow.stores.base import (
     StripePrice,
     StripeSubscription,
     Tables,
+    WouldBlock,
     check_total,
     fits,
     window_used,
@@ -61,6 +62,15 @@ def _dt(value: str | None) -> datetime | None:
     if value is None:
         return None
     return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """The lock is taken (``SQLITE_BUSY`` / ``SQLITE_LOCKED``, by code or, before 3.11, by
+    message)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _json(value: dict[str, Any] | None) -> str | None:
@@ -223,6 +233,8 @@ class SQLiteStore(Store):
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._migrated = False
+        self._nowait_commits = 0
+        self._checkpointing = threading.Lock()
         t = self.tables
         q = {
             name: f'"{getattr(t, name)}"'
@@ -275,7 +287,15 @@ class SQLiteStore(Store):
 
     # -- connections ----------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        local = self._local
+        if local.__dict__.get("nowait"):
+            fast: sqlite3.Connection | None = getattr(local, "fast", None)
+            if fast is None:
+                if self.auto_migrate and not self._migrated:
+                    raise WouldBlock("migrate")  # the first call migrates, in a worker thread
+                fast = local.fast = self._connect(nowait=True)
+            return fast
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
@@ -283,20 +303,69 @@ class SQLiteStore(Store):
                 self.migrate()
         return conn
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, *, nowait: bool = False) -> sqlite3.Connection:
+        """A connection; a ``nowait`` one never waits for the lock (``SQLITE_BUSY`` at once)
+        and leaves WAL checkpoints (which fsync) to :meth:`upkeep`."""
+        timeout = 0.0 if nowait else self.timeout
         try:
             conn = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
+            if nowait:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
             raise self._error(exc, "connect", None) from None
         with self._all_lock:
             self._all.append(conn)
         return conn
+
+    # -- calls on an event loop ----------------------------------------------------------------
+    #: Bounded operations (a few index seeks, one short transaction) worth trying inline.
+    NOWAIT: ClassVar[frozenset[str]] = frozenset(
+        {"charge", "reserve", "settle", "usage", "get_profile", "load_catalog"}
+        | {"get_limit_adjustments"}
+    )
+    #: Commits made without waiting after which a WAL checkpoint is owed (about the 1,000 pages
+    #: of SQLite's own auto-checkpoint, at a handful of pages per decision).
+    CHECKPOINT_EVERY: ClassVar[int] = 100
+
+    def nowait_methods(self) -> frozenset[str]:
+        """The decisions, when a commit does not wait for the disk (``synchronous=normal``).
+        With ``full`` every commit is an fsync: those calls stay in worker threads."""
+        return self.NOWAIT if self.synchronous == "NORMAL" else frozenset()
+
+    def call_nowait(self, method: str, kwargs: dict[str, Any]) -> Any:
+        if method not in self.NOWAIT or self._checkpointing.locked():
+            # While a checkpoint runs, inline writers would starve it of the lock.
+            raise WouldBlock(method)
+        local = self._local
+        local.nowait = True
+        try:
+            return getattr(self, method)(**kwargs)
+        finally:
+            local.nowait = False
+
+    def upkeep(self) -> Callable[[], None] | None:
+        if self._nowait_commits < self.CHECKPOINT_EVERY or self._checkpointing.locked():
+            return None
+        self._nowait_commits = 0
+        return self.checkpoint
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file and rewind it (``RESTART``: writers wait, in
+        their worker threads, while it runs). One at a time: a call while another runs
+        returns at once."""
+        if not self._checkpointing.acquire(blocking=False):
+            return
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn().execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        finally:
+            self._checkpointing.release()
 
     def close(self) -> None:
         with self._all_lock:
@@ -333,7 +402,11 @@ class SQLiteStore(Store):
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+            if self._local.__dict__.get("nowait") and _is_busy(exc):
+                raise WouldBlock(operation) from None
             raise self._error(exc, operation, table) from None
+        if write and self._local.__dict__.get("nowait"):
+            self._nowait_commits += 1
 
     # -- lifecycle --------------------------------------------------------------------------------
     def migrate(self) -> int:
