@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
-
-from cachetools import TTLCache
+from typing import Any, Final, Generic, TypeVar
 
 from usageflow.models import LimitAdjustment, Plan, Profile
 
@@ -27,6 +25,54 @@ class _Missing:
 
 
 MISSING: Final = _Missing()
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _TTLMap(Generic[K, V]):
+    """A dict whose entries expire ``ttl`` seconds after they were put, at most ``maxsize``
+    of them. Reads take no lock (one dict lookup, one clock read: this is on every decision);
+    writes happen under the owner's lock. The TTL is the same for every entry, so insertion
+    order is expiry order and eviction pops from the front."""
+
+    __slots__ = ("_data", "_timer", "maxsize", "ttl")
+
+    def __init__(self, ttl: float, maxsize: int, timer: Callable[[], float]) -> None:
+        self.ttl = ttl
+        self.maxsize = maxsize
+        self._timer = timer
+        self._data: dict[K, tuple[float, V]] = {}
+
+    def get(self, key: K, default: Any = None) -> Any:
+        entry = self._data.get(key)
+        if entry is None or entry[0] <= self._timer():
+            return default
+        return entry[1]
+
+    def put(self, key: K, value: V) -> None:
+        data = self._data
+        now = self._timer()
+        data.pop(key, None)  # re-inserted at the end, where the newest expiry belongs
+        data[key] = (now + self.ttl, value)
+        while data:
+            first = next(iter(data))
+            if len(data) <= self.maxsize and data[first][0] > now:
+                break
+            del data[first]
+
+    def pop(self, key: K) -> None:
+        self._data.pop(key, None)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(list(self._data))  # a copy: callers pop while they iterate
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 @dataclass(frozen=True)
@@ -58,9 +104,9 @@ class PlanCache:
         self._lock = threading.Lock()
         self._timer = timer
         self._catalog: tuple[float, Catalog] | None = None  # (expires at, catalog)
-        self._profiles: TTLCache[str, Profile | None] = TTLCache(maxsize, ttl or 1, timer)
-        self._adjustments: TTLCache[tuple[str, str], tuple[LimitAdjustment, ...]] = TTLCache(
-            maxsize, ttl or 1, timer
+        self._profiles: _TTLMap[str, Profile | None] = _TTLMap(ttl, maxsize, timer)
+        self._adjustments: _TTLMap[tuple[str, str], tuple[LimitAdjustment, ...]] = _TTLMap(
+            ttl, maxsize, timer
         )
 
     def catalog(self) -> Catalog | None:
@@ -78,19 +124,17 @@ class PlanCache:
     def profile(self, user_id: str) -> Profile | _Missing | None:
         if not self.ttl:
             return MISSING
-        with self._lock:
-            return self._profiles.get(user_id, MISSING)
+        return self._profiles.get(user_id, MISSING)  # type: ignore[no-any-return]
 
     def put_profile(self, user_id: str, profile: Profile | None) -> None:
         if self.ttl:
             with self._lock:
-                self._profiles[user_id] = profile
+                self._profiles.put(user_id, profile)
 
     def adjustments(self, user_id: str, feature_name: str) -> tuple[LimitAdjustment, ...] | None:
         if not self.ttl:
             return None
-        with self._lock:
-            return self._adjustments.get((user_id, feature_name))
+        return self._adjustments.get((user_id, feature_name))  # type: ignore[no-any-return]
 
     def put_adjustments(
         self, user_id: str, feature_name: str, rows: Iterable[LimitAdjustment]
@@ -98,7 +142,7 @@ class PlanCache:
         value = tuple(rows)
         if self.ttl:
             with self._lock:
-                self._adjustments[(user_id, feature_name)] = value
+                self._adjustments.put((user_id, feature_name), value)
         return value
 
     def invalidate_plans(self) -> None:
@@ -106,9 +150,9 @@ class PlanCache:
 
     def invalidate_user(self, user_id: str) -> None:
         with self._lock:
-            self._profiles.pop(user_id, None)
+            self._profiles.pop(user_id)
             for key in [k for k in self._adjustments if k[0] == user_id]:
-                self._adjustments.pop(key, None)
+                self._adjustments.pop(key)
 
     def clear(self) -> None:
         self._catalog = None

@@ -49,6 +49,10 @@ class Period(str, Enum):
         return self.value
 
 
+#: ``Period`` by value: a dict lookup, where calling the enum costs ten times more.
+PERIODS: dict[str, Period] = {p.value: p for p in Period}
+
+
 class GroupBy(str, Enum):
     """The bucket sizes of :meth:`UsageFlow.get_usage_stats`."""
 

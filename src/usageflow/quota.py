@@ -11,7 +11,7 @@ from datetime import datetime
 
 from usageflow.cache import Catalog
 from usageflow.models import Decision, LimitAdjustment, Plan, Profile, Usage
-from usageflow.periods import Period, Window, to_utc, window_for
+from usageflow.periods import PERIODS, Period, Window, to_utc, window_for
 from usageflow.stores.base import Charge
 
 __all__ = ["ENDED_STATUSES", "Quota", "decision", "plan_for", "quota_for", "usage_of"]
@@ -77,7 +77,7 @@ def quota_for(
     """Limit and window of ``feature_name`` under ``plan``. A feature the plan does not list
     has limit 0. ``period`` overrides the window (not the limit)."""
     row = plan.limits.get(feature_name)
-    limit_period = Period(row.period) if row is not None else Period.CURRENT_MONTH
+    limit_period = PERIODS[row.period] if row is not None else Period.CURRENT_MONTH
     window_period = period or limit_period
     window = window_for(
         window_period,
@@ -108,15 +108,16 @@ def usage_of(quota: Quota, used: int, held: int) -> Usage:
 
 
 def decision(quota: Quota, credits: int, charge: Charge) -> Decision:
-    usage = usage_of(quota, charge.used, charge.held)
+    current = max(charge.used, 0) + charge.held  # as usage_of, without the Usage in between
+    limit = quota.limit
     return Decision._trusted(
         allowed=charge.allowed,
         feature_name=quota.feature_name,
         credits=credits,
-        current=usage.current,
-        limit=usage.limit,
-        remaining=usage.remaining,
-        is_unlimited=usage.is_unlimited,
+        current=current,
+        limit=limit,
+        remaining=None if limit is None else max(limit - current, 0),
+        is_unlimited=limit is None,
         resets_at=quota.window.end,
         event_id=charge.event.id if charge.event else None,
         replayed=charge.replayed,

@@ -197,6 +197,26 @@ def test_plan_cache_expires_after_its_ttl() -> None:
     assert off.catalog() is None
 
 
+def test_plan_cache_keeps_at_most_maxsize_users_dropping_the_oldest() -> None:
+    from usageflow.cache import MISSING, PlanCache
+    from usageflow.models import Profile
+
+    now = [0.0]
+    cache = PlanCache(30, maxsize=3, timer=lambda: now[0])
+    for i in range(5):
+        now[0] = float(i)
+        cache.put_profile(f"u{i}", Profile(id=f"u{i}"))
+    assert [cache.profile(f"u{i}") is MISSING for i in range(5)] == [True, True] + [False] * 3
+    cache.put_profile("u2", Profile(id="u2", plan="price_pro"))  # rewritten: now the newest
+    now[0] = 5.0
+    cache.put_profile("u5", Profile(id="u5"))
+    assert cache.profile("u3") is MISSING and cache.profile("u2") is not MISSING
+    now[0] = 34.5  # u2 (put at 4.0) has expired; u5 (put at 5.0) has not
+    cache.put_profile("u6", Profile(id="u6"))
+    assert cache.stats()["profiles"] == 2
+    assert cache.profile("u2") is MISSING and cache.profile("u5") is not MISSING
+
+
 def test_changes_from_another_server_are_seen_within_the_ttl(tmp_path: object) -> None:
     url = f"sqlite:///{tmp_path}/shared.db"
     admin, cached, uncached = UsageFlow(url), UsageFlow(url), UsageFlow(url, cache_ttl=0)

@@ -49,6 +49,7 @@ __all__ = [
     "SyncGate",
     "default_charge_if",
     "problem_for",
+    "quota_header_bytes",
     "quota_headers",
 ]
 
@@ -346,15 +347,31 @@ def quota_headers(
     ``refused``, ``Retry-After`` (same seconds). ``refund`` credits are added back to
     ``remaining`` (a reservation that will be released because the response is not charged).
     """
-    if decision.is_unlimited or decision.limit is None:
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in quota_header_bytes(decision, now, refused=refused, refund=refund)
+    ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_field(feature: str, limit: int) -> tuple[bytes, bytes]:
+    return b"ratelimit-policy", f"{_sf_string(feature)};q={limit}".encode("latin-1")
+
+
+def quota_header_bytes(
+    decision: Decision, now: datetime, *, refused: bool = False, refund: int = 0
+) -> list[tuple[bytes, bytes]]:
+    """:func:`quota_headers` as the raw ``(name, value)`` bytes an ASGI response carries."""
+    limit = decision.limit
+    if limit is None or decision.is_unlimited:
         return []
-    name = _sf_string(decision.feature_name)
-    remaining = min(decision.limit, max(0, (decision.remaining or 0) + refund))
+    feature = decision.feature_name
+    remaining = min(limit, max(0, (decision.remaining or 0) + refund))
     reset = _seconds_until(decision.resets_at, now)
-    limit_field = f"{name};r={remaining}" + (f";t={reset}" if reset is not None else "")
-    headers = [("ratelimit-policy", f"{name};q={decision.limit}"), ("ratelimit", limit_field)]
+    field = f"{_sf_string(feature)};r={remaining}" + ("" if reset is None else f";t={reset}")
+    headers = [_policy_field(feature, limit), (b"ratelimit", field.encode("latin-1"))]
     if refused and reset is not None:
-        headers.append(("retry-after", str(reset)))
+        headers.append((b"retry-after", str(reset).encode("latin-1")))
     return headers
 
 

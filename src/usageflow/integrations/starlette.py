@@ -57,7 +57,7 @@ from usageflow.integrations._http import (
     headers_of,
     normalize_user_id,
     problem_for,
-    quota_headers,
+    quota_header_bytes,
     route_path,
     settle_credits,
     unauthenticated,
@@ -220,6 +220,8 @@ class UsageFlowMiddleware:
 
     async def _resolve_user(self, scope: Scope) -> str | None:
         value = self.user_id(Request(scope))
+        if type(value) is str and value.strip():  # the common answer, checked first
+            return value
         if inspect.isawaitable(value):
             value = await value
         return normalize_user_id(value)
@@ -315,10 +317,10 @@ class UsageFlowMiddleware:
                 if self.headers:
                     now = self.gate.now()
                     refund = 0 if charge_if(status) else held.credits
-                    extra = quota_headers(decision, now, refund=refund)
+                    extra = quota_header_bytes(decision, now, refund=refund)
                     if binding.decisions:
-                        extra += headers_of(binding.decisions, now)
-                    message["headers"] = [*raw_headers, *_encode(extra)]
+                        extra += _encode(headers_of(binding.decisions, now))
+                    message["headers"] = [*raw_headers, *extra]
             elif kind == "http.response.body":
                 size += len(message.get("body", b""))
                 if not message.get("more_body", False):
@@ -343,7 +345,11 @@ class UsageFlowMiddleware:
             charged = failed is None and completed and charge_if(status)
             credits: int | None = None
             if charged:
-                credits = await self._credits(meter, scope, status, raw_headers, size, held)
+                credits = (
+                    meter.credits
+                    if isinstance(meter.credits, int)
+                    else await self._credits(meter, scope, status, raw_headers, size, held)
+                )
             if self.gate.suspends:
                 with anyio.CancelScope(shield=True):
                     await self._settle(held, credits, meter.feature)
@@ -361,8 +367,7 @@ class UsageFlowMiddleware:
         size: int,
         held: AnyReservation,
     ) -> int:
-        if isinstance(meter.credits, int):
-            return meter.credits
+        assert not isinstance(meter.credits, int)
         served = ServedResponse(status, Headers(raw=raw_headers), size)
         try:
             value = meter.credits(Request(scope), served)
