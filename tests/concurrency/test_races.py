@@ -120,3 +120,35 @@ def test_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     assert flow.get_total_usage("u1", "keys") == 25
     assert flow.store.ledger_check(user_id="u1", feature_name="race") == (LIMIT, LIMIT)
     flow.close()
+
+
+def _open_files(path: Path) -> int:
+    """File descriptors of this process open on ``path`` (Linux: /proc/self/fd)."""
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += fd.readlink() == path
+        except OSError:
+            continue
+    return count
+
+
+def test_a_thread_per_request_reuses_connections(tmp_path: Path) -> None:
+    """Servers such as Werkzeug's start a thread per request: the SQLite store must not open
+    (and keep) a connection for each of them."""
+    if not Path("/proc/self/fd").is_dir():
+        import pytest
+
+        pytest.skip("counting open files needs /proc (Linux)")
+    db = tmp_path / "threads.db"
+    flow = UsageFlow(f"sqlite:///{db}")
+    _setup(flow)
+    for _ in range(60):
+        worker = threading.Thread(target=lambda: flow.consume("u1", "race"))
+        worker.start()
+        worker.join()
+    assert flow.get_total_usage("u1", "race") == 60
+    assert _open_files(db) <= 2
+    flow.close()
+    assert _open_files(db) == 0

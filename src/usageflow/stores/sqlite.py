@@ -1,9 +1,9 @@
 """``sqlite:///path.db``: the embedded default store.
 
-One connection per thread, WAL journal, ``BEGIN IMMEDIATE`` for every decision (the write lock
-is taken before the check, so check-and-charge is atomic across threads *and* processes), a busy
-timeout instead of "database is locked" errors, and ``synchronous=FULL`` unless the URL asks for
-``?synchronous=normal``.
+A small pool of connections shared by all threads, WAL journal, ``BEGIN IMMEDIATE`` for every
+decision (the write lock is taken before the check, so check-and-charge is atomic across threads
+*and* processes), a busy timeout instead of "database is locked" errors, and
+``synchronous=FULL`` unless the URL asks for ``?synchronous=normal``.
 
 URL options: ``timeout`` (seconds to wait for the write lock, default 30), ``synchronous``
 (``full`` or ``normal``), ``migrate`` (``true`` by default: the schema is created on first use).
@@ -230,8 +230,9 @@ class SQLiteStore(Store):
         self.synchronous = synchronous.upper()
         self.auto_migrate = auto_migrate
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
+        self._all: set[sqlite3.Connection] = set()  # every open connection
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
         self._migrated = False
         self._nowait_commits = 0
         self._checkpointing = threading.Lock()
@@ -286,7 +287,14 @@ class SQLiteStore(Store):
         )
 
     # -- connections ----------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
+    #: Idle connections kept for reuse; more are opened while many threads are busy at once,
+    #: and closed when given back beyond this. (Not one per thread: servers that start a
+    #: thread per request would open, and leak, a connection per request.)
+    MAX_IDLE: ClassVar[int] = 8
+
+    def _borrow(self) -> sqlite3.Connection:
+        """A connection for one transaction, to :meth:`_give_back` after it; on an event loop
+        inside :meth:`call_nowait`, that thread's own no-wait connection."""
         local = self._local
         if local.__dict__.get("nowait"):
             fast: sqlite3.Connection | None = getattr(local, "fast", None)
@@ -295,13 +303,26 @@ class SQLiteStore(Store):
                     raise WouldBlock("migrate")  # the first call migrates, in a worker thread
                 fast = local.fast = self._connect(nowait=True)
             return fast
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-            if self.auto_migrate and not self._migrated:
-                self.migrate()
-        return conn
+        if self.auto_migrate and not self._migrated:
+            self.migrate()
+        return self._checkout()
+
+    def _checkout(self) -> sqlite3.Connection:
+        with self._pool_lock:
+            if self._idle:
+                return self._idle.pop()  # the most recently used: its page cache is warmest
+        return self._connect()
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        if self._local.__dict__.get("nowait"):
+            return  # the loop thread's own connection
+        with self._pool_lock:
+            if conn in self._all and len(self._idle) < self.MAX_IDLE:
+                self._idle.append(conn)
+                return
+            self._all.discard(conn)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     def _connect(self, *, nowait: bool = False) -> sqlite3.Connection:
         """A connection; a ``nowait`` one never waits for the lock (``SQLITE_BUSY`` at once)
@@ -319,8 +340,8 @@ class SQLiteStore(Store):
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
             raise self._error(exc, "connect", None) from None
-        with self._all_lock:
-            self._all.append(conn)
+        with self._pool_lock:
+            self._all.add(conn)
         return conn
 
     # -- calls on an event loop ----------------------------------------------------------------
@@ -362,14 +383,18 @@ class SQLiteStore(Store):
         if not self._checkpointing.acquire(blocking=False):
             return
         try:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn().execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            conn = self._checkout()
+            try:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            finally:
+                self._give_back(conn)
         finally:
             self._checkpointing.release()
 
     def close(self) -> None:
-        with self._all_lock:
-            conns, self._all = self._all, []
+        with self._pool_lock:
+            conns, self._all, self._idle = self._all, set(), []
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -389,7 +414,7 @@ class SQLiteStore(Store):
     ) -> Iterator[sqlite3.Connection]:
         """A transaction: ``BEGIN IMMEDIATE`` for writes (the lock is held from the first read),
         a deferred one for consistent reads. Driver errors become ``USAGE_CONFIG_ERROR``."""
-        conn = self._conn()
+        conn = self._borrow()
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
@@ -405,13 +430,20 @@ class SQLiteStore(Store):
             if self._local.__dict__.get("nowait") and _is_busy(exc):
                 raise WouldBlock(operation) from None
             raise self._error(exc, operation, table) from None
+        finally:
+            self._give_back(conn)
         if write and self._local.__dict__.get("nowait"):
             self._nowait_commits += 1
 
     # -- lifecycle --------------------------------------------------------------------------------
     def migrate(self) -> int:
-        conn = getattr(self._local, "conn", None) or self._connect()
-        self._local.conn = conn
+        conn = self._checkout()
+        try:
+            return self._migrate(conn)
+        finally:
+            self._give_back(conn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
