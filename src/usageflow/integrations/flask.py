@@ -66,9 +66,12 @@ class _State:
     enabled: bool
     stats: MeterStats
 
+    def __post_init__(self) -> None:
+        self._is_async = inspect.iscoroutinefunction(self.user_id)  # once, not per request
+
     def resolve_user(self) -> Any:
         fn = self.user_id
-        if inspect.iscoroutinefunction(fn):
+        if self._is_async:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
@@ -170,20 +173,21 @@ def _flask_binding() -> Binding | None:
     """The binding of the Flask request being served (one per request, in ``flask.g``)."""
     if not has_request_context():
         return None
+    binding: Binding | None = g.get(_G_KEY)
+    if binding is not None:
+        return binding
     state = _state()
     if state is None:
         return None
-    binding: Binding | None = g.get(_G_KEY)
-    if binding is None:
-        binding = Binding(
-            state.flow,
-            state.resolve_user,
-            state.fail_open,
-            state.charge_if,
-            state.stats,
-            state.enabled,
-        )
-        setattr(g, _G_KEY, binding)
+    binding = Binding(
+        state.flow,
+        state.resolve_user,
+        state.fail_open,
+        state.charge_if,
+        state.stats,
+        state.enabled,
+    )
+    setattr(g, _G_KEY, binding)
     return binding
 
 
@@ -200,8 +204,11 @@ def _answer_refusal(exc: MeteringError) -> Response:
 
 def _add_headers(response: Response) -> Response:
     binding: Binding | None = g.get(_G_KEY)
+    if binding is None or not binding.decisions:
+        return response
     state = _state()
-    if binding is not None and binding.decisions and state is not None and state.headers:
+    if state is not None and state.headers:
+        headers = response.headers
         for key, value in headers_of(binding.decisions, state.flow.core.clock()):
-            response.headers.add(key, value)
+            headers.add(key, value)
     return response
