@@ -83,7 +83,7 @@ def test_full_keeps_decisions_in_worker_threads(tmp_path: Path) -> None:
     setup.close()
 
 
-def test_a_taken_lock_moves_the_call_to_a_thread_and_the_loop_keeps_running(
+def test_a_taken_lock_sends_one_call_to_a_thread_and_the_loop_keeps_running(
     tmp_path: Path,
 ) -> None:
     url = _url(tmp_path, "normal")
@@ -117,21 +117,22 @@ def test_a_taken_lock_moves_the_call_to_a_thread_and_the_loop_keeps_running(
                 await asyncio.sleep(0.01)
 
         ticking = asyncio.create_task(ticker())
-        decision = asyncio.create_task(flow.consume("u1", "exports", 2))
+        decisions = [asyncio.create_task(flow.consume("u1", "exports", 2)) for _ in range(10)]
         await asyncio.sleep(0.3)
-        assert not decision.done()  # waiting for the lock, in a worker thread
+        assert not any(d.done() for d in decisions)  # waiting for the lock
         release.set()
-        allowed = (await decision).allowed
+        allowed = all(d.allowed for d in await asyncio.gather(*decisions))
         ticking.cancel()
         return allowed, ticks, _names(executor)
 
     allowed, ticks, threaded = asyncio.run(main())
     holder.join()
     assert allowed
-    assert ticks >= 10  # the loop ran while the decision waited
+    assert ticks >= 10  # the loop ran while the decisions waited
+    # One decision waited in a thread; the others waited for it, then ran on the loop.
     assert threaded == ["charge"]
-    assert setup.get_total_usage("u1", "exports") == 3
-    assert setup.store.ledger_check(user_id="u1", feature_name="exports") == (3, 3)  # type: ignore[attr-defined]
+    assert setup.get_total_usage("u1", "exports") == 21
+    assert setup.store.ledger_check(user_id="u1", feature_name="exports") == (21, 21)  # type: ignore[attr-defined]
     setup.close()
 
 

@@ -27,6 +27,7 @@ class ThreadedAsyncStore(AsyncStore):
         self.can_suspend = store.blocking
         self._nowait = store.nowait_methods() if store.blocking else frozenset()
         self._upkeep: set[asyncio.Future[None]] = set()
+        self._waiting: asyncio.Future[Any] | None = None
 
     async def call(self, method: str, kwargs: dict[str, Any]) -> Any:
         store = self.store
@@ -34,15 +35,25 @@ class ThreadedAsyncStore(AsyncStore):
         if not store.blocking:
             return fn(**kwargs)
         loop = asyncio.get_running_loop()
-        if method in self._nowait:
+        if method not in self._nowait:
+            return await loop.run_in_executor(None, functools.partial(fn, **kwargs))
+        while True:
+            waiting = self._waiting
+            if waiting is not None and waiting.get_loop() is loop and not waiting.done():
+                # One call of this loop already waits for the lock in a thread: wait for it
+                # rather than send more (they would hold the lock in turn and keep every later
+                # call off the loop), then try inline again.
+                await asyncio.wait([waiting])
+                continue
             try:
                 result = store.call_nowait(method, kwargs)
             except WouldBlock:
-                pass  # a lock is taken: wait for it in a worker thread
-            else:
-                self._start_upkeep(loop)
-                return result
-        return await loop.run_in_executor(None, functools.partial(fn, **kwargs))
+                break  # a lock is taken: wait for it in a worker thread
+            self._start_upkeep(loop)
+            return result
+        future = loop.run_in_executor(None, functools.partial(fn, **kwargs))
+        self._waiting = future
+        return await future
 
     def _start_upkeep(self, loop: asyncio.AbstractEventLoop) -> None:
         work = self.store.upkeep()  # the store hands each piece out once

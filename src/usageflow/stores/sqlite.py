@@ -236,6 +236,7 @@ class SQLiteStore(Store):
         self._migrated = False
         self._nowait_commits = 0
         self._checkpointing = threading.Lock()
+        self._writer = threading.Lock()
         t = self.tables
         q = {
             name: f'"{getattr(t, name)}"'
@@ -350,9 +351,10 @@ class SQLiteStore(Store):
         {"charge", "reserve", "settle", "usage", "get_profile", "load_catalog"}
         | {"get_limit_adjustments"}
     )
-    #: Commits made without waiting after which a WAL checkpoint is owed (about the 1,000 pages
-    #: of SQLite's own auto-checkpoint, at a handful of pages per decision).
-    CHECKPOINT_EVERY: ClassVar[int] = 100
+    #: Commits made without waiting after which a WAL checkpoint is owed. A checkpoint copies
+    #: each page once however often it changed, and decisions keep changing the same few
+    #: pages: rarer checkpoints cost less per decision, for a WAL of a few MB.
+    CHECKPOINT_EVERY: ClassVar[int] = 500
 
     def nowait_methods(self) -> frozenset[str]:
         """The decisions, when a commit does not wait for the disk (``synchronous=normal``).
@@ -360,8 +362,7 @@ class SQLiteStore(Store):
         return self.NOWAIT if self.synchronous == "NORMAL" else frozenset()
 
     def call_nowait(self, method: str, kwargs: dict[str, Any]) -> Any:
-        if method not in self.NOWAIT or self._checkpointing.locked():
-            # While a checkpoint runs, inline writers would starve it of the lock.
+        if method not in self.NOWAIT:
             raise WouldBlock(method)
         local = self._local
         local.nowait = True
@@ -377,17 +378,20 @@ class SQLiteStore(Store):
         return self.checkpoint
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database file and rewind it (``RESTART``: writers wait, in
-        their worker threads, while it runs). One at a time: a call while another runs
-        returns at once."""
+        """Copy the WAL into the database file and rewind it (``RESTART``). This process's
+        writers wait meanwhile (on the event loop: in worker threads), so that they cannot
+        starve it. One at a time: a call while another runs returns at once."""
         if not self._checkpointing.acquire(blocking=False):
             return
         try:
+            if not self._writer.acquire(timeout=self.timeout):
+                return
             conn = self._checkout()
             try:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
             finally:
+                self._writer.release()
                 self._give_back(conn)
         finally:
             self._checkpointing.release()
@@ -414,8 +418,21 @@ class SQLiteStore(Store):
     ) -> Iterator[sqlite3.Connection]:
         """A transaction: ``BEGIN IMMEDIATE`` for writes (the lock is held from the first read),
         a deferred one for consistent reads. Driver errors become ``USAGE_CONFIG_ERROR``."""
+        nowait = self._local.__dict__.get("nowait", False)
         conn = self._borrow()
+        locked = False
         try:
+            if write:
+                # This process's writers queue on a lock, in order, rather than poll SQLite's
+                # busy handler (which sleeps for milliseconds); other processes still meet
+                # at SQLite's lock.
+                locked = self._writer.acquire(
+                    blocking=not nowait, timeout=-1 if nowait else self.timeout
+                )
+                if not locked:
+                    if nowait:
+                        raise WouldBlock(operation)
+                    raise sqlite3.OperationalError("database is locked (by this process)")
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield conn
@@ -427,10 +444,12 @@ class SQLiteStore(Store):
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            if self._local.__dict__.get("nowait") and _is_busy(exc):
+            if nowait and _is_busy(exc):
                 raise WouldBlock(operation) from None
             raise self._error(exc, operation, table) from None
         finally:
+            if locked:
+                self._writer.release()
             self._give_back(conn)
         if write and self._local.__dict__.get("nowait"):
             self._nowait_commits += 1
