@@ -303,12 +303,21 @@ class UsageFlowMiddleware:
     ) -> None:
         status = 0
         size = 0
-        started = completed = False
+        started = settled = False
         raw_headers: list[tuple[bytes, bytes]] = []
         decision = held.decision
 
+        async def settle(credits: int | None) -> None:
+            nonlocal settled
+            settled = True
+            if self.gate.suspends:
+                with anyio.CancelScope(shield=True):
+                    await self._settle(held, credits, meter.feature)
+            else:
+                await self._settle(held, credits, meter.feature)
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, size, started, completed, raw_headers
+            nonlocal status, size, started, raw_headers
             kind = message["type"]
             if kind == "http.response.start":
                 status = int(message["status"])
@@ -323,8 +332,14 @@ class UsageFlowMiddleware:
                     message["headers"] = [*raw_headers, *extra]
             elif kind == "http.response.body":
                 size += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    completed = True
+                if not message.get("more_body", False) and not settled and charge_if(status):
+                    # Committed before the last bytes leave: a client that received the whole
+                    # response has been charged for it.
+                    await settle(
+                        meter.credits
+                        if isinstance(meter.credits, int)
+                        else await self._credits(meter, scope, status, raw_headers, size, held)
+                    )
             await send(message)
 
         user_token = current_user_id.set(user)
@@ -342,19 +357,8 @@ class UsageFlowMiddleware:
         finally:
             active_features.reset(features_token)
             current_user_id.reset(user_token)
-            charged = failed is None and completed and charge_if(status)
-            credits: int | None = None
-            if charged:
-                credits = (
-                    meter.credits
-                    if isinstance(meter.credits, int)
-                    else await self._credits(meter, scope, status, raw_headers, size, held)
-                )
-            if self.gate.suspends:
-                with anyio.CancelScope(shield=True):
-                    await self._settle(held, credits, meter.feature)
-            else:
-                await self._settle(held, credits, meter.feature)
+            if not settled:  # failed, cut short, or a status that is not charged
+                await settle(None)
         if failed is not None:
             raise failed
 
