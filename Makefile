@@ -24,6 +24,9 @@ check: $(STAMP)
 	$(PYTHON) -m ruff format --check src tests benchmarks examples
 	$(PYTHON) -m mypy
 
-## bench: the benchmarks (by hand; they print ratios)
+## bench: the benchmarks (by hand; they print ratios; PostgreSQL's reads USAGEFLOW_TEST_POSTGRES_URL)
 bench: $(STAMP)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
 	$(PYTHON) benchmarks/sqlite_consume.py
+	$(PYTHON) benchmarks/http_middleware.py
+	$(PYTHON) benchmarks/http_middleware.py --http
