@@ -79,7 +79,7 @@ def test_full_keeps_decisions_in_worker_threads(tmp_path: Path) -> None:
         assert (await flow.consume("u1", "exports")).allowed
         return _names(executor)
 
-    assert "charge" in asyncio.run(main())
+    assert "run_batch" in asyncio.run(main())
     setup.close()
 
 
@@ -130,7 +130,7 @@ def test_a_taken_lock_sends_one_call_to_a_thread_and_the_loop_keeps_running(
     assert allowed
     assert ticks >= 10  # the loop ran while the decisions waited
     # One decision waited in a thread; the others waited for it, then ran on the loop.
-    assert threaded == ["charge"]
+    assert threaded == ["run_batch"]
     assert setup.get_total_usage("u1", "exports") == 21
     assert setup.store.ledger_check(user_id="u1", feature_name="exports") == (21, 21)  # type: ignore[attr-defined]
     setup.close()
@@ -157,8 +157,8 @@ def test_inline_commits_are_checkpointed_in_a_worker_thread(tmp_path: Path) -> N
     threaded, wal_size = asyncio.run(main())
     assert "checkpoint" in threaded
     # A checkpoint holds the write lock while it runs: decisions meanwhile wait in a thread.
-    assert set(threaded) <= {"checkpoint", "charge"}
-    assert threaded.count("charge") < decisions // 10
+    assert set(threaded) <= {"checkpoint", "run_batch"}
+    assert threaded.count("run_batch") < decisions // 10
     # Unchecked, 3,000 decisions would leave about 7 pages each, ~80 MB, in the WAL.
     assert wal_size < 24 * 1024 * 1024
 
@@ -194,3 +194,82 @@ def test_event_loops_in_four_processes_take_exactly_the_limit(
     assert setup.get_total_usage("u1", "exports") == LIMIT
     assert setup.store.ledger_check(user_id="u1", feature_name="exports") == (LIMIT, LIMIT)  # type: ignore[attr-defined]
     setup.close()
+
+
+# -- group commit -------------------------------------------------------------------------------
+def test_concurrent_decisions_share_transactions(tmp_path: Path) -> None:
+    """With ``synchronous=full`` each transaction is an fsync in a worker thread: 40 decisions
+    asked for at once are grouped into a few, and the limit is still exact."""
+    setup = UsageFlow(_url(tmp_path, "full"))
+    setup.create_plan("Free", is_free=True, limits={"exports": 25})
+
+    async def main() -> tuple[int, list[str]]:
+        executor = RecordingExecutor()
+        asyncio.get_running_loop().set_default_executor(executor)
+        flow = AsyncUsageFlow(setup.store)
+        await flow.fetch_usage("u1", "exports")  # caches and connections
+        executor.submitted.clear()
+        decisions = await asyncio.gather(*(flow.consume("u1", "exports") for _ in range(40)))
+        return sum(d.allowed for d in decisions), _names(executor)
+
+    allowed, threaded = asyncio.run(main())
+    assert allowed == 25
+    assert set(threaded) == {"run_batch"}
+    assert len(threaded) <= 3  # one per turn of the loop, not one per decision
+    assert setup.store.ledger_check(user_id="u1", feature_name="exports") == (25, 25)  # type: ignore[attr-defined]
+    setup.close()
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_a_failing_call_in_a_batch_leaves_no_trace_and_spares_the_others(
+    tmp_path: Path, synchronous: str
+) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from usageflow import UsageFlowError
+
+    store = UsageFlow(_url(tmp_path, synchronous)).store
+    now = datetime.now(timezone.utc)
+
+    def charge(user: str) -> tuple[str, dict[str, Any]]:
+        return "charge", {
+            "user_id": user,
+            "feature_name": "exports",
+            "credits": 2,
+            "event_type": "usage",
+            "limit": 10,
+            "window_start": None,
+            "now": now,
+            "metadata": None,
+            "idempotency_key": None,
+        }
+
+    def reserve(reservation_id: str) -> tuple[str, dict[str, Any]]:
+        return "reserve", {
+            "reservation_id": reservation_id,
+            "user_id": "u1",
+            "feature_name": "exports",
+            "credits": 3,
+            "limit": 10,
+            "window_start": None,
+            "now": now,
+            "expires_at": now + timedelta(minutes=5),
+            "idempotency_key": None,
+        }
+
+    results = store.run_batch(
+        [
+            charge("u1"),
+            reserve("r1"),
+            reserve("r1"),  # the same id again: fails at its INSERT, after its reads
+            ("settle", {"reservation_id": "nope", "credits": 1, "now": now, "metadata": None}),
+            charge("u1"),
+        ]
+    )
+    assert [ok for ok, _ in results] == [True, True, False, False, True]
+    assert isinstance(results[2][1], UsageFlowError)
+    assert isinstance(results[3][1], UsageFlowError)
+    assert results[4][1].used == 4 and results[4][1].held == 3  # saw the calls before it
+    assert store.usage(user_id="u1", feature_name="exports", window_start=None, now=now) == (4, 3)
+    assert store.ledger_check(user_id="u1", feature_name="exports") == (4, 4)  # type: ignore[attr-defined]
+    store.close()

@@ -11,23 +11,35 @@ from usageflow.stores.base import AsyncStore, Store, WouldBlock
 
 logger = logging.getLogger("usageflow")
 
+_Pending = tuple[str, dict[str, Any], "asyncio.Future[Any]"]
+
 
 class ThreadedAsyncStore(AsyncStore):
     """Runs a store's calls in the default executor when they block, inline when they don't.
 
-    A non-blocking store (memory) is called inline: it holds only a short in-process lock. A
-    blocking store's :meth:`~Store.nowait_methods` are first tried inline with
-    :meth:`~Store.call_nowait` (SQLite with ``synchronous=normal``: a decision is a few index
-    seeks and a commit with no fsync, cheaper than the two thread switches it would take);
-    when that would wait for a lock, the call goes to a worker thread like every other one.
+    * A non-blocking store (memory) is called inline: it holds only a short in-process lock.
+    * A blocking store's :meth:`~Store.batch_methods` (SQLite's decisions) are **grouped**:
+      the decisions asked for during one turn of the event loop run one after the other in
+      one transaction (:meth:`~Store.run_batch`), so that concurrent requests share a commit
+      (an fsync, with ``synchronous=full``). Each still sees the ones before it, so limits stay
+      exact, and each caller gets its answer once the transaction is committed.
+    * A blocking store's :meth:`~Store.nowait_methods` are first tried inline with
+      :meth:`~Store.call_nowait` (SQLite with ``synchronous=normal``: a decision is a few index
+      seeks and a commit with no fsync, cheaper than the two thread switches it would take);
+      the same goes for the batches. When that would wait for a lock, the work goes to a
+      worker thread, one piece at a time, and the calls that come meanwhile wait for it.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.can_suspend = store.blocking
         self._nowait = store.nowait_methods() if store.blocking else frozenset()
+        self._batched = store.batch_methods() if store.blocking else frozenset()
         self._upkeep: set[asyncio.Future[None]] = set()
         self._waiting: asyncio.Future[Any] | None = None
+        self._queue: list[_Pending] | None = None
+        self._queue_loop: asyncio.AbstractEventLoop | None = None
+        self._batch_in_thread = False
 
     async def call(self, method: str, kwargs: dict[str, Any]) -> Any:
         store = self.store
@@ -35,6 +47,8 @@ class ThreadedAsyncStore(AsyncStore):
         if not store.blocking:
             return fn(**kwargs)
         loop = asyncio.get_running_loop()
+        if method in self._batched and self._queue_loop in (None, loop):
+            return await self._grouped(loop, method, kwargs)
         if method not in self._nowait:
             return await loop.run_in_executor(None, functools.partial(fn, **kwargs))
         while True:
@@ -55,6 +69,56 @@ class ThreadedAsyncStore(AsyncStore):
         self._waiting = future
         return await future
 
+    # -- group commit -------------------------------------------------------------------------
+    async def _grouped(self, loop: asyncio.AbstractEventLoop, method: str, kwargs: Any) -> Any:
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._queue is None:
+            self._queue, self._queue_loop = [], loop
+            if not self._batch_in_thread:
+                loop.call_soon(self._flush, loop)
+        self._queue.append((method, kwargs, future))
+        return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        queue, self._queue, self._queue_loop = self._queue or [], None, None
+        # A call whose caller was cancelled before its turn is not run at all.
+        pending = [item for item in queue if not item[2].cancelled()]
+        if not pending:
+            return
+        calls = [(method, kwargs) for method, kwargs, _ in pending]
+        if self._nowait:
+            try:
+                results = self.store.run_batch(calls, nowait=True)
+            except WouldBlock:
+                pass  # a lock is taken: the batch waits for it in a worker thread
+            except BaseException as exc:  # the transaction failed: nothing was written
+                _fail(pending, exc)
+                return
+            else:
+                _deliver(pending, results)
+                self._start_upkeep(loop)
+                return
+        self._batch_in_thread = True
+        self._queue_loop = loop  # calls arriving meanwhile queue for the next batch
+        running = loop.run_in_executor(None, functools.partial(self.store.run_batch, calls))
+        running.add_done_callback(functools.partial(self._thread_batch_done, loop, pending))
+
+    def _thread_batch_done(
+        self, loop: asyncio.AbstractEventLoop, pending: list[_Pending], done: asyncio.Future[Any]
+    ) -> None:
+        self._batch_in_thread = False
+        if done.cancelled():
+            _fail(pending, asyncio.CancelledError())
+        elif done.exception() is not None:
+            _fail(pending, done.exception())  # type: ignore[arg-type]
+        else:
+            _deliver(pending, done.result())
+        if self._queue:
+            loop.call_soon(self._flush, loop)
+        else:
+            self._queue_loop = None
+
+    # -- upkeep -------------------------------------------------------------------------------
     def _start_upkeep(self, loop: asyncio.AbstractEventLoop) -> None:
         work = self.store.upkeep()  # the store hands each piece out once
         if work is not None:
@@ -71,3 +135,19 @@ class ThreadedAsyncStore(AsyncStore):
         if self._upkeep:
             await asyncio.wait(self._upkeep)
         self.store.close()
+
+
+def _deliver(pending: list[_Pending], results: list[tuple[bool, Any]]) -> None:
+    for (_method, _kwargs, future), (ok, value) in zip(pending, results, strict=True):
+        if future.cancelled():
+            continue  # the caller went away; what it asked for was done all the same
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _fail(pending: list[_Pending], exc: BaseException) -> None:
+    for _method, _kwargs, future in pending:
+        if not future.done():
+            future.set_exception(exc)

@@ -273,6 +273,21 @@ class Store(ABC):
         :class:`WouldBlock` having written nothing. Only for :meth:`nowait_methods`."""
         raise WouldBlock(method)
 
+    def batch_methods(self) -> frozenset[str]:
+        """The writes :meth:`run_batch` may group into one transaction (none by default)."""
+        return frozenset()
+
+    def run_batch(
+        self, calls: Sequence[tuple[str, dict[str, Any]]], *, nowait: bool = False
+    ) -> list[tuple[bool, Any]]:
+        """Run ``calls`` one after the other in **one** transaction (group commit): each sees
+        the ones before it, and a call that fails leaves no trace and does not affect the
+        others. Returns ``(True, result)`` or ``(False, exception)`` per call, once the whole
+        transaction is committed; if the commit fails, raises and nothing is written. With
+        ``nowait``, raises :class:`WouldBlock` (nothing written) instead of waiting for a lock.
+        Only for :meth:`batch_methods`."""
+        raise WouldBlock("run_batch")
+
     def upkeep(self) -> Callable[[], None] | None:
         """Work owed by :meth:`call_nowait` calls (such as a WAL checkpoint), to be run in a
         worker thread; ``None`` when nothing is due. Each piece is handed out once."""

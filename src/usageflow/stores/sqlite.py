@@ -371,6 +371,48 @@ class SQLiteStore(Store):
         finally:
             local.nowait = False
 
+    #: The decisions an event loop groups into one transaction when several are pending.
+    BATCHED: ClassVar[frozenset[str]] = frozenset({"charge", "reserve", "settle"})
+
+    def batch_methods(self) -> frozenset[str]:
+        return self.BATCHED
+
+    def run_batch(
+        self, calls: Sequence[tuple[str, dict[str, Any]]], *, nowait: bool = False
+    ) -> list[tuple[bool, Any]]:
+        if any(method not in self.BATCHED for method, _ in calls):
+            raise WouldBlock("run_batch")
+        local = self._local
+        local.nowait = nowait
+        results: list[tuple[bool, Any]] = []
+        if len(calls) == 1:  # its own transaction: no savepoint needed
+            method, kwargs = calls[0]
+            try:
+                results.append((True, getattr(self, method)(**kwargs)))
+            except WouldBlock:
+                raise
+            except Exception as exc:
+                results.append((False, exc))
+            finally:
+                local.nowait = False
+            return results
+        try:
+            with self._tx("run_batch", self.tables.usage_events) as conn:
+                local.batch = conn
+                try:
+                    for method, kwargs in calls:
+                        try:
+                            results.append((True, getattr(self, method)(**kwargs)))
+                        except Exception as exc:  # rolled back to its savepoint
+                            results.append((False, exc))
+                finally:
+                    local.batch = None
+        finally:
+            local.nowait = False
+        if nowait:
+            self._nowait_commits += len(calls) - 1  # the transaction counted one
+        return results
+
     def upkeep(self) -> Callable[[], None] | None:
         if self._nowait_commits < self.CHECKPOINT_EVERY or self._checkpointing.locked():
             return None
@@ -418,6 +460,20 @@ class SQLiteStore(Store):
     ) -> Iterator[sqlite3.Connection]:
         """A transaction: ``BEGIN IMMEDIATE`` for writes (the lock is held from the first read),
         a deferred one for consistent reads. Driver errors become ``USAGE_CONFIG_ERROR``."""
+        batch: sqlite3.Connection | None = self._local.__dict__.get("batch")
+        if batch is not None:  # inside run_batch: one savepoint per call
+            try:
+                batch.execute("SAVEPOINT call")
+                try:
+                    yield batch
+                except BaseException:
+                    batch.execute("ROLLBACK TO call")
+                    batch.execute("RELEASE call")
+                    raise
+                batch.execute("RELEASE call")
+            except sqlite3.Error as exc:
+                raise self._error(exc, operation, table) from None
+            return
         nowait = self._local.__dict__.get("nowait", False)
         conn = self._borrow()
         locked = False
