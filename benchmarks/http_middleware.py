@@ -1,22 +1,23 @@
 """Requests per second of one small app, bare and metered, against the rate-limit peers.
 
     python benchmarks/http_middleware.py [--n 4000] [--rounds 3] [--concurrency 1]
-    python benchmarks/http_middleware.py --http [--n 3000] [--connections 8]
+    python benchmarks/http_middleware.py --http [--n 8000] [--rounds 2] [--connections 8]
 
-Starlette: bare; ``UsageFlowMiddleware`` on ``memory://`` and on SQLite (``AsyncUsageFlow``);
-slowapi on its in-memory storage. Flask: bare; ``UsageFlowFlask`` + ``@metered`` on
-``memory://`` and on SQLite; Flask-Limiter on its in-memory storage. Every metered variant
-does its full work per request (UsageFlow: reserve, then commit with the quota headers; the
-peers: hit a moving-window counter and add their headers), one user, a quota that never runs
-out.
+Needs ``pip install -e ".[bench]"`` (the peers and the servers). Starlette: bare;
+``UsageFlowMiddleware`` on ``memory://`` and on SQLite (``AsyncUsageFlow``); slowapi on its
+in-memory storage. Flask: bare; ``UsageFlowFlask`` + ``@metered`` on ``memory://`` and on
+SQLite; Flask-Limiter on its in-memory storage. Every metered variant does its full work per
+request (UsageFlow: reserve, then commit with the quota headers; the peers: hit a
+moving-window counter and add their headers), one user, a quota that never runs out.
 
-The requests are driven in-process, straight through the ASGI / WSGI callable (no sockets,
-no client library), so the figures are the cost of the framework plus the metering alone:
-the harshest setting for the ratios, since a real server adds the same fixed cost to every
-variant. With ``--http`` each app is served in its own process instead (Starlette by
-uvicorn, Flask by Werkzeug's threaded server) and driven over keep-alive sockets on
-127.0.0.1 by a minimal asyncio client: the figures then include a real server, as in
-production. The best of ``--rounds`` rounds is kept. Run by hand; it is not a test.
+By default the requests are driven in-process, straight through the ASGI / WSGI callable (no
+sockets, no client library), timed in CPU seconds: the figures are the cost of the framework
+plus the metering alone, the harshest setting for the ratios. With ``--http`` each app is
+served in its own process (Starlette by uvicorn, with uvloop and httptools when installed;
+Flask by gunicorn, one gthread worker) and driven over keep-alive sockets on 127.0.0.1 by a
+minimal asyncio client; the figure is then the server's capacity, requests per CPU-second of
+the server process (from /proc, Linux), which the client sharing the machine does not blur.
+The best of ``--rounds`` rounds is kept. Run by hand; it is not a test.
 """
 
 from __future__ import annotations
