@@ -12,6 +12,7 @@ URL options: ``timeout`` (seconds to wait for the write lock, default 30), ``syn
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 import threading
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from usageflow.errors import UsageFlowError, config_error, invalid, reservation_error
@@ -207,6 +208,39 @@ CREATE TABLE IF NOT EXISTS "{t.stripe_exports}" (
 """
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Slot:
+    """One decision waiting for a group commit: what to run, then how it went."""
+
+    __slots__ = ("kwargs", "method", "outcome")
+
+    def __init__(self, method: str, kwargs: dict[str, Any]) -> None:
+        self.method = method
+        self.kwargs = kwargs
+        self.outcome: tuple[bool, Any] | None = None
+
+
+def _group_committed(
+    fn: Callable[Concatenate[SQLiteStore, P], R],
+) -> Callable[Concatenate[SQLiteStore, P], R]:
+    """Route a decision made from a thread through the store's group commit; calls made
+    inside a batch or on an event loop (:meth:`SQLiteStore.call_nowait`) run directly."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def decision(self: SQLiteStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        local = self._local.__dict__
+        if args or local.get("nowait") or local.get("batch") is not None or local.get("direct"):
+            return fn(self, *args, **kwargs)
+        result: R = self._group_commit(name, kwargs)
+        return result
+
+    return decision
+
+
 class SQLiteStore(Store):
     """A SQLite database file shared by threads and processes."""
 
@@ -237,6 +271,9 @@ class SQLiteStore(Store):
         self._nowait_commits = 0
         self._checkpointing = threading.Lock()
         self._writer = threading.Lock()
+        self._group = threading.Condition()
+        self._group_queue: list[_Slot] = []
+        self._group_leading = False
         t = self.tables
         q = {
             name: f'"{getattr(t, name)}"'
@@ -387,6 +424,7 @@ class SQLiteStore(Store):
         results: list[tuple[bool, Any]] = []
         if len(calls) == 1:  # its own transaction: no savepoint needed
             method, kwargs = calls[0]
+            local.direct = True
             try:
                 results.append((True, getattr(self, method)(**kwargs)))
             except WouldBlock:
@@ -394,7 +432,7 @@ class SQLiteStore(Store):
             except Exception as exc:
                 results.append((False, exc))
             finally:
-                local.nowait = False
+                local.nowait = local.direct = False
             return results
         try:
             with self._tx("run_batch", self.tables.usage_events) as conn:
@@ -412,6 +450,40 @@ class SQLiteStore(Store):
         if nowait:
             self._nowait_commits += len(calls) - 1  # the transaction counted one
         return results
+
+    def _group_commit(self, method: str, kwargs: dict[str, Any]) -> Any:
+        """Group commit for threads: the decisions that threads ask for while another batch
+        is being written wait for it, then go together in the next transaction, led by one of
+        them (each leader writes one batch, its own decision in it, then hands over)."""
+        slot = _Slot(method, kwargs)
+        with self._group:
+            self._group_queue.append(slot)
+            while slot.outcome is None and self._group_leading:
+                self._group.wait()
+            if slot.outcome is None:
+                self._group_leading = True
+                batch, self._group_queue = self._group_queue, []
+        if slot.outcome is None:
+            outcomes: list[tuple[bool, Any]] | None = None
+            try:
+                outcomes = self.run_batch([(s.method, s.kwargs) for s in batch])
+            except Exception as exc:  # the transaction failed: nothing written
+                outcomes = [(False, exc)] * len(batch)
+            finally:
+                with self._group:
+                    for waiting, outcome in zip(
+                        batch,
+                        outcomes or [(False, RuntimeError("interrupted"))] * len(batch),
+                        strict=True,
+                    ):
+                        waiting.outcome = outcome
+                    self._group_leading = False
+                    self._group.notify_all()
+        assert slot.outcome is not None
+        ok, value = slot.outcome
+        if ok:
+            return value
+        raise value
 
     def upkeep(self) -> Callable[[], None] | None:
         if self._nowait_commits < self.CHECKPOINT_EVERY or self._checkpointing.locked():
@@ -921,6 +993,7 @@ class SQLiteStore(Store):
             replayed=False,
         )
 
+    @_group_committed
     def charge(
         self,
         *,
@@ -959,6 +1032,7 @@ class SQLiteStore(Store):
             )
             return Charge(True, used + credits, held, event)
 
+    @_group_committed
     def reserve(
         self,
         *,
@@ -1011,6 +1085,7 @@ class SQLiteStore(Store):
             self._bump_holds(c, user_id, feature_name, 1)
             return Charge(True, used, held + credits, reservation_id=reservation_id)
 
+    @_group_committed
     def settle(
         self,
         *,
