@@ -903,14 +903,25 @@ class SQLiteStore(Store):
         now: datetime,
         counter: tuple[Any, ...],
     ) -> int:
+        return self._live_holds(c, user_id, feature_name, now, counter)[0]
+
+    def _live_holds(
+        self,
+        c: sqlite3.Connection,
+        user_id: str,
+        feature_name: str,
+        now: datetime,
+        counter: tuple[Any, ...],
+    ) -> tuple[int, int]:
+        """Credits held by unexpired holds, and how many such holds there are."""
         if not counter[5]:
-            return 0
+            return 0, 0
         row = c.execute(
-            f"SELECT COALESCE(SUM(credits), 0) FROM {self._q['holds']} "
+            f"SELECT COALESCE(SUM(credits), 0), COUNT(*) FROM {self._q['holds']} "
             "WHERE user_id = ? AND feature_name = ? AND status = 'held' AND expires_at > ?",
             (user_id, feature_name, _ts(now)),
         ).fetchone()
-        return int(row[0])
+        return int(row[0]), int(row[1])
 
     def _event(self, row: tuple[Any, ...], replayed: bool = False) -> UsageEvent:
         return UsageEvent(
@@ -946,6 +957,7 @@ class SQLiteStore(Store):
         idempotency_key: str | None,
         *,
         reset: bool = False,
+        holds_delta: int = 0,
     ) -> UsageEvent:
         total, last_ts, last_reset_at, reset_base, reset_pre, _holds = counter
         if credits is not None:
@@ -976,8 +988,18 @@ class SQLiteStore(Store):
             "last_reset_at, reset_base, reset_pre_total) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (user_id, feature_name) DO UPDATE SET total = excluded.total, "
             "last_ts = excluded.last_ts, last_reset_at = excluded.last_reset_at, "
-            "reset_base = excluded.reset_base, reset_pre_total = excluded.reset_pre_total",
-            (user_id, feature_name, new_total, ts, last_reset_at, reset_base, reset_pre),
+            "reset_base = excluded.reset_base, reset_pre_total = excluded.reset_pre_total, "
+            "open_holds = max(open_holds + ?, 0)",
+            (
+                user_id,
+                feature_name,
+                new_total,
+                ts,
+                last_reset_at,
+                reset_base,
+                reset_pre,
+                holds_delta,
+            ),
         )
         event_id = cur.lastrowid
         assert event_id is not None
@@ -1049,17 +1071,15 @@ class SQLiteStore(Store):
         q = self._q
         with self._tx("reserve", self.tables.holds) as c:
             counter = self._counter(c, user_id, feature_name)
-            if counter[5]:  # open holds: sweep the expired ones first
+            used = self._used(c, user_id, feature_name, counter, window_start)
+            held, live = self._live_holds(c, user_id, feature_name, now, counter)
+            if live < counter[5]:  # some open holds have expired: mark them so
                 swept = c.execute(
                     f"UPDATE {q['holds']} SET status = 'expired' WHERE user_id = ? AND "
                     "feature_name = ? AND status = 'held' AND expires_at <= ?",
                     (user_id, feature_name, _ts(now)),
                 ).rowcount
-                if swept:
-                    self._bump_holds(c, user_id, feature_name, -swept)
-                    counter = self._counter(c, user_id, feature_name)
-            used = self._used(c, user_id, feature_name, counter, window_start)
-            held = self._held(c, user_id, feature_name, now, counter)
+                self._bump_holds(c, user_id, feature_name, -swept)
             if idempotency_key is not None:
                 row = c.execute(
                     f"SELECT id FROM {q['holds']} WHERE idempotency_key = ?", (idempotency_key,)
@@ -1106,9 +1126,9 @@ class SQLiteStore(Store):
             key = f"reservation:{reservation_id}"
             if status == "committed":
                 return self._by_key(c, key)
-            if status == "held":  # no longer open, whatever happens next
-                self._bump_holds(c, user_id, feature_name, -1)
+            closing = -1 if status == "held" else 0  # no longer open, whatever happens next
             if credits is None:
+                self._bump_holds(c, user_id, feature_name, closing)
                 c.execute(
                     f"UPDATE {q['holds']} SET status = 'released' WHERE id = ?", (reservation_id,)
                 )
@@ -1120,7 +1140,16 @@ class SQLiteStore(Store):
                 )
             counter = self._counter(c, user_id, feature_name)
             event = self._append(
-                c, counter, user_id, feature_name, credits, "usage", now, metadata, key
+                c,
+                counter,
+                user_id,
+                feature_name,
+                credits,
+                "usage",
+                now,
+                metadata,
+                key,
+                holds_delta=closing,
             )
             c.execute(
                 f"UPDATE {q['holds']} SET status = 'committed', event_id = ? WHERE id = ?",
