@@ -3,7 +3,8 @@
 Both expose the same methods with the same arguments and results. Each method validates and
 decides in :class:`usageflow._core.Core`; the driver only performs the store calls the core
 asks for: directly (``UsageFlow``) or awaited (``AsyncUsageFlow``, where a blocking store
-such as SQLite runs in a worker thread so the event loop never waits on I/O).
+such as SQLite runs in a worker thread, or inline when it cannot wait, so that the event loop
+never waits on I/O; see docs/stores.md).
 """
 
 from __future__ import annotations
