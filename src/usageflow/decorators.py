@@ -14,7 +14,10 @@ Before the handler runs, the credits are reserved (atomically checked and held);
 returns they are committed if the response is charged (a status below 400 by default, read
 from the returned response or ``(body, status)`` tuple), and released when it is not or when
 the handler raises. ``credits`` may be a function of the handler's return value, so a handler
-can charge what it actually used; ``reserve`` credits (default 1) are then held up front.
+can charge what it actually used; ``reserve`` credits (default 1) are then held up front. A
+handler that streams (a Starlette ``StreamingResponse``; in Flask a generator or a streamed
+``Response``) is charged when its body has been produced to the end, ``credits`` computed
+then; a stream that fails or is cut costs nothing.
 
 The flow and the request's user come from the framework integration serving the request
 (``UsageFlowMiddleware`` for Starlette and FastAPI, ``UsageFlowFlask`` for Flask) or are given
@@ -31,7 +34,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, ParamSpec, TypeVar, cast
 
 from usageflow.context import current_user_id
@@ -77,6 +80,106 @@ def _status_of(result: object) -> int:
         if isinstance(status, str) and status[:3].isdigit():
             return int(status[:3])
     return 200
+
+
+class _SettledBody:
+    """A streamed WSGI body (Flask) that settles its reservation once: committed when it has
+    been read to the end, released when it is closed before (the client went away), fails,
+    or is closed without ever being read."""
+
+    def __init__(self, body: Iterable[Any], finish: Callable[[bool], None]) -> None:
+        self._body = body
+        self._it: Iterator[Any] = iter(body)
+        self._finish = finish
+        self._settled = False
+
+    def __iter__(self) -> _SettledBody:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._settle(True)
+            raise
+        except BaseException:
+            self._settle(False)
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._settle(False)
+
+    def _settle(self, completed: bool) -> None:
+        if not self._settled:
+            self._settled = True
+            self._finish(completed)
+
+
+class _SettledAsyncBody:
+    """The ``body_iterator`` of a Starlette ``StreamingResponse``, settling its reservation
+    once: committed when the stream has been produced to its end, released when it fails,
+    is cancelled or is closed before."""
+
+    def __init__(self, body: AsyncIterable[Any], finish: Callable[[bool], Awaitable[None]]) -> None:
+        self._it: AsyncIterator[Any] = body.__aiter__()
+        self._finish = finish
+        self._settled = False
+
+    def __aiter__(self) -> _SettledAsyncBody:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._it.__anext__()
+        except StopAsyncIteration:
+            await self._settle(True)
+            raise
+        except BaseException:
+            await self._settle(False)
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            close = getattr(self._it, "aclose", None)
+            if close is not None:
+                await close()
+        finally:
+            await self._settle(False)
+
+    async def _settle(self, completed: bool) -> None:
+        if not self._settled:
+            self._settled = True
+            await self._finish(completed)
+
+
+def _stream_of(result: object) -> tuple[str, Any] | None:
+    """Whether the handler's result is a body produced after it returns, and which kind:
+    ``("async", response)`` for a Starlette ``StreamingResponse``, ``("sync", ...)`` for a
+    streamed Werkzeug response, a generator, or a Flask tuple starting with one of them."""
+    body = getattr(result, "body_iterator", None)
+    if body is not None and hasattr(body, "__aiter__"):
+        return "async", result
+    if getattr(result, "is_streamed", False) and getattr(result, "response", None) is not None:
+        return "sync", result
+    if inspect.isgenerator(result):
+        return "sync", result
+    if isinstance(result, tuple) and result and _stream_of(result[0]) is not None:
+        return "sync", result
+    return None
+
+
+def _wrap_sync_stream(result: Any, finish: Callable[[bool], None]) -> Any:
+    if isinstance(result, tuple):
+        return (_wrap_sync_stream(result[0], finish), *result[1:])
+    if inspect.isgenerator(result):
+        return _SettledBody(result, finish)
+    result.response = _SettledBody(result.response, finish)
+    return result
 
 
 class _Plan:
@@ -245,15 +348,11 @@ def _async_wrapper(
             finally:
                 current_user_id.reset(user_token)
             charged = plan.charge_if(_status_of(result))
-            amount: int | None = None
-            if charged:
-                amount = held.credits
-                if not isinstance(meter.credits, int):
-                    value = meter.credits(result)
-                    if inspect.isawaitable(value):
-                        value = await value
-                    checked = settle_credits(value, meter.feature)
-                    amount = held.credits if checked is None else checked
+            stream = _stream_of(result) if charged else None
+            if stream is not None:  # produced after we return: settled when it ends
+                plan.record(held, held.credits)
+                return _defer_to_stream(stream, result, gate.flow, plan, held, meter)
+            amount = await _amount_async(meter, held, result) if charged else None
             await _settle_async(gate, plan, held, amount, meter)
             plan.record(held, amount)
             return result
@@ -262,6 +361,76 @@ def _async_wrapper(
 
     wrapper.__usageflow_meter__ = meter  # type: ignore[attr-defined]
     return wrapper
+
+
+async def _amount_async(meter: Meter, held: AnyReservation, result: object) -> int:
+    """The credits to commit: the meter's int, or its function of the result (the reserved
+    amount when that function fails or returns something unusable)."""
+    if isinstance(meter.credits, int):
+        return held.credits
+    value = meter.credits(result)
+    if inspect.isawaitable(value):
+        value = await value
+    checked = settle_credits(value, meter.feature)
+    return held.credits if checked is None else checked
+
+
+def _amount_sync(gate: SyncGate, meter: Meter, held: AnyReservation, result: object) -> int:
+    if isinstance(meter.credits, int):
+        return held.credits
+    value = meter.credits(result)
+    if inspect.isawaitable(value):
+        value = gate.resolve(value)
+    checked = settle_credits(value, meter.feature)
+    return held.credits if checked is None else checked
+
+
+def _credits_failed(meter: Meter) -> None:
+    logger.exception(
+        "usageflow: the credits function of %r raised at the end of a stream; "
+        "the reserved credits are charged",
+        meter.feature,
+    )
+
+
+def _defer_to_stream(
+    stream: tuple[str, Any],
+    result: Any,
+    flow: AnyFlow,
+    plan: _Plan,
+    held: AnyReservation,
+    meter: Meter,
+) -> Any:
+    """Hand the settling of ``held`` to the streamed body of ``result``."""
+    kind, response = stream
+    if kind == "async":
+        gate = AsyncGate(flow)
+
+        async def finish_async(completed: bool) -> None:
+            amount: int | None = None
+            if completed:
+                try:
+                    amount = await _amount_async(meter, held, result)
+                except Exception:
+                    _credits_failed(meter)
+                    amount = held.credits
+            await _settle_async(gate, plan, held, amount, meter)
+
+        response.body_iterator = _SettledAsyncBody(response.body_iterator, finish_async)
+        return result
+    sync_gate = SyncGate(flow)
+
+    def finish(completed: bool) -> None:
+        amount: int | None = None
+        if completed:
+            try:
+                amount = _amount_sync(sync_gate, meter, held, result)
+            except Exception:
+                _credits_failed(meter)
+                amount = held.credits
+        _settle_sync(sync_gate, plan, held, amount, meter)
+
+    return _wrap_sync_stream(result, finish)
 
 
 async def _settle_async(
@@ -326,15 +495,11 @@ def _sync_wrapper(
             finally:
                 current_user_id.reset(user_token)
             charged = plan.charge_if(_status_of(result))
-            amount: int | None = None
-            if charged:
-                amount = held.credits
-                if not isinstance(meter.credits, int):
-                    value = meter.credits(result)
-                    if inspect.isawaitable(value):
-                        value = gate.resolve(value)
-                    checked = settle_credits(value, meter.feature)
-                    amount = held.credits if checked is None else checked
+            stream = _stream_of(result) if charged else None
+            if stream is not None:  # produced after we return: settled when it ends
+                plan.record(held, held.credits)
+                return cast(R, _defer_to_stream(stream, result, gate.flow, plan, held, meter))
+            amount = _amount_sync(gate, meter, held, result) if charged else None
             _settle_sync(gate, plan, held, amount, meter)
             plan.record(held, amount)
             return result
