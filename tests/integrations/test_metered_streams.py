@@ -81,8 +81,7 @@ def test_async_endpoint_stream_is_charged_what_it_sent_at_its_end(
 
 def test_a_stream_that_fails_midway_costs_nothing(any_flow: Any, reader: UsageFlow) -> None:
     with TestClient(fastapi_app(any_flow), raise_server_exceptions=False) as client:
-        r = client.get("/tokens?cut=1", headers=U1)
-        assert r.text == "0123456789" * 2  # the stream broke after two chunks
+        client.get("/tokens?cut=1", headers=U1)  # the stream breaks after two chunks
     assert used(reader, "u1", "tokens") == 0
     assert held(reader, "u1", "tokens") == 0  # released, not left to expire
 
