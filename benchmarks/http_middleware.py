@@ -17,7 +17,8 @@ served in its own process (Starlette by uvicorn, with uvloop and httptools when 
 Flask by gunicorn, one gthread worker) and driven over keep-alive sockets on 127.0.0.1 by a
 minimal asyncio client; the figure is then the server's capacity, requests per CPU-second of
 the server process (from /proc, Linux), which the client sharing the machine does not blur.
-The best of ``--rounds`` rounds is kept. Run by hand; it is not a test.
+The best of ``--rounds`` rounds is kept; rounds are interleaved across the variants. Run by
+hand; it is not a test.
 """
 
 from __future__ import annotations
@@ -359,10 +360,6 @@ def run_http(name: str, tmp: str, n: int, connections: int) -> tuple[float, floa
         child.wait(10)
 
 
-def best(rounds: int, run: Callable[[], float]) -> float:
-    return max(run() for _ in range(rounds))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=4000, help="requests per round")
@@ -408,19 +405,26 @@ def main() -> None:
         ("flask usageflow sqlite", lambda: drive_wsgi(sqlite_app, args.n)),
         ("flask flask-limiter memory", lambda: drive_wsgi(limiter_app, args.n)),
     ]
+    # Rounds are interleaved (every variant once, then again): drift on a shared machine
+    # then touches every variant alike instead of favouring whichever ran in a quiet spell.
     figures: dict[str, dict[str, float]] = {}
     if args.http:
-        for name in APPS:
-            rounds = [
-                run_http(name, str(tmp), args.n, args.connections) for _ in range(args.rounds)
-            ]
+        served: dict[str, list[tuple[float, float]]] = {name: [] for name in APPS}
+        for _ in range(args.rounds):
+            for name in APPS:
+                served[name].append(run_http(name, str(tmp), args.n, args.connections))
+        for name, rounds in served.items():
             wall, capacity = max(rounds, key=lambda r: r[1])
             results[name] = capacity
             print(f"{name:32s} {capacity:10,.0f} req/CPU-s of the server {wall:10,.0f} req/s")
             figures[name] = {"req_per_server_cpu_second": capacity, "req_per_second": wall}
     else:
-        for name, run in plan:
-            results[name] = best(args.rounds, run)
+        measured: dict[str, list[float]] = {name: [] for name, _ in plan}
+        for _ in range(args.rounds):
+            for name, run in plan:
+                measured[name].append(run())
+        for name, values in measured.items():
+            results[name] = max(values)
             print(f"{name:32s} {results[name]:10,.0f} req/s")
             figures[name] = {"req_per_second": results[name]}
 
