@@ -51,6 +51,7 @@ from usageflow.integrations._http import (
     active_features,
     check_flow,
     count_problem,
+    credits_function_failed,
     default_charge_if,
     find_binding,
     normalize_user_id,
@@ -371,8 +372,7 @@ async def _amount_async(meter: Meter, held: AnyReservation, result: object) -> i
     value = meter.credits(result)
     if inspect.isawaitable(value):
         value = await value
-    checked = settle_credits(value, meter.feature)
-    return held.credits if checked is None else checked
+    return settle_credits(value, meter.feature, held.credits)
 
 
 def _amount_sync(gate: SyncGate, meter: Meter, held: AnyReservation, result: object) -> int:
@@ -381,16 +381,7 @@ def _amount_sync(gate: SyncGate, meter: Meter, held: AnyReservation, result: obj
     value = meter.credits(result)
     if inspect.isawaitable(value):
         value = gate.resolve(value)
-    checked = settle_credits(value, meter.feature)
-    return held.credits if checked is None else checked
-
-
-def _credits_failed(meter: Meter) -> None:
-    logger.exception(
-        "usageflow: the credits function of %r raised at the end of a stream; "
-        "the reserved credits are charged",
-        meter.feature,
-    )
+    return settle_credits(value, meter.feature, held.credits)
 
 
 def _defer_to_stream(
@@ -412,7 +403,7 @@ def _defer_to_stream(
                 try:
                     amount = await _amount_async(meter, held, result)
                 except Exception:
-                    _credits_failed(meter)
+                    credits_function_failed(meter.feature)
                     amount = held.credits
             await _settle_async(gate, plan, held, amount, meter)
 
@@ -426,7 +417,7 @@ def _defer_to_stream(
             try:
                 amount = _amount_sync(sync_gate, meter, held, result)
             except Exception:
-                _credits_failed(meter)
+                credits_function_failed(meter.feature)
                 amount = held.credits
         _settle_sync(sync_gate, plan, held, amount, meter)
 

@@ -30,20 +30,16 @@ def memory_store(tmp_path: Path) -> Iterator[Store]:
 
 
 @contextmanager
-def sqlite_store(tmp_path: Path) -> Iterator[Store]:
-    store = open_store(f"sqlite:///{tmp_path / 'usageflow.db'}")
+def sqlite_store(tmp_path: Path, options: str = "") -> Iterator[Store]:
+    store = open_store(f"sqlite:///{tmp_path / 'usageflow.db'}{options}")
     store.migrate()
     yield store
     store.close()
 
 
-@contextmanager
-def sqlite_normal_store(tmp_path: Path) -> Iterator[Store]:
+def sqlite_normal_store(tmp_path: Path) -> AbstractContextManager[Store]:
     """``synchronous=normal``: the async API then tries decisions inline on the event loop."""
-    store = open_store(f"sqlite:///{tmp_path / 'usageflow.db'}?synchronous=normal")
-    store.migrate()
-    yield store
-    store.close()
+    return sqlite_store(tmp_path, "?synchronous=normal")
 
 
 #: name -> (factory, skip reason or None). Networked stores register themselves below.

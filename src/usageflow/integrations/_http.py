@@ -47,6 +47,7 @@ __all__ = [
     "RouteTable",
     "ServedResponse",
     "SyncGate",
+    "credits_function_failed",
     "default_charge_if",
     "problem_for",
     "quota_header_bytes",
@@ -745,9 +746,9 @@ active_features: ContextVar[frozenset[str]] = ContextVar(
 )
 
 
-def settle_credits(value: object, feature: str) -> int | None:
-    """Validate the result of a credits function: an int in ``[0, 2**63-1]``, else ``None``
-    (logged: the reserved amount is charged instead)."""
+def settle_credits(value: object, feature: str, reserved: int) -> int:
+    """The credits to commit from what a credits function returned: an int in
+    ``[0, 2**63-1]``, else the ``reserved`` amount (logged)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
         logger.error(
             "usageflow: the credits function of %r returned %r; "
@@ -755,8 +756,16 @@ def settle_credits(value: object, feature: str) -> int | None:
             feature,
             value,
         )
-        return None
+        return reserved
     return value
+
+
+def credits_function_failed(feature: str) -> None:
+    """Log a credits function that raised (the caller charges the reserved credits)."""
+    logger.exception(
+        "usageflow: the credits function of %r raised; the reserved credits are charged",
+        feature,
+    )
 
 
 def headers_of(decisions: Iterable[tuple[Decision, int]], now: datetime) -> list[tuple[str, str]]:

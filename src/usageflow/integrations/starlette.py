@@ -52,6 +52,7 @@ from usageflow.integrations._http import (
     ServedResponse,
     active_features,
     count_problem,
+    credits_function_failed,
     current_binding,
     default_charge_if,
     headers_of,
@@ -378,13 +379,9 @@ class UsageFlowMiddleware:
             if inspect.isawaitable(value):
                 value = await value
         except Exception:
-            logger.exception(
-                "usageflow: the credits function of %r raised; the reserved credits are charged",
-                meter.feature,
-            )
+            credits_function_failed(meter.feature)
             return held.credits
-        checked = settle_credits(value, meter.feature)
-        return held.credits if checked is None else checked
+        return settle_credits(value, meter.feature, held.credits)
 
     async def _settle(self, held: AnyReservation, credits: int | None, feature: str) -> None:
         try:

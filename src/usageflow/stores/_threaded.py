@@ -27,7 +27,8 @@ class ThreadedAsyncStore(AsyncStore):
       :meth:`~Store.call_nowait` (SQLite with ``synchronous=normal``: a decision is a few index
       seeks and a commit with no fsync, cheaper than the two thread switches it would take);
       the same goes for the batches. When that would wait for a lock, the work goes to a
-      worker thread, one piece at a time, and the calls that come meanwhile wait for it.
+      worker thread; while a batch waits there, the decisions that come meanwhile queue for
+      the next batch rather than follow it into threads.
     """
 
     def __init__(self, store: Store) -> None:
@@ -36,7 +37,6 @@ class ThreadedAsyncStore(AsyncStore):
         self._nowait = store.nowait_methods() if store.blocking else frozenset()
         self._batched = store.batch_methods() if store.blocking else frozenset()
         self._upkeep: set[asyncio.Future[None]] = set()
-        self._waiting: asyncio.Future[Any] | None = None
         self._queue: list[_Pending] | None = None
         self._queue_loop: asyncio.AbstractEventLoop | None = None
         self._batch_in_thread = False
@@ -49,25 +49,15 @@ class ThreadedAsyncStore(AsyncStore):
         loop = asyncio.get_running_loop()
         if method in self._batched and self._queue_loop in (None, loop):
             return await self._grouped(loop, method, kwargs)
-        if method not in self._nowait:
-            return await loop.run_in_executor(None, functools.partial(fn, **kwargs))
-        while True:
-            waiting = self._waiting
-            if waiting is not None and waiting.get_loop() is loop and not waiting.done():
-                # One call of this loop already waits for the lock in a thread: wait for it
-                # rather than send more (they would hold the lock in turn and keep every later
-                # call off the loop), then try inline again.
-                await asyncio.wait([waiting])
-                continue
+        if method in self._nowait:
             try:
                 result = store.call_nowait(method, kwargs)
             except WouldBlock:
-                break  # a lock is taken: wait for it in a worker thread
-            self._start_upkeep(loop)
-            return result
-        future = loop.run_in_executor(None, functools.partial(fn, **kwargs))
-        self._waiting = future
-        return await future
+                pass  # a lock is taken: wait for it in a worker thread
+            else:
+                self._start_upkeep(loop)
+                return result
+        return await loop.run_in_executor(None, functools.partial(fn, **kwargs))
 
     # -- group commit -------------------------------------------------------------------------
     async def _grouped(self, loop: asyncio.AbstractEventLoop, method: str, kwargs: Any) -> Any:

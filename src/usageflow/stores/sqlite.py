@@ -895,16 +895,6 @@ class SQLiteStore(Store):
             prefix = row[0] if row else 0
         return window_used(total, window_start, reset_at, reset_base, prefix)
 
-    def _held(
-        self,
-        c: sqlite3.Connection,
-        user_id: str,
-        feature_name: str,
-        now: datetime,
-        counter: tuple[Any, ...],
-    ) -> int:
-        return self._live_holds(c, user_id, feature_name, now, counter)[0]
-
     def _live_holds(
         self,
         c: sqlite3.Connection,
@@ -1034,7 +1024,7 @@ class SQLiteStore(Store):
             first = self._by_key(c, idempotency_key) if idempotency_key is not None else None
             if first is not None or limit is not None:
                 used = self._used(c, user_id, feature_name, counter, window_start)
-                held = self._held(c, user_id, feature_name, now, counter)
+                held = self._live_holds(c, user_id, feature_name, now, counter)[0]
             else:
                 used, held = counter[0], 0  # pure tracking: no window is asked for
             if first is not None:
@@ -1164,7 +1154,7 @@ class SQLiteStore(Store):
             counter = self._counter(c, user_id, feature_name)
             return (
                 self._used(c, user_id, feature_name, counter, window_start),
-                self._held(c, user_id, feature_name, now, counter),
+                self._live_holds(c, user_id, feature_name, now, counter)[0],
             )
 
     def reset(
