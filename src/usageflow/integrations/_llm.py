@@ -452,16 +452,20 @@ class Meter:
 
 
 # -- the I/O shells -------------------------------------------------------------------------------
-class SyncSettler:
-    """Settles one streamed call's reservation exactly once (threads)."""
+ResT = TypeVar("ResT", Reservation, AsyncReservation)
+
+
+class _Settler(Generic[ResT]):
+    """What a streamed call's settler keeps: its reservation and the tally of what was
+    received. The subclasses settle it exactly once, in threads or on an event loop."""
 
     def __init__(
-        self, meter: Meter, api: Api, call: Call, reservation: Reservation, request_id: str | None
+        self, meter: Meter, api: Api, call: Call, reservation: ResT, request_id: str | None
     ) -> None:
         self.meter = meter
         self.api = api
         self.call = call
-        self.reservation = reservation
+        self.reservation: ResT = reservation
         self.request_id = request_id
         self.tally = StreamTally(hide_usage=call.hide_usage)
         self.done = False
@@ -469,6 +473,10 @@ class SyncSettler:
     def observe(self, item: Any) -> bool:
         self.tally.items += 1
         return self.api.observe(self.tally, item)
+
+
+class SyncSettler(_Settler[Reservation]):
+    """Settles one streamed call's reservation exactly once (threads)."""
 
     def finish(self, completed: bool) -> None:
         if self.done:
@@ -487,28 +495,8 @@ class SyncSettler:
             logger.exception("usageflow: could not settle an abandoned %s stream", self.call.api)
 
 
-class AsyncSettler:
+class AsyncSettler(_Settler[AsyncReservation]):
     """The asyncio twin of :class:`SyncSettler`."""
-
-    def __init__(
-        self,
-        meter: Meter,
-        api: Api,
-        call: Call,
-        reservation: AsyncReservation,
-        request_id: str | None,
-    ) -> None:
-        self.meter = meter
-        self.api = api
-        self.call = call
-        self.reservation = reservation
-        self.request_id = request_id
-        self.tally = StreamTally(hide_usage=call.hide_usage)
-        self.done = False
-
-    def observe(self, item: Any) -> bool:
-        self.tally.items += 1
-        return self.api.observe(self.tally, item)
 
     async def finish(self, completed: bool) -> None:
         if self.done:
