@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conformance.test_enforcement import setup_plans
+from tests.support.stores import hold_rows
 from usageflow import ErrorCodes, UsageFlowError
 from usageflow.testing import FakeClock
 
@@ -96,6 +97,66 @@ def test_reserve_idempotency_key_returns_the_same_reservation(flow: Any) -> None
     again = flow.reserve("u1", "api", 4, idempotency_key="job-7")
     assert again.id == first.id and again.decision.replayed
     assert flow.fetch_usage("u1", "api").current == 4
+
+
+def test_a_committed_hold_leaves_no_row_and_its_event_answers_again(flow: Any) -> None:
+    """The holds table holds what is in flight, not history: a commit deletes its hold (unless
+    it is keyed), and the ledger answers a repeated commit or a release."""
+    setup_plans(flow)
+    committed = flow.reserve("u1", "api", 2)
+    event = committed.commit()
+    keyed = flow.reserve("u1", "api", 1, idempotency_key="job-1")
+    keyed.commit()
+    released = flow.reserve("u1", "api", 1)
+    released.release()
+    open_ = flow.reserve("u1", "api", 1)
+    assert hold_rows(flow.store) == {
+        keyed.id: "committed",
+        released.id: "released",
+        open_.id: "held",
+    }
+    again = committed.commit()
+    assert again.replayed and again.id == event.id and again.credits_used == 2
+    committed.release()  # after a commit: changes nothing
+    replay = flow.reserve("u1", "api", 1, idempotency_key="job-1")
+    assert replay.id == keyed.id and replay.decision.replayed
+    with pytest.raises(UsageFlowError) as err:
+        released.commit()
+    assert err.value.code is ErrorCodes.USAGE_RESERVATION_ERROR
+    assert "released" in err.value.message
+    assert flow.get_total_usage("u1", "api") == 3
+    assert flow.fetch_usage("u1", "api").current == 4  # and the open hold
+    assert flow.store.ledger_check(user_id="u1", feature_name="api") == (3, 3)
+
+
+def test_settled_and_expired_holds_are_deleted_a_day_after_their_expiry(
+    flow: Any, clock: FakeClock
+) -> None:
+    setup_plans(flow)
+    released = flow.reserve("u1", "api", 1, ttl=60)
+    released.release()
+    expired = flow.reserve("u1", "api", 1, ttl=60)
+    keyed = flow.reserve("u1", "api", 1, ttl=60, idempotency_key="job-2")
+    keyed.commit()
+    clock.advance(seconds=61)
+    flow.reserve("u1", "api", 1, ttl=60).release()  # sweeps `expired`: kept, marked so
+    assert hold_rows(flow.store)[expired.id] == "expired"
+    clock.advance(seconds=86_400 - 1)  # not yet a day past their expiry
+    flow.reserve("u1", "api", 1, ttl=60).release()
+    assert {released.id, expired.id, keyed.id} <= set(hold_rows(flow.store))
+    clock.advance(seconds=2)
+    last = flow.reserve("u1", "api", 1, ttl=60)
+    last.release()  # prunes this user and feature's holds settled over a day ago
+    rows = hold_rows(flow.store)
+    assert not {released.id, expired.id, keyed.id} & set(rows)
+    assert rows[last.id] == "released"
+    for gone in (released, expired):
+        with pytest.raises(UsageFlowError) as err:
+            gone.commit()
+        assert err.value.code is ErrorCodes.USAGE_RESERVATION_ERROR
+    fresh = flow.reserve("u1", "api", 1, idempotency_key="job-2")  # the key is free again
+    assert fresh.id != keyed.id and not fresh.decision.replayed
+    assert flow.get_total_usage("u1", "api") == 1
 
 
 def test_reservation_errors(flow: Any) -> None:

@@ -3,6 +3,7 @@ whose write fails leaves no trace, not even its processed-event record)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -42,13 +43,50 @@ def test_upgrade_from_schema_1_keeps_data(tmp_path: Path) -> None:
     assert not {f"usage_events{s}" for s in STRIPE_TABLES} & tables(path)
 
     flow = UsageFlow(f"sqlite:///{path}", stripe_webhook_secret=SECRET)
-    assert flow.migrate() == SCHEMA_VERSION == 2
-    assert flow.migrate() == 2  # idempotent
+    assert flow.migrate() == SCHEMA_VERSION == 3
+    assert flow.migrate() == 3  # idempotent
     assert {f"usage_events{s}" for s in STRIPE_TABLES} <= tables(path)
     assert flow.get_total_usage("u1", "exports") == 2
     assert deliver(flow, Events().checkout("cus_1", T0, client_reference_id="u1")).action == (
         "applied"
     )
+    flow.close()
+
+
+def test_upgrade_from_schema_2_drops_the_committed_holds_it_kept(tmp_path: Path) -> None:
+    """Version 2 kept every committed hold; version 3 deletes them (their events answer a
+    repeated commit) and keeps the keyed ones, which replay a reserve."""
+    path = tmp_path / "v2.db"
+    flow = UsageFlow(f"sqlite:///{path}")
+    flow.create_plan("Free", is_free=True, limits={"api": 100})
+    plain = flow.reserve("u1", "api", 2)
+    event = plain.commit()
+    keyed = flow.reserve("u1", "api", 1, idempotency_key="job-1")
+    keyed.commit()
+    flow.close()
+    conn = sqlite3.connect(path)
+    conn.execute(  # what version 2 left behind: the committed hold, with its event
+        "INSERT INTO usage_events_holds (id, user_id, feature_name, credits, status, "
+        "created_at, expires_at, event_id) VALUES (?, 'u1', 'api', 2, 'committed', "
+        "'2024-01-01 00:00:00', '2024-01-01 00:05:00', ?)",
+        (plain.id, event.id),
+    )
+    conn.execute('DROP INDEX "idx_usage_events_holds_settled"')
+    conn.execute("UPDATE usageflow_schema SET version = 2")
+    conn.commit()
+    conn.close()
+    flow = UsageFlow(f"sqlite:///{path}")
+    assert flow.migrate() == SCHEMA_VERSION == 3
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT id, status FROM usage_events_holds").fetchall()
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert rows == [(keyed.id, "committed")]
+    assert "idx_usage_events_holds_settled" in indexes
+    again = flow.reserve("u1", "api", 1, idempotency_key="job-1")
+    assert again.id == keyed.id and again.decision.replayed
+    replayed = flow.store.settle(reservation_id=plain.id, credits=2, now=T0, metadata=None)
+    assert replayed is not None and replayed.replayed and replayed.id == event.id
+    assert flow.get_total_usage("u1", "api") == 3
     flow.close()
 
 

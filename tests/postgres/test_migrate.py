@@ -123,3 +123,33 @@ def test_missing_driver_names_the_extra(
         build()  # type: ignore[operator]
     assert caught.value.code is ErrorCodes.USAGE_CONFIG_ERROR
     assert "pip install 'usageflow[" in caught.value.message
+
+
+def test_upgrade_from_schema_2_drops_the_committed_holds_it_kept(pg_url: str, schema: str) -> None:
+    """Version 2 kept every committed hold; version 3 deletes them (their events, keyed by the
+    reservation, answer a repeated commit) and keeps the keyed ones, which replay a reserve."""
+    store = PostgresStore(store_url(pg_url, schema))
+    store.migrate()
+    flow = UsageFlow(store)
+    flow.create_plan("Free", is_free=True, limits={"api": 100})
+    plain = flow.reserve("u1", "api", 2)
+    event = plain.commit()
+    keyed = flow.reserve("u1", "api", 1, idempotency_key="job-1")
+    keyed.commit()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        # What version 2 left behind: the committed hold, with its event.
+        conn.execute(
+            "INSERT INTO usage_events_holds (id, user_id, feature_name, credits, status, "
+            "expires_at, event_id) VALUES (%s, 'u1', 'api', 2, 'committed', now(), %s)",
+            (plain.id, event.id),
+        )
+        conn.execute("UPDATE usageflow_schema SET version = 2")
+        assert store.migrate() == SCHEMA_VERSION == 3
+        rows = conn.execute("SELECT id, status FROM usage_events_holds").fetchall()
+    assert rows == [(keyed.id, "committed")]
+    again = plain.commit()
+    assert again.replayed and again.id == event.id
+    assert flow.reserve("u1", "api", 1, idempotency_key="job-1").id == keyed.id
+    assert flow.get_total_usage("u1", "api") == 3
+    store.close()

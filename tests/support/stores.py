@@ -7,6 +7,7 @@ so that nothing is skipped there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -110,3 +111,31 @@ def supabase_store(tmp_path: Path) -> Iterator[Store]:
 _pg_reason = None if postgres_url() else _NO_POSTGRES
 STORES["postgres"] = (postgres_store, _pg_reason)
 STORES["supabase"] = (supabase_store, _pg_reason)
+
+
+def hold_rows(store: Store) -> dict[str, str]:
+    """The holds a store keeps, id -> status, read from its real table (or, in memory, its
+    dict): what the holds-pruning tests look at, since no public API lists holds."""
+    from usageflow.stores.memory import MemoryStore
+    from usageflow.stores.postgres import PostgresStore
+    from usageflow.stores.sqlite import SQLiteStore
+    from usageflow.stores.supabase import SupabaseStore
+
+    if isinstance(store, MemoryStore):
+        return {h.id: h.status for h in store._holds.values()}
+    sql = f'SELECT id, status FROM "{store.tables.holds}"'
+    if isinstance(store, SQLiteStore):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            return dict(conn.execute(sql).fetchall())
+    if isinstance(store, (PostgresStore, SupabaseStore)):
+        import psycopg
+
+        schema = (
+            store._settings.schema if isinstance(store, SupabaseStore) else store.settings.schema
+        )
+        with psycopg.connect(_required_url()) as conn:
+            conn.execute(f'SET search_path TO "{schema}"')
+            return dict(conn.execute(sql).fetchall())  # type: ignore[arg-type]
+    raise TypeError(f"no hold_rows for {store!r}")

@@ -237,12 +237,16 @@ def test_memory_store_forgets_old_settled_reservations() -> None:
     flow = UsageFlow(store)
     flow.create_plan("Free", is_free=True, limits={"x": -1})
     first = flow.reserve("u", "x", 1)
-    first.commit()
+    recorded = first.commit()
+    released = flow.reserve("u", "x", 1)
+    released.release()
     for _ in range(30):
         flow.reserve("u", "x", 1).commit()
     assert len(store._holds) <= 11
     assert flow.get_total_usage("u", "x") == 31
+    again = first.commit()  # forgotten, but its event answers: never double-charged
+    assert again.replayed and again.id == recorded.id
     with pytest.raises(UsageFlowError) as err:
-        first.commit()  # forgotten: reported, never double-charged
+        released.commit()  # forgotten: reported
     assert err.value.code is ErrorCodes.USAGE_RESERVATION_ERROR
     assert flow.get_total_usage("u", "x") == 31

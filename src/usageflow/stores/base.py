@@ -16,6 +16,12 @@ The ledger model shared by every store:
   the last reset is at or after ``s``, else the running total of the last event before ``s``
   (one index seek). Its cost does not grow with the number of past events.
 * holds are live reservations; they count as used until committed, released or expired.
+  A committed hold is deleted (its event, keyed ``reservation:<id>``, answers a repeated
+  commit), unless it carries an idempotency key, which replays the reservation. Released,
+  expired and keyed holds are kept for :data:`HOLD_GRACE` past their expiry (a late commit
+  still records, a commit after a release is still refused), then deleted the next time a
+  settle or a sweep touches their (user, feature). The holds table stays as small as the
+  work in flight.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -32,6 +38,7 @@ from usageflow.errors import config_error, invalid
 from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
 
 __all__ = [
+    "HOLD_GRACE",
     "INT64_MAX",
     "PROFILE_FIELDS",
     "AsyncStore",
@@ -49,6 +56,8 @@ __all__ = [
 ]
 
 INT64_MAX = 2**63 - 1
+#: How long a settled or expired hold is kept past its expiry (see the module docstring).
+HOLD_GRACE = timedelta(days=1)
 PROFILE_FIELDS = (
     "email",
     "plan",

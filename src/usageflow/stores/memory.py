@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from usageflow.errors import invalid, reservation_error
 from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
 from usageflow.stores.base import (
+    HOLD_GRACE,
     Charge,
     HourlyTotal,
     ResetInfo,
@@ -220,8 +221,10 @@ class MemoryStore(Store):
         active = self._active.get((user_id, feature_name))
         if not active:
             return 0
-        for hold_id in [i for i, h in active.items() if h.expires_at <= now]:
-            del active[hold_id]  # expired: no longer counts (it may still be committed)
+        for hold in [h for h in active.values() if h.expires_at <= now]:
+            del active[hold.id]  # expired: no longer counts (it may still be committed)
+            hold.status = "expired"
+            self._forget_settled(hold.id, now)
         return sum(h.credits for h in active.values())
 
     def _append(
@@ -341,13 +344,17 @@ class MemoryStore(Store):
     ) -> UsageEvent | None:
         with self._lock:
             hold = self._holds.get(reservation_id)
-            if hold is None:
-                raise reservation_error("no such reservation", reservation_id=reservation_id)
-            if self._active[(hold.user_id, hold.feature_name)].pop(reservation_id, None):
-                self._forget_settled(reservation_id)
+            if hold is None:  # never made, or committed and forgotten: its event answers
+                event = self._by_idem.get(f"reservation:{reservation_id}")
+                if event is None:
+                    raise reservation_error("no such reservation", reservation_id=reservation_id)
+                return event.model_copy(update={"replayed": True})
+            was_open = self._active[(hold.user_id, hold.feature_name)].pop(reservation_id, None)
             if credits is None:  # release
-                if hold.status == "held":
+                if hold.status in ("held", "expired"):
                     hold.status = "released"
+                if was_open:
+                    self._forget_settled(reservation_id, now)
                 return hold.event
             if hold.status == "committed":
                 return hold.event.model_copy(update={"replayed": True}) if hold.event else None
@@ -367,16 +374,34 @@ class MemoryStore(Store):
             )
             hold.status = "committed"
             hold.event = event
+            if hold.idempotency_key is None:  # its event answers a repeated commit
+                del self._holds[reservation_id]
+            elif was_open:
+                self._forget_settled(reservation_id, now)
             return event
 
-    def _forget_settled(self, reservation_id: str) -> None:
-        """Keep at most ``MAX_SETTLED`` settled holds (for idempotent commits): the memory store
-        serves long-running demos, which must not grow without bound."""
-        self._settled.append(reservation_id)
-        while len(self._settled) > self.MAX_SETTLED:
-            old = self._holds.pop(self._settled.popleft(), None)
-            if old is not None and old.idempotency_key is not None:
-                self._holds_by_idem.pop(old.idempotency_key, None)
+    def _forget_settled(self, reservation_id: str, now: datetime) -> None:
+        """Keep at most ``MAX_SETTLED`` settled or expired holds (a late commit records, a commit
+        after a release is refused, a keyed reserve replays): the memory store serves
+        long-running demos, which must not grow without bound. A commit without a key deletes
+        its hold at once. Like the SQL stores, it also forgets those past their expiry by
+        :data:`HOLD_GRACE` (oldest settled first)."""
+        settled, holds = self._settled, self._holds
+        settled.append(reservation_id)
+        cutoff = now - HOLD_GRACE
+        while settled:
+            oldest = holds.get(settled[0])  # None: committed since, and deleted
+            if (
+                oldest is not None
+                and len(settled) <= self.MAX_SETTLED
+                and oldest.expires_at >= cutoff
+            ):
+                break
+            settled.popleft()
+            if oldest is not None:
+                del holds[oldest.id]
+                if oldest.idempotency_key is not None:
+                    self._holds_by_idem.pop(oldest.idempotency_key, None)
 
     def usage(
         self, *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from usageflow.errors import UsageFlowError, config_error, invalid, reservation_error
 from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
 from usageflow.stores.base import (
+    HOLD_GRACE,
     PROFILE_FIELDS,
     Charge,
     HourlyTotal,
@@ -45,7 +46,7 @@ from usageflow.stores.base import (
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _TS = "%Y-%m-%d %H:%M:%S.%f"
 
 
@@ -79,8 +80,9 @@ def _json(value: dict[str, Any] | None) -> str | None:
 
 
 def schema_sql(t: Tables) -> str:
-    """The DDL of the schema (version 2: version 1 plus the Stripe tables), for these table
-    names. Every statement is idempotent, so upgrading from 1 runs it all again."""
+    """The DDL of the schema (version 3: version 1, the Stripe tables of version 2, the index
+    that prunes settled holds), for these table names. Every statement is idempotent, so
+    upgrading from 1 or 2 runs it all again."""
     return f"""
 CREATE TABLE IF NOT EXISTS "{t.user_plans}" (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -174,6 +176,11 @@ CREATE TABLE IF NOT EXISTS "{t.holds}" (
 );
 CREATE INDEX IF NOT EXISTS "idx_{t.holds}_active"
     ON "{t.holds}" (user_id, feature_name, expires_at) WHERE status = 'held';
+CREATE INDEX IF NOT EXISTS "idx_{t.holds}_settled"
+    ON "{t.holds}" (user_id, feature_name, expires_at) WHERE status <> 'held';
+-- Version 3 deletes committed holds (their events answer a repeated commit): drop the ones
+-- kept by version 2.
+DELETE FROM "{t.holds}" WHERE status = 'committed' AND idempotency_key IS NULL;
 CREATE TABLE IF NOT EXISTS "{t.stripe_events}" (
     event_id TEXT PRIMARY KEY,
     event_type TEXT NOT NULL,
@@ -1070,6 +1077,7 @@ class SQLiteStore(Store):
                     (user_id, feature_name, _ts(now)),
                 ).rowcount
                 self._bump_holds(c, user_id, feature_name, -swept)
+                self._prune_holds(c, user_id, feature_name, now)
             if idempotency_key is not None:
                 row = c.execute(
                     f"SELECT id FROM {q['holds']} WHERE idempotency_key = ?", (idempotency_key,)
@@ -1107,21 +1115,25 @@ class SQLiteStore(Store):
         q = self._q
         with self._tx("settle", self.tables.holds) as c:
             row = c.execute(
-                f"SELECT user_id, feature_name, status FROM {q['holds']} WHERE id = ?",
+                f"SELECT user_id, feature_name, status, idempotency_key FROM {q['holds']} "
+                "WHERE id = ?",
                 (reservation_id,),
             ).fetchone()
-            if row is None:
-                raise reservation_error("no such reservation", reservation_id=reservation_id)
-            user_id, feature_name, status = row
             key = f"reservation:{reservation_id}"
-            if status == "committed":
-                return self._by_key(c, key)
+            if row is None or row[2] == "committed":
+                # A committed hold is deleted (or kept, when keyed): its event answers.
+                event = self._by_key(c, key)
+                if event is None and row is None:
+                    raise reservation_error("no such reservation", reservation_id=reservation_id)
+                return event
+            user_id, feature_name, status, hold_key = row
             closing = -1 if status == "held" else 0  # no longer open, whatever happens next
             if credits is None:
                 self._bump_holds(c, user_id, feature_name, closing)
                 c.execute(
                     f"UPDATE {q['holds']} SET status = 'released' WHERE id = ?", (reservation_id,)
                 )
+                self._prune_holds(c, user_id, feature_name, now)
                 return None
             if status == "released":
                 raise reservation_error(
@@ -1141,11 +1153,25 @@ class SQLiteStore(Store):
                 key,
                 holds_delta=closing,
             )
-            c.execute(
-                f"UPDATE {q['holds']} SET status = 'committed', event_id = ? WHERE id = ?",
-                (event.id, reservation_id),
-            )
+            if hold_key is None:
+                c.execute(f"DELETE FROM {q['holds']} WHERE id = ?", (reservation_id,))
+            else:  # kept: a reserve with this key replays it
+                c.execute(
+                    f"UPDATE {q['holds']} SET status = 'committed', event_id = ? WHERE id = ?",
+                    (event.id, reservation_id),
+                )
+                self._prune_holds(c, user_id, feature_name, now)
             return event
+
+    def _prune_holds(
+        self, c: sqlite3.Connection, user_id: str, feature_name: str, now: datetime
+    ) -> None:
+        """Delete the settled or expired holds of this key kept past :data:`HOLD_GRACE`."""
+        c.execute(
+            f"DELETE FROM {self._q['holds']} WHERE user_id = ? AND feature_name = ? "
+            "AND status <> 'held' AND expires_at < ?",
+            (user_id, feature_name, _ts(now - HOLD_GRACE)),
+        )
 
     def usage(
         self, *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: Bumped whenever postgres.sql changes in a way that needs re-running.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TS = "timestamptz"
 
@@ -144,6 +144,7 @@ _HELPERS: dict[str, tuple[str, ...]] = {
     "used": ("@counters@", _TS),
     "lock": ("text", "text"),
     "held": ("@counters@", _TS),
+    "prune_holds": ("text", "text", _TS),
     "append": ("@counters@", "bigint", "text", _TS, "jsonb", "text"),
     "overflows": ("bigint", "bigint"),
     "plan_json": ("@plans@",),
@@ -181,6 +182,7 @@ def _names(tables: Tables) -> dict[str, str]:
         "ix_user": quote(f"{tables.usage_events}_user_idx"),
         "ix_adj": quote(f"{tables.usage_events}_adj_idx"),
         "ix_hold": quote(f"{tables.usage_events}_hold_idx"),
+        "ix_settled": quote(f"{tables.usage_events}_settled_idx"),
         "stripe_events": quote(tables.stripe_events),
         "stripe_subs": quote(tables.stripe_subscriptions),
         "stripe_cust": quote(tables.stripe_customers),

@@ -120,6 +120,14 @@ CREATE TABLE IF NOT EXISTS @holds@ (
 );
 CREATE INDEX IF NOT EXISTS @ix_hold@
     ON @holds@ (user_id, feature_name, expires_at) WHERE status = 'held';
+-- Settled or expired holds kept for a grace period (see @fn_prune_holds@).
+CREATE INDEX IF NOT EXISTS @ix_settled@
+    ON @holds@ (user_id, feature_name, expires_at) WHERE status <> 'held';
+-- Version 3 deletes committed holds whose event carries the reservation's key (that event
+-- answers a repeated commit): drop the ones kept by version 2.
+DELETE FROM @holds@ h WHERE h.status = 'committed' AND h.idempotency_key IS NULL
+    AND EXISTS (SELECT 1 FROM @events@ e
+                WHERE e.id = h.event_id AND e.idempotency_key = 'reservation:' || h.id);
 
 -- Stripe webhook state (see Store.apply_stripe_event) and the meter export cursors.
 CREATE TABLE IF NOT EXISTS @stripe_events@ (
@@ -221,6 +229,19 @@ BEGIN
 END
 $fn$;
 
+-- Delete the settled or expired holds of a (locked) key kept for a day past their expiry
+-- (a late commit still records, a commit after a release is still refused until then).
+CREATE OR REPLACE FUNCTION @fn_prune_holds@(
+    p_user_id TEXT, p_feature_name TEXT, p_now TIMESTAMPTZ
+) RETURNS VOID
+LANGUAGE sql VOLATILE
+SET search_path FROM CURRENT
+AS $fn$
+    DELETE FROM @holds@
+    WHERE user_id = p_user_id AND feature_name = p_feature_name
+      AND status <> 'held' AND expires_at < p_now - interval '1 day';
+$fn$;
+
 -- Credits held now by live holds of a (locked) key; holds past their expiry stop counting
 -- (status 'expired'; they may still be committed).
 CREATE OR REPLACE FUNCTION @fn_held@(c @counters@, p_now TIMESTAMPTZ) RETURNS NUMERIC
@@ -241,6 +262,7 @@ BEGIN
     IF v_expired > 0 THEN
         UPDATE @counters@ SET active_holds = active_holds - v_expired
         WHERE user_id = c.user_id AND feature_name = c.feature_name;
+        PERFORM @fn_prune_holds@(c.user_id, c.feature_name, p_now);
     END IF;
     SELECT coalesce(sum(h.credits), 0) INTO v_held FROM @holds@ h
     WHERE h.user_id = c.user_id AND h.feature_name = c.feature_name AND h.status = 'held';
@@ -390,13 +412,21 @@ DECLARE
     e @events@;
 BEGIN
     SELECT * INTO h FROM @holds@ WHERE id = p_reservation_id;
-    IF NOT FOUND THEN
-        RETURN jsonb_build_object('error', 'reservation', 'message', 'no such reservation',
-            'details', jsonb_build_object('reservation_id', p_reservation_id));
+    IF FOUND THEN
+        -- Lock order everywhere: the counters row of the key, then its holds.
+        c := @fn_lock@(h.user_id, h.feature_name);
+        SELECT * INTO h FROM @holds@ WHERE id = p_reservation_id FOR UPDATE;
     END IF;
-    -- Lock order everywhere: the counters row of the key, then its holds.
-    c := @fn_lock@(h.user_id, h.feature_name);
-    SELECT * INTO h FROM @holds@ WHERE id = p_reservation_id FOR UPDATE;
+    IF NOT FOUND THEN
+        -- Never made, or committed and deleted (by a concurrent commit, maybe): its event,
+        -- keyed by the reservation, answers.
+        SELECT * INTO e FROM @events@ WHERE idempotency_key = 'reservation:' || p_reservation_id;
+        IF NOT FOUND THEN
+            RETURN jsonb_build_object('error', 'reservation', 'message', 'no such reservation',
+                'details', jsonb_build_object('reservation_id', p_reservation_id));
+        END IF;
+        RETURN jsonb_build_object('event', @fn_event_json@(e), 'replayed', true);
+    END IF;
     IF h.event_id IS NOT NULL THEN
         SELECT * INTO e FROM @events@ WHERE id = h.event_id;
     END IF;
@@ -407,6 +437,7 @@ BEGIN
                 UPDATE @counters@ SET active_holds = active_holds - 1
                 WHERE user_id = h.user_id AND feature_name = h.feature_name;
             END IF;
+            PERFORM @fn_prune_holds@(h.user_id, h.feature_name, p_now);
         END IF;
         RETURN jsonb_build_object('event',
             CASE WHEN e.id IS NULL THEN NULL ELSE @fn_event_json@(e) END);
@@ -429,7 +460,12 @@ BEGIN
     IF e.id IS NULL THEN  -- someone recorded a charge under this very key: keep both
         e := @fn_append@(c, p_credits, 'usage', p_now, p_metadata, NULL);
     END IF;
-    UPDATE @holds@ SET status = 'committed', event_id = e.id WHERE id = h.id;
+    IF h.idempotency_key IS NULL AND e.idempotency_key IS NOT NULL THEN
+        DELETE FROM @holds@ WHERE id = h.id;  -- the event, keyed by the reservation, answers
+    ELSE  -- kept: a reserve with the hold's key replays it
+        UPDATE @holds@ SET status = 'committed', event_id = e.id WHERE id = h.id;
+        PERFORM @fn_prune_holds@(h.user_id, h.feature_name, p_now);
+    END IF;
     IF h.status = 'held' THEN
         UPDATE @counters@ SET active_holds = active_holds - 1
         WHERE user_id = h.user_id AND feature_name = h.feature_name;
