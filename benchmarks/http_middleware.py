@@ -248,6 +248,45 @@ APPS: dict[str, Callable[[str], Any]] = {
     ),
     "flask flask-limiter memory": lambda tmp: flask_limiter(),
 }
+#: (label, numerator, denominator): the ratios printed, when both variants were run.
+RATIOS = [
+    (
+        "starlette: usageflow memory / bare (target >= 0.85)",
+        "starlette usageflow memory",
+        "starlette bare",
+    ),
+    (
+        "starlette: usageflow memory / slowapi (target >= 1.0)",
+        "starlette usageflow memory",
+        "starlette slowapi memory",
+    ),
+    (
+        "starlette: usageflow sqlite / slowapi (target >= 0.67)",
+        "starlette usageflow sqlite",
+        "starlette slowapi memory",
+    ),
+    (
+        "starlette: slowapi / bare (the peer, for scale)",
+        "starlette slowapi memory",
+        "starlette bare",
+    ),
+    ("flask: usageflow memory / bare (target >= 0.85)", "flask usageflow memory", "flask bare"),
+    (
+        "flask: usageflow memory / flask-limiter (target >= 1.0)",
+        "flask usageflow memory",
+        "flask flask-limiter memory",
+    ),
+    (
+        "flask: usageflow sqlite / flask-limiter (target >= 0.67)",
+        "flask usageflow sqlite",
+        "flask flask-limiter memory",
+    ),
+    (
+        "flask: flask-limiter / bare (the peer, for scale)",
+        "flask flask-limiter memory",
+        "flask bare",
+    ),
+]
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *([0-9]+)")
 
 
@@ -369,6 +408,7 @@ def main() -> None:
     parser.add_argument("--http", action="store_true", help="serve each app, drive it by HTTP")
     parser.add_argument("--connections", type=int, default=8, help="HTTP keep-alive sockets")
     parser.add_argument("--wall", action="store_true", help="time in-process runs by wall clock")
+    parser.add_argument("--only", help="run only the variants whose name matches this regex")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -408,51 +448,35 @@ def main() -> None:
     # Rounds are interleaved (every variant once, then again): drift on a shared machine
     # then touches every variant alike instead of favouring whichever ran in a quiet spell.
     figures: dict[str, dict[str, float]] = {}
+
+    def chosen(name: str) -> bool:
+        return args.only is None or re.search(args.only, name) is not None
+
     if args.http:
-        served: dict[str, list[tuple[float, float]]] = {name: [] for name in APPS}
+        served: dict[str, list[tuple[float, float]]] = {name: [] for name in APPS if chosen(name)}
         for _ in range(args.rounds):
-            for name in APPS:
-                served[name].append(run_http(name, str(tmp), args.n, args.connections))
+            for name, rounds in served.items():
+                rounds.append(run_http(name, str(tmp), args.n, args.connections))
         for name, rounds in served.items():
             wall, capacity = max(rounds, key=lambda r: r[1])
             results[name] = capacity
             print(f"{name:32s} {capacity:10,.0f} req/CPU-s of the server {wall:10,.0f} req/s")
             figures[name] = {"req_per_server_cpu_second": capacity, "req_per_second": wall}
     else:
-        measured: dict[str, list[float]] = {name: [] for name, _ in plan}
+        measured: dict[str, list[float]] = {name: [] for name, _ in plan if chosen(name)}
         for _ in range(args.rounds):
             for name, run in plan:
-                measured[name].append(run())
+                if name in measured:
+                    measured[name].append(run())
         for name, values in measured.items():
             results[name] = max(values)
             print(f"{name:32s} {results[name]:10,.0f} req/s")
             figures[name] = {"req_per_second": results[name]}
 
     ratios = {
-        "starlette: usageflow memory / bare (target >= 0.85)": (
-            results["starlette usageflow memory"] / results["starlette bare"]
-        ),
-        "starlette: usageflow memory / slowapi (target >= 1.0)": (
-            results["starlette usageflow memory"] / results["starlette slowapi memory"]
-        ),
-        "starlette: usageflow sqlite / slowapi (target >= 0.67)": (
-            results["starlette usageflow sqlite"] / results["starlette slowapi memory"]
-        ),
-        "starlette: slowapi / bare (the peer, for scale)": (
-            results["starlette slowapi memory"] / results["starlette bare"]
-        ),
-        "flask: usageflow memory / bare (target >= 0.85)": (
-            results["flask usageflow memory"] / results["flask bare"]
-        ),
-        "flask: usageflow memory / flask-limiter (target >= 1.0)": (
-            results["flask usageflow memory"] / results["flask flask-limiter memory"]
-        ),
-        "flask: usageflow sqlite / flask-limiter (target >= 0.67)": (
-            results["flask usageflow sqlite"] / results["flask flask-limiter memory"]
-        ),
-        "flask: flask-limiter / bare (the peer, for scale)": (
-            results["flask flask-limiter memory"] / results["flask bare"]
-        ),
+        label: results[top] / results[bottom]
+        for label, top, bottom in RATIOS
+        if top in results and bottom in results
     }
     print()
     for name, ratio in ratios.items():
