@@ -65,13 +65,27 @@ def test_upgrade_from_schema_2_drops_the_committed_holds_it_kept(tmp_path: Path)
     keyed.commit()
     flow.close()
     conn = sqlite3.connect(path)
-    conn.execute(  # what version 2 left behind: the committed hold, with its event
+    kept = conn.execute("SELECT * FROM usage_events_holds").fetchall()
+    # Version 2's holds table (a rowid table, a UNIQUE key column), with the committed hold
+    # it kept beside the keyed one.
+    conn.execute("DROP TABLE usage_events_holds")
+    conn.execute(
+        "CREATE TABLE usage_events_holds (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, "
+        "feature_name TEXT NOT NULL, credits INTEGER NOT NULL, status TEXT NOT NULL "
+        "DEFAULT 'held', created_at TIMESTAMP NOT NULL, expires_at TIMESTAMP NOT NULL, "
+        "idempotency_key TEXT UNIQUE, event_id INTEGER)"
+    )
+    conn.execute(
+        'CREATE INDEX "idx_usage_events_holds_active" ON usage_events_holds '
+        "(user_id, feature_name, expires_at) WHERE status = 'held'"
+    )
+    conn.executemany("INSERT INTO usage_events_holds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", kept)
+    conn.execute(
         "INSERT INTO usage_events_holds (id, user_id, feature_name, credits, status, "
         "created_at, expires_at, event_id) VALUES (?, 'u1', 'api', 2, 'committed', "
         "'2024-01-01 00:00:00', '2024-01-01 00:05:00', ?)",
         (plain.id, event.id),
     )
-    conn.execute('DROP INDEX "idx_usage_events_holds_settled"')
     conn.execute("UPDATE usageflow_schema SET version = 2")
     conn.commit()
     conn.close()
@@ -79,9 +93,15 @@ def test_upgrade_from_schema_2_drops_the_committed_holds_it_kept(tmp_path: Path)
     assert flow.migrate() == SCHEMA_VERSION == 3
     with contextlib.closing(sqlite3.connect(path)) as conn:
         rows = conn.execute("SELECT id, status FROM usage_events_holds").fetchall()
-        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        schema = dict(conn.execute("SELECT name, sql FROM sqlite_master").fetchall())
     assert rows == [(keyed.id, "committed")]
-    assert "idx_usage_events_holds_settled" in indexes
+    assert "WITHOUT ROWID" in schema["usage_events_holds"]
+    assert "UNIQUE" not in schema["usage_events_holds"]
+    assert {
+        "idx_usage_events_holds_active",
+        "idx_usage_events_holds_settled",
+        "idx_usage_events_holds_key",
+    } <= set(schema)
     again = flow.reserve("u1", "api", 1, idempotency_key="job-1")
     assert again.id == keyed.id and again.decision.replayed
     replayed = flow.store.settle(reservation_id=plain.id, credits=2, now=T0, metadata=None)

@@ -53,7 +53,7 @@ _TS = "%Y-%m-%d %H:%M:%S.%f"
 def _ts(value: datetime) -> str:
     if value.tzinfo is not timezone.utc:
         value = value.astimezone(timezone.utc)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 def _ts_or_none(value: datetime | None) -> str | None:
@@ -77,6 +77,29 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 def _json(value: dict[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+_HOLD_COLUMNS = (
+    "id, user_id, feature_name, credits, status, created_at, expires_at, idempotency_key, event_id"
+)
+
+
+def _holds_table(name: str) -> str:
+    """The holds table (version 3): what is in flight, so small; one B-tree keyed by the
+    reservation id (``WITHOUT ROWID``), and the idempotency keys in a partial index, which
+    holds without a key do not touch. A reservation then writes three pages, not five."""
+    return f"""CREATE TABLE IF NOT EXISTS "{name}" (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    feature_name TEXT NOT NULL,
+    credits INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'held'
+        CHECK (status IN ('held', 'committed', 'released', 'expired')),
+    created_at TIMESTAMP NOT NULL,
+    expires_at TIMESTAMP NOT NULL,
+    idempotency_key TEXT,
+    event_id INTEGER
+) WITHOUT ROWID"""
 
 
 def schema_sql(t: Tables) -> str:
@@ -159,28 +182,16 @@ CREATE TABLE IF NOT EXISTS "{t.counters}" (
     last_reset_at TIMESTAMP,
     reset_base INTEGER NOT NULL DEFAULT 0,
     reset_pre_total INTEGER NOT NULL DEFAULT 0,
-    open_holds INTEGER NOT NULL DEFAULT 0,
+    open_holds INTEGER NOT NULL DEFAULT 0, -- unused since version 3 (holds are read directly)
     PRIMARY KEY (user_id, feature_name)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS "{t.holds}" (
-    id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    feature_name TEXT NOT NULL,
-    credits INTEGER NOT NULL,
-    status TEXT NOT NULL DEFAULT 'held'
-        CHECK (status IN ('held', 'committed', 'released', 'expired')),
-    created_at TIMESTAMP NOT NULL,
-    expires_at TIMESTAMP NOT NULL,
-    idempotency_key TEXT UNIQUE,
-    event_id INTEGER
-);
+{_holds_table(t.holds)};
 CREATE INDEX IF NOT EXISTS "idx_{t.holds}_active"
     ON "{t.holds}" (user_id, feature_name, expires_at) WHERE status = 'held';
 CREATE INDEX IF NOT EXISTS "idx_{t.holds}_settled"
     ON "{t.holds}" (user_id, feature_name, expires_at) WHERE status <> 'held';
--- Version 3 deletes committed holds (their events answer a repeated commit): drop the ones
--- kept by version 2.
-DELETE FROM "{t.holds}" WHERE status = 'committed' AND idempotency_key IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS "idx_{t.holds}_key"
+    ON "{t.holds}" (idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS "{t.stripe_events}" (
     event_id TEXT PRIMARY KEY,
     event_type TEXT NOT NULL,
@@ -615,6 +626,8 @@ class SQLiteStore(Store):
                         f"the database schema is version {version}, newer than this "
                         f"usageflow ({SCHEMA_VERSION}); upgrade usageflow"
                     )
+                if 0 < version < 3:
+                    self._rebuild_holds(conn)
                 if version < SCHEMA_VERSION:
                     for statement in schema_sql(self.tables).split(";"):
                         if statement.strip():
@@ -634,6 +647,23 @@ class SQLiteStore(Store):
             raise self._error(exc, "migrate", None) from None
         self._migrated = True
         return SCHEMA_VERSION
+
+    def _rebuild_holds(self, conn: sqlite3.Connection) -> None:
+        """Version 3's holds table, from an older one (SQLite cannot change a table's key or
+        constraints in place): the rows are copied, except the committed holds without a key
+        that older versions kept (their events answer a repeated commit)."""
+        name = self.tables.holds
+        if not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone():
+            return
+        conn.execute(_holds_table(f"{name}_v3"))
+        conn.execute(
+            f'INSERT INTO "{name}_v3" ({_HOLD_COLUMNS}) SELECT {_HOLD_COLUMNS} FROM "{name}" '
+            "WHERE NOT (status = 'committed' AND idempotency_key IS NULL)"
+        )
+        conn.execute(f'DROP TABLE "{name}"')
+        conn.execute(f'ALTER TABLE "{name}_v3" RENAME TO "{name}"')
 
     def connection_check(self) -> bool:
         with self._tx("connection_check", "", write=False) as c:
@@ -860,26 +890,16 @@ class SQLiteStore(Store):
         ]
 
     # -- the ledger -----------------------------------------------------------------------------
+    # A counter is (total, last_ts, last_reset_at, reset_base, reset_pre_total).
+    _NO_COUNTER: ClassVar[tuple[Any, ...]] = (0, None, None, 0, 0)
+
     def _counter(self, c: sqlite3.Connection, user_id: str, feature_name: str) -> tuple[Any, ...]:
         row = c.execute(
-            f"SELECT total, last_ts, last_reset_at, reset_base, reset_pre_total, open_holds "
+            f"SELECT total, last_ts, last_reset_at, reset_base, reset_pre_total "
             f"FROM {self._q['counters']} WHERE user_id = ? AND feature_name = ?",
             (user_id, feature_name),
         ).fetchone()
-        return row or (0, None, None, 0, 0, 0)
-
-    def _bump_holds(
-        self, c: sqlite3.Connection, user_id: str, feature_name: str, delta: int
-    ) -> None:
-        """Keep ``open_holds`` (holds not yet settled or swept) so that the common case, no
-        reservation open, skips the holds query."""
-        if delta:
-            c.execute(
-                f"INSERT INTO {self._q['counters']} (user_id, feature_name, open_holds) "
-                "VALUES (?, ?, max(?, 0)) ON CONFLICT (user_id, feature_name) DO UPDATE SET "
-                "open_holds = max(open_holds + ?, 0)",
-                (user_id, feature_name, delta, delta),
-            )
+        return row or self._NO_COUNTER
 
     def _used(
         self,
@@ -889,7 +909,7 @@ class SQLiteStore(Store):
         counter: tuple[Any, ...],
         window_start: datetime | None,
     ) -> int:
-        total, _last_ts, last_reset_at, reset_base, _pre, _holds = counter
+        total, _last_ts, last_reset_at, reset_base, _pre = counter
         reset_at = _dt(last_reset_at)
         prefix = 0
         if window_start is not None and not (reset_at is not None and reset_at >= window_start):
@@ -902,23 +922,41 @@ class SQLiteStore(Store):
             prefix = row[0] if row else 0
         return window_used(total, window_start, reset_at, reset_base, prefix)
 
-    def _live_holds(
+    def _state(
         self,
         c: sqlite3.Connection,
         user_id: str,
         feature_name: str,
+        window_start: datetime | None,
         now: datetime,
-        counter: tuple[Any, ...],
-    ) -> tuple[int, int]:
-        """Credits held by unexpired holds, and how many such holds there are."""
-        if not counter[5]:
-            return 0, 0
+    ) -> tuple[tuple[Any, ...], int, int, int]:
+        """What a decision reads, in one statement: (the counter, the usage in the window, the
+        credits of live holds, how many holds have expired but are still marked held)."""
         row = c.execute(
-            f"SELECT COALESCE(SUM(credits), 0), COUNT(*) FROM {self._q['holds']} "
-            "WHERE user_id = ? AND feature_name = ? AND status = 'held' AND expires_at > ?",
-            (user_id, feature_name, _ts(now)),
+            self._sql_state,
+            (user_id, feature_name, None if window_start is None else _ts(window_start), _ts(now)),
         ).fetchone()
-        return int(row[0]), int(row[1])
+        counter = self._NO_COUNTER if row[0] is None else row[:5]
+        used = window_used(counter[0], window_start, _dt(counter[2]), counter[3], row[5] or 0)
+        return counter, used, int(row[6]), int(row[7])
+
+    @functools.cached_property
+    def _sql_state(self) -> str:
+        q = self._q
+        # ?1 user, ?2 feature, ?3 window start (or NULL), ?4 now. The usage before the window
+        # is read only when no reset since its start answers; the holds come from the partial
+        # index of held ones. Timestamps are ISO strings, which sort as times.
+        return (
+            "SELECT c.total, c.last_ts, c.last_reset_at, c.reset_base, c.reset_pre_total, "
+            "CASE WHEN ?3 IS NOT NULL AND (c.last_reset_at IS NULL OR c.last_reset_at < ?3) "
+            f"THEN (SELECT e.running_total FROM {q['usage_events']} e "
+            "WHERE e.user_id = ?1 AND e.feature_name = ?2 AND e.timestamp < ?3 "
+            "ORDER BY e.timestamp DESC, e.id DESC LIMIT 1) END, h.live, h.expired "
+            "FROM (SELECT COALESCE(SUM(CASE WHEN expires_at > ?4 THEN credits END), 0) AS live, "
+            "COUNT(CASE WHEN expires_at <= ?4 THEN 1 END) AS expired "
+            f"FROM {q['holds']} WHERE user_id = ?1 AND feature_name = ?2 AND status = 'held') h "
+            f"LEFT JOIN {q['counters']} c ON c.user_id = ?1 AND c.feature_name = ?2"
+        )
 
     def _event(self, row: tuple[Any, ...], replayed: bool = False) -> UsageEvent:
         return UsageEvent(
@@ -954,9 +992,8 @@ class SQLiteStore(Store):
         idempotency_key: str | None,
         *,
         reset: bool = False,
-        holds_delta: int = 0,
     ) -> UsageEvent:
-        total, last_ts, last_reset_at, reset_base, reset_pre, _holds = counter
+        total, last_ts, last_reset_at, reset_base, reset_pre = counter
         if credits is not None:
             check_total(total, credits)
         now_s = _ts(now)
@@ -985,18 +1022,8 @@ class SQLiteStore(Store):
             "last_reset_at, reset_base, reset_pre_total) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (user_id, feature_name) DO UPDATE SET total = excluded.total, "
             "last_ts = excluded.last_ts, last_reset_at = excluded.last_reset_at, "
-            "reset_base = excluded.reset_base, reset_pre_total = excluded.reset_pre_total, "
-            "open_holds = max(open_holds + ?, 0)",
-            (
-                user_id,
-                feature_name,
-                new_total,
-                ts,
-                last_reset_at,
-                reset_base,
-                reset_pre,
-                holds_delta,
-            ),
+            "reset_base = excluded.reset_base, reset_pre_total = excluded.reset_pre_total",
+            (user_id, feature_name, new_total, ts, last_reset_at, reset_base, reset_pre),
         )
         event_id = cur.lastrowid
         assert event_id is not None
@@ -1027,13 +1054,14 @@ class SQLiteStore(Store):
         idempotency_key: str | None,
     ) -> Charge:
         with self._tx("charge", self.tables.usage_events) as c:
-            counter = self._counter(c, user_id, feature_name)
             first = self._by_key(c, idempotency_key) if idempotency_key is not None else None
             if first is not None or limit is not None:
-                used = self._used(c, user_id, feature_name, counter, window_start)
-                held = self._live_holds(c, user_id, feature_name, now, counter)[0]
-            else:
-                used, held = counter[0], 0  # pure tracking: no window is asked for
+                counter, used, held, _expired = self._state(
+                    c, user_id, feature_name, window_start, now
+                )
+            else:  # pure tracking: no window is asked for
+                counter = self._counter(c, user_id, feature_name)
+                used, held = counter[0], 0
             if first is not None:
                 return Charge(True, used, held, first, replayed=True)
             if not fits(used, held, credits, limit):
@@ -1067,16 +1095,13 @@ class SQLiteStore(Store):
     ) -> Charge:
         q = self._q
         with self._tx("reserve", self.tables.holds) as c:
-            counter = self._counter(c, user_id, feature_name)
-            used = self._used(c, user_id, feature_name, counter, window_start)
-            held, live = self._live_holds(c, user_id, feature_name, now, counter)
-            if live < counter[5]:  # some open holds have expired: mark them so
-                swept = c.execute(
+            _counter, used, held, expired = self._state(c, user_id, feature_name, window_start, now)
+            if expired:  # mark them so (they may still be committed), prune old ones
+                c.execute(
                     f"UPDATE {q['holds']} SET status = 'expired' WHERE user_id = ? AND "
                     "feature_name = ? AND status = 'held' AND expires_at <= ?",
                     (user_id, feature_name, _ts(now)),
-                ).rowcount
-                self._bump_holds(c, user_id, feature_name, -swept)
+                )
                 self._prune_holds(c, user_id, feature_name, now)
             if idempotency_key is not None:
                 row = c.execute(
@@ -1100,7 +1125,6 @@ class SQLiteStore(Store):
                     idempotency_key,
                 ),
             )
-            self._bump_holds(c, user_id, feature_name, 1)
             return Charge(True, used, held + credits, reservation_id=reservation_id)
 
     @_group_committed
@@ -1115,8 +1139,10 @@ class SQLiteStore(Store):
         q = self._q
         with self._tx("settle", self.tables.holds) as c:
             row = c.execute(
-                f"SELECT user_id, feature_name, status, idempotency_key FROM {q['holds']} "
-                "WHERE id = ?",
+                f"SELECT h.user_id, h.feature_name, h.status, h.idempotency_key, c.total, "
+                "c.last_ts, c.last_reset_at, c.reset_base, c.reset_pre_total "
+                f"FROM {q['holds']} h LEFT JOIN {q['counters']} c "
+                "ON c.user_id = h.user_id AND c.feature_name = h.feature_name WHERE h.id = ?",
                 (reservation_id,),
             ).fetchone()
             key = f"reservation:{reservation_id}"
@@ -1126,10 +1152,8 @@ class SQLiteStore(Store):
                 if event is None and row is None:
                     raise reservation_error("no such reservation", reservation_id=reservation_id)
                 return event
-            user_id, feature_name, status, hold_key = row
-            closing = -1 if status == "held" else 0  # no longer open, whatever happens next
+            user_id, feature_name, status, hold_key = row[:4]
             if credits is None:
-                self._bump_holds(c, user_id, feature_name, closing)
                 c.execute(
                     f"UPDATE {q['holds']} SET status = 'released' WHERE id = ?", (reservation_id,)
                 )
@@ -1140,18 +1164,9 @@ class SQLiteStore(Store):
                     "reservation was released; it cannot be committed",
                     reservation_id=reservation_id,
                 )
-            counter = self._counter(c, user_id, feature_name)
+            counter = self._NO_COUNTER if row[4] is None else row[4:]
             event = self._append(
-                c,
-                counter,
-                user_id,
-                feature_name,
-                credits,
-                "usage",
-                now,
-                metadata,
-                key,
-                holds_delta=closing,
+                c, counter, user_id, feature_name, credits, "usage", now, metadata, key
             )
             if hold_key is None:
                 c.execute(f"DELETE FROM {q['holds']} WHERE id = ?", (reservation_id,))
@@ -1177,11 +1192,10 @@ class SQLiteStore(Store):
         self, *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime
     ) -> tuple[int, int]:
         with self._tx("usage", self.tables.usage_events, write=False) as c:
-            counter = self._counter(c, user_id, feature_name)
-            return (
-                self._used(c, user_id, feature_name, counter, window_start),
-                self._live_holds(c, user_id, feature_name, now, counter)[0],
+            _counter, used, held, _expired = self._state(
+                c, user_id, feature_name, window_start, now
             )
+            return used, held
 
     def reset(
         self,
@@ -1202,7 +1216,7 @@ class SQLiteStore(Store):
 
     def usage_since_reset(self, *, user_id: str, feature_name: str) -> ResetInfo:
         with self._tx("usage_since_reset", self.tables.usage_events, write=False) as c:
-            total, _last_ts, last_reset_at, reset_base, pre, _holds = self._counter(
+            total, _last_ts, last_reset_at, reset_base, pre = self._counter(
                 c, user_id, feature_name
             )
         if last_reset_at is None:
