@@ -217,9 +217,20 @@ class Core:
     def _quota(
         self, user_id: str, feature_name: str, now: datetime, period: Period | None = None
     ) -> Op[Quota]:
-        catalog = yield from self._catalog()
-        profile = yield from self._profile(user_id)
-        plan = yield from self._user_plan(user_id, catalog, profile)
+        # The cache answers almost always: read it here, and step into the loading
+        # sub-operations (a generator each) only on a miss.
+        cache = self.cache
+        catalog = cache.catalog()
+        if catalog is None:
+            catalog = yield from self._catalog()
+        profile = cache.profile(user_id)
+        if profile is MISSING:
+            profile = yield from self._profile(user_id)
+        assert not isinstance(profile, _Missing)
+        if self.options.plan_resolver is None:
+            plan = plan_for(catalog, profile)
+        else:
+            plan = yield from self._user_plan(user_id, catalog, profile)
         if plan is None:
             raise limit_error(
                 "no plan applies to this user and no free plan is defined "
