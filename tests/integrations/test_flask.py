@@ -235,3 +235,74 @@ def test_threads_racing_a_flask_view(flow: UsageFlow, reader: UsageFlow) -> None
         t.join()
     assert sorted(statuses) == [200] * 3 + [402] * 37
     assert used(reader, "u1", "exports") == 3
+
+
+def routed_app(flow: UsageFlow, routes: Any) -> Flask:
+    """Views named by the ``routes`` table, none of them decorated."""
+    app = Flask(__name__)
+    UsageFlowFlask(app, flow=flow, user_id=lambda: request.headers.get("x-user"), routes=routes)
+
+    @app.route("/v1/exports", methods=["GET", "POST"])
+    def export() -> dict[str, Any]:
+        return {"ok": True, "user": current_user_id.get()}
+
+    @app.post("/v1/chat/<int:chat_id>")
+    async def chat(chat_id: int) -> dict[str, int]:
+        await asyncio.sleep(0)
+        return {"chat": chat_id, "tokens": int(request.args.get("n", "1"))}
+
+    @app.post("/v1/both")
+    @metered("exports")  # named by the table too: metered once
+    def both() -> str:
+        return "both"
+
+    return app
+
+
+def test_routes_table_meters_views_by_their_rule(flow: UsageFlow, reader: UsageFlow) -> None:
+    app = routed_app(
+        flow,
+        {
+            "POST /v1/exports": "exports",
+            "/v1/chat/<int:chat_id>": {"feature": "tokens", "credits": lambda r: r["tokens"]},
+            "/v1/both": "exports",
+        },
+    )
+    client = app.test_client()
+    assert client.get("/v1/exports", headers=U1).status_code == 200  # GET is not named
+    assert "RateLimit" not in client.get("/v1/exports", headers=U1).headers
+    first = client.post("/v1/exports", headers=U1)
+    assert first.status_code == 200 and first.json == {"ok": True, "user": "u1"}
+    assert first.headers["RateLimit"] == f'"exports";r=2;t={RESET_SECONDS}'
+    assert client.post("/v1/both", headers=U1).status_code == 200
+    assert used(reader, "u1", "exports") == 2  # the decorated view in the table: once
+    assert client.post("/v1/exports", headers=U1).status_code == 200
+    refused = client.post("/v1/exports", headers=U1)
+    assert refused.status_code == 402 and refused.json["feature"] == "exports"
+    assert client.post("/v1/exports").status_code == 401
+    chat = client.post("/v1/chat/7?n=40", headers=U1)
+    assert chat.status_code == 200 and chat.json == {"chat": 7, "tokens": 40}
+    assert client.post("/v1/chat/nope", headers=U1).status_code == 404  # not the rule
+    assert used(reader, "u1", "exports") == 3
+    assert used(reader, "u1", "tokens") == 40
+
+
+def test_routes_table_errors(mem_flow: UsageFlow) -> None:
+    for bad, message in [
+        ("POST /v1/exports", "dict"),
+        ({"FETCH! /x": "exports"}, "HTTP method"),
+        ({"v1/exports": "exports"}, "start with '/'"),
+        ({"/v1/exports": 3}, "feature name"),
+    ]:
+        with pytest.raises(UsageFlowError) as err:
+            UsageFlowFlask(flow=mem_flow, routes=bad)  # type: ignore[arg-type]
+        assert message in err.value.message
+    app = routed_app(mem_flow, {"POST /v1/export": "exports"})  # a typo: no such rule
+    app.testing = True
+    with pytest.raises(UsageFlowError) as err:
+        app.test_client().post("/v1/export", headers=U1)
+    assert "'POST /v1/export' matches no rule" in err.value.message
+    app = routed_app(mem_flow, {"DELETE /v1/exports": "exports"})  # a method it lacks
+    app.testing = True
+    with pytest.raises(UsageFlowError):
+        app.test_client().post("/v1/exports", headers=U1)

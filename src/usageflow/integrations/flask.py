@@ -10,6 +10,12 @@
     @metered("design-export")
     def export(): ...
 
+Or name the routes instead of decorating the views (keys are Flask rules, as in
+``@app.route``, with an optional method)::
+
+    UsageFlowFlask(app, flow=flow, routes={"POST /v1/exports": "design-export",
+                                           "/v1/chat/<int:chat_id>": "ai_chat"})
+
 The extension keeps its state in ``app.extensions["usageflow"]``, answers the refusals of
 :func:`usageflow.metered` views (``402`` problem+json with the quota headers, ``401``,
 ``400``, ``503``), and adds the ``RateLimit`` quota headers to metered responses. Async views
@@ -25,19 +31,24 @@ worker thread). Configuration keys, read at ``init_app``:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, current_app, g, has_request_context
+from flask import Flask, Response, current_app, g, has_request_context, request
 
+from usageflow.decorators import metered
 from usageflow.errors import config_error
 from usageflow.flow import AsyncUsageFlow, UsageFlow
 from usageflow.integrations._http import (
     PROBLEM_CONTENT_TYPE,
     Binding,
     ChargeIf,
+    Meter,
     MeteringError,
     MeterStats,
     binding_providers,
@@ -56,6 +67,41 @@ def _default_user_id() -> Any:
     return g.get("user_id")
 
 
+_METHOD = re.compile(r"^[A-Z]+$")
+
+
+@dataclass(frozen=True)
+class _RouteKey:
+    key: str
+    method: str | None
+    rule: str
+    meter: Meter
+
+
+def _route_keys(routes: Mapping[str, object] | None) -> list[_RouteKey]:
+    """The ``routes=`` table, checked at construction: ``"[METHOD ]/rule"`` -> a feature name,
+    a :class:`~usageflow.integrations._http.Meter` or a dict of its fields."""
+    if routes is None:
+        return []
+    if not isinstance(routes, Mapping):
+        raise config_error("routes must be a dict of Flask rule to feature")
+    keys = []
+    for key, spec in routes.items():
+        if not isinstance(key, str):
+            raise config_error("a route must be a string such as 'POST /v1/exports'")
+        method: str | None = None
+        rule = key.strip()
+        if " " in rule:
+            method, rule = (part.strip() for part in rule.split(None, 1))
+            method = method.upper()
+            if not _METHOD.match(method):
+                raise config_error(f"route {key!r}: {method!r} is not an HTTP method")
+        if not rule.startswith("/") or any(c.isspace() for c in rule):
+            raise config_error(f"route {key!r}: the rule must start with '/' and have no spaces")
+        keys.append(_RouteKey(key, method, rule, Meter.of(spec)))
+    return keys
+
+
 @dataclass
 class _State:
     flow: UsageFlow
@@ -65,6 +111,9 @@ class _State:
     headers: bool
     enabled: bool
     stats: MeterStats
+    routes: list[_RouteKey] = field(default_factory=list)
+    routed: bool = False
+    routing: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._is_async = inspect.iscoroutinefunction(self.user_id)  # once, not per request
@@ -91,6 +140,13 @@ class UsageFlowFlask:
     :param fail_open: overrides ``USAGEFLOW_FAIL_OPEN``.
     :param charge_if: ``fn(status) -> bool``, which responses are charged (default < 400).
     :param stats: a :class:`MeterStats` to count decisions in.
+    :param routes: meter views by their rule instead of decorating them: ``{"POST
+        /v1/exports": "exports", "/v1/chat/<int:chat_id>": {"feature": "chat", "credits": 2}}``.
+        A key is a rule exactly as given to ``@app.route`` (any method, or the one named);
+        a value is a feature name, a ``Meter`` or a dict of its fields, whose ``credits`` may
+        be a function of the view's return value, as with :func:`usageflow.metered`. The
+        views are wrapped with ``@metered`` when the app serves its first request; a key that
+        matches no rule is then a ``USAGE_CONFIG_ERROR``.
     """
 
     def __init__(
@@ -102,6 +158,7 @@ class UsageFlowFlask:
         fail_open: bool | None = None,
         charge_if: ChargeIf = default_charge_if,
         stats: MeterStats | None = None,
+        routes: Mapping[str, object] | None = None,
     ) -> None:
         if isinstance(flow, AsyncUsageFlow):
             raise config_error(
@@ -122,6 +179,7 @@ class UsageFlowFlask:
         self._user_id = user_id or _default_user_id
         self._fail_open = fail_open
         self._charge_if = charge_if
+        self._routes = _route_keys(routes)
         self.stats = stats or MeterStats()
         if app is not None:
             self.init_app(app)
@@ -153,9 +211,12 @@ class UsageFlowFlask:
             headers=config["USAGEFLOW_HEADERS_ENABLED"],
             enabled=config["USAGEFLOW_ENABLED"],
             stats=self.stats,
+            routes=self._routes,
         )
         app.register_error_handler(MeteringError, _answer_refusal)
         app.after_request(_add_headers)
+        if self._routes:
+            app.before_request(_route_views)
 
     @property
     def flow(self) -> UsageFlow:
@@ -212,3 +273,65 @@ def _add_headers(response: Response) -> Response:
         for key, value in headers_of(binding.decisions, state.flow.core.clock()):
             headers.add(key, value)
     return response
+
+
+def _route_views() -> None:
+    """Before the app's first request (its rules are then all known): wrap the views that
+    the ``routes`` table names with ``@metered``, once."""
+    state = _state()
+    if state is None or state.routed:
+        return
+    with state.routing:
+        if state.routed:
+            return
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        # endpoint -> method (None: any) -> meter; the first key naming a method wins.
+        plan: dict[str, dict[str | None, Meter]] = {}
+        for route in state.routes:
+            found = False
+            for rule in app.url_map.iter_rules():
+                if rule.rule != route.rule:
+                    continue
+                if route.method is not None and route.method not in (rule.methods or ()):
+                    continue
+                found = True
+                plan.setdefault(rule.endpoint, {}).setdefault(route.method, route.meter)
+            if not found:
+                raise config_error(
+                    f"route {route.key!r} matches no rule of this app (give the rule as in "
+                    "@app.route, e.g. '/v1/chat/<int:chat_id>', with a method it accepts)"
+                )
+        for endpoint, meters in plan.items():
+            app.view_functions[endpoint] = _routed(app.view_functions[endpoint], meters)
+        state.routed = True
+
+
+def _routed(view: Callable[..., Any], meters: dict[str | None, Meter]) -> Callable[..., Any]:
+    """``view``, metered for the methods of ``meters`` (``None``: any; ``HEAD`` as ``GET``)."""
+    wrapped = {
+        method: metered(
+            meter.feature,
+            meter.credits,
+            reserve=meter.reserve,
+            fail_open=meter.fail_open,
+            charge_if=meter.charge_if,
+        )(view)
+        for method, meter in meters.items()
+    }
+
+    def pick() -> Callable[..., Any]:
+        method = request.method
+        found = wrapped.get(method) or wrapped.get("GET" if method == "HEAD" else method)
+        return found or wrapped.get(None) or view
+
+    if inspect.iscoroutinefunction(view):
+
+        async def routed_async(*args: Any, **kwargs: Any) -> Any:
+            return await pick()(*args, **kwargs)
+
+        return functools.wraps(view)(routed_async)
+
+    def routed(*args: Any, **kwargs: Any) -> Any:
+        return pick()(*args, **kwargs)
+
+    return functools.wraps(view)(routed)
