@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from usageflow import AsyncUsageFlow, UsageFlow, UsageFlowError
+from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError
 from usageflow.stores.base import Store
 
 LIMIT = 100
@@ -64,6 +64,38 @@ def test_threads_mixing_reserve_commit_release(store: Store) -> None:
     usage = flow.fetch_usage("u1", "race")
     assert usage.current == total[0] <= LIMIT
     assert store.ledger_check(user_id="u1", feature_name="race") == (total[0], total[0])
+
+
+def test_threads_committing_one_reservation_record_it_once(store: Store) -> None:
+    """A commit deletes its hold; the commits racing it find its event instead. Seven threads
+    commit one reservation while an eighth releases it: either the commits win (one event,
+    which all seven get; the release changes nothing) or the release does (every commit is
+    refused). Never two events, never a commit after a release."""
+    flow = UsageFlow(store)
+    _setup(flow)
+    expected = 0
+    for _ in range(6):
+        reservation = flow.reserve("u1", "race", 2)
+        barrier = threading.Barrier(8)
+
+        def settle(i: int, reservation: Any = reservation, barrier: Any = barrier) -> Any:
+            barrier.wait()
+            try:
+                return reservation.commit() if i < 7 else reservation.release()
+            except UsageFlowError as exc:
+                return exc.code
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(settle, range(8)))
+        commits = outcomes[:7]
+        if all(isinstance(c, ErrorCodes) for c in commits):
+            assert set(commits) == {ErrorCodes.USAGE_RESERVATION_ERROR}  # released first
+        else:
+            assert len({c.id for c in commits}) == 1  # one event, given to every commit
+            assert sum(not c.replayed for c in commits) == 1
+            expected += 2
+        assert flow.get_total_usage("u1", "race") == expected
+        assert store.ledger_check(user_id="u1", feature_name="race") == (expected, expected)
 
 
 def test_async_tasks_consume_exactly_the_limit(store: Store) -> None:
