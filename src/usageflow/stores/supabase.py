@@ -14,6 +14,7 @@ never logged, shown in a repr, or included in an error.
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import threading
 from collections.abc import Mapping
@@ -114,13 +115,24 @@ class _Settings:
 
 
 def _options(module: Any, settings: _Settings, http_client: Any, cls_name: str) -> Any:
-    return getattr(module, cls_name)(
+    cls = getattr(module, cls_name)
+    extra: dict[str, Any] = {}
+    if "postgrest_client_retry" in _parameters(cls):
+        # supabase >= 2.34 may retry requests; a decision is never sent twice behind our back.
+        # (Before it, postgrest retried only GET and HEAD, and an rpc() is a POST.)
+        extra["postgrest_client_retry"] = False
+    return cls(
         schema=settings.schema,
         httpx_client=http_client,  # ours: it carries the timeout, and we close it
-        postgrest_client_retry=False,  # a decision is never sent twice behind our back
         auto_refresh_token=False,
         persist_session=False,
+        **extra,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _parameters(cls: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(cls).parameters)
 
 
 @functools.lru_cache(maxsize=1)
