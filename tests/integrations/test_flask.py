@@ -256,6 +256,11 @@ def routed_app(flow: UsageFlow, routes: Any) -> Flask:
     def both() -> str:
         return "both"
 
+    @app.get("/v1/report")
+    @app.get("/v1/report/free")  # the same view under a rule the table does not name
+    def report() -> str:
+        return "report"
+
     return app
 
 
@@ -266,6 +271,7 @@ def test_routes_table_meters_views_by_their_rule(flow: UsageFlow, reader: UsageF
             "POST /v1/exports": "exports",
             "/v1/chat/<int:chat_id>": {"feature": "tokens", "credits": lambda r: r["tokens"]},
             "/v1/both": "exports",
+            "/v1/report": "tiny",
         },
     )
     client = app.test_client()
@@ -285,6 +291,10 @@ def test_routes_table_meters_views_by_their_rule(flow: UsageFlow, reader: UsageF
     assert client.post("/v1/chat/nope", headers=U1).status_code == 404  # not the rule
     assert used(reader, "u1", "exports") == 3
     assert used(reader, "u1", "tokens") == 40
+    assert client.head("/v1/report", headers=U1).status_code == 200  # HEAD as GET: charged
+    assert client.get("/v1/report", headers=U1).status_code == 402  # tiny: a quota of 1
+    assert client.get("/v1/report/free", headers=U1).status_code == 200  # not named
+    assert used(reader, "u1", "tiny") == 1
 
 
 def test_routes_table_errors(mem_flow: UsageFlow) -> None:

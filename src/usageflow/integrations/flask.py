@@ -285,8 +285,8 @@ def _route_views() -> None:
         if state.routed:
             return
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        # endpoint -> method (None: any) -> meter; the first key naming a method wins.
-        plan: dict[str, dict[str | None, Meter]] = {}
+        # endpoint -> (rule, method or None: any) -> meter; the first key for each wins.
+        plan: dict[str, dict[tuple[str, str | None], Meter]] = {}
         for route in state.routes:
             found = False
             for rule in app.url_map.iter_rules():
@@ -295,7 +295,8 @@ def _route_views() -> None:
                 if route.method is not None and route.method not in (rule.methods or ()):
                     continue
                 found = True
-                plan.setdefault(rule.endpoint, {}).setdefault(route.method, route.meter)
+                meters = plan.setdefault(rule.endpoint, {})
+                meters.setdefault((route.rule, route.method), route.meter)
             if not found:
                 raise config_error(
                     f"route {route.key!r} matches no rule of this app (give the rule as in "
@@ -306,23 +307,31 @@ def _route_views() -> None:
         state.routed = True
 
 
-def _routed(view: Callable[..., Any], meters: dict[str | None, Meter]) -> Callable[..., Any]:
-    """``view``, metered for the methods of ``meters`` (``None``: any; ``HEAD`` as ``GET``)."""
+def _routed(
+    view: Callable[..., Any], meters: dict[tuple[str, str | None], Meter]
+) -> Callable[..., Any]:
+    """``view``, metered when reached by a (rule, method) of ``meters`` (method ``None``: any;
+    ``HEAD`` as ``GET``). A view may serve several rules; only the named ones are metered."""
     wrapped = {
-        method: metered(
+        key: metered(
             meter.feature,
             meter.credits,
             reserve=meter.reserve,
             fail_open=meter.fail_open,
             charge_if=meter.charge_if,
         )(view)
-        for method, meter in meters.items()
+        for key, meter in meters.items()
     }
 
     def pick() -> Callable[..., Any]:
+        rule = request.url_rule.rule if request.url_rule is not None else ""
         method = request.method
-        found = wrapped.get(method) or wrapped.get("GET" if method == "HEAD" else method)
-        return found or wrapped.get(None) or view
+        return (
+            wrapped.get((rule, method))
+            or (wrapped.get((rule, "GET")) if method == "HEAD" else None)
+            or wrapped.get((rule, None))
+            or view
+        )
 
     if inspect.iscoroutinefunction(view):
 
