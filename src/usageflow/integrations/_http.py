@@ -155,6 +155,23 @@ _PARAM: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_][A-Za-z0-9_]
 _METHOD: Final = re.compile(r"^[A-Z]+$")
 
 
+def split_route_key(key: object) -> tuple[str | None, str]:
+    """``"POST /v1/exports"`` -> ``("POST", "/v1/exports")``; ``"/v1/x"`` -> ``(None, "/v1/x")``
+    (any method). A bad key is a ``USAGE_CONFIG_ERROR``, at setup."""
+    if not isinstance(key, str):
+        raise config_error("a route must be a string such as 'POST /v1/exports'")
+    method: str | None = None
+    path = key.strip()
+    if " " in path:
+        method, path = (part.strip() for part in path.split(None, 1))
+        method = method.upper()
+        if not _METHOD.match(method):
+            raise config_error(f"route {key!r}: {method!r} is not an HTTP method")
+    if not path.startswith("/") or any(c.isspace() for c in path):
+        raise config_error(f"route {key!r}: the path must start with '/' and have no spaces")
+    return method, path
+
+
 @dataclass(frozen=True)
 class _Route:
     method: str | None
@@ -201,17 +218,7 @@ class RouteTable:
 
     @staticmethod
     def _compile(key: object, meter: Meter) -> _Route:
-        if not isinstance(key, str):
-            raise config_error("a route pattern must be a string such as 'POST /v1/exports'")
-        method: str | None = None
-        path = key.strip()
-        if " " in path:
-            method, path = (part.strip() for part in path.split(None, 1))
-            method = method.upper()
-            if not _METHOD.match(method):
-                raise config_error(f"route {key!r}: {method!r} is not an HTTP method")
-        if not path.startswith("/") or any(c.isspace() for c in path):
-            raise config_error(f"route {key!r}: the path must start with '/' and have no spaces")
+        method, path = split_route_key(key)
         regex, names, last = "^", set(), 0
         for m in _PARAM.finditer(path):
             name, kind = m.group(1), m.group(2) or "str"

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from usageflow.integrations._http import (
     binding_providers,
     default_charge_if,
     headers_of,
+    split_route_key,
 )
 
 __all__ = ["MeterStats", "MeteringError", "UsageFlowFlask"]
@@ -65,9 +65,6 @@ _G_KEY = "_usageflow_binding"
 def _default_user_id() -> Any:
     """``flask.g.user_id`` when the app's authentication sets it."""
     return g.get("user_id")
-
-
-_METHOD = re.compile(r"^[A-Z]+$")
 
 
 @dataclass(frozen=True)
@@ -87,18 +84,8 @@ def _route_keys(routes: Mapping[str, object] | None) -> list[_RouteKey]:
         raise config_error("routes must be a dict of Flask rule to feature")
     keys = []
     for key, spec in routes.items():
-        if not isinstance(key, str):
-            raise config_error("a route must be a string such as 'POST /v1/exports'")
-        method: str | None = None
-        rule = key.strip()
-        if " " in rule:
-            method, rule = (part.strip() for part in rule.split(None, 1))
-            method = method.upper()
-            if not _METHOD.match(method):
-                raise config_error(f"route {key!r}: {method!r} is not an HTTP method")
-        if not rule.startswith("/") or any(c.isspace() for c in rule):
-            raise config_error(f"route {key!r}: the rule must start with '/' and have no spaces")
-        keys.append(_RouteKey(key, method, rule, Meter.of(spec)))
+        method, rule = split_route_key(key)
+        keys.append(_RouteKey(str(key), method, rule, Meter.of(spec)))
     return keys
 
 
