@@ -47,7 +47,6 @@ from usageflow.stores.base import (
 __all__ = ["SQLiteStore"]
 
 SCHEMA_VERSION = 3
-_TS = "%Y-%m-%d %H:%M:%S.%f"
 
 
 def _ts(value: datetime) -> str:
@@ -901,27 +900,6 @@ class SQLiteStore(Store):
         ).fetchone()
         return row or self._NO_COUNTER
 
-    def _used(
-        self,
-        c: sqlite3.Connection,
-        user_id: str,
-        feature_name: str,
-        counter: tuple[Any, ...],
-        window_start: datetime | None,
-    ) -> int:
-        total, _last_ts, last_reset_at, reset_base, _pre = counter
-        reset_at = _dt(last_reset_at)
-        prefix = 0
-        if window_start is not None and not (reset_at is not None and reset_at >= window_start):
-            row = c.execute(
-                f"SELECT running_total FROM {self._q['usage_events']} "
-                "WHERE user_id = ? AND feature_name = ? AND timestamp < ? "
-                "ORDER BY timestamp DESC, id DESC LIMIT 1",
-                (user_id, feature_name, _ts(window_start)),
-            ).fetchone()
-            prefix = row[0] if row else 0
-        return window_used(total, window_start, reset_at, reset_base, prefix)
-
     def _state(
         self,
         c: sqlite3.Connection,
@@ -1207,9 +1185,10 @@ class SQLiteStore(Store):
         metadata: dict[str, Any] | None,
     ) -> UsageEvent:
         with self._tx("reset", self.tables.usage_events) as c:
-            counter = self._counter(c, user_id, feature_name)
-            zeroed = max(self._used(c, user_id, feature_name, counter, window_start), 0)
-            meta = {**(metadata or {}), "pre_reset_total": zeroed}
+            counter, used, _held, _expired = self._state(
+                c, user_id, feature_name, window_start, now
+            )
+            meta = {**(metadata or {}), "pre_reset_total": max(used, 0)}
             return self._append(
                 c, counter, user_id, feature_name, None, "reset", now, meta, None, reset=True
             )

@@ -22,7 +22,14 @@ from typing import Any
 
 from usageflow.errors import UsageFlowError, invalid, reservation_error
 from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
-from usageflow.stores.base import Charge, HourlyTotal, ResetInfo, StripeApplied, Tables
+from usageflow.stores.base import (
+    HOLD_GRACE,
+    Charge,
+    HourlyTotal,
+    ResetInfo,
+    StripeApplied,
+    Tables,
+)
 
 __all__ = [
     "API_FUNCTIONS",
@@ -191,6 +198,7 @@ def _names(tables: Tables) -> dict[str, str]:
         "ix_cust": quote(f"{tables.usage_events}_cust_idx"),
         "events_literal": literal(tables.usage_events),
         "version": str(SCHEMA_VERSION),
+        "hold_grace": f"interval '{int(HOLD_GRACE.total_seconds())} seconds'",
     }
     for suffix in (*API_FUNCTIONS, *_HELPERS):
         names[f"fn_{suffix}"] = quote(function_name(tables, suffix))

@@ -229,8 +229,9 @@ BEGIN
 END
 $fn$;
 
--- Delete the settled or expired holds of a (locked) key kept for a day past their expiry
--- (a late commit still records, a commit after a release is still refused until then).
+-- Delete the settled or expired holds of a (locked) key kept past their expiry for longer
+-- than HOLD_GRACE (until then a late commit still records and a commit after a release is
+-- still refused).
 CREATE OR REPLACE FUNCTION @fn_prune_holds@(
     p_user_id TEXT, p_feature_name TEXT, p_now TIMESTAMPTZ
 ) RETURNS VOID
@@ -239,7 +240,7 @@ SET search_path FROM CURRENT
 AS $fn$
     DELETE FROM @holds@
     WHERE user_id = p_user_id AND feature_name = p_feature_name
-      AND status <> 'held' AND expires_at < p_now - interval '1 day';
+      AND status <> 'held' AND expires_at < p_now - @hold_grace@;
 $fn$;
 
 -- Credits held now by live holds of a (locked) key; holds past their expiry stop counting
