@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from tests.support.processes import race_processes
 from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError
 from usageflow.stores.base import Store
 
@@ -137,15 +137,7 @@ def test_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'race.db'}"
     flow = UsageFlow(url)
     _setup(flow)
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    workers = [ctx.Process(target=_process_worker, args=(url, 10, 8, queue)) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    results = [queue.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    results = race_processes(_process_worker, [(url, 10, 8)] * 4)
     assert sum(r[0] for r in results) == LIMIT
     assert sum(r[1] for r in results) == 25
     assert flow.get_total_usage("u1", "race") == LIMIT

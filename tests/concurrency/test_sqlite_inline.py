@@ -8,7 +8,6 @@ worker threads, they run it unchanged.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import sqlite3
 import threading
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.processes import race_processes
 from usageflow import AsyncUsageFlow, UsageFlow
 
 LIMIT = 100
@@ -179,16 +179,8 @@ def test_event_loops_in_four_processes_take_exactly_the_limit(
 ) -> None:
     url = _url(tmp_path, synchronous)
     setup = _flow_with_plan(url)
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    workers = [ctx.Process(target=_async_process_worker, args=(url, 60, queue)) for _ in range(4)]
     started = time.monotonic()
-    for worker in workers:
-        worker.start()
-    allowed = [queue.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    allowed = race_processes(_async_process_worker, [(url, 60)] * 4)
     assert time.monotonic() - started < 120
     assert sum(allowed) == LIMIT
     assert setup.get_total_usage("u1", "exports") == LIMIT
