@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -49,6 +50,28 @@ from usageflow.stores.base import INT64_MAX, PROFILE_FIELDS, Charge, HourlyTotal
 logger = logging.getLogger("usageflow")
 
 T = TypeVar("T")
+
+
+def new_reservation_id() -> str:
+    """A reservation id: 32 hex digits in the UUIDv7 layout (RFC 9562), the Unix time in
+    milliseconds, then 74 random bits.
+
+    Time-ordered on purpose: the id keys the holds table and, as ``reservation:<id>``, the
+    unique index of the ledger's idempotency keys, and ids that grow with time insert at the
+    right edge of those B-trees (the pages in cache) instead of at a random leaf each time,
+    whose cost grows with the size of the ledger.
+    """
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76
+        | (rand >> 62 & 0xFFF) << 64
+        | 0b10 << 62
+        | (rand & 0x3FFF_FFFF_FFFF_FFFF)
+    )
+    return f"{value:032x}"
+
+
 Op = Generator["StoreCall | Effect", Any, T]
 
 #: Currencies Stripe amounts are not in cents for (https://docs.stripe.com/currencies).
@@ -331,7 +354,7 @@ class Core:
         key = v.optional_key(idempotency_key)
         now = self.now()
         quota = yield from self._quota(user_id, feature_name, now)
-        reservation_id = os.urandom(16).hex()
+        reservation_id = new_reservation_id()
         expires_at = now + timedelta(seconds=seconds)
         charge: Charge = yield call(
             "reserve",
