@@ -9,7 +9,6 @@ never waits on I/O; see docs/stores.md).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -471,14 +470,17 @@ class AsyncUsageFlow(_Base):
         super().__init__(store, **options)
         self.astore: AsyncStore = self.store.to_async()
 
-    async def _run(self, op: Op[T]) -> T:
+    async def _run(self, op: Op[T], *, shielded: bool = False) -> T:
+        """Drive ``op``; ``shielded``: each store call completes even if this task is
+        cancelled meanwhile (commits and releases)."""
         astore = self.astore
+        call = astore.call_shielded if shielded else astore.call
         try:
             step = next(op)
             while True:
                 if isinstance(step, StoreCall):
                     self._log(step)
-                    step = op.send(await astore.call(step.method, step.kwargs))
+                    step = op.send(await call(step.method, step.kwargs))
                 else:
                     step = op.send(await step.arun(self))
         except StopIteration as done:
@@ -831,9 +833,11 @@ class AsyncReservation(_ReservationBase):
         self.settled = True
 
     async def _shielded(self, op: Any) -> Any:
-        # A shield costs a task; a store whose calls never suspend cannot be cancelled midway.
+        # A settle is one store call, shielded by the store (a batch slot or a worker thread
+        # runs on; a network call runs in a task of its own). A store whose calls never
+        # suspend cannot be cancelled midway.
         if self._flow.astore.can_suspend:
-            return await asyncio.shield(self._flow._run(op))
+            return await self._flow._run(op, shielded=True)
         return await self._flow._run(op)
 
     async def __aenter__(self) -> AsyncReservation:

@@ -42,13 +42,22 @@ class ThreadedAsyncStore(AsyncStore):
         self._batch_in_thread = False
 
     async def call(self, method: str, kwargs: dict[str, Any]) -> Any:
+        return await self._call(method, kwargs, False)
+
+    async def call_shielded(self, method: str, kwargs: dict[str, Any]) -> Any:
+        """Shielded without a task of its own: what a call waits for is a future (a batch
+        slot, a worker thread), and only that wait is shielded; an inline call cannot be
+        cancelled midway."""
+        return await self._call(method, kwargs, True)
+
+    async def _call(self, method: str, kwargs: dict[str, Any], shield: bool) -> Any:
         store = self.store
         fn = getattr(store, method)
         if not store.blocking:
             return fn(**kwargs)
         loop = asyncio.get_running_loop()
         if method in self._batched and self._queue_loop in (None, loop):
-            return await self._grouped(loop, method, kwargs)
+            return await self._wait(self._grouped(loop, method, kwargs), shield)
         if method in self._nowait:
             try:
                 result = store.call_nowait(method, kwargs)
@@ -57,17 +66,26 @@ class ThreadedAsyncStore(AsyncStore):
             else:
                 self._start_upkeep(loop)
                 return result
-        return await loop.run_in_executor(None, functools.partial(fn, **kwargs))
+        return await self._wait(loop.run_in_executor(None, functools.partial(fn, **kwargs)), shield)
+
+    @staticmethod
+    def _wait(future: asyncio.Future[Any], shield: bool) -> asyncio.Future[Any]:
+        # Cancelling a shielded wait leaves the future itself to run: a batch slot whose
+        # future is not cancelled is still written, a worker thread runs on.
+        return asyncio.shield(future) if shield else future
 
     # -- group commit -------------------------------------------------------------------------
-    async def _grouped(self, loop: asyncio.AbstractEventLoop, method: str, kwargs: Any) -> Any:
+    def _grouped(
+        self, loop: asyncio.AbstractEventLoop, method: str, kwargs: Any
+    ) -> asyncio.Future[Any]:
+        """A slot in the next batch: the future of its outcome."""
         future: asyncio.Future[Any] = loop.create_future()
         if self._queue is None:
             self._queue, self._queue_loop = [], loop
             if not self._batch_in_thread:
                 loop.call_soon(self._flush, loop)
         self._queue.append((method, kwargs, future))
-        return await future
+        return future
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         queue, self._queue, self._queue_loop = self._queue or [], None, None

@@ -26,6 +26,7 @@ The ledger model shared by every store:
 
 from __future__ import annotations
 
+import asyncio
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -532,6 +533,13 @@ class AsyncStore(ABC):
     @abstractmethod
     async def call(self, method: str, kwargs: dict[str, Any]) -> Any:
         """Run the operation ``method`` with ``kwargs``."""
+
+    async def call_shielded(self, method: str, kwargs: dict[str, Any]) -> Any:
+        """:meth:`call`, completed even when the awaiting task is cancelled (the caller then
+        gets ``CancelledError`` at once, and the operation still lands). Used for commits and
+        releases: a client that disconnects must not lose usage. This default runs the call
+        in a task of its own; a store that can shield more cheaply overrides it."""
+        return await asyncio.shield(self.call(method, kwargs))
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
