@@ -545,11 +545,21 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _tx(
-        self, operation: str, table: str, *, write: bool = True
+        self, operation: str, table: str, *, write: bool = True, savepoint: bool = True
     ) -> Iterator[sqlite3.Connection]:
         """A transaction: ``BEGIN IMMEDIATE`` for writes (the lock is held from the first read),
-        a deferred one for consistent reads. Driver errors become ``USAGE_CONFIG_ERROR``."""
+        a deferred one for consistent reads. Driver errors become ``USAGE_CONFIG_ERROR``.
+
+        Inside a batch each call gets a savepoint, so that a call that fails leaves nothing
+        written; ``savepoint=False`` is for a call whose one write is its last statement
+        (SQLite undoes a failed statement by itself), which then saves two statements."""
         batch: sqlite3.Connection | None = self._local.__dict__.get("batch")
+        if batch is not None and not savepoint:
+            try:
+                yield batch
+            except sqlite3.Error as exc:
+                raise self._error(exc, operation, table) from None
+            return
         if batch is not None:  # inside run_batch: one savepoint per call
             try:
                 batch.execute("SAVEPOINT call")
@@ -1072,7 +1082,9 @@ class SQLiteStore(Store):
         idempotency_key: str | None,
     ) -> Charge:
         q = self._q
-        with self._tx("reserve", self.tables.holds) as c:
+        # No savepoint in a batch: the insert of the hold is the one write (marking expired
+        # holds and pruning old ones change nothing a decision reads, so they may stay).
+        with self._tx("reserve", self.tables.holds, savepoint=False) as c:
             _counter, used, held, expired = self._state(c, user_id, feature_name, window_start, now)
             if expired:  # mark them so (they may still be committed), prune old ones
                 c.execute(
