@@ -104,7 +104,12 @@ def _holds_table(name: str) -> str:
 def schema_sql(t: Tables) -> str:
     """The DDL of the schema (version 3: version 1, the Stripe tables of version 2, the index
     that prunes settled holds), for these table names. Every statement is idempotent, so
-    upgrading from 1 or 2 runs it all again."""
+    upgrading from 1 or 2 runs it all again.
+
+    The ledger's ``id`` is a plain ``INTEGER PRIMARY KEY`` (the largest id plus one): events
+    are never deleted, so ids still only grow, without the ``sqlite_sequence`` row that
+    ``AUTOINCREMENT`` reads and rewrites on every insert (a sixth of the cost of recording an
+    event). Databases created before keep their ``AUTOINCREMENT``: it answers the same."""
     return f"""
 CREATE TABLE IF NOT EXISTS "{t.user_plans}" (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -129,7 +134,7 @@ CREATE TABLE IF NOT EXISTS "{t.usage_feature_limits}" (
     UNIQUE (plan_id, feature_name)
 );
 CREATE TABLE IF NOT EXISTS "{t.usage_events}" (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     user_id TEXT NOT NULL,
     feature_name TEXT NOT NULL,
     credits_used INTEGER,
