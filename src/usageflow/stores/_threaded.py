@@ -42,6 +42,9 @@ class ThreadedAsyncStore(AsyncStore):
         self._batch_in_thread = False
 
     async def call(self, method: str, kwargs: dict[str, Any]) -> Any:
+        store = self.store
+        if not store.blocking:  # the memory store: inline, one coroutine frame
+            return getattr(store, method)(**kwargs)
         return await self._call(method, kwargs, False)
 
     async def call_shielded(self, method: str, kwargs: dict[str, Any]) -> Any:
