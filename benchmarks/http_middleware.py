@@ -2,6 +2,7 @@
 
     python benchmarks/http_middleware.py [--n 4000] [--rounds 3] [--concurrency 1]
     python benchmarks/http_middleware.py --http [--n 8000] [--rounds 2] [--connections 8]
+    python benchmarks/http_middleware.py --instructions [--n 2000] [--only REGEX]
 
 Needs ``pip install -e ".[bench]"`` (the peers and the servers). Starlette: bare;
 ``UsageFlowMiddleware`` on ``memory://`` and on SQLite (``AsyncUsageFlow``); slowapi on its
@@ -17,8 +18,13 @@ served in its own process (Starlette by uvicorn, with uvloop and httptools when 
 Flask by gunicorn, one gthread worker) and driven over keep-alive sockets on 127.0.0.1 by a
 minimal asyncio client; the figure is then the server's capacity, requests per CPU-second of
 the server process (from /proc, Linux), which the client sharing the machine does not blur.
-The best of ``--rounds`` rounds is kept; rounds are interleaved across the variants. Run by
-hand; it is not a test.
+The best of ``--rounds`` rounds is kept; rounds are interleaved across the variants.
+
+``--instructions`` serves each app the same way under valgrind's callgrind (Linux, valgrind
+installed) and counts the CPU instructions the server executes per request, collection
+switched on only while the measured requests run: a count, which a noisy shared machine does
+not move, at the price of leaving out the kernel's side of each system call and the cost of
+cache misses. Ratios then compare requests per instruction. Run by hand; it is not a test.
 """
 
 from __future__ import annotations
@@ -399,6 +405,81 @@ def run_http(name: str, tmp: str, n: int, connections: int) -> tuple[float, floa
         child.wait(10)
 
 
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def run_instructions(name: str, tmp: str, n: int, connections: int) -> float:
+    """Serve ``name`` under valgrind's callgrind and count the CPU instructions its server
+    processes execute per request, over ``n`` requests after a warm-up (collection is switched
+    on only meanwhile). Free of timing noise: a count, not a time; it leaves out the kernel's
+    work (the system calls) and the cost of cache misses."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = Path(tmp) / f"callgrind-{port}"
+    out.mkdir()
+    child = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--trace-children=yes",
+            f"--callgrind-out-file={out}/cg.%p",
+            sys.executable,
+            __file__,
+            "--serve",
+            name,
+            "--port",
+            str(port),
+            "--tmp",
+            tmp,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or child.poll() is not None:
+                    raise RuntimeError(f"{name} did not start under valgrind") from None
+                time.sleep(0.5)
+        asyncio.run(drive_http(port, 600, connections))  # warm up
+        pids = [str(pid) for pid in _tree(child.pid)]
+        control = ["callgrind_control", "--instr=on"]
+        subprocess.run([*control, *pids], check=True, capture_output=True)
+        _, sent = asyncio.run(drive_http(port, n, connections))
+        control[1] = "--instr=off"
+        subprocess.run([*control, *pids], check=True, capture_output=True)
+    finally:
+        child.send_signal(2)  # SIGINT: uvicorn and gunicorn stop, callgrind writes its counts
+        child.wait(120)
+    total = 0
+    for dump in out.glob("cg.*"):  # one per process; its "totals:" line sums its counts
+        lines = dump.read_text(errors="replace").splitlines()
+        total += max((int(x.split()[1]) for x in lines if x.startswith("totals:")), default=0)
+    # The client's warm-up requests inside drive_http (50 per connection) were counted too.
+    return total / (sent + 50 * connections)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=4000, help="requests per round")
@@ -408,6 +489,11 @@ def main() -> None:
     parser.add_argument("--http", action="store_true", help="serve each app, drive it by HTTP")
     parser.add_argument("--connections", type=int, default=8, help="HTTP keep-alive sockets")
     parser.add_argument("--wall", action="store_true", help="time in-process runs by wall clock")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="serve each app under valgrind and count CPU instructions per request",
+    )
     parser.add_argument("--only", help="run only the variants whose name matches this regex")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -452,7 +538,15 @@ def main() -> None:
     def chosen(name: str) -> bool:
         return args.only is None or re.search(args.only, name) is not None
 
-    if args.http:
+    if args.instructions:
+        for name in APPS:
+            if chosen(name):
+                per_request = run_instructions(name, str(tmp), args.n, args.connections)
+                # Fewer instructions is more capacity: ratios compare requests per instruction.
+                results[name] = 1e9 / per_request
+                print(f"{name:32s} {per_request:12,.0f} instructions per request")
+                figures[name] = {"instructions_per_request": per_request}
+    elif args.http:
         served: dict[str, list[tuple[float, float]]] = {name: [] for name in APPS if chosen(name)}
         for _ in range(args.rounds):
             for name, rounds in served.items():
