@@ -273,3 +273,21 @@ def test_adjustment_validation(make_flow: Any) -> None:
         with pytest.raises(UsageFlowError) as err:
             flow.add_limit_adjustment("u1", feature, amount, kind, start, end)
         assert err.value.code is code
+
+
+def test_reservation_ids_are_unique_and_ordered_by_time(flow: Any) -> None:
+    import time
+    import uuid
+
+    setup_plans(flow)
+    ids = []
+    for _ in range(3):
+        reservation = flow.reserve("u1", "api", 1)
+        ids.append(reservation.id)
+        reservation.release()
+        time.sleep(0.002)  # the time part counts milliseconds
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    for value in ids:  # 32 hex digits, the UUIDv7 layout (RFC 9562)
+        parsed = uuid.UUID(value)
+        assert parsed.hex == value and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert abs(int(value[:12], 16) / 1000 - time.time()) < 60

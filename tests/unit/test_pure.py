@@ -94,6 +94,20 @@ def test_custom_table_names_work_on_sqlite(tmp_path: object) -> None:
     assert "usage_events" not in names
 
 
+def test_a_new_sqlite_ledger_numbers_events_without_autoincrement(tmp_path: object) -> None:
+    flow = UsageFlow(f"sqlite:///{tmp_path}/n.db")
+    flow.create_plan("Free", is_free=True, limits={"x": 10})
+    ids = [flow.increment_usage("u", "x").id for _ in range(3)]
+    assert ids == [ids[0], ids[0] + 1, ids[0] + 2]
+    with flow.store._tx("t", "", write=False) as c:  # type: ignore[attr-defined]
+        ddl = c.execute("SELECT sql FROM sqlite_master WHERE name = 'usage_events'").fetchone()[0]
+        sequences = c.execute("SELECT name FROM sqlite_master WHERE name = 'sqlite_sequence'")
+        tables = [r[0] for r in sequences]
+        counted = c.execute("SELECT name FROM sqlite_sequence").fetchall() if tables else []
+    assert "AUTOINCREMENT" not in ddl.upper()
+    assert ("usage_events",) not in counted  # no sequence row rewritten per event
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
