@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import Enum
+from typing import NamedTuple
 
 __all__ = [
     "Clock",
@@ -65,8 +65,9 @@ class GroupBy(str, Enum):
         return self.value
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):
+    """``[start, end)``; ``None`` is open (rolling windows have no end, lifetime no start)."""
+
     start: datetime | None
     end: datetime | None
 

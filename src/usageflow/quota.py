@@ -6,8 +6,8 @@ Nothing here does I/O; the sync and async flows share every line of it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from usageflow.cache import Catalog
 from usageflow.models import Decision, LimitAdjustment, Plan, Profile, Usage
@@ -51,9 +51,9 @@ def adjustment_total(adjustments: Iterable[LimitAdjustment], window: Window, now
     return total
 
 
-@dataclass(frozen=True)
-class Quota:
-    """A user's quota on one feature at one moment. ``limit=None`` is unlimited."""
+class Quota(NamedTuple):
+    """A user's quota on one feature at one moment. ``limit=None`` is unlimited. (A named
+    tuple: one is built per decision.)"""
 
     plan: Plan
     feature_name: str

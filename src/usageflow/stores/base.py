@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from usageflow.errors import config_error, invalid
 from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
@@ -126,9 +126,9 @@ class Tables:
         return f"{self.usage_events}_stripe_export"
 
 
-@dataclass(frozen=True)
-class Charge:
-    """What a store did for a charge or a reservation.
+class Charge(NamedTuple):
+    """What a store did for a charge or a reservation (a named tuple: one is built per
+    decision, and a tuple is built in a third of a frozen dataclass's time).
 
     ``used`` is the recorded usage in the window after the operation, ``held`` the credits held
     by live reservations (this one included when it was granted). ``event`` is the ledger row
