@@ -26,6 +26,8 @@ AdjustmentType = Literal["one_time", "recurring"]
 
 
 _M = TypeVar("_M", bound="_Model")
+_new = object.__new__
+_set = object.__setattr__  # past the frozen models' own __setattr__
 
 
 class _Model(BaseModel):
@@ -36,11 +38,11 @@ class _Model(BaseModel):
         """Build from values UsageFlow computed itself (every field given, already the right
         type), skipping validation: the hot path builds a few of these per decision, and
         ``model_construct`` spends most of its time on defaults we never need."""
-        instance = cls.__new__(cls)
-        object.__setattr__(instance, "__dict__", values)
-        object.__setattr__(instance, "__pydantic_fields_set__", set(values))
-        object.__setattr__(instance, "__pydantic_extra__", None)
-        object.__setattr__(instance, "__pydantic_private__", None)
+        instance = _new(cls)
+        _set(instance, "__dict__", values)
+        _set(instance, "__pydantic_fields_set__", set(values))
+        _set(instance, "__pydantic_extra__", None)
+        _set(instance, "__pydantic_private__", None)
         return instance
 
 
