@@ -374,27 +374,36 @@ async def drive_http(port: int, n: int, connections: int) -> tuple[float, int]:
     return time.perf_counter() - start, per * connections
 
 
-def run_http(name: str, tmp: str, n: int, connections: int) -> tuple[float, float]:
-    """Serve ``name`` in a child process and drive it; (requests per second of wall time,
-    requests per CPU-second of the server)."""
+def _start_server(
+    name: str, tmp: str, launcher: list[str], timeout: float
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Serve ``name`` in a child process (run by ``launcher``, e.g. valgrind, when given) on a
+    free port; return once it accepts connections."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", name, "--port", str(port), "--tmp", tmp],
+        [*launcher, sys.executable, __file__, "--serve", name, "--port", str(port), "--tmp", tmp],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return child, port
+        except OSError:
+            if time.monotonic() > deadline or child.poll() is not None:
+                child.kill()
+                raise RuntimeError(f"{name} did not start") from None
+            time.sleep(0.2)
+
+
+def run_http(name: str, tmp: str, n: int, connections: int) -> tuple[float, float]:
+    """Serve ``name`` in a child process and drive it; (requests per second of wall time,
+    requests per CPU-second of the server)."""
+    child, port = _start_server(name, tmp, [], 30)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or child.poll() is not None:
-                    raise RuntimeError(f"{name} did not start") from None
-                time.sleep(0.1)
         asyncio.run(drive_http(port, 1000, connections))  # warm up: caches, JIT-free paths
         cpu_before = cpu_seconds(child.pid)
         wall, sent = asyncio.run(drive_http(port, n, connections))
@@ -428,40 +437,16 @@ def run_instructions(name: str, tmp: str, n: int, connections: int) -> float:
     processes execute per request, over ``n`` requests after a warm-up (collection is switched
     on only meanwhile). Free of timing noise: a count, not a time; it leaves out the kernel's
     work (the system calls) and the cost of cache misses."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    out = Path(tmp) / f"callgrind-{port}"
-    out.mkdir()
-    child = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            "--trace-children=yes",
-            f"--callgrind-out-file={out}/cg.%p",
-            sys.executable,
-            __file__,
-            "--serve",
-            name,
-            "--port",
-            str(port),
-            "--tmp",
-            tmp,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    out = Path(tempfile.mkdtemp(prefix="callgrind-", dir=tmp))
+    valgrind = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--trace-children=yes",
+        f"--callgrind-out-file={out}/cg.%p",
+    ]
+    child, port = _start_server(name, tmp, valgrind, 300)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or child.poll() is not None:
-                    raise RuntimeError(f"{name} did not start under valgrind") from None
-                time.sleep(0.5)
         asyncio.run(drive_http(port, 600, connections))  # warm up
         pids = [str(pid) for pid in _tree(child.pid)]
         control = ["callgrind_control", "--instr=on"]
