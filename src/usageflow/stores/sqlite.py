@@ -1104,7 +1104,8 @@ class SQLiteStore(Store):
                 ).fetchone()
                 if row:
                     return Charge(True, used, held, replayed=True, reservation_id=row[0])
-            # A reused reservation id (128 random bits) fails the primary key: nothing written.
+            # A reused reservation id (74 random bits a millisecond) fails the primary key:
+            # nothing written.
             if not fits(used, held, credits, limit):
                 return Charge(False, used, held)
             c.execute(
