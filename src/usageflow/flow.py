@@ -823,22 +823,16 @@ class AsyncReservation(_ReservationBase):
         """Shielded from cancellation: once started, the commit completes even when the
         awaiting task is cancelled (a client disconnecting must not lose usage)."""
         credits = self.credits if actual_credits is None else actual_credits
-        event = await self._shielded(self._flow.core.settle(self.id, credits, metadata))
+        event = await self._flow._run(
+            self._flow.core.settle(self.id, credits, metadata), shielded=True
+        )
         self.settled = True
         return _committed(self.id, event)
 
     async def release(self) -> None:
         """Shielded from cancellation, like :meth:`commit`."""
-        await self._shielded(self._flow.core.settle(self.id, None, None))
+        await self._flow._run(self._flow.core.settle(self.id, None, None), shielded=True)
         self.settled = True
-
-    async def _shielded(self, op: Any) -> Any:
-        # A settle is one store call, shielded by the store (a batch slot or a worker thread
-        # runs on; a network call runs in a task of its own). A store whose calls never
-        # suspend cannot be cancelled midway.
-        if self._flow.astore.can_suspend:
-            return await self._flow._run(op, shielded=True)
-        return await self._flow._run(op)
 
     async def __aenter__(self) -> AsyncReservation:
         return self

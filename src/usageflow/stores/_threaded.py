@@ -45,19 +45,18 @@ class ThreadedAsyncStore(AsyncStore):
         store = self.store
         if not store.blocking:  # the memory store: inline, one coroutine frame
             return getattr(store, method)(**kwargs)
-        return await self._call(method, kwargs, False)
+        return await self._blocking_call(method, kwargs, False)
 
     async def call_shielded(self, method: str, kwargs: dict[str, Any]) -> Any:
         """Shielded without a task of its own: what a call waits for is a future (a batch
         slot, a worker thread), and only that wait is shielded; an inline call cannot be
         cancelled midway."""
-        return await self._call(method, kwargs, True)
+        if not self.store.blocking:
+            return await self.call(method, kwargs)
+        return await self._blocking_call(method, kwargs, True)
 
-    async def _call(self, method: str, kwargs: dict[str, Any], shield: bool) -> Any:
+    async def _blocking_call(self, method: str, kwargs: dict[str, Any], shield: bool) -> Any:
         store = self.store
-        fn = getattr(store, method)
-        if not store.blocking:
-            return fn(**kwargs)
         loop = asyncio.get_running_loop()
         if method in self._batched and self._queue_loop in (None, loop):
             return await self._wait(self._grouped(loop, method, kwargs), shield)
@@ -69,7 +68,8 @@ class ThreadedAsyncStore(AsyncStore):
             else:
                 self._start_upkeep(loop)
                 return result
-        return await self._wait(loop.run_in_executor(None, functools.partial(fn, **kwargs)), shield)
+        work = loop.run_in_executor(None, functools.partial(getattr(store, method), **kwargs))
+        return await self._wait(work, shield)
 
     @staticmethod
     def _wait(future: asyncio.Future[Any], shield: bool) -> asyncio.Future[Any]:

@@ -538,7 +538,10 @@ class AsyncStore(ABC):
         """:meth:`call`, completed even when the awaiting task is cancelled (the caller then
         gets ``CancelledError`` at once, and the operation still lands). Used for commits and
         releases: a client that disconnects must not lose usage. This default runs the call
-        in a task of its own; a store that can shield more cheaply overrides it."""
+        in a task of its own, unless no call of the store ever suspends; a store that can
+        shield more cheaply overrides it."""
+        if not self.can_suspend:
+            return await self.call(method, kwargs)
         return await asyncio.shield(self.call(method, kwargs))
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
