@@ -1,32 +1,54 @@
-# The commands the README tells people to type.
+# The commands the README tells people to type. Everything runs in a project virtual
+# environment (.venv), made on first use: system Pythons refuse global installs (PEP 668),
+# and a demo that needs only pydantic has no business in the global interpreter.
 PYTHON ?= python3
-STAMP := .venv-installed
+VENV := .venv
+PY := $(VENV)/bin/python
+# The install stamps live inside the venv: a new venv (or a new interpreter) starts without
+# them, so it is always installed into before it is used.
+CORE := $(VENV)/.usageflow-core
+DEV := $(VENV)/.usageflow-dev
+BENCH := $(VENV)/.usageflow-bench
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install demo test check bench
+.PHONY: install demo test check bench clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-	@touch $(STAMP)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 
-install: $(STAMP)
+$(CORE): pyproject.toml | $(PY)
+	$(PIP) -e .
+	@touch $@
 
-## demo: run the main example on the embedded SQLite store
-demo: $(STAMP)
-	$(PYTHON) examples/quickstart.py
+$(DEV): pyproject.toml | $(PY)
+	$(PIP) -e ".[dev]"
+	@touch $@ $(CORE)
+
+$(BENCH): pyproject.toml $(DEV)
+	$(PIP) -e ".[bench]"
+	@touch $@
+
+install: $(DEV)
+
+## demo: run the main example on the embedded SQLite store (installs the core only)
+demo: $(CORE)
+	$(PY) examples/quickstart.py
 
 ## test: the whole suite (PostgreSQL tests read USAGEFLOW_TEST_POSTGRES_URL)
-test: $(STAMP)
-	$(PYTHON) -m pytest
+test: $(DEV)
+	$(PY) -m pytest
 
 ## check: lint, format and strict typing
-check: $(STAMP)
-	$(PYTHON) -m ruff check src tests benchmarks examples
-	$(PYTHON) -m ruff format --check src tests benchmarks examples
-	$(PYTHON) -m mypy
+check: $(DEV)
+	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff format --check src tests benchmarks examples
+	$(PY) -m mypy
 
 ## bench: the benchmarks (by hand; they print ratios; PostgreSQL's reads USAGEFLOW_TEST_POSTGRES_URL)
-bench: $(STAMP)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
-	$(PYTHON) benchmarks/sqlite_consume.py
-	$(PYTHON) benchmarks/http_middleware.py
-	$(PYTHON) benchmarks/http_middleware.py --http
+bench: $(BENCH)
+	$(PY) benchmarks/sqlite_consume.py
+	$(PY) benchmarks/http_middleware.py
+	$(PY) benchmarks/http_middleware.py --http
+
+clean:
+	rm -rf $(VENV)
