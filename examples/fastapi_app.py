@@ -81,7 +81,7 @@ def create_app(store: str) -> FastAPI:
         flow=flow,
         routes={
             "POST /v1/exports": "design-export",
-            "/v1/chat/{chat_id:int}": {"feature": "ai_chat_limit", "credits": 2},
+            "/v1/chat/{chat_id}": {"feature": "ai_chat_limit", "credits": 2},
         },
         user_id=get_user_id,
     )

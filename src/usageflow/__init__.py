@@ -7,9 +7,9 @@
 True
 """
 
-from usageflow.decorators import metered
 from usageflow.errors import ErrorCodes, UsageFlowError
 from usageflow.flow import AsyncReservation, AsyncUsageFlow, Reservation, UsageFlow
+from usageflow.integrations.metered import metered
 from usageflow.models import (
     Decision,
     FeatureLimit,

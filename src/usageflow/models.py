@@ -30,6 +30,10 @@ _new = object.__new__
 _set = object.__setattr__  # past the frozen models' own __setattr__
 
 
+#: The bound of every credits column and counter: a signed 64-bit integer.
+INT64_MAX = 2**63 - 1
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

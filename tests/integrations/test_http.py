@@ -20,8 +20,8 @@ from starlette.testclient import TestClient
 from tests.integrations.conftest import setup_plans
 from usageflow import AsyncUsageFlow, Decision, UsageFlow, UsageFlowError, metered
 from usageflow.context import current_user_id
-from usageflow.decorators import MeteringError
 from usageflow.integrations._http import Meter, RouteTable, quota_headers, route_path
+from usageflow.integrations.metered import MeteringError
 from usageflow.integrations.starlette import UsageFlowMiddleware
 from usageflow.stores import open_store
 from usageflow.testing import FakeClock

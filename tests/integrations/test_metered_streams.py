@@ -119,6 +119,11 @@ def flask_app(flow: UsageFlow) -> Flask:
     def export() -> Response:
         return Response(iter(["a,b\n", "1,2\n"]), mimetype="text/csv")
 
+    @app.get("/export-held")
+    @metered("exports", settle="hold")
+    def export_held() -> Response:
+        return Response(iter(["a,b\n", "1,2\n"]), mimetype="text/csv")
+
     return app
 
 
@@ -142,13 +147,35 @@ def test_flask_streamed_response_is_charged_at_its_end(
     flask_flow: UsageFlow, reader: UsageFlow
 ) -> None:
     client = flask_app(flask_flow).test_client()
-    r = client.get("/export", headers=U1, buffered=False)
-    assert used(reader, "u1", "exports") == 0  # not yet produced: only held
+    # settle="hold": only held while the body is produced, recorded at its end.
+    r = client.get("/export-held", headers=U1, buffered=False)
+    assert used(reader, "u1", "exports") == 0
     assert held(reader, "u1", "exports") == 1
     assert b"".join(r.response) == b"a,b\n1,2\n"
     r.close()
     assert used(reader, "u1", "exports") == 1
     assert held(reader, "u1", "exports") == 0
+    # The default (settle="charge"): charged up front, and the charge stands at the end.
+    r = client.get("/export", headers=U1, buffered=False)
+    assert used(reader, "u1", "exports") == 2
+    assert held(reader, "u1", "exports") == 0
+    assert b"".join(r.response) == b"a,b\n1,2\n"
+    r.close()
+    assert used(reader, "u1", "exports") == 2
+
+
+def test_flask_stream_cut_short_gives_a_fixed_charge_back(
+    flask_flow: UsageFlow, reader: UsageFlow
+) -> None:
+    client = flask_app(flask_flow).test_client()
+    for path in ("/export", "/export-held"):
+        r = client.get(path, headers=U1, buffered=False)
+        assert next(iter(r.response)) == b"a,b\n"
+        r.close()  # the client went away before the end
+    assert used(reader, "u1", "exports") == 0
+    assert held(reader, "u1", "exports") == 0
+    events = reader.list_events("u1", "exports")
+    assert sorted(e.event_type for e in events) == ["credit", "usage"]
 
 
 def test_flask_stream_closed_early_or_failing_costs_nothing(

@@ -22,8 +22,7 @@ from starlette.websockets import WebSocket
 from tests.integrations.conftest import PAYMENT_LINK, RESET_SECONDS, DeadSQLite
 from usageflow import AsyncUsageFlow, UsageFlow, UsageFlowError, metered
 from usageflow.context import current_user_id
-from usageflow.integrations._http import MeterStats
-from usageflow.integrations.starlette import Meter, UsageFlowMiddleware
+from usageflow.integrations.starlette import Meter, MeterStats, UsageFlowMiddleware
 from usageflow.stores.base import INT64_MAX
 from usageflow.testing import FakeClock
 

@@ -1,63 +1,49 @@
-"""HTTP translation shared by every framework adapter; imports no framework.
+"""HTTP translation shared by every framework adapter; imports no framework and no store.
 
-What lives here, written once for Starlette, FastAPI and Flask:
+What lives here, written once for Starlette, FastAPI, Flask and Django:
 
-* :class:`Meter`, the metering of one route (feature, credits, ``fail_open``, ``charge_if``),
-  and :class:`RouteTable`, route patterns (``"POST /v1/exports"``, ``"/v1/chat/{chat_id}"``,
-  ``"/files/{file_id:int}"``) compiled once and matched per request;
+* :class:`Meter`, the metering of one route (feature, credits, ``fail_open``, ``charge_if``,
+  ``settle``), and :class:`RouteTable`, route patterns (``"POST /v1/exports"``,
+  ``"/v1/chat/{chat_id}"``, ``"/files/{file_id:int}"``) compiled once and matched per request;
 * :func:`problem_for`, the translation of a refusal into an HTTP answer: ``402`` when the
   quota is spent (``application/problem+json`` with ``feature``, ``limit``, ``current``,
   ``remaining``, ``resets_at`` and ``upgrade_url``), ``401`` with no user, ``400`` for a
   malformed user id, ``503`` when the store failed (fail closed);
 * :func:`quota_headers`, the IETF ``RateLimit-Policy`` / ``RateLimit`` fields
-  (draft-ietf-httpapi-ratelimit-headers, structured fields) and ``Retry-After``;
-* :class:`AsyncGate` / :class:`SyncGate`: reserve, commit and release over either flow, never
-  blocking an event loop (a blocking store runs in a worker thread);
-* :class:`MeterStats`, the counters of every decision (fail-open passes included).
+  (draft-ietf-httpapi-ratelimit-headers, structured fields) and ``Retry-After``.
+
+The metering itself (decide, serve, settle) is :mod:`usageflow.integrations._lifecycle`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
-import logging
 import math
 import re
-import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from usageflow.errors import ErrorCodes, UsageFlowError, config_error
-from usageflow.flow import AsyncReservation, AsyncUsageFlow, Reservation, UsageFlow
-from usageflow.models import Decision
-from usageflow.stores._threaded import ThreadedAsyncStore
-from usageflow.stores.base import INT64_MAX
+from usageflow.flow import AsyncUsageFlow, UsageFlow
+from usageflow.models import INT64_MAX, Decision
 
 __all__ = [
-    "AsyncGate",
-    "Binding",
     "Meter",
-    "MeterStats",
     "MeteringError",
     "Problem",
     "RouteTable",
     "ServedResponse",
-    "SyncGate",
-    "credits_function_failed",
     "default_charge_if",
+    "headers_of",
     "problem_for",
     "quota_header_bytes",
     "quota_headers",
 ]
 
-logger = logging.getLogger("usageflow.integrations")
-
 AnyFlow = UsageFlow | AsyncUsageFlow
-AnyReservation = Reservation | AsyncReservation
 ChargeIf = Callable[[int], bool]
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
@@ -83,6 +69,12 @@ class Meter:
     (default 1) are held before the handler runs, so that a user with nothing left is refused
     up front; the computed amount is then recorded even when it exceeds the hold.
     ``fail_open`` and ``charge_if`` left as ``None`` inherit the adapter's settings.
+
+    ``settle`` chooses how a request is charged: ``"charge"`` (the default for an int) checks
+    and charges in one store call before the handler and gives the credits back if the
+    response is not charged; ``"hold"`` (always for callable credits) reserves them before and
+    commits or releases after (two calls; a process that dies mid-request then costs the user
+    nothing once the hold expires).
     """
 
     feature: str
@@ -90,6 +82,7 @@ class Meter:
     reserve: int | None = None
     fail_open: bool | None = None
     charge_if: ChargeIf | None = None
+    settle: Literal["charge", "hold"] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.feature, str) or not self.feature.strip():
@@ -109,6 +102,20 @@ class Meter:
             raise config_error("fail_open must be a bool")
         if self.charge_if is not None and not callable(self.charge_if):
             raise config_error("charge_if must be a callable taking the status code")
+        if self.settle not in (None, "charge", "hold"):
+            raise config_error(f"settle must be 'charge' or 'hold', not {self.settle!r}")
+        if self.settle == "charge" and callable(self.credits):
+            raise config_error(
+                f"{self.feature!r}: settle='charge' needs a fixed number of credits; credits "
+                "computed from the response are reserved first (settle='hold')"
+            )
+
+    @property
+    def settle_mode(self) -> Literal["charge", "hold"]:
+        """``settle`` with its default: ``"charge"`` for an int, ``"hold"`` for a function."""
+        if self.settle is not None:
+            return self.settle
+        return "charge" if isinstance(self.credits, int) else "hold"
 
     @property
     def held(self) -> int:
@@ -125,7 +132,14 @@ class Meter:
         if isinstance(spec, str):
             return cls(spec)
         if isinstance(spec, Mapping):
-            unknown = set(spec) - {"feature", "credits", "reserve", "fail_open", "charge_if"}
+            unknown = set(spec) - {
+                "feature",
+                "credits",
+                "reserve",
+                "fail_open",
+                "charge_if",
+                "settle",
+            }
             if unknown:
                 raise config_error(f"unknown route option(s): {', '.join(sorted(unknown))}")
             if "feature" not in spec:
@@ -152,7 +166,10 @@ _CONVERTORS: Final = {
     "uuid": "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
 }
 _PARAM: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_][A-Za-z0-9_]*))?}")
-_METHOD: Final = re.compile(r"^[A-Z]+$")
+#: The methods a route key may name; ``WS`` is a websocket route (metered once, at accept).
+METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "WS"}
+)
 
 
 def split_route_key(key: object) -> tuple[str | None, str]:
@@ -165,8 +182,11 @@ def split_route_key(key: object) -> tuple[str | None, str]:
     if " " in path:
         method, path = (part.strip() for part in path.split(None, 1))
         method = method.upper()
-        if not _METHOD.match(method):
-            raise config_error(f"route {key!r}: {method!r} is not an HTTP method")
+        if method not in METHODS:
+            raise config_error(
+                f"route {key!r}: {method!r} is not an HTTP method "
+                f"(one of {', '.join(sorted(METHODS))}; WS for a websocket route)"
+            )
     if not path.startswith("/") or any(c.isspace() for c in path):
         raise config_error(f"route {key!r}: the path must start with '/' and have no spaces")
     return method, path
@@ -240,23 +260,22 @@ class RouteTable:
 
     def match(self, method: str, path: str) -> Meter | None:
         """The meter of the first route matching ``method`` and ``path``, or ``None``.
-        ``HEAD`` matches ``GET`` routes too."""
+        ``HEAD`` matches ``GET`` routes too; ``WS`` (a websocket) matches only ``WS`` keys,
+        and a key with no method only HTTP requests."""
         # HEAD runs the GET handler (Starlette answers it from GET routes): metered alike.
-        alias = "GET" if method == "HEAD" else method
+        accepted = (
+            ("WS",) if method == "WS" else (None, method, "GET" if method == "HEAD" else None)
+        )
         if not self._scan:
             for wanted, meter in self._static.get(path, ()):
-                if wanted is None or wanted in (method, alias):
+                if wanted in accepted:
                     return meter
             for route in self._dynamic:
-                if (
-                    (route.method is None or route.method in (method, alias))
-                    and route.regex is not None
-                    and route.regex.match(path)
-                ):
+                if route.method in accepted and route.regex is not None and route.regex.match(path):
                     return route.meter
             return None
         for route in self._order:
-            if route.method is not None and route.method not in (method, alias):
+            if route.method not in accepted:
                 continue
             if route.regex is None:
                 if route.pattern == path:
@@ -487,59 +506,6 @@ def problem_for(
     return unavailable(feature)
 
 
-# -- counters ---------------------------------------------------------------------------------
-class MeterStats:
-    """Counters of every metering decision; thread-safe. Read them, e.g. for metrics.
-
-    ``allowed``: requests let through with a reservation; ``refused``: 402; ``unauthenticated``:
-    401; ``invalid``: 400; ``failed_closed``: 503 on a store failure; ``failed_open``: requests
-    let through unmetered because the store failed and the feature is ``fail_open``;
-    ``charged`` / ``released``: reservations committed / given back; ``settle_errors``:
-    commits or releases that failed after the response (the hold then expires by itself).
-    """
-
-    FIELDS: Final = (
-        "allowed",
-        "refused",
-        "unauthenticated",
-        "invalid",
-        "failed_closed",
-        "failed_open",
-        "charged",
-        "released",
-        "settle_errors",
-    )
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts = dict.fromkeys(self.FIELDS, 0)
-
-    def add(self, name: str) -> None:
-        with self._lock:
-            self._counts[name] += 1
-
-    def __getattr__(self, name: str) -> int:
-        counts = self.__dict__.get("_counts")
-        if counts is not None and name in counts:
-            return int(counts[name])
-        raise AttributeError(name)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
-
-    def __repr__(self) -> str:
-        return f"MeterStats({self.snapshot()})"
-
-
-def count_problem(stats: MeterStats, problem: Problem) -> None:
-    stats.add(
-        {402: "refused", 401: "unauthenticated", 400: "invalid"}.get(
-            problem.status, "failed_closed"
-        )
-    )
-
-
 # -- gates: reserve / commit / release over either flow ---------------------------------------
 def normalize_user_id(value: object) -> str | None:
     """A user id as UsageFlow stores it: ``str``; an ``int`` (not ``bool``) is converted;
@@ -563,219 +529,8 @@ def check_flow(flow: object) -> AnyFlow:
     return flow
 
 
-class AsyncGate:
-    """Reserve, commit and release from async code over a ``UsageFlow`` or ``AsyncUsageFlow``.
-
-    A sync flow whose store blocks (SQLite, Postgres) runs in a worker thread; a non-blocking
-    one (memory) runs inline. The event loop never waits on I/O.
-    """
-
-    def __init__(self, flow: AnyFlow) -> None:
-        self.flow = check_flow(flow)
-        self._threaded = isinstance(flow, UsageFlow) and flow.store.blocking
-        #: True when a call may suspend (and so be cancelled): settling is then shielded.
-        self.suspends = bool(flow.store.blocking) or not isinstance(
-            getattr(flow, "astore", None), ThreadedAsyncStore
-        )
-
-    def now(self) -> datetime:
-        return self.flow.core.clock()
-
-    async def reserve(
-        self, user_id: str, feature: str, credits: int, ttl: float | None = None
-    ) -> AnyReservation:
-        flow = self.flow
-        if isinstance(flow, AsyncUsageFlow):
-            return await flow.reserve(user_id, feature, credits, ttl)
-        if self._threaded:
-            return await asyncio.to_thread(flow.reserve, user_id, feature, credits, ttl)
-        return flow.reserve(user_id, feature, credits, ttl)
-
-    async def settle(self, held: AnyReservation, credits: int | None) -> None:
-        """Commit ``credits`` (``None``: release; 0: release, nothing was used)."""
-        if isinstance(held, AsyncReservation):
-            if credits:
-                await held.commit(credits)
-            else:
-                await held.release()
-            return
-        sync_held: Reservation = held
-
-        def call() -> None:
-            if credits:
-                sync_held.commit(credits)
-            else:
-                sync_held.release()
-
-        if self._threaded:
-            await asyncio.to_thread(call)
-        else:
-            call()
-
-    async def upgrade_url(self, user_id: str, feature: str) -> str | None:
-        """The upgrade link for a refusal; ``None`` when there is none or the store fails."""
-        flow = self.flow
-        try:
-            if isinstance(flow, AsyncUsageFlow):
-                return await flow.upgrade_url(user_id, feature_name=feature)
-            if self._threaded:
-                return await asyncio.to_thread(flow.upgrade_url, user_id, None, feature)
-            return flow.upgrade_url(user_id, None, feature)
-        except UsageFlowError:
-            logger.warning("usageflow: could not build the upgrade URL for %r", feature)
-            return None
-
-
-class SyncGate:
-    """Reserve, commit and release from sync code (Flask views, sync handlers).
-
-    With an ``AsyncUsageFlow`` the calls go to its event loop through ``anyio.from_thread``,
-    which works in the worker threads Starlette and FastAPI run sync handlers in.
-    """
-
-    def __init__(self, flow: AnyFlow) -> None:
-        self.flow = check_flow(flow)
-
-    def now(self) -> datetime:
-        return self.flow.core.clock()
-
-    def _await(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-        try:
-            from anyio import from_thread
-
-            return from_thread.run(fn)
-        except (ImportError, RuntimeError) as exc:
-            raise config_error(
-                "a sync handler metered with an AsyncUsageFlow must run in a worker thread of "
-                "an async framework; pass a usageflow.UsageFlow for plain sync code"
-            ) from exc
-
-    def resolve(self, value: Awaitable[Any]) -> Any:
-        """The result of an awaitable (an async ``user_id`` or credits function)."""
-
-        async def wait() -> Any:
-            return await value
-
-        return self._await(wait)
-
-    def reserve(
-        self, user_id: str, feature: str, credits: int, ttl: float | None = None
-    ) -> AnyReservation:
-        flow = self.flow
-        if isinstance(flow, AsyncUsageFlow):
-            result: AsyncReservation = self._await(
-                lambda: flow.reserve(user_id, feature, credits, ttl)
-            )
-            return result
-        return flow.reserve(user_id, feature, credits, ttl)
-
-    def settle(self, held: AnyReservation, credits: int | None) -> None:
-        if isinstance(held, AsyncReservation):
-            async_held: AsyncReservation = held
-
-            async def settle() -> None:
-                if credits:
-                    await async_held.commit(credits)
-                else:
-                    await async_held.release()
-
-            self._await(settle)
-        elif credits:
-            held.commit(credits)
-        else:
-            held.release()
-
-    def upgrade_url(self, user_id: str, feature: str) -> str | None:
-        flow = self.flow
-        try:
-            if isinstance(flow, AsyncUsageFlow):
-                url: str | None = self._await(
-                    lambda: flow.upgrade_url(user_id, feature_name=feature)
-                )
-                return url
-            return flow.upgrade_url(user_id, None, feature)
-        except UsageFlowError:
-            logger.warning("usageflow: could not build the upgrade URL for %r", feature)
-            return None
-
-
-# -- the request binding read by decorators and dependencies ----------------------------------
-class Binding:
-    """What a framework integration tells the decorators about the request being served.
-
-    ``user_id`` resolves the request's user (it may return an awaitable); ``decisions`` collects
-    the decisions of decorated handlers so that the integration can add their quota headers.
-    """
-
-    __slots__ = ("charge_if", "decisions", "enabled", "fail_open", "flow", "stats", "user_id")
-
-    def __init__(
-        self,
-        flow: AnyFlow,
-        user_id: Callable[[], Any] | None,
-        fail_open: bool = False,
-        charge_if: ChargeIf = default_charge_if,
-        stats: MeterStats | None = None,
-        enabled: bool = True,
-    ) -> None:
-        self.flow = flow
-        self.user_id = user_id
-        self.fail_open = fail_open
-        self.charge_if = charge_if
-        self.stats = stats
-        self.enabled = enabled
-        self.decisions: list[tuple[Decision, int]] = []
-
-
-#: The integration bound to the request being served (set by the ASGI middleware).
-current_binding: ContextVar[Binding | None] = ContextVar("usageflow_binding", default=None)
-
-#: Functions that find the binding of a framework whose request state is not a ContextVar
-#: (the Flask extension registers one); tried in order when ``current_binding`` is unset.
-binding_providers: list[Callable[[], Binding | None]] = []
-
-
-def find_binding() -> Binding | None:
-    """The binding of the request being served, if an integration set one up."""
-    binding = current_binding.get()
-    if binding is not None:
-        return binding
-    for provider in binding_providers:
-        binding = provider()
-        if binding is not None:
-            return binding
-    return None
-
-
-#: Features already metered in the current request / call chain: metered once.
-active_features: ContextVar[frozenset[str]] = ContextVar(
-    "usageflow_active_features", default=frozenset()
-)
-
-
-def settle_credits(value: object, feature: str, reserved: int) -> int:
-    """The credits to commit from what a credits function returned: an int in
-    ``[0, 2**63-1]``, else the ``reserved`` amount (logged)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
-        logger.error(
-            "usageflow: the credits function of %r returned %r; "
-            "an int between 0 and 2**63-1 is required (the reserved credits are charged)",
-            feature,
-            value,
-        )
-        return reserved
-    return value
-
-
-def credits_function_failed(feature: str) -> None:
-    """Log a credits function that raised (the caller charges the reserved credits)."""
-    logger.exception(
-        "usageflow: the credits function of %r raised; the reserved credits are charged",
-        feature,
-    )
-
-
 def headers_of(decisions: Iterable[tuple[Decision, int]], now: datetime) -> list[tuple[str, str]]:
+    """The quota headers of the decisions taken while serving a request."""
     out: list[tuple[str, str]] = []
     for decision, refund in decisions:
         out.extend(quota_headers(decision, now, refund=refund))

@@ -28,30 +28,28 @@ charged when the stream ends, and quota headers on every response, meter the rou
 
 from __future__ import annotations
 
-import inspect
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
 
-from usageflow.decorators import _Plan, _settle_async
-from usageflow.errors import ErrorCodes, UsageFlowError, config_error
-from usageflow.integrations._http import (
-    AnyFlow,
-    AsyncGate,
-    Meter,
-    MeteringError,
+from usageflow.context import current_user_id
+from usageflow.errors import config_error
+from usageflow.integrations._http import AnyFlow, Meter, MeteringError, check_flow
+from usageflow.integrations._lifecycle import (
+    DEFAULT_POLICY,
+    PASS,
+    Refusal,
+    Ticket,
     active_features,
-    check_flow,
-    normalize_user_id,
+    drive_async,
+    find_binding,
+    meterings,
 )
 from usageflow.integrations.starlette import metering_error_handler
 from usageflow.models import Decision
 
 __all__ = ["MeteringError", "meter", "metering_error_handler"]
-
-logger = logging.getLogger("usageflow.integrations")
 
 
 def meter(
@@ -73,52 +71,50 @@ def meter(
         check_flow(flow)
     if user_id is not None and not callable(user_id):
         raise config_error("user_id must be a function of the request")
+    metering_of = meterings(spec)
 
     async def dependency(request: Request) -> AsyncIterator[Decision | None]:
-        if spec.feature in active_features.get():
+        binding = find_binding()
+        if spec.feature in active_features.get() or (binding is not None and not binding.enabled):
             yield None
             return
-        plan = _Plan(spec, flow)
-        if not plan.enabled:
+        chosen = flow or (binding.flow if binding is not None else None)
+        if chosen is None:
+            raise config_error(
+                f"meter({spec.feature!r}) found no flow: install UsageFlowMiddleware or pass flow="
+            )
+        metering = metering_of(binding.policy if binding is not None else DEFAULT_POLICY)
+        if user_id is not None:
+            raw = user_id(request)
+        elif binding is not None and binding.user_id is not None:
+            raw = binding.user_id()
+        else:
+            raw = current_user_id.get()
+        admission = await drive_async(chosen, metering.admit(chosen.core, raw))
+        if admission is PASS:
             yield None
             return
-        gate = AsyncGate(plan.flow)
-        raw = plan.raw_user(None if user_id is None else lambda: user_id(request))
-        if inspect.isawaitable(raw):
-            raw = await raw
-        try:
-            user = normalize_user_id(raw)
-        except UsageFlowError as exc:
-            raise plan.refuse(exc, spec, None, gate.now()) from None
-        if user is None:
-            raise plan.no_user(spec)
-        try:
-            held = await gate.reserve(user, spec.feature, spec.held)
-        except UsageFlowError as exc:
-            if exc.is_store_failure and plan.fail_open:
-                plan.count("failed_open")
-                logger.warning(
-                    "usageflow: store failed, %r let through unmetered (fail_open): %s",
-                    spec.feature,
-                    exc.message,
-                )
-                yield None
-                return
-            url = None
-            if exc.code is ErrorCodes.USAGE_LIMIT_ERROR:
-                url = await gate.upgrade_url(user, spec.feature)
-            raise plan.refuse(exc, spec, url, gate.now()) from exc
-        plan.count("allowed")
+        if isinstance(admission, Refusal):
+            raise admission.error
+        assert isinstance(admission, Ticket)
+        ticket = admission
         # Recorded before the endpoint runs: the middleware adds the quota headers when the
         # response starts, which may be before this dependency exits.
-        plan.record(held, held.credits)
+        entry = (ticket.decision, 0)
+        if binding is not None:
+            binding.decisions.append(entry)
         try:
-            yield held.decision
+            yield ticket.decision
         except BaseException:
-            plan.record(held, None, replace=True)
-            await _settle_async(gate, plan, held, None, spec)
+            if binding is not None:
+                binding.decisions[binding.decisions.index(entry)] = (
+                    ticket.decision,
+                    ticket.credits,
+                )
+            await drive_async(chosen, metering.finish(chosen.core, ticket, None))
             raise
-        await _settle_async(gate, plan, held, held.credits, spec)
+        # A dependency cannot see the response: a returning endpoint is charged.
+        await drive_async(chosen, metering.finish(chosen.core, ticket, 200))
 
     dependency.__name__ = f"meter_{feature_name}".replace("-", "_")
     return dependency

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,30 +41,47 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, has_request_context, request
 
-from usageflow.decorators import metered
 from usageflow.errors import config_error
 from usageflow.flow import AsyncUsageFlow, UsageFlow
 from usageflow.integrations._http import (
     PROBLEM_CONTENT_TYPE,
-    Binding,
     ChargeIf,
     Meter,
     MeteringError,
-    MeterStats,
-    binding_providers,
     default_charge_if,
     headers_of,
     split_route_key,
 )
+from usageflow.integrations._lifecycle import (
+    Binding,
+    MeterStats,
+    Policy,
+    binding_providers,
+    check_reservation_ttl,
+)
+from usageflow.integrations.metered import metered
 
 __all__ = ["MeterStats", "MeteringError", "UsageFlowFlask"]
+
+logger = logging.getLogger("usageflow.integrations")
 
 EXTENSION = "usageflow"
 _G_KEY = "_usageflow_binding"
 
 
+#: Set once the missing ``user_id=`` has been logged (a mistake is reported once, not per request).
+_warned_no_user = threading.Event()
+
+
 def _default_user_id() -> Any:
     """``flask.g.user_id`` when the app's authentication sets it."""
+    if "user_id" not in g and not _warned_no_user.is_set():
+        _warned_no_user.set()
+        logger.warning(
+            "usageflow: UsageFlowFlask has no user_id= and nothing sets flask.g.user_id: every "
+            "metered request is answered 401. Pass user_id=fn() -> str (reading flask.request "
+            "or flask.g), or set g.user_id in your authentication"
+        )
     return g.get("user_id")
 
 
@@ -93,17 +111,21 @@ def _route_keys(routes: Mapping[str, object] | None) -> list[_RouteKey]:
 class _State:
     flow: UsageFlow
     user_id: Callable[[], Any]
-    fail_open: bool
-    charge_if: ChargeIf
+    policy: Policy
     headers: bool
     enabled: bool
-    stats: MeterStats
+    exempt_when: Callable[[], Any] | None = None
     routes: list[_RouteKey] = field(default_factory=list)
     routed: bool = False
     routing: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._is_async = inspect.iscoroutinefunction(self.user_id)  # once, not per request
+
+    @property
+    def stats(self) -> MeterStats:
+        assert self.policy.stats is not None
+        return self.policy.stats
 
     def resolve_user(self) -> Any:
         fn = self.user_id
@@ -127,6 +149,10 @@ class UsageFlowFlask:
     :param fail_open: overrides ``USAGEFLOW_FAIL_OPEN``.
     :param charge_if: ``fn(status) -> bool``, which responses are charged (default < 400).
     :param stats: a :class:`MeterStats` to count decisions in.
+    :param exempt_when: a function of no arguments (as in Flask-Limiter): a true answer lets
+        the request through unmetered, before its user is resolved (health checks, admins,
+        internal calls); counted as ``exempt``.
+    :param reservation_ttl: seconds a hold lives if the process dies mid-request.
     :param routes: meter views by their rule instead of decorating them: ``{"POST
         /v1/exports": "exports", "/v1/chat/<int:chat_id>": {"feature": "chat", "credits": 2}}``.
         A key is a rule exactly as given to ``@app.route`` (any method, or the one named);
@@ -146,6 +172,8 @@ class UsageFlowFlask:
         charge_if: ChargeIf = default_charge_if,
         stats: MeterStats | None = None,
         routes: Mapping[str, object] | None = None,
+        exempt_when: Callable[[], Any] | None = None,
+        reservation_ttl: float | None = None,
     ) -> None:
         if isinstance(flow, AsyncUsageFlow):
             raise config_error(
@@ -166,6 +194,10 @@ class UsageFlowFlask:
         self._user_id = user_id or _default_user_id
         self._fail_open = fail_open
         self._charge_if = charge_if
+        if exempt_when is not None and not callable(exempt_when):
+            raise config_error("exempt_when must be a function with no arguments")
+        self._exempt_when = exempt_when
+        self._reservation_ttl = check_reservation_ttl(reservation_ttl)
         self._routes = _route_keys(routes)
         self.stats = stats or MeterStats()
         if app is not None:
@@ -193,11 +225,10 @@ class UsageFlowFlask:
         app.extensions[EXTENSION] = _State(
             flow=flow,
             user_id=self._user_id,
-            fail_open=fail_open,
-            charge_if=self._charge_if,
+            policy=Policy(fail_open, self._charge_if, self._reservation_ttl, self.stats),
             headers=config["USAGEFLOW_HEADERS_ENABLED"],
             enabled=config["USAGEFLOW_ENABLED"],
-            stats=self.stats,
+            exempt_when=self._exempt_when,
             routes=self._routes,
         )
         app.register_error_handler(MeteringError, _answer_refusal)
@@ -227,14 +258,12 @@ def _flask_binding() -> Binding | None:
     state = _state()
     if state is None:
         return None
-    binding = Binding(
-        state.flow,
-        state.resolve_user,
-        state.fail_open,
-        state.charge_if,
-        state.stats,
-        state.enabled,
-    )
+    enabled = state.enabled
+    if enabled and state.exempt_when is not None and state.exempt_when():
+        enabled = False
+        if state.policy.stats is not None:
+            state.policy.stats.add("exempt")
+    binding = Binding(state.flow, state.resolve_user, state.policy, enabled)
     setattr(g, _G_KEY, binding)
     return binding
 

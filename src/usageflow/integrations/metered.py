@@ -10,59 +10,52 @@
     @metered("summaries", credits=lambda result: result["pages"])
     def summarize(): ...
 
-Before the handler runs, the credits are reserved (atomically checked and held); after it
-returns they are committed if the response is charged (a status below 400 by default, read
-from the returned response or ``(body, status)`` tuple), and released when it is not or when
-the handler raises. ``credits`` may be a function of the handler's return value, so a handler
-can charge what it actually used; ``reserve`` credits (default 1) are then held up front. A
-handler that streams (a Starlette ``StreamingResponse``; in Flask a generator or a streamed
-``Response``) is charged when its body has been produced to the end, ``credits`` computed
-then; a stream that fails or is cut costs nothing.
+With a fixed number of credits, they are checked and charged in one store call before the
+handler runs, and given back when the response is not charged (a status of 400 or more by
+default, read from the returned response or ``(body, status)`` tuple) or the handler raises.
+``credits`` may instead be a function of the handler's return value, so a handler can charge
+what it actually used; ``reserve`` credits (default 1) are then held up front and the
+computed amount committed after. A handler that streams (a Starlette ``StreamingResponse``;
+in Flask a generator or a streamed ``Response``) is settled when its body has been produced
+to the end; a stream that fails or is cut costs nothing.
 
-The flow and the request's user come from the framework integration serving the request
-(``UsageFlowMiddleware`` for Starlette and FastAPI, ``UsageFlowFlask`` for Flask) or are given
-explicitly (``flow=``, ``user_id=`` a function called with the handler's arguments); outside
-a request the user is :data:`usageflow.context.current_user_id`. A refusal raises
-:class:`MeteringError` (a :class:`usageflow.UsageFlowError` with the core's code: a spent
-quota is ``USAGE_LIMIT_ERROR``), which the integrations answer with ``402``, ``401``, ``400``
-or ``503``. The same feature is metered once per request however many decorators (or a
-middleware route) cover it.
+The flow and the request's user come from the framework adapter serving the request
+(``UsageFlowMiddleware`` for Starlette and FastAPI, ``UsageFlowFlask`` for Flask, the Django
+middleware) or are given explicitly (``flow=``, ``user_id=`` a function called with the
+handler's arguments); outside a request the user is :data:`usageflow.context.current_user_id`.
+A refusal raises :class:`MeteringError` (a :class:`usageflow.UsageFlowError` with the core's
+code: a spent quota is ``USAGE_LIMIT_ERROR``), which the adapters answer with ``402``, ``401``,
+``400`` or ``503``. The same feature is metered once per request however many decorators (or
+a middleware route) cover it. The lifecycle itself is
+:mod:`usageflow.integrations._lifecycle`; this module only translates handlers to it.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 from usageflow.context import current_user_id
-from usageflow.errors import ErrorCodes, UsageFlowError, config_error
-from usageflow.integrations._http import (
-    AnyFlow,
-    AnyReservation,
-    AsyncGate,
+from usageflow.errors import config_error
+from usageflow.integrations._http import AnyFlow, ChargeIf, Meter, MeteringError, check_flow
+from usageflow.integrations._lifecycle import (
+    DEFAULT_POLICY,
+    PASS,
     Binding,
-    ChargeIf,
-    Meter,
-    MeteringError,
-    SyncGate,
+    Metering,
+    Refusal,
+    Ticket,
     active_features,
-    check_flow,
-    count_problem,
-    credits_function_failed,
-    default_charge_if,
+    check_reservation_ttl,
+    drive_async,
+    drive_sync,
     find_binding,
-    normalize_user_id,
-    problem_for,
-    settle_credits,
-    unauthenticated,
+    meterings,
 )
 
 __all__ = ["MeteringError", "metered"]
-
-logger = logging.getLogger("usageflow.integrations")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -183,83 +176,75 @@ def _wrap_sync_stream(result: Any, finish: Callable[[bool], None]) -> Any:
     return result
 
 
-class _Plan:
-    """What one call of a metered handler resolved: flow, policy and user resolution."""
+class _Handler:
+    """What the sync and async wrappers of one decorated handler share: its meter, and how to
+    find the flow, the policy and the user of the call being served."""
 
-    __slots__ = ("binding", "charge_if", "enabled", "fail_open", "flow")
+    __slots__ = ("feature", "flow", "meter", "meterings", "reservation_ttl", "user_id")
 
-    def __init__(self, meter: Meter, flow: AnyFlow | None) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        flow: AnyFlow | None,
+        user_id: Callable[..., Any] | None,
+        reservation_ttl: float | None,
+    ) -> None:
+        self.meter = meter
+        self.feature = meter.feature
+        self.flow = flow
+        self.user_id = user_id
+        self.reservation_ttl = reservation_ttl
+        self.meterings = meterings(meter)
+
+    def bind(self) -> tuple[AnyFlow, Binding | None, Metering] | None:
+        """The flow, binding and lifecycle of this call; ``None`` when the adapter serving it
+        has metering switched off."""
         binding = find_binding()
-        chosen = flow or (binding.flow if binding is not None else None)
-        if chosen is None:
+        if binding is not None and not binding.enabled:
+            return None
+        flow = self.flow or (binding.flow if binding is not None else None)
+        if flow is None:
             raise config_error(
-                f"@metered({meter.feature!r}) found no flow: install UsageFlowMiddleware "
-                "(Starlette, FastAPI) or UsageFlowFlask (Flask), or pass flow="
+                f"@metered({self.feature!r}) found no flow: install UsageFlowMiddleware "
+                "(Starlette, FastAPI), UsageFlowFlask (Flask) or the Django middleware, or "
+                "pass flow="
             )
-        self.flow: AnyFlow = chosen
-        self.binding: Binding | None = binding
-        self.enabled = binding.enabled if binding is not None else True
-        if meter.fail_open is not None:
-            self.fail_open = meter.fail_open
-        else:
-            self.fail_open = binding.fail_open if binding is not None else False
-        self.charge_if: ChargeIf = meter.charge_if or (
-            binding.charge_if if binding is not None else default_charge_if
-        )
+        policy = binding.policy if binding is not None else DEFAULT_POLICY
+        if self.reservation_ttl is not None:
+            policy = policy._replace(reservation_ttl=self.reservation_ttl)
+        return flow, binding, self.meterings(policy)
 
-    def refuse(self, exc: UsageFlowError, meter: Meter, url: str | None, now: Any) -> MeteringError:
-        problem = problem_for(exc, meter.feature, now, url)
-        if self.binding is not None and self.binding.stats is not None:
-            count_problem(self.binding.stats, problem)
-        details = {**exc.details, "upgrade_url": url} if url else exc.details
-        return MeteringError(exc.code, exc.message, details, problem)
-
-    def no_user(self, meter: Meter) -> MeteringError:
-        problem = unauthenticated(meter.feature)
-        if self.binding is not None and self.binding.stats is not None:
-            count_problem(self.binding.stats, problem)
-        return MeteringError(
-            ErrorCodes.USAGE_INVALID_PARAMS,
-            f"{meter.feature!r} is metered per user and there is no current user",
-            {"field": "user_id", "feature_name": meter.feature},
-            problem,
-        )
-
-    def raw_user(self, explicit: Callable[[], Any] | None) -> Any:
-        """The user id before normalization (maybe an awaitable): the handler's own
-        ``user_id`` function, else the integration's, else the current request user."""
-        if explicit is not None:
-            return explicit()
-        if self.binding is not None and self.binding.user_id is not None:
-            return self.binding.user_id()
+    def raw_user(self, binding: Binding | None, args: Any, kwargs: Any) -> Any:
+        """The user id before it is checked (maybe an awaitable): the handler's own ``user_id``
+        function, else the adapter's, else the current request user."""
+        if self.user_id is not None:
+            return self.user_id(*args, **kwargs)
+        if binding is not None and binding.user_id is not None:
+            return binding.user_id()
         return current_user_id.get()
 
-    def count(self, name: str) -> None:
-        if self.binding is not None and self.binding.stats is not None:
-            self.binding.stats.add(name)
+    def credits_of(self, result: object) -> Callable[[], object] | None:
+        credits = self.meter.credits
+        if isinstance(credits, int):
+            return None
+        return lambda: credits(result)
 
-    def record(self, held: AnyReservation, charged: int | None, replace: bool = False) -> None:
-        """Keep the decision for the integration's quota headers, ``remaining`` corrected by
-        what was actually charged (``None``: nothing). ``replace`` corrects an earlier record
-        of the same reservation."""
-        if self.binding is None:
+    @staticmethod
+    def record(
+        binding: Binding | None, ticket: Ticket, charged: int, replace: bool = False
+    ) -> None:
+        """Keep the decision for the adapter's quota headers, ``remaining`` corrected by what
+        was actually charged. ``replace`` corrects an earlier record of the same ticket."""
+        if binding is None:
             return
-        entry = (held.decision, held.credits - (charged or 0))
-        decisions = self.binding.decisions
+        entry = (ticket.decision, ticket.credits - charged)
+        decisions = binding.decisions
         if replace:
             for i, (decision, _refund) in enumerate(decisions):
-                if decision is held.decision:
+                if decision is ticket.decision:
                     decisions[i] = entry
                     return
         decisions.append(entry)
-
-
-def _fail_open_log(meter: Meter, exc: UsageFlowError) -> None:
-    logger.warning(
-        "usageflow: store failed, %r let through unmetered (fail_open): %s",
-        meter.feature,
-        exc.message,
-    )
 
 
 def metered(
@@ -271,243 +256,157 @@ def metered(
     user_id: Callable[..., Any] | None = None,
     fail_open: bool | None = None,
     charge_if: ChargeIf | None = None,
+    settle: Literal["charge", "hold"] | None = None,
+    reservation_ttl: float | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Meter the decorated handler (``async def`` or ``def``) under ``feature_name``.
 
     :param credits: an int, or ``fn(result) -> int`` computed from the handler's return value
         (sync or async); ``0`` charges nothing.
     :param reserve: credits held before the handler runs when ``credits`` is a function.
-    :param flow: a ``UsageFlow`` / ``AsyncUsageFlow``; default: the integration's.
+    :param flow: a ``UsageFlow`` / ``AsyncUsageFlow``; default: the adapter's.
     :param user_id: ``fn(*args, **kwargs) -> str | None`` called with the handler's arguments;
-        default: the integration's user, else :data:`usageflow.context.current_user_id`.
+        default: the adapter's user, else :data:`usageflow.context.current_user_id`.
     :param fail_open: on a store failure run the handler unmetered instead of refusing.
-    :param charge_if: ``fn(status) -> bool``; default: the integration's (status < 400).
+    :param charge_if: ``fn(status) -> bool``; default: the adapter's (status < 400).
+    :param settle: ``"charge"`` (one store call; the default for an int) or ``"hold"``
+        (reserve, then commit or release; always for a credits function).
+    :param reservation_ttl: seconds a hold lives if the process dies mid-call.
     """
-    meter = Meter(feature_name, credits, reserve, fail_open, charge_if)
+    meter = Meter(feature_name, credits, reserve, fail_open, charge_if, settle)
     if flow is not None:
         check_flow(flow)
     if user_id is not None and not callable(user_id):
         raise config_error("user_id must be a function of the handler's arguments")
+    handler = _Handler(meter, flow, user_id, check_reservation_ttl(reservation_ttl))
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if not callable(fn):
             raise config_error("@metered decorates a function")
         if inspect.iscoroutinefunction(fn):
-            return cast(Callable[P, R], _async_wrapper(fn, meter, flow, user_id))
-        return _sync_wrapper(fn, meter, flow, user_id)
+            wrapper = cast(Callable[P, R], _async_wrapper(fn, handler))
+        else:
+            wrapper = _sync_wrapper(fn, handler)
+        wrapper.__usageflow_meter__ = meter  # type: ignore[attr-defined]
+        return wrapper
 
     return decorate
 
 
-def _async_wrapper(
-    fn: Callable[..., Any],
-    meter: Meter,
-    flow: AnyFlow | None,
-    user_id: Callable[..., Any] | None,
-) -> Callable[..., Any]:
-    gates: dict[int, AsyncGate] = {}
-
+def _async_wrapper(fn: Callable[..., Any], handler: _Handler) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if meter.feature in active_features.get():
+        if handler.feature in active_features.get():
             return await fn(*args, **kwargs)
-        plan = _Plan(meter, flow)
-        if not plan.enabled:
+        bound = handler.bind()
+        if bound is None:
             return await fn(*args, **kwargs)
-        gate = gates.get(id(plan.flow))
-        if gate is None or gate.flow is not plan.flow:
-            gate = gates[id(plan.flow)] = AsyncGate(plan.flow)
-        raw = plan.raw_user(None if user_id is None else lambda: user_id(*args, **kwargs))
-        if inspect.isawaitable(raw):
-            raw = await raw
+        flow, binding, metering = bound
+        core = flow.core
+        features_token = active_features.set(active_features.get() | {handler.feature})
         try:
-            user = normalize_user_id(raw)
-        except UsageFlowError as exc:
-            raise plan.refuse(exc, meter, None, gate.now()) from None
-        if user is None:
-            raise plan.no_user(meter)
-        features_token = active_features.set(active_features.get() | {meter.feature})
-        try:
-            try:
-                held = await gate.reserve(user, meter.feature, meter.held)
-            except UsageFlowError as exc:
-                if exc.is_store_failure and plan.fail_open:
-                    plan.count("failed_open")
-                    _fail_open_log(meter, exc)
-                    return await fn(*args, **kwargs)
-                url = None
-                if exc.code is ErrorCodes.USAGE_LIMIT_ERROR:
-                    url = await gate.upgrade_url(user, meter.feature)
-                raise plan.refuse(exc, meter, url, gate.now()) from exc
-            plan.count("allowed")
-            user_token = current_user_id.set(user)
+            admission = await drive_async(
+                flow, metering.admit(core, handler.raw_user(binding, args, kwargs))
+            )
+            if admission is PASS:
+                return await fn(*args, **kwargs)
+            if isinstance(admission, Refusal):
+                raise admission.error
+            assert isinstance(admission, Ticket)
+            ticket = admission
+            user_token = current_user_id.set(ticket.user)
             try:
                 result = await fn(*args, **kwargs)
             except BaseException:
-                await _settle_async(gate, plan, held, None, meter)
+                await drive_async(flow, metering.finish(core, ticket, None))
                 raise
             finally:
                 current_user_id.reset(user_token)
-            charged = plan.charge_if(_status_of(result))
-            stream = _stream_of(result) if charged else None
+            status = _status_of(result)
+            stream = _stream_of(result) if ticket.charges(status) else None
             if stream is not None:  # produced after we return: settled when it ends
-                plan.record(held, held.credits)
-                return _defer_to_stream(stream, result, gate.flow, plan, held, meter)
-            amount = await _amount_async(meter, held, result) if charged else None
-            await _settle_async(gate, plan, held, amount, meter)
-            plan.record(held, amount)
+                handler.record(binding, ticket, ticket.credits)
+                return _defer_to_stream(stream, result, flow, handler, metering, ticket, status)
+            credits = handler.credits_of(result)
+            charged = await drive_async(flow, metering.finish(core, ticket, status, credits))
+            handler.record(binding, ticket, charged)
             return result
         finally:
             active_features.reset(features_token)
 
-    wrapper.__usageflow_meter__ = meter  # type: ignore[attr-defined]
     return wrapper
 
 
-async def _amount_async(meter: Meter, held: AnyReservation, result: object) -> int:
-    """The credits to commit: the meter's int, or its function of the result (the reserved
-    amount when that function fails or returns something unusable)."""
-    if isinstance(meter.credits, int):
-        return held.credits
-    value = meter.credits(result)
-    if inspect.isawaitable(value):
-        value = await value
-    return settle_credits(value, meter.feature, held.credits)
+def _sync_wrapper(fn: Callable[P, R], handler: _Handler) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if handler.feature in active_features.get():
+            return fn(*args, **kwargs)
+        bound = handler.bind()
+        if bound is None:
+            return fn(*args, **kwargs)
+        flow, binding, metering = bound
+        core = flow.core
+        features_token = active_features.set(active_features.get() | {handler.feature})
+        try:
+            admission = drive_sync(
+                flow, metering.admit(core, handler.raw_user(binding, args, kwargs))
+            )
+            if admission is PASS:
+                return fn(*args, **kwargs)
+            if isinstance(admission, Refusal):
+                raise admission.error
+            assert isinstance(admission, Ticket)
+            ticket = admission
+            user_token = current_user_id.set(ticket.user)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException:
+                drive_sync(flow, metering.finish(core, ticket, None))
+                raise
+            finally:
+                current_user_id.reset(user_token)
+            status = _status_of(result)
+            stream = _stream_of(result) if ticket.charges(status) else None
+            if stream is not None:  # produced after we return: settled when it ends
+                handler.record(binding, ticket, ticket.credits)
+                return cast(
+                    R, _defer_to_stream(stream, result, flow, handler, metering, ticket, status)
+                )
+            credits = handler.credits_of(result)
+            charged = drive_sync(flow, metering.finish(core, ticket, status, credits))
+            handler.record(binding, ticket, charged)
+            return result
+        finally:
+            active_features.reset(features_token)
 
-
-def _amount_sync(gate: SyncGate, meter: Meter, held: AnyReservation, result: object) -> int:
-    if isinstance(meter.credits, int):
-        return held.credits
-    value = meter.credits(result)
-    if inspect.isawaitable(value):
-        value = gate.resolve(value)
-    return settle_credits(value, meter.feature, held.credits)
+    return wrapper
 
 
 def _defer_to_stream(
     stream: tuple[str, Any],
     result: Any,
     flow: AnyFlow,
-    plan: _Plan,
-    held: AnyReservation,
-    meter: Meter,
+    handler: _Handler,
+    metering: Metering,
+    ticket: Ticket,
+    status: int,
 ) -> Any:
-    """Hand the settling of ``held`` to the streamed body of ``result``."""
+    """Hand the settling of ``ticket`` to the streamed body of ``result``: charged when it is
+    produced to its end, given back when it fails or is cut."""
     kind, response = stream
+    credits = handler.credits_of(result)
+    core = flow.core
     if kind == "async":
-        gate = AsyncGate(flow)
 
         async def finish_async(completed: bool) -> None:
-            amount: int | None = None
-            if completed:
-                try:
-                    amount = await _amount_async(meter, held, result)
-                except Exception:
-                    credits_function_failed(meter.feature)
-                    amount = held.credits
-            await _settle_async(gate, plan, held, amount, meter)
+            outcome = status if completed else None
+            await drive_async(flow, metering.finish(core, ticket, outcome, credits))
 
         response.body_iterator = _SettledAsyncBody(response.body_iterator, finish_async)
         return result
-    sync_gate = SyncGate(flow)
 
     def finish(completed: bool) -> None:
-        amount: int | None = None
-        if completed:
-            try:
-                amount = _amount_sync(sync_gate, meter, held, result)
-            except Exception:
-                credits_function_failed(meter.feature)
-                amount = held.credits
-        _settle_sync(sync_gate, plan, held, amount, meter)
+        drive_sync(flow, metering.finish(core, ticket, status if completed else None, credits))
 
     return _wrap_sync_stream(result, finish)
-
-
-async def _settle_async(
-    gate: AsyncGate, plan: _Plan, held: AnyReservation, credits: int | None, meter: Meter
-) -> None:
-    try:
-        await gate.settle(held, credits)
-    except UsageFlowError as exc:
-        plan.count("settle_errors")
-        logger.error("usageflow: could not settle %r (the hold expires): %s", meter.feature, exc)
-        return
-    plan.count("charged" if credits else "released")
-
-
-def _sync_wrapper(
-    fn: Callable[P, R],
-    meter: Meter,
-    flow: AnyFlow | None,
-    user_id: Callable[..., Any] | None,
-) -> Callable[P, R]:
-    gates: dict[int, SyncGate] = {}
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if meter.feature in active_features.get():
-            return fn(*args, **kwargs)
-        plan = _Plan(meter, flow)
-        if not plan.enabled:
-            return fn(*args, **kwargs)
-        gate = gates.get(id(plan.flow))
-        if gate is None or gate.flow is not plan.flow:
-            gate = gates[id(plan.flow)] = SyncGate(plan.flow)
-        raw = plan.raw_user(None if user_id is None else lambda: user_id(*args, **kwargs))
-        if inspect.isawaitable(raw):
-            raw = gate.resolve(raw)
-        try:
-            user = normalize_user_id(raw)
-        except UsageFlowError as exc:
-            raise plan.refuse(exc, meter, None, gate.now()) from None
-        if user is None:
-            raise plan.no_user(meter)
-        features_token = active_features.set(active_features.get() | {meter.feature})
-        try:
-            try:
-                held = gate.reserve(user, meter.feature, meter.held)
-            except UsageFlowError as exc:
-                if exc.is_store_failure and plan.fail_open:
-                    plan.count("failed_open")
-                    _fail_open_log(meter, exc)
-                    return fn(*args, **kwargs)
-                url = None
-                if exc.code is ErrorCodes.USAGE_LIMIT_ERROR:
-                    url = gate.upgrade_url(user, meter.feature)
-                raise plan.refuse(exc, meter, url, gate.now()) from exc
-            plan.count("allowed")
-            user_token = current_user_id.set(user)
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException:
-                _settle_sync(gate, plan, held, None, meter)
-                raise
-            finally:
-                current_user_id.reset(user_token)
-            charged = plan.charge_if(_status_of(result))
-            stream = _stream_of(result) if charged else None
-            if stream is not None:  # produced after we return: settled when it ends
-                plan.record(held, held.credits)
-                return cast(R, _defer_to_stream(stream, result, gate.flow, plan, held, meter))
-            amount = _amount_sync(gate, meter, held, result) if charged else None
-            _settle_sync(gate, plan, held, amount, meter)
-            plan.record(held, amount)
-            return result
-        finally:
-            active_features.reset(features_token)
-
-    wrapper.__usageflow_meter__ = meter  # type: ignore[attr-defined]
-    return wrapper
-
-
-def _settle_sync(
-    gate: SyncGate, plan: _Plan, held: AnyReservation, credits: int | None, meter: Meter
-) -> None:
-    try:
-        gate.settle(held, credits)
-    except UsageFlowError as exc:
-        plan.count("settle_errors")
-        logger.error("usageflow: could not settle %r (the hold expires): %s", meter.feature, exc)
-        return
-    plan.count("charged" if credits else "released")

@@ -8,18 +8,24 @@
         routes={
             "POST /v1/exports": "design-export",
             "/v1/chat/{chat_id}": {"feature": "ai_chat_limit", "credits": 2},
+            "WS /v1/live/{room}": "live-sessions",
         },
         user_id=lambda request: request.headers.get("x-user-id"),
     )
 
-For a metered request the middleware reserves the credits before the app runs (refusing with
-``402``, ``401``, ``400`` or ``503``), lets the app run, and once the response has been sent
-completely commits the credits if the status is charged (``< 400`` by default) or releases
-them otherwise; a request whose handler raises, or whose stream is cut, costs nothing.
-Every metered response carries ``RateLimit-Policy`` / ``RateLimit`` headers. Lifespan,
-websocket and unmatched requests pass straight through. It also binds the flow for
-:func:`usageflow.metered` handlers and the FastAPI dependency of the app, and answers their
-refusals.
+A key is a route template of the app (its full path, ``Mount`` and router prefixes
+included, in Starlette's syntax); a key that matches no route of the app is a
+``USAGE_CONFIG_ERROR`` when the app starts (or at its first request, without lifespan).
+
+For a metered request with a fixed number of credits the middleware checks and charges them
+in one store call before the app runs (refusing with ``402``, ``401``, ``400`` or ``503``);
+a response that is not charged (a status of 400 or more by default, a handler that raised, a
+stream cut short) gets its credits back. Credits computed from the response are reserved
+before and committed once the response has been sent. Every metered response carries
+``RateLimit-Policy`` / ``RateLimit`` headers. A ``WS`` route is charged once per connection,
+when the app accepts it. Lifespan and unmatched requests pass straight through. The
+middleware also binds the flow for :func:`usageflow.metered` handlers and the FastAPI
+dependency of the app, and answers their refusals.
 """
 
 from __future__ import annotations
@@ -32,36 +38,39 @@ from typing import Any
 import anyio
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from usageflow.context import current_user_id
-from usageflow.errors import UsageFlowError, config_error
+from usageflow.errors import config_error
+from usageflow.integrations._asgi_routes import check_route_keys
 from usageflow.integrations._http import (
     AnyFlow,
-    AnyReservation,
-    AsyncGate,
-    Binding,
     ChargeIf,
     Meter,
     MeteringError,
-    MeterStats,
     Problem,
     RouteTable,
     ServedResponse,
-    active_features,
-    count_problem,
-    credits_function_failed,
-    current_binding,
+    check_flow,
     default_charge_if,
     headers_of,
-    normalize_user_id,
-    problem_for,
     quota_header_bytes,
     route_path,
-    settle_credits,
-    unauthenticated,
+)
+from usageflow.integrations._lifecycle import (
+    PASS,
+    Binding,
+    Metering,
+    MeterStats,
+    Policy,
+    Refusal,
+    Ticket,
+    active_features,
+    check_reservation_ttl,
+    current_binding,
+    drive_async,
 )
 
 __all__ = [
@@ -76,9 +85,10 @@ __all__ = [
 logger = logging.getLogger("usageflow.integrations")
 
 UserIdFunc = Callable[[Request], Any]
+ExemptFunc = Callable[[HTTPConnection], Any]
 
 
-def _default_user_id(request: Request) -> str | None:
+def _default_user_id(request: HTTPConnection) -> str | None:
     """The identity of Starlette's ``AuthenticationMiddleware`` user, when authenticated."""
     user = request.scope.get("user")
     if user is not None and getattr(user, "is_authenticated", False):
@@ -143,16 +153,21 @@ class UsageFlowMiddleware:
 
     :param flow: an ``AsyncUsageFlow``, or a ``UsageFlow`` (its blocking calls then run in a
         worker thread).
-    :param routes: ``{"METHOD /path/{param}": feature}``; a value is a feature name, a
-        :class:`Meter` or a dict of its fields (``feature``, ``credits``: an int or
-        ``fn(request, response) -> int``, ``reserve``, ``fail_open``, ``charge_if``).
+    :param routes: ``{"METHOD /path/{param}": feature}``, each key a route template of the app
+        (``WS /path`` for a websocket route); a value is a feature name, a :class:`Meter` or a
+        dict of its fields (``feature``, ``credits``: an int or ``fn(request, response) ->
+        int``, ``reserve``, ``fail_open``, ``charge_if``, ``settle``).
     :param user_id: ``fn(request) -> str | None``, sync or async; by default the identity of
         Starlette's authenticated ``request.user``. ``None`` or ``""`` answers ``401``.
+    :param exempt: ``fn(request) -> bool``, sync or async: a true answer lets the request
+        through unmetered, before its user is resolved (health checks, admins, internal
+        calls); counted as ``exempt``.
     :param fail_open: on a store failure let requests through unmetered (default: ``503``);
         a route's own ``fail_open`` wins. Every such pass is logged and counted.
     :param charge_if: ``fn(status) -> bool``, which responses are charged (default ``< 400``).
     :param headers: add the ``RateLimit`` quota headers to metered responses.
-    :param reservation_ttl: seconds a reservation lives if the process dies mid-request.
+    :param reservation_ttl: seconds a hold lives if the process dies mid-request
+        (``settle="hold"`` routes).
     :param stats: a :class:`MeterStats` to count decisions in (one is made otherwise).
     """
 
@@ -163,6 +178,7 @@ class UsageFlowMiddleware:
         routes: Mapping[str, object] | None = None,
         user_id: UserIdFunc | None = None,
         *,
+        exempt: ExemptFunc | None = None,
         fail_open: bool = False,
         charge_if: ChargeIf = default_charge_if,
         headers: bool = True,
@@ -170,62 +186,75 @@ class UsageFlowMiddleware:
         stats: MeterStats | None = None,
     ) -> None:
         self.app = app
-        self.gate = AsyncGate(flow)
+        self.flow = check_flow(flow)
         self.routes = RouteTable(routes)
+        self._keys = list(routes or ())
+        self._checked = not self._keys
         if user_id is not None and not callable(user_id):
             raise config_error("user_id must be a function of the request")
-        self.user_id: UserIdFunc = user_id or _default_user_id
+        self.user_id: Callable[[Any], Any] = user_id or _default_user_id
+        self._warned_no_user = user_id is not None
+        if exempt is not None and not callable(exempt):
+            raise config_error("exempt must be a function of the request returning a bool")
+        self.exempt = exempt
         if not isinstance(fail_open, bool):
             raise config_error("fail_open must be a bool")
         if not callable(charge_if):
             raise config_error("charge_if must be a function of the status code")
         if not isinstance(headers, bool):
             raise config_error("headers must be a bool")
-        if reservation_ttl is not None and (
-            isinstance(reservation_ttl, bool)
-            or not isinstance(reservation_ttl, (int, float))
-            or not 0 < reservation_ttl <= 366 * 86400
-        ):
-            raise config_error("reservation_ttl must be a number of seconds up to one year")
         if stats is not None and not isinstance(stats, MeterStats):
             raise config_error("stats must be a MeterStats")
-        self.fail_open = fail_open
-        self.charge_if = charge_if
         self.headers = headers
-        self.reservation_ttl = reservation_ttl
         self.stats = stats or MeterStats()
+        self.policy = Policy(
+            fail_open, charge_if, check_reservation_ttl(reservation_ttl), self.stats
+        )
+        self._meterings: dict[Meter, Metering] = {}
+
+    # -- start-up: the route table is checked against the app's own routes --------------------
+    def _check_routes(self, scope: Scope) -> None:
+        if not self._checked:
+            check_route_keys(self._keys, scope.get("app") or self.app)
+            self._checked = True
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def checked_send(message: Message) -> None:
+            # Raised inside the app's lifespan, so that the server sees a failed start-up
+            # (``lifespan.startup.failed``) and refuses to serve.
+            if message["type"] == "lifespan.startup.complete":
+                self._check_routes(scope)
+            await send(message)
+
+        await self.app(scope, receive, checked_send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind == "lifespan" and not self._checked:
+            await self._lifespan(scope, receive, send)
+            return
+        if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        binding = Binding(
-            self.gate.flow,
-            self._user_resolver(scope),
-            self.fail_open,
-            self.charge_if,
-            self.stats,
-        )
+        if not self._checked:  # served without lifespan: checked at the first request
+            self._check_routes(scope)
+        binding = Binding(self.flow, lambda: self.user_id(_connection(scope)), self.policy)
         token = current_binding.set(binding)
         try:
-            meter = self.routes.match(scope["method"], route_path(scope)) if self.routes else None
+            method = scope["method"] if kind == "http" else "WS"
+            meter = self.routes.match(method, route_path(scope)) if self.routes else None
             if meter is None:
                 await self._bound(scope, receive, send, binding)
             else:
-                await self._metered(scope, receive, send, meter, binding)
+                await self._metered(scope, receive, send, self._metering(meter), binding)
         finally:
             current_binding.reset(token)
 
-    def _user_resolver(self, scope: Scope) -> Callable[[], Any]:
-        return lambda: self.user_id(Request(scope))
-
-    async def _resolve_user(self, scope: Scope) -> str | None:
-        value = self.user_id(Request(scope))
-        if type(value) is str and value.strip():  # the common answer, checked first
-            return value
-        if inspect.isawaitable(value):
-            value = await value
-        return normalize_user_id(value)
+    def _metering(self, meter: Meter) -> Metering:
+        metering = self._meterings.get(meter)
+        if metering is None:
+            metering = self._meterings[meter] = Metering(meter, self.policy)
+        return metering
 
     async def _bound(self, scope: Scope, receive: Receive, send: Send, binding: Binding) -> None:
         """An unmetered request: only decorated handlers inside may meter."""
@@ -238,84 +267,113 @@ class UsageFlowMiddleware:
                 if binding.decisions and self.headers:
                     message["headers"] = [
                         *message.get("headers", ()),
-                        *_encode(headers_of(binding.decisions, self.gate.now())),
+                        *_encode(headers_of(binding.decisions, self.flow.core.clock())),
                     ]
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         except MeteringError as exc:
-            if started:
+            if started or scope["type"] != "http":
                 raise
             await _send_problem(send, exc.problem)
 
-    async def _metered(
-        self, scope: Scope, receive: Receive, send: Send, meter: Meter, binding: Binding
-    ) -> None:
-        feature = meter.feature
-        fail_open = self.fail_open if meter.fail_open is None else meter.fail_open
-        charge_if = meter.charge_if or self.charge_if
-        gate = self.gate
-        try:
-            user = await self._resolve_user(scope)
-        except UsageFlowError as exc:
-            await self._refuse(send, problem_for(exc, feature, gate.now()))
-            return
-        except HTTPException as exc:  # the app's authentication refused the request
-            await _send_problem(send, _http_problem(exc, feature))
-            return
-        if user is None:
-            await self._refuse(send, unauthenticated(feature))
-            return
-        try:
-            held = await gate.reserve(user, feature, meter.held, self.reservation_ttl)
-        except UsageFlowError as exc:
-            if exc.is_store_failure and fail_open:
-                self.stats.add("failed_open")
-                logger.warning(
-                    "usageflow: store failed, %r let through unmetered (fail_open): %s",
-                    feature,
-                    exc.message,
-                )
-                await self._bound(scope, receive, send, binding)
-                return
-            if exc.is_store_failure:
-                logger.error("usageflow: store failed, %r refused with 503: %s", feature, exc)
-            url = await gate.upgrade_url(user, feature) if exc.code == "USAGE_LIMIT_ERROR" else None
-            await self._refuse(send, problem_for(exc, feature, gate.now(), url))
-            return
-        self.stats.add("allowed")
-        await self._serve(scope, receive, send, meter, binding, user, held, charge_if)
+    async def _is_exempt(self, scope: Scope) -> bool:
+        assert self.exempt is not None
+        answer = self.exempt(_connection(scope))
+        if inspect.isawaitable(answer):
+            answer = await answer
+        return bool(answer)
 
-    async def _refuse(self, send: Send, problem: Problem) -> None:
-        count_problem(self.stats, problem)
-        await _send_problem(send, problem)
+    def _user_of(self, scope: Scope) -> Any:
+        if not self._warned_no_user and "user" not in scope:
+            self._warned_no_user = True
+            logger.warning(
+                "usageflow: UsageFlowMiddleware has no user_id= and no authentication "
+                "middleware sets request.user: every metered request is answered 401. Pass "
+                "user_id=fn(request) -> str, or install Starlette's AuthenticationMiddleware "
+                "inside it"
+            )
+        return self.user_id(_connection(scope))
+
+    async def _metered(
+        self, scope: Scope, receive: Receive, send: Send, metering: Metering, binding: Binding
+    ) -> None:
+        if self.exempt is not None and await self._is_exempt(scope):
+            self.stats.add("exempt")
+            await self._bound(scope, receive, send, binding)
+            return
+        feature = metering.meter.feature
+        try:
+            admission = await drive_async(
+                self.flow, metering.admit(self.flow.core, self._user_of(scope))
+            )
+        except HTTPException as exc:  # the app's authentication refused the request
+            await self._answer(scope, send, _http_problem(exc, feature))
+            return
+        if admission is PASS:
+            await self._bound(scope, receive, send, binding)
+        elif isinstance(admission, Refusal):
+            await self._answer(scope, send, admission.problem)
+        elif scope["type"] == "websocket":
+            assert isinstance(admission, Ticket)
+            await self._serve_websocket(scope, receive, send, metering, admission)
+        else:
+            assert isinstance(admission, Ticket)
+            await self._serve(scope, receive, send, metering, binding, admission)
+
+    async def _answer(self, scope: Scope, send: Send, problem: Problem) -> None:
+        if scope["type"] == "http":
+            await _send_problem(send, problem)
+        elif "websocket.http.response" in scope.get("extensions", {}):
+            # The denial response extension: the client sees the 402 and its body.
+            content = problem.content()
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": problem.status,
+                    "headers": _encode(problem.all_headers(content)),
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": content})
+        else:  # 1008: policy violation, the closest a plain websocket close can say
+            reason = str(problem.body.get("title", ""))[:120]
+            await send({"type": "websocket.close", "code": 1008, "reason": reason})
+
+    async def _finish(
+        self,
+        metering: Metering,
+        ticket: Ticket,
+        status: int | None,
+        credits: Callable[[], object] | None = None,
+    ) -> None:
+        steps = metering.finish(self.flow.core, ticket, status, credits)
+        if status is not None and metering.settle_mode == "charge" and ticket.charges(status):
+            await drive_async(self.flow, steps)  # nothing to store: the charge stands
+            return
+        # Served (or given back) is settled even when the client goes away meanwhile.
+        with anyio.CancelScope(shield=True):
+            await drive_async(self.flow, steps)
 
     async def _serve(
         self,
         scope: Scope,
         receive: Receive,
         send: Send,
-        meter: Meter,
+        metering: Metering,
         binding: Binding,
-        user: str,
-        held: AnyReservation,
-        charge_if: ChargeIf,
+        ticket: Ticket,
     ) -> None:
+        meter = metering.meter
         status = 0
         size = 0
-        started = settled = False
+        started = False
         raw_headers: list[tuple[bytes, bytes]] = []
-        decision = held.decision
 
-        async def settle(credits: int | None) -> None:
-            nonlocal settled
-            settled = True
-            if self.gate.suspends:
-                with anyio.CancelScope(shield=True):
-                    await self._settle(held, credits, meter.feature)
-            else:
-                await self._settle(held, credits, meter.feature)
+        def credits() -> object:
+            assert callable(meter.credits)
+            served = ServedResponse(status, Headers(raw=raw_headers), size)
+            return meter.credits(Request(scope), served)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, size, started, raw_headers
@@ -325,25 +383,26 @@ class UsageFlowMiddleware:
                 started = True
                 raw_headers = message.get("headers") or []
                 if self.headers:
-                    now = self.gate.now()
-                    refund = 0 if charge_if(status) else held.credits
-                    extra = quota_header_bytes(decision, now, refund=refund)
+                    now = self.flow.core.clock()
+                    refund = 0 if ticket.charges(status) else ticket.credits
+                    extra = quota_header_bytes(ticket.decision, now, refund=refund)
                     if binding.decisions:
                         extra += _encode(headers_of(binding.decisions, now))
                     message["headers"] = [*raw_headers, *extra]
             elif kind == "http.response.body":
                 size += len(message.get("body", b""))
-                if not message.get("more_body", False) and not settled and charge_if(status):
-                    # Committed before the last bytes leave: a client that received the whole
+                if not message.get("more_body", False) and ticket.charges(status):
+                    # Settled before the last bytes leave: a client that received the whole
                     # response has been charged for it.
-                    await settle(
-                        meter.credits
-                        if isinstance(meter.credits, int)
-                        else await self._credits(meter, scope, status, raw_headers, size, held)
+                    await self._finish(
+                        metering,
+                        ticket,
+                        status,
+                        None if isinstance(meter.credits, int) else credits,
                     )
             await send(message)
 
-        user_token = current_user_id.set(user)
+        user_token = current_user_id.set(ticket.user)
         features_token = active_features.set(active_features.get() | {meter.feature})
         failed: BaseException | None = None
         try:
@@ -358,42 +417,33 @@ class UsageFlowMiddleware:
         finally:
             active_features.reset(features_token)
             current_user_id.reset(user_token)
-            if not settled:  # failed, cut short, or a status that is not charged
-                await settle(None)
+            if not ticket.settled:  # failed, cut short, or a status that is not charged
+                await self._finish(metering, ticket, status if failed is None else None)
         if failed is not None:
             raise failed
 
-    async def _credits(
-        self,
-        meter: Meter,
-        scope: Scope,
-        status: int,
-        raw_headers: list[tuple[bytes, bytes]],
-        size: int,
-        held: AnyReservation,
-    ) -> int:
-        assert not isinstance(meter.credits, int)
-        served = ServedResponse(status, Headers(raw=raw_headers), size)
-        try:
-            value = meter.credits(Request(scope), served)
-            if inspect.isawaitable(value):
-                value = await value
-        except Exception:
-            credits_function_failed(meter.feature)
-            return held.credits
-        return settle_credits(value, meter.feature, held.credits)
+    async def _serve_websocket(
+        self, scope: Scope, receive: Receive, send: Send, metering: Metering, ticket: Ticket
+    ) -> None:
+        """A metered websocket connection: charged once, when the app accepts it; given back
+        when the app closes or fails without accepting."""
 
-    async def _settle(self, held: AnyReservation, credits: int | None, feature: str) -> None:
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "websocket.accept" and not ticket.settled:
+                await self._finish(metering, ticket, 101)
+            await send(message)
+
+        user_token = current_user_id.set(ticket.user)
+        features_token = active_features.set(active_features.get() | {metering.meter.feature})
         try:
-            await self.gate.settle(held, credits)
-        except UsageFlowError as exc:
-            self.stats.add("settle_errors")
-            logger.error(
-                "usageflow: could not %s %s credits of %r (the hold expires by itself): %s",
-                "commit" if credits else "release",
-                credits if credits else held.credits,
-                feature,
-                exc,
-            )
-            return
-        self.stats.add("charged" if credits else "released")
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            active_features.reset(features_token)
+            current_user_id.reset(user_token)
+            if not ticket.settled:
+                await self._finish(metering, ticket, None)
+
+
+def _connection(scope: Scope) -> HTTPConnection:
+    """The request (HTTP) or connection (websocket) a user function is given."""
+    return Request(scope) if scope["type"] == "http" else HTTPConnection(scope)

@@ -36,7 +36,14 @@ from decimal import Decimal
 from typing import Any, ClassVar, NamedTuple
 
 from usageflow.errors import config_error, invalid
-from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.models import (
+    INT64_MAX,
+    FeatureLimit,
+    LimitAdjustment,
+    Plan,
+    Profile,
+    UsageEvent,
+)
 
 __all__ = [
     "HOLD_GRACE",
@@ -56,7 +63,6 @@ __all__ = [
     "window_used",
 ]
 
-INT64_MAX = 2**63 - 1
 #: How long a settled or expired hold is kept past its expiry (see the module docstring).
 HOLD_GRACE = timedelta(days=1)
 PROFILE_FIELDS = (
