@@ -418,7 +418,9 @@ class UsageFlowMiddleware:
             active_features.reset(features_token)
             current_user_id.reset(user_token)
             if not ticket.settled:  # failed, cut short, or a status that is not charged
-                await self._finish(metering, ticket, status if failed is None else None)
+                # A charged status reaches here only when its body never completed.
+                uncharged = started and failed is None and not ticket.charges(status)
+                await self._finish(metering, ticket, status if uncharged else None)
         if failed is not None:
             raise failed
 
