@@ -73,6 +73,7 @@ __all__ = [
     "drive_async",
     "drive_sync",
     "find_binding",
+    "run_inline",
 ]
 
 logger = logging.getLogger("usageflow.integrations")
@@ -121,6 +122,16 @@ def drive_sync(flow: AnyFlow, steps: Steps[T]) -> T:
                 sent = _from_thread(functools.partial(_awaited, step.value))
         except BaseException as exc:
             error = exc
+
+
+def run_inline(steps: Steps[T]) -> T:
+    """Run ``steps`` that take no step (a charge that stands): no driver, no coroutine."""
+    try:
+        step = next(steps)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    steps.close()
+    raise AssertionError(f"run_inline was given steps that take a step: {step!r}")
 
 
 async def _awaited(value: Awaitable[T]) -> T:

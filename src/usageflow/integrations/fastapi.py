@@ -31,7 +31,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from starlette.requests import Request
+from usageflow.integrations import requires
+
+with requires("fastapi"):
+    from starlette.requests import Request
 
 from usageflow.context import current_user_id
 from usageflow.errors import config_error

@@ -39,7 +39,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, current_app, g, has_request_context, request
+from usageflow.integrations import requires
+
+with requires("flask"):
+    from flask import Flask, Response, current_app, g, has_request_context, request
 
 from usageflow.errors import config_error
 from usageflow.flow import AsyncUsageFlow, UsageFlow

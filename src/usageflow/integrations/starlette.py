@@ -35,12 +35,15 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import anyio
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from usageflow.integrations import requires
+
+with requires("starlette"):
+    import anyio
+    from starlette.datastructures import Headers
+    from starlette.exceptions import HTTPException
+    from starlette.requests import HTTPConnection, Request
+    from starlette.responses import Response
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from usageflow.context import current_user_id
 from usageflow.errors import config_error
@@ -71,6 +74,7 @@ from usageflow.integrations._lifecycle import (
     check_reservation_ttl,
     current_binding,
     drive_async,
+    run_inline,
 )
 
 __all__ = [
@@ -349,7 +353,7 @@ class UsageFlowMiddleware:
     ) -> None:
         steps = metering.finish(self.flow.core, ticket, status, credits)
         if status is not None and metering.settle_mode == "charge" and ticket.charges(status):
-            await drive_async(self.flow, steps)  # nothing to store: the charge stands
+            run_inline(steps)  # nothing to store: the charge stands
             return
         # Served (or given back) is settled even when the client goes away meanwhile.
         with anyio.CancelScope(shield=True):
