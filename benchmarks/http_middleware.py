@@ -1,30 +1,44 @@
 """Requests per second of one small app, bare and metered, against the rate-limit peers.
 
     python benchmarks/http_middleware.py [--n 4000] [--rounds 3] [--concurrency 1]
-    python benchmarks/http_middleware.py --http [--n 8000] [--rounds 2] [--connections 8]
+    python benchmarks/http_middleware.py --http [--n 8000] [--rounds 3] [--connections 8]
     python benchmarks/http_middleware.py --instructions [--n 2000] [--only REGEX]
 
-Needs ``pip install -e ".[bench]"`` (the peers and the servers). Starlette: bare;
-``UsageFlowMiddleware`` on ``memory://`` and on SQLite (``AsyncUsageFlow``); slowapi on its
-in-memory storage. Flask: bare; ``UsageFlowFlask`` + ``@metered`` on ``memory://`` and on
-SQLite; Flask-Limiter on its in-memory storage. Every metered variant does its full work per
-request (UsageFlow: reserve, then commit with the quota headers; the peers: hit a
-moving-window counter and add their headers), one user, a quota that never runs out.
+Needs ``pip install -e ".[bench]"`` (the peers and the servers), and ``pip install redis`` for
+the peers on Redis. Starlette: bare; a minimal metering middleware written here (the floor:
+one dict counter per user, check and increment, one ``RateLimit`` field; what pure Python can
+do); ``UsageFlowMiddleware`` on ``memory://``, on SQLite and on PostgreSQL
+(``AsyncUsageFlow``); slowapi on its in-memory storage and on Redis. Flask: bare;
+``UsageFlowFlask`` + ``@metered`` on ``memory://``, on SQLite and on PostgreSQL; Flask-Limiter
+on its in-memory storage and on Redis. Every metered variant does its full work per request
+(UsageFlow: reserve, then commit with the quota headers; the peers: hit a fixed-window counter
+and add their headers), one user, a quota that never runs out.
+
+Each run of a variant gets a fresh store: a new SQLite file; a new schema of
+``$USAGEFLOW_TEST_POSTGRES_URL``, migrated, dropped afterwards (the PostgreSQL variants are
+skipped when it is not set); the peers' keys cleared from Redis (``$USAGEFLOW_BENCH_REDIS_URL``,
+default ``redis://127.0.0.1:6379/15``; their keys carry the prefix ``usageflow-bench``).
 
 By default the requests are driven in-process, straight through the ASGI / WSGI callable (no
 sockets, no client library), timed in CPU seconds: the figures are the cost of the framework
-plus the metering alone, the harshest setting for the ratios. With ``--http`` each app is
-served in its own process (Starlette by uvicorn, with uvloop and httptools when installed;
-Flask by gunicorn, one gthread worker) and driven over keep-alive sockets on 127.0.0.1 by a
-minimal asyncio client; the figure is then the server's capacity, requests per CPU-second of
-the server process (from /proc, Linux), which the client sharing the machine does not blur.
-The best of ``--rounds`` rounds is kept; rounds are interleaved across the variants.
+plus the metering alone, the harshest setting for the ratios; the best of ``--rounds`` rounds
+is kept. With ``--http`` each app is served in its own process (Starlette by uvicorn, with
+uvloop and httptools when installed; Flask by gunicorn, one gthread worker) and driven over
+keep-alive sockets on 127.0.0.1 by a minimal asyncio client; the figure is then the server's
+capacity, requests per CPU-second of the server process (from /proc, Linux), which the client
+sharing the machine does not blur; the median of ``--rounds`` rounds is kept. Rounds are
+interleaved across the variants. The CPU time of Redis and PostgreSQL themselves is not
+counted, in any mode.
 
 ``--instructions`` serves each app the same way under valgrind's callgrind (Linux, valgrind
 installed) and counts the CPU instructions the server executes per request, collection
 switched on only while the measured requests run: a count, which a noisy shared machine does
-not move, at the price of leaving out the kernel's side of each system call and the cost of
-cache misses. Ratios then compare requests per instruction. Run by hand; it is not a test.
+not move, at the price of leaving out the kernel's side of each system call, the cost of cache
+misses, and the work of the Redis or PostgreSQL server. Ratios then compare requests per
+instruction.
+
+Every mode ends with the ratios of the issue, each beside its target, and, for scale, each
+variant over its bare app. Run by hand; it is not a test.
 """
 
 from __future__ import annotations
@@ -37,12 +51,16 @@ import logging
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +74,34 @@ from usageflow import AsyncUsageFlow, UsageFlow, metered
 from usageflow.integrations.flask import UsageFlowFlask
 from usageflow.integrations.starlette import UsageFlowMiddleware
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, for PostgreSQL
+
 QUOTA = 10**15
 #: In-process rounds are timed in CPU seconds of this process (all its threads): other load
 #: on a shared machine does not skew them. ``--wall`` switches to wall-clock time.
 TIMER: dict[str, Callable[[], float]] = {"clock": time.process_time}
 USER = "bench-user"
 PATH = "/v1/exports"
+POSTGRES_ENV = "USAGEFLOW_TEST_POSTGRES_URL"
+REDIS_URL = os.environ.get("USAGEFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: Prefix of the peers' rate-limit keys (on every storage, so that both storages do the same
+#: work): what is cleared from Redis before and after each run.
+KEY_PREFIX = "usageflow-bench"
+#: The flows made by the apps of this process, closed after each in-process run.
+OPEN_FLOWS: list[Any] = []
 
 
 def make_flow(kind: str, url: str) -> Any:
     flow: Any = AsyncUsageFlow(url) if kind == "async" else UsageFlow(url)
     setup = UsageFlow(flow.store)
     setup.create_plan("Free", is_free=True, limits={"exports": QUOTA})
+    OPEN_FLOWS.append(flow)
     return flow
+
+
+def close_flows() -> None:
+    while OPEN_FLOWS:
+        OPEN_FLOWS.pop().store.close()  # the sync store closes its async face too
 
 
 # -- Starlette ----------------------------------------------------------------------------------
@@ -80,26 +113,67 @@ def user_of(request: Request) -> str | None:
     return request.headers.get("x-user")
 
 
-def starlette_bare() -> Any:
+def starlette_bare(store: str = "") -> Any:
     return Starlette(routes=[Route(PATH, export, methods=["POST"])])
 
 
-def starlette_usageflow(url: str) -> Any:
+class MinimalMeter:
+    """The floor: exact metering in pure ASGI and nothing more. One counter per user in a dict,
+    guarded by nothing but the single event loop, checked against the quota and incremented
+    before the handler runs; one ``RateLimit`` field on the answer, or a bare 429 when the quota
+    is used up."""
+
+    def __init__(self, app: Any, quota: int = QUOTA) -> None:
+        self.app = app
+        self.quota = quota
+        self.used: dict[str, int] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        user = next((v for k, v in scope["headers"] if k == b"x-user"), b"").decode("latin-1")
+        used = self.used.get(user, 0)
+        if used >= self.quota:
+            headers = [(b"ratelimit", b'"exports";r=0')]
+            await send({"type": "http.response.start", "status": 429, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        self.used[user] = used + 1
+        quota_field = (b"ratelimit", f'"exports";r={self.quota - used - 1}'.encode())
+
+        async def send_metered(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), quota_field]}
+            await send(message)
+
+        await self.app(scope, receive, send_metered)
+
+
+def starlette_minimal(store: str = "") -> Any:
+    app = starlette_bare()
+    app.add_middleware(MinimalMeter)
+    return app
+
+
+def starlette_usageflow(store: str) -> Any:
     app = starlette_bare()
     app.add_middleware(
         UsageFlowMiddleware,
-        flow=make_flow("async", url),
+        flow=make_flow("async", store),
         routes={f"POST {PATH}": "exports"},
         user_id=user_of,
     )
     return app
 
 
-def starlette_slowapi() -> Any:
+def starlette_slowapi(store: str) -> Any:
     from slowapi import Limiter, _rate_limit_exceeded_handler
     from slowapi.errors import RateLimitExceeded
 
-    limiter = Limiter(key_func=user_of, storage_uri="memory://", headers_enabled=True)
+    limiter = Limiter(
+        key_func=user_of, storage_uri=store, headers_enabled=True, key_prefix=KEY_PREFIX
+    )
 
     @limiter.limit(f"{QUOTA}/day")
     async def limited(request: Request) -> Response:
@@ -125,7 +199,6 @@ async def drive_asgi(app: Any, n: int, concurrency: int) -> float:
         "headers": [(b"host", b"bench"), (b"x-user", USER.encode()), (b"content-length", b"0")],
         "client": ("127.0.0.1", 5000),
         "server": ("127.0.0.1", 8000),
-        "state": {},
     }
 
     async def one() -> int:
@@ -139,7 +212,9 @@ async def drive_asgi(app: Any, n: int, concurrency: int) -> float:
             if message["type"] == "http.response.start":
                 status = message["status"]
 
-        await app(dict(scope_base), receive, send)
+        # A state dict of its own, as uvicorn gives each request: a shared one would let
+        # slowapi mark the first request's check as done for all of them.
+        await app({**scope_base, "state": {}}, receive, send)
         return status
 
     async def worker(count: int) -> None:
@@ -154,7 +229,7 @@ async def drive_asgi(app: Any, n: int, concurrency: int) -> float:
 
 
 # -- Flask ----------------------------------------------------------------------------------------
-def flask_bare() -> Flask:
+def flask_bare(store: str = "") -> Flask:
     app = Flask("bench")
 
     @app.post(PATH)
@@ -164,9 +239,11 @@ def flask_bare() -> Flask:
     return app
 
 
-def flask_usageflow(url: str) -> Flask:
+def flask_usageflow(store: str) -> Flask:
     app = Flask("bench")
-    UsageFlowFlask(app, flow=make_flow("sync", url), user_id=lambda: request.headers.get("x-user"))
+    UsageFlowFlask(
+        app, flow=make_flow("sync", store), user_id=lambda: request.headers.get("x-user")
+    )
 
     @app.post(PATH)
     @metered("exports")
@@ -176,15 +253,16 @@ def flask_usageflow(url: str) -> Flask:
     return app
 
 
-def flask_limiter() -> Flask:
+def flask_limiter(store: str) -> Flask:
     from flask_limiter import Limiter
 
     app = Flask("bench")
     limiter = Limiter(
         key_func=lambda: request.headers.get("x-user", ""),
         app=app,
-        storage_uri="memory://",
+        storage_uri=store,
         headers_enabled=True,
+        key_prefix=KEY_PREFIX,
     )
 
     @app.post(PATH)
@@ -239,71 +317,146 @@ def drive_wsgi(app: Flask, n: int) -> float:
     return n / (TIMER["clock"]() - start)
 
 
-# -- over HTTP ------------------------------------------------------------------------------------
-APPS: dict[str, Callable[[str], Any]] = {
-    "starlette bare": lambda tmp: starlette_bare(),
-    "starlette usageflow memory": lambda tmp: starlette_usageflow("memory://"),
-    "starlette usageflow sqlite": lambda tmp: starlette_usageflow(
-        f"sqlite:///{tmp}/http.db?synchronous=normal"
-    ),
-    "starlette slowapi memory": lambda tmp: starlette_slowapi(),
-    "flask bare": lambda tmp: flask_bare(),
-    "flask usageflow memory": lambda tmp: flask_usageflow("memory://"),
-    "flask usageflow sqlite": lambda tmp: flask_usageflow(
-        f"sqlite:///{tmp}/http-flask.db?synchronous=normal"
-    ),
-    "flask flask-limiter memory": lambda tmp: flask_limiter(),
+# -- stores -------------------------------------------------------------------------------------
+class Backing:
+    """Where a variant keeps its counts: ``fresh`` yields the store URL of one run, and cleans up
+    after it; ``missing`` says why the store cannot be had here (None: it can)."""
+
+    def __init__(self, url: str = "") -> None:
+        self.url = url
+
+    def missing(self) -> str | None:
+        return None
+
+    @contextmanager
+    def fresh(self, tmp: Path) -> Iterator[str]:
+        yield self.url
+
+
+class SQLite(Backing):
+    @contextmanager
+    def fresh(self, tmp: Path) -> Iterator[str]:
+        yield f"sqlite:///{tmp / uuid.uuid4().hex}.db?synchronous=normal"
+
+
+class Postgres(Backing):
+    """A new schema of ``$USAGEFLOW_TEST_POSTGRES_URL`` per run, migrated before serving."""
+
+    def missing(self) -> str | None:
+        if not os.environ.get(POSTGRES_ENV):
+            return f"{POSTGRES_ENV} is not set"
+        return None
+
+    @contextmanager
+    def fresh(self, tmp: Path) -> Iterator[str]:
+        from tests.support.postgres import fresh_schema, store_url
+
+        base = os.environ[POSTGRES_ENV]
+        with fresh_schema(base) as schema:
+            url = store_url(base, schema)
+            with UsageFlow(url) as setup:
+                setup.migrate()
+            yield url
+
+
+class Redis(Backing):
+    """``REDIS_URL``, the peers' keys (``KEY_PREFIX``) deleted before and after each run."""
+
+    def missing(self) -> str | None:
+        try:
+            import redis
+        except ImportError:
+            return "the redis package is not installed (pip install redis)"
+        try:
+            with redis.Redis.from_url(self.url, socket_connect_timeout=2) as client:
+                client.ping()
+        except redis.RedisError as exc:
+            return f"no Redis at {self.url} ({exc})"
+        return None
+
+    def clear(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.url) as client:
+            keys = list(client.scan_iter(match=f"*{KEY_PREFIX}*", count=1000))
+            if keys:
+                client.delete(*keys)
+
+    @contextmanager
+    def fresh(self, tmp: Path) -> Iterator[str]:
+        self.clear()
+        try:
+            yield self.url
+        finally:
+            self.clear()
+
+
+@dataclass(frozen=True)
+class Variant:
+    framework: str  # "starlette" (ASGI, served by uvicorn) or "flask" (WSGI, by gunicorn)
+    build: Callable[[str], Any]  # the app, given the store URL of this run
+    backing: Backing = field(default_factory=Backing)
+
+
+MEMORY, SQLITE, POSTGRES, REDIS = Backing("memory://"), SQLite(), Postgres(), Redis(REDIS_URL)
+VARIANTS: dict[str, Variant] = {
+    "starlette bare": Variant("starlette", starlette_bare),
+    "starlette minimal": Variant("starlette", starlette_minimal),
+    "starlette usageflow memory": Variant("starlette", starlette_usageflow, MEMORY),
+    "starlette usageflow sqlite": Variant("starlette", starlette_usageflow, SQLITE),
+    "starlette usageflow postgres": Variant("starlette", starlette_usageflow, POSTGRES),
+    "starlette slowapi memory": Variant("starlette", starlette_slowapi, MEMORY),
+    "starlette slowapi redis": Variant("starlette", starlette_slowapi, REDIS),
+    "flask bare": Variant("flask", flask_bare),
+    "flask usageflow memory": Variant("flask", flask_usageflow, MEMORY),
+    "flask usageflow sqlite": Variant("flask", flask_usageflow, SQLITE),
+    "flask usageflow postgres": Variant("flask", flask_usageflow, POSTGRES),
+    "flask flask-limiter memory": Variant("flask", flask_limiter, MEMORY),
+    "flask flask-limiter redis": Variant("flask", flask_limiter, REDIS),
 }
-#: (label, numerator, denominator): the ratios printed, when both variants were run.
-RATIOS = [
-    (
-        "starlette: usageflow memory / bare (target >= 0.85)",
-        "starlette usageflow memory",
-        "starlette bare",
-    ),
-    (
-        "starlette: usageflow memory / slowapi (target >= 1.0)",
-        "starlette usageflow memory",
-        "starlette slowapi memory",
-    ),
-    (
-        "starlette: usageflow sqlite / slowapi (target >= 0.67)",
-        "starlette usageflow sqlite",
-        "starlette slowapi memory",
-    ),
-    (
-        "starlette: slowapi / bare (the peer, for scale)",
-        "starlette slowapi memory",
-        "starlette bare",
-    ),
-    ("flask: usageflow memory / bare (target >= 0.85)", "flask usageflow memory", "flask bare"),
-    (
-        "flask: usageflow memory / flask-limiter (target >= 1.0)",
-        "flask usageflow memory",
-        "flask flask-limiter memory",
-    ),
-    (
-        "flask: usageflow sqlite / flask-limiter (target >= 0.67)",
-        "flask usageflow sqlite",
-        "flask flask-limiter memory",
-    ),
-    (
-        "flask: flask-limiter / bare (the peer, for scale)",
-        "flask flask-limiter memory",
-        "flask bare",
-    ),
+#: (numerator, denominator, target): the ratios of throughput printed, when both ran.
+TARGETS: list[tuple[str, str, float | None]] = [
+    ("starlette usageflow memory", "starlette slowapi memory", 1.3),
+    ("starlette usageflow sqlite", "starlette slowapi redis", 1.3),
+    ("starlette usageflow postgres", "starlette slowapi redis", 1.2),
+    ("flask usageflow memory", "flask flask-limiter memory", 1.6),
+    ("flask usageflow sqlite", "flask flask-limiter redis", 1.5),
+    ("flask usageflow postgres", "flask flask-limiter redis", 1.5),
 ]
+#: For scale, no target: every variant over its bare app.
+SCALE: list[tuple[str, str, float | None]] = [
+    (name, f"{v.framework} bare", None)
+    for name, v in VARIANTS.items()
+    if name != f"{v.framework} bare"
+]
+
+
+def run_inprocess(variant: Variant, tmp: Path, n: int, concurrency: int) -> float:
+    """Requests per second of ``variant`` driven through its ASGI / WSGI callable, on a fresh
+    store."""
+    with variant.backing.fresh(tmp) as store:
+        app = variant.build(store)
+        try:
+            if variant.framework == "flask":
+                return drive_wsgi(app, n)
+            return asyncio.run(drive_asgi(app, n, concurrency))
+        finally:
+            close_flows()
+
+
+# -- over HTTP ------------------------------------------------------------------------------------
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *([0-9]+)")
 
 
-def serve(name: str, port: int, tmp: str) -> None:
+def serve(name: str, port: int, store: str) -> None:
     """Serve one variant (run in a child process): Starlette by uvicorn (uvloop and httptools
     when installed, as ``uvicorn[standard]`` has them), Flask by gunicorn (one ``gthread``
-    worker, keep-alive), each a single process on one core."""
+    worker, keep-alive, the app built in the worker as without ``--preload``), each a single
+    process on one core."""
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    app = APPS[name](tmp)
-    if name.startswith("flask"):
+    variant = VARIANTS[name]
+    if variant.framework == "flask":
         from gunicorn.app.base import BaseApplication
 
         class Server(BaseApplication):  # type: ignore[misc]
@@ -319,13 +472,15 @@ def serve(name: str, port: int, tmp: str) -> None:
                     self.cfg.set(key, value)
 
             def load(self) -> Any:
-                return app
+                return variant.build(store)
 
         Server().run()
     else:
         import uvicorn
 
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+        uvicorn.run(
+            variant.build(store), host="127.0.0.1", port=port, log_level="error", access_log=False
+        )
 
 
 def cpu_seconds(root: int) -> float:
@@ -374,44 +529,53 @@ async def drive_http(port: int, n: int, connections: int) -> tuple[float, int]:
     return time.perf_counter() - start, per * connections
 
 
-def _start_server(
-    name: str, tmp: str, launcher: list[str], timeout: float
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Serve ``name`` in a child process (run by ``launcher``, e.g. valgrind, when given) on a
-    free port; return once it accepts connections."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    child = subprocess.Popen(
-        [*launcher, sys.executable, __file__, "--serve", name, "--port", str(port), "--tmp", tmp],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + timeout
-    while True:
+@contextmanager
+def served(
+    name: str, tmp: Path, launcher: list[str], timeout: float
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Serve ``name`` on a fresh store in a child process (run by ``launcher``, e.g. valgrind,
+    when given) on a free port; yield (child, port) once it accepts connections; stop it
+    (SIGINT, on which uvicorn and gunicorn stop and callgrind writes its counts) afterwards."""
+    with VARIANTS[name].backing.fresh(tmp) as store:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [sys.executable, __file__, f"--serve={name}", f"--port={port}"]
+        child = subprocess.Popen(
+            [*launcher, *command, f"--store={store}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return child, port
-        except OSError:
-            if time.monotonic() > deadline or child.poll() is not None:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or child.poll() is not None:
+                        raise RuntimeError(f"{name} did not start") from None
+                    time.sleep(0.2)
+            yield child, port
+        finally:
+            if child.poll() is None:
+                child.send_signal(2)
+            try:
+                child.wait(120)
+            except subprocess.TimeoutExpired:
                 child.kill()
-                raise RuntimeError(f"{name} did not start") from None
-            time.sleep(0.2)
+                child.wait()
 
 
-def run_http(name: str, tmp: str, n: int, connections: int) -> tuple[float, float]:
+def run_http(name: str, tmp: Path, n: int, connections: int) -> tuple[float, float]:
     """Serve ``name`` in a child process and drive it; (requests per second of wall time,
     requests per CPU-second of the server)."""
-    child, port = _start_server(name, tmp, [], 30)
-    try:
+    with served(name, tmp, [], 30) as (child, port):
         asyncio.run(drive_http(port, 1000, connections))  # warm up: caches, JIT-free paths
         cpu_before = cpu_seconds(child.pid)
         wall, sent = asyncio.run(drive_http(port, n, connections))
         cpu = cpu_seconds(child.pid) - cpu_before
         return sent / wall, sent / cpu
-    finally:
-        child.terminate()
-        child.wait(10)
 
 
 def _tree(root: int) -> list[int]:
@@ -432,11 +596,11 @@ def _tree(root: int) -> list[int]:
     return found
 
 
-def run_instructions(name: str, tmp: str, n: int, connections: int) -> float:
+def run_instructions(name: str, tmp: Path, n: int, connections: int) -> float:
     """Serve ``name`` under valgrind's callgrind and count the CPU instructions its server
     processes execute per request, over ``n`` requests after a warm-up (collection is switched
     on only meanwhile). Free of timing noise: a count, not a time; it leaves out the kernel's
-    work (the system calls) and the cost of cache misses."""
+    work (the system calls), the cost of cache misses and the database server's work."""
     out = Path(tempfile.mkdtemp(prefix="callgrind-", dir=tmp))
     valgrind = [
         "valgrind",
@@ -445,8 +609,7 @@ def run_instructions(name: str, tmp: str, n: int, connections: int) -> float:
         "--trace-children=yes",
         f"--callgrind-out-file={out}/cg.%p",
     ]
-    child, port = _start_server(name, tmp, valgrind, 300)
-    try:
+    with served(name, tmp, valgrind, 300) as (child, port):
         asyncio.run(drive_http(port, 600, connections))  # warm up
         pids = [str(pid) for pid in _tree(child.pid)]
         control = ["callgrind_control", "--instr=on"]
@@ -454,15 +617,36 @@ def run_instructions(name: str, tmp: str, n: int, connections: int) -> float:
         _, sent = asyncio.run(drive_http(port, n, connections))
         control[1] = "--instr=off"
         subprocess.run([*control, *pids], check=True, capture_output=True)
-    finally:
-        child.send_signal(2)  # SIGINT: uvicorn and gunicorn stop, callgrind writes its counts
-        child.wait(120)
     total = 0
     for dump in out.glob("cg.*"):  # one per process; its "totals:" line sums its counts
         lines = dump.read_text(errors="replace").splitlines()
         total += max((int(x.split()[1]) for x in lines if x.startswith("totals:")), default=0)
     # The client's warm-up requests inside drive_http (50 per connection) were counted too.
     return total / (sent + 50 * connections)
+
+
+# -- report ---------------------------------------------------------------------------------------
+def ratios(results: dict[str, float]) -> dict[str, tuple[float, float | None]]:
+    """label -> (throughput ratio, target) for every ratio whose two variants ran."""
+    return {
+        f"{top} / {bottom.split(' ', 1)[1]}": (results[top] / results[bottom], target)
+        for top, bottom, target in TARGETS + SCALE
+        if top in results and bottom in results
+    }
+
+
+def print_ratios(table: dict[str, tuple[float, float | None]]) -> None:
+    print()
+    print(f"{'ratio of throughput':52s} {'value':>6s}  target")
+    scale = False
+    for label, (value, target) in table.items():
+        if target is None and not scale:
+            print("for scale, over the bare app:")
+            scale = True
+        verdict = (
+            "" if target is None else f">= {target:.1f}  {'met' if value >= target else 'MISSED'}"
+        )
+        print(f"{label:52s} {value:6.2f}  {verdict}".rstrip())
 
 
 def main() -> None:
@@ -482,86 +666,77 @@ def main() -> None:
     parser.add_argument("--only", help="run only the variants whose name matches this regex")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--tmp", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.tmp)
+        serve(args.serve, args.port, args.store)
         return
     if args.wall:
         TIMER["clock"] = time.perf_counter
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    tmp = Path(tempfile.mkdtemp(prefix="usageflow-bench-"))
-    sqlite = f"sqlite:///{tmp / 'bench.db'}?synchronous=normal"
-    sqlite_flask = f"sqlite:///{tmp / 'bench-flask.db'}?synchronous=normal"
 
-    def asgi(app: Any) -> Callable[[], float]:
-        return lambda: asyncio.run(drive_asgi(app, args.n, args.concurrency))
+    names: list[str] = []
+    for name, variant in VARIANTS.items():
+        if args.only is not None and re.search(args.only, name) is None:
+            continue
+        reason = variant.backing.missing()
+        if reason:
+            print(f"{name:32s} skipped: {reason}")
+        else:
+            names.append(name)
 
     results: dict[str, float] = {}
-    plan: list[tuple[str, Callable[[], float]]] = [
-        ("starlette bare", asgi(starlette_bare())),
-        ("starlette usageflow memory", asgi(starlette_usageflow("memory://"))),
-        ("starlette usageflow sqlite", asgi(starlette_usageflow(sqlite))),
-        ("starlette slowapi memory", asgi(starlette_slowapi())),
-        ("flask bare", lambda: drive_wsgi(flask_bare(), args.n)),
-    ]
-    memory_flask, sqlite_app, limiter_app = (
-        flask_usageflow("memory://"),
-        flask_usageflow(sqlite_flask),
-        flask_limiter(),
-    )
-    plan += [
-        ("flask usageflow memory", lambda: drive_wsgi(memory_flask, args.n)),
-        ("flask usageflow sqlite", lambda: drive_wsgi(sqlite_app, args.n)),
-        ("flask flask-limiter memory", lambda: drive_wsgi(limiter_app, args.n)),
-    ]
-    # Rounds are interleaved (every variant once, then again): drift on a shared machine
-    # then touches every variant alike instead of favouring whichever ran in a quiet spell.
     figures: dict[str, dict[str, float]] = {}
-
-    def chosen(name: str) -> bool:
-        return args.only is None or re.search(args.only, name) is not None
-
-    if args.instructions:
-        for name in APPS:
-            if chosen(name):
-                per_request = run_instructions(name, str(tmp), args.n, args.connections)
+    with tempfile.TemporaryDirectory(prefix="usageflow-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        if args.instructions:
+            for name in names:
+                per_request = run_instructions(name, tmp, args.n, args.connections)
                 # Fewer instructions is more capacity: ratios compare requests per instruction.
                 results[name] = 1e9 / per_request
                 print(f"{name:32s} {per_request:12,.0f} instructions per request")
                 figures[name] = {"instructions_per_request": per_request}
-    elif args.http:
-        served: dict[str, list[tuple[float, float]]] = {name: [] for name in APPS if chosen(name)}
-        for _ in range(args.rounds):
-            for name, rounds in served.items():
-                rounds.append(run_http(name, str(tmp), args.n, args.connections))
-        for name, rounds in served.items():
-            wall, capacity = max(rounds, key=lambda r: r[1])
-            results[name] = capacity
-            print(f"{name:32s} {capacity:10,.0f} req/CPU-s of the server {wall:10,.0f} req/s")
-            figures[name] = {"req_per_server_cpu_second": capacity, "req_per_second": wall}
-    else:
-        measured: dict[str, list[float]] = {name: [] for name, _ in plan if chosen(name)}
-        for _ in range(args.rounds):
-            for name, run in plan:
-                if name in measured:
-                    measured[name].append(run())
-        for name, values in measured.items():
-            results[name] = max(values)
-            print(f"{name:32s} {results[name]:10,.0f} req/s")
-            figures[name] = {"req_per_second": results[name]}
+        else:
+            # Rounds are interleaved (every variant once, then again): drift on a shared machine
+            # then touches every variant alike instead of favouring one that ran in a quiet spell.
+            rounds: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
+            for _ in range(args.rounds):
+                for name in names:
+                    if args.http:
+                        rounds[name].append(run_http(name, tmp, args.n, args.connections))
+                    else:
+                        rate = run_inprocess(VARIANTS[name], tmp, args.n, args.concurrency)
+                        rounds[name].append((rate,))
+            for name, runs in rounds.items():
+                if args.http:  # the median round: a served run is noisier than a count
+                    wall = statistics.median(r[0] for r in runs)
+                    results[name] = statistics.median(r[1] for r in runs)
+                    print(
+                        f"{name:32s} {results[name]:10,.0f} req/CPU-s of the server"
+                        f" {wall:10,.0f} req/s (medians of {len(runs)})"
+                    )
+                    figures[name] = {
+                        "req_per_server_cpu_second": results[name],
+                        "req_per_second": wall,
+                    }
+                else:
+                    results[name] = max(r[0] for r in runs)
+                    print(f"{name:32s} {results[name]:10,.0f} req/s")
+                    figures[name] = {"req_per_second": results[name]}
 
-    ratios = {
-        label: results[top] / results[bottom]
-        for label, top, bottom in RATIOS
-        if top in results and bottom in results
-    }
-    print()
-    for name, ratio in ratios.items():
-        print(f"{name:58s} {ratio:6.2f}")
+    table = ratios(results)
+    print_ratios(table)
     if args.json:
-        print(json.dumps({"figures": figures, "ratios": ratios}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "figures": figures,
+                    "ratios": {k: {"ratio": r, "target": t} for k, (r, t) in table.items()},
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":
