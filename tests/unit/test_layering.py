@@ -1,0 +1,161 @@
+"""The package's layering, read from the source of every module.
+
+* the framework adapters (``usageflow/integrations/``) never import a store
+  (``usageflow.stores`` or anything under it): they meter through the flow;
+* the core (everything outside ``usageflow/integrations/``) imports no web framework and no
+  adapter, with one exception: ``usageflow/__init__.py`` re-exports ``metered`` from
+  ``usageflow.integrations.metered``, which itself imports no framework.
+
+Every import counts: at module level, inside functions, and under ``if TYPE_CHECKING:``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import usageflow
+
+PACKAGE_DIR = Path(usageflow.__file__).resolve().parent
+#: Web frameworks (and their toolkits), by top-level package name.
+FRAMEWORKS = frozenset({"starlette", "fastapi", "flask", "werkzeug", "django", "litestar"})
+#: The one import of an adapter the core may make.
+ALLOWED_CORE_IMPORTS = {("usageflow", "usageflow.integrations.metered")}
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    path: Path
+    is_package: bool
+
+    @property
+    def in_integrations(self) -> bool:
+        return self.name == "usageflow.integrations" or self.name.startswith(
+            "usageflow.integrations."
+        )
+
+
+def _modules() -> list[Module]:
+    """Every module of the package, each imported (none skipped), with its source file."""
+    found = [Module("usageflow", Path(usageflow.__file__).resolve(), True)]
+    for info in pkgutil.walk_packages(usageflow.__path__, "usageflow."):
+        module = importlib.import_module(info.name)
+        assert module.__file__ is not None, info.name
+        found.append(Module(info.name, Path(module.__file__).resolve(), info.ispkg))
+    return found
+
+
+MODULES = _modules()
+
+
+def imports_of(module: Module) -> set[str]:
+    """The absolute names of every module ``module`` imports, wherever the import is written
+    (relative imports resolved; ``from x import y`` gives ``x`` and ``x.y``)."""
+    tree = ast.parse(module.path.read_text(encoding="utf-8"), filename=str(module.path))
+    package = module.name if module.is_package else module.name.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module or ""
+            names.add(source)
+            names.update(f"{source}.{alias.name}" for alias in node.names if alias.name != "*")
+    return names
+
+
+def _under(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _framework(name: str) -> bool:
+    return name.partition(".")[0] in FRAMEWORKS
+
+
+def test_every_module_is_found_and_imported() -> None:
+    """The walk covers every ``.py`` file of the package (so the checks below skip none)."""
+    files = {p.resolve() for p in PACKAGE_DIR.rglob("*.py")}
+    assert {m.path for m in MODULES} == files
+    assert any(m.in_integrations for m in MODULES)
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.in_integrations], ids=lambda m: m.name)
+def test_integrations_import_no_store(module: Module) -> None:
+    """An adapter meters through the flow, never through a store."""
+    stores = sorted(name for name in imports_of(module) if _under(name, "usageflow.stores"))
+    assert stores == [], f"{module.name} imports {stores}"
+
+
+@pytest.mark.parametrize(
+    "module", [m for m in MODULES if not m.in_integrations], ids=lambda m: m.name
+)
+def test_the_core_imports_no_framework_and_no_adapter(module: Module) -> None:
+    """The core runs without any web framework installed and knows no adapter."""
+    imported = imports_of(module)
+    frameworks = sorted(name for name in imported if _framework(name))
+    assert frameworks == [], f"{module.name} imports {frameworks}"
+    # ``from usageflow.integrations.metered import metered`` names the function too.
+    allowed = [name for importer, name in ALLOWED_CORE_IMPORTS if importer == module.name]
+    adapters = sorted(
+        name
+        for name in imported
+        if _under(name, "usageflow.integrations")
+        and not any(_under(name, permitted) for permitted in allowed)
+    )
+    assert adapters == [], f"{module.name} imports {adapters}"
+
+
+def test_the_package_re_exports_metered_and_metered_imports_no_framework() -> None:
+    """The exception, checked explicitly: ``usageflow/__init__.py`` imports
+    ``usageflow.integrations.metered`` (and nothing else of the adapters), ``metered`` itself
+    imports no framework, and ``from usageflow import metered`` works."""
+    by_name = {m.name: m for m in MODULES}
+    root = imports_of(by_name["usageflow"])
+    assert {n for n in root if _under(n, "usageflow.integrations")} == {
+        "usageflow.integrations.metered",
+        "usageflow.integrations.metered.metered",
+    }
+    metered_module = by_name["usageflow.integrations.metered"]
+    assert sorted(n for n in imports_of(metered_module) if _framework(n)) == []
+
+    from usageflow import metered
+    from usageflow.integrations.metered import metered as defined
+
+    assert metered is defined
+    assert "metered" in usageflow.__all__
+
+
+def test_the_import_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
+    """The reader itself: imports in functions, under ``TYPE_CHECKING`` and relative ones are
+    all seen (a check that could not see them would pass for the wrong reason)."""
+    source = tmp_path / "sample.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from starlette.requests import Request\n"
+        "def f():\n"
+        "    import flask\n"
+        "    from ..stores import memory\n"
+        "    from . import _http\n",
+        encoding="utf-8",
+    )
+    found = imports_of(Module("usageflow.integrations.sample", source, False))
+    assert {
+        "starlette.requests",
+        "flask",
+        "usageflow.stores",
+        "usageflow.stores.memory",
+        "usageflow.integrations",
+        "usageflow.integrations._http",
+    } <= found
