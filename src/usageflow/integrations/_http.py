@@ -364,6 +364,22 @@ def _seconds_until(moment: datetime | None, now: datetime) -> int | None:
     return max(0, math.ceil((moment - now).total_seconds()))
 
 
+def _quota_fields(
+    decision: Decision, now: datetime, refused: bool, refund: int
+) -> tuple[str, str, str | None] | None:
+    """``(RateLimit-Policy, RateLimit, Retry-After or None)``, or None when unlimited."""
+    limit = decision.limit
+    if limit is None or decision.is_unlimited:
+        return None
+    name = _sf_string(decision.feature_name)
+    remaining = min(limit, max(0, (decision.remaining or 0) + refund))
+    reset = _seconds_until(decision.resets_at, now)
+    if reset is None:
+        return f"{name};q={limit}", f"{name};r={remaining}", None
+    retry = str(reset) if refused else None
+    return f"{name};q={limit}", f"{name};r={remaining};t={reset}", retry
+
+
 def quota_headers(
     decision: Decision, now: datetime, *, refused: bool = False, refund: int = 0
 ) -> list[tuple[str, str]]:
@@ -372,33 +388,29 @@ def quota_headers(
     ``RateLimit-Policy: "<feature>";q=<limit>`` and ``RateLimit: "<feature>";r=<remaining>``
     with ``;t=<seconds until the window resets>`` when the window has an end, and, when
     ``refused``, ``Retry-After`` (same seconds). ``refund`` credits are added back to
-    ``remaining`` (a reservation that will be released because the response is not charged).
+    ``remaining`` (credits given back because the response is not charged).
     """
-    return [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in quota_header_bytes(decision, now, refused=refused, refund=refund)
-    ]
-
-
-@functools.lru_cache(maxsize=4096)
-def _policy_field(feature: str, limit: int) -> tuple[bytes, bytes]:
-    return b"ratelimit-policy", f"{_sf_string(feature)};q={limit}".encode("latin-1")
+    fields = _quota_fields(decision, now, refused, refund)
+    if fields is None:
+        return []
+    policy, field, retry = fields
+    headers = [("ratelimit-policy", policy), ("ratelimit", field)]
+    if retry is not None:
+        headers.append(("retry-after", retry))
+    return headers
 
 
 def quota_header_bytes(
     decision: Decision, now: datetime, *, refused: bool = False, refund: int = 0
 ) -> list[tuple[bytes, bytes]]:
     """:func:`quota_headers` as the raw ``(name, value)`` bytes an ASGI response carries."""
-    limit = decision.limit
-    if limit is None or decision.is_unlimited:
+    fields = _quota_fields(decision, now, refused, refund)
+    if fields is None:
         return []
-    feature = decision.feature_name
-    remaining = min(limit, max(0, (decision.remaining or 0) + refund))
-    reset = _seconds_until(decision.resets_at, now)
-    field = f"{_sf_string(feature)};r={remaining}" + ("" if reset is None else f";t={reset}")
-    headers = [_policy_field(feature, limit), (b"ratelimit", field.encode("latin-1"))]
-    if refused and reset is not None:
-        headers.append((b"retry-after", str(reset).encode("latin-1")))
+    policy, field, retry = fields
+    headers = [(b"ratelimit-policy", policy.encode()), (b"ratelimit", field.encode())]
+    if retry is not None:
+        headers.append((b"retry-after", retry.encode()))
     return headers
 
 

@@ -43,6 +43,7 @@ from usageflow.integrations import requires
 
 with requires("flask"):
     from flask import Flask, Response, current_app, g, has_request_context, request
+    from flask.globals import app_ctx
 
 from usageflow.errors import config_error
 from usageflow.flow import AsyncUsageFlow, UsageFlow
@@ -255,11 +256,12 @@ def _flask_binding() -> Binding | None:
     """The binding of the Flask request being served (one per request, in ``flask.g``)."""
     if not has_request_context():
         return None
-    binding: Binding | None = g.get(_G_KEY)
-    if binding is not None:
-        return binding
-    state = _state()
-    if state is None:
+    ctx = app_ctx._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    found: tuple[Binding, _State] | None = getattr(ctx.g, _G_KEY, None)
+    if found is not None:
+        return found[0]
+    state = ctx.app.extensions.get(EXTENSION)
+    if not isinstance(state, _State):
         return None
     enabled = state.enabled
     if enabled and state.exempt_when is not None and state.exempt_when():
@@ -267,7 +269,7 @@ def _flask_binding() -> Binding | None:
         if state.policy.stats is not None:
             state.policy.stats.add("exempt")
     binding = Binding(state.flow, state.resolve_user, state.policy, enabled)
-    setattr(g, _G_KEY, binding)
+    setattr(ctx.g, _G_KEY, (binding, state))
     return binding
 
 
@@ -283,14 +285,14 @@ def _answer_refusal(exc: MeteringError) -> Response:
 
 
 def _add_headers(response: Response) -> Response:
-    binding: Binding | None = g.get(_G_KEY)
-    if binding is None or not binding.decisions:
+    found: tuple[Binding, _State] | None = g.get(_G_KEY)
+    if found is None:
         return response
-    state = _state()
-    if state is not None and state.headers:
-        headers = response.headers
+    binding, state = found
+    if binding.decisions and state.headers:
+        add = response.headers.add
         for key, value in headers_of(binding.decisions, state.flow.core.clock()):
-            headers.add(key, value)
+            add(key, value)
     return response
 
 
