@@ -11,7 +11,9 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name", ["fastapi_app.py", "starlette_app.py", "flask_app.py"])
+@pytest.mark.parametrize(
+    "name", ["fastapi_app.py", "starlette_app.py", "flask_app.py", "django_project/manage.py"]
+)
 def test_example_demo_shows_the_402(name: str) -> None:
     done = subprocess.run(
         [sys.executable, "-W", "error", str(EXAMPLES / name), "--demo"],
