@@ -152,6 +152,15 @@ async def slow_stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks(), content_type="text/plain")
 
 
+@metered("exports")
+def decorated_stream(request: HttpRequest) -> StreamingHttpResponse:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(3):
+            yield b"row;"
+
+    return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+
 def open_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse("open")
 
@@ -204,6 +213,7 @@ urlpatterns = [
     path("v1/stream", stream, name="stream"),
     path("v1/astream", astream, name="astream"),
     path("v1/slow", slow_stream, name="slow"),
+    path("v1/decorated-stream", decorated_stream, name="decorated-stream"),
     path("v1/burst", export, name="burst"),
     path("open", open_view, name="open"),
     path("health", open_view, name="health"),
@@ -526,6 +536,28 @@ def test_stream_charged_at_its_end_and_given_back_when_closed(
         r.close()  # never read
         assert get_stats().snapshot()["released"] == 2
     assert used(reader, "u1", "exports") == 1
+
+
+def test_a_metered_view_that_streams_is_settled_at_the_end_of_its_stream(
+    flow: UsageFlow, reader: UsageFlow
+) -> None:
+    """``@metered`` on a view returning a ``StreamingHttpResponse``: read to its end, the
+    charge stands; closed before, it is given back."""
+    with usageflow(flow):
+        client = Client()
+        r = client.get("/v1/decorated-stream", headers=U1)
+        assert b"".join(r.streaming_content) == b"row;" * 3
+        r.close()
+        assert used(reader, "u1", "exports") == 1
+        r = client.get("/v1/decorated-stream", headers=U1)
+        assert next(iter(r.streaming_content)) == b"row;"
+        r.close()  # the client went away
+    assert used(reader, "u1", "exports") == 1
+    assert sorted(e.event_type for e in reader.list_events("u1", "exports")) == [
+        "credit",
+        "usage",
+        "usage",
+    ]
 
 
 @pytest.mark.asyncio

@@ -297,6 +297,39 @@ def test_routes_table_meters_views_by_their_rule(flow: UsageFlow, reader: UsageF
     assert used(reader, "u1", "tiny") == 1
 
 
+def test_routes_table_passes_settle_to_the_view(flow: UsageFlow, reader: UsageFlow) -> None:
+    """``{"settle": "hold"}`` in the routes table reserves then commits (the view's 500 is
+    then released: no event at all), where the default charges then gives back."""
+    app = Flask(__name__)
+    UsageFlowFlask(
+        app,
+        flow=flow,
+        user_id=lambda: request.headers.get("x-user"),
+        routes={
+            "POST /held": {"feature": "exports", "settle": "hold"},
+            "POST /charged": "exports",
+        },
+    )
+
+    @app.post("/held")
+    def held_view() -> tuple[str, int]:
+        return "broken", 500
+
+    @app.post("/charged")
+    def charged_view() -> tuple[str, int]:
+        return "broken", 500
+
+    client = app.test_client()
+    assert client.post("/held", headers=U1).status_code == 500
+    assert reader.list_events("u1", "exports") == []
+    assert client.post("/charged", headers=U1).status_code == 500
+    assert sorted(e.event_type for e in reader.list_events("u1", "exports")) == [
+        "credit",
+        "usage",
+    ]
+    assert used(reader, "u1", "exports") == 0
+
+
 def test_routes_table_errors(mem_flow: UsageFlow) -> None:
     for bad, message in [
         ("POST /v1/exports", "dict"),

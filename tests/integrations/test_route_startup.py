@@ -275,6 +275,34 @@ def test_an_async_exempt_function_may_let_admins_through(
     assert usage(quick_reader, "exports") == 0
 
 
+def test_an_exempt_request_meters_nothing_inside_it(
+    quick_flow: Any, quick_reader: UsageFlow
+) -> None:
+    """Exempt is asked once per request, routed or not, and switches off the ``@metered``
+    handlers inside it too: an internal call to a decorated endpoint charges nothing."""
+
+    @metered("exports")
+    async def decorated(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    asgi = Starlette(routes=[Route("/internal/exports", decorated, methods=["POST"])])
+    stats = MeterStats()
+    asgi.add_middleware(
+        UsageFlowMiddleware,
+        flow=quick_flow,
+        user_id=user_header,
+        exempt=lambda request: request.headers.get("x-internal") == "yes",
+        stats=stats,
+    )
+    with TestClient(asgi) as client:
+        for _ in range(4):  # more than the quota of 3, and no user
+            response = client.post("/internal/exports", headers={"x-internal": "yes"})
+            assert response.status_code == 200
+        assert client.post("/internal/exports", headers=U1).status_code == 200
+    assert stats.exempt == 4
+    assert usage(quick_reader, "exports") == 1
+
+
 def test_flask_exempt_when_lets_requests_through_uncharged(
     quick_store: Any, quick_reader: UsageFlow, clock: Any
 ) -> None:

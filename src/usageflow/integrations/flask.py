@@ -340,6 +340,7 @@ def _routed(
             reserve=meter.reserve,
             fail_open=meter.fail_open,
             charge_if=meter.charge_if,
+            settle=meter.settle,
         )(view)
         for key, meter in meters.items()
     }

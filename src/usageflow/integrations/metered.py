@@ -64,6 +64,8 @@ R = TypeVar("R")
 def _status_of(result: object) -> int:
     """The HTTP status of a handler's return value: a response's ``status_code``, a Flask
     ``(body, status[, headers])`` tuple, else 200."""
+    if type(result) is dict:
+        return 200
     code = getattr(result, "status_code", None)
     if isinstance(code, int) and not isinstance(code, bool):
         return code
@@ -154,10 +156,15 @@ class _SettledAsyncBody:
 def _stream_of(result: object) -> tuple[str, Any] | None:
     """Whether the handler's result is a body produced after it returns, and which kind:
     ``("async", response)`` for a Starlette ``StreamingResponse``, ``("sync", ...)`` for a
-    streamed Werkzeug response, a generator, or a Flask tuple starting with one of them."""
+    streamed Werkzeug response, a Django ``StreamingHttpResponse`` over a sync iterator, a
+    generator, or a Flask tuple starting with one of them."""
+    if type(result) is dict:  # the common answer of a JSON view: nothing to look at
+        return None
     body = getattr(result, "body_iterator", None)
     if body is not None and hasattr(body, "__aiter__"):
         return "async", result
+    if getattr(result, "streaming", False) is True and not getattr(result, "is_async", False):
+        return "sync", result
     if getattr(result, "is_streamed", False) and getattr(result, "response", None) is not None:
         return "sync", result
     if inspect.isgenerator(result):
@@ -172,6 +179,9 @@ def _wrap_sync_stream(result: Any, finish: Callable[[bool], None]) -> Any:
         return (_wrap_sync_stream(result[0], finish), *result[1:])
     if inspect.isgenerator(result):
         return _SettledBody(result, finish)
+    if getattr(result, "streaming", False) is True:  # Django: it closes what it is given
+        result.streaming_content = _SettledBody(result.streaming_content, finish)
+        return result
     result.response = _SettledBody(result.response, finish)
     return result
 

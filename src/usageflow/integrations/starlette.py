@@ -163,9 +163,10 @@ class UsageFlowMiddleware:
         int``, ``reserve``, ``fail_open``, ``charge_if``, ``settle``).
     :param user_id: ``fn(request) -> str | None``, sync or async; by default the identity of
         Starlette's authenticated ``request.user``. ``None`` or ``""`` answers ``401``.
-    :param exempt: ``fn(request) -> bool``, sync or async: a true answer lets the request
-        through unmetered, before its user is resolved (health checks, admins, internal
-        calls); counted as ``exempt``.
+    :param exempt: ``fn(request) -> bool``, sync or async, asked once per request: a true
+        answer lets the request through unmetered (its route and any ``@metered`` handler),
+        before its user is resolved (health checks, admins, internal calls); counted as
+        ``exempt``.
     :param fail_open: on a store failure let requests through unmetered (default: ``503``);
         a route's own ``fail_open`` wins. Every such pass is logged and counted.
     :param charge_if: ``fn(status) -> bool``, which responses are charged (default ``< 400``).
@@ -245,6 +246,12 @@ class UsageFlowMiddleware:
         binding = Binding(self.flow, lambda: self.user_id(_connection(scope)), self.policy)
         token = current_binding.set(binding)
         try:
+            if self.exempt is not None and await self._is_exempt(scope):
+                # Nothing in an exempt request is metered: its routes nor its @metered handlers.
+                self.stats.add("exempt")
+                binding.enabled = False
+                await self._bound(scope, receive, send, binding)
+                return
             method = scope["method"] if kind == "http" else "WS"
             meter = self.routes.match(method, route_path(scope)) if self.routes else None
             if meter is None:
@@ -303,10 +310,6 @@ class UsageFlowMiddleware:
     async def _metered(
         self, scope: Scope, receive: Receive, send: Send, metering: Metering, binding: Binding
     ) -> None:
-        if self.exempt is not None and await self._is_exempt(scope):
-            self.stats.add("exempt")
-            await self._bound(scope, receive, send, binding)
-            return
         feature = metering.meter.feature
         try:
             admission = await drive_async(
