@@ -165,15 +165,21 @@ class UsageFlow(_Base):
     """
 
     def _run(self, op: Op[T]) -> T:
+        """Drive ``op``; a step that fails is thrown into it (it may handle the error)."""
         store = self.store
         try:
             step = next(op)
             while True:
-                if isinstance(step, StoreCall):
-                    self._log(step)
-                    step = op.send(getattr(store, step.method)(**step.kwargs))
+                try:
+                    if isinstance(step, StoreCall):
+                        self._log(step)
+                        result = getattr(store, step.method)(**step.kwargs)
+                    else:
+                        result = step.run(self)
+                except BaseException as exc:
+                    step = op.throw(exc)
                 else:
-                    step = op.send(step.run(self))
+                    step = op.send(result)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
@@ -471,18 +477,24 @@ class AsyncUsageFlow(_Base):
         self.astore: AsyncStore = self.store.to_async()
 
     async def _run(self, op: Op[T], *, shielded: bool = False) -> T:
-        """Drive ``op``; ``shielded``: each store call completes even if this task is
-        cancelled meanwhile (commits and releases)."""
+        """Drive ``op``; a step that fails is thrown into it (it may handle the error).
+        ``shielded``: each store call completes even if this task is cancelled meanwhile
+        (commits and releases)."""
         astore = self.astore
         call = astore.call_shielded if shielded else astore.call
         try:
             step = next(op)
             while True:
-                if isinstance(step, StoreCall):
-                    self._log(step)
-                    step = op.send(await call(step.method, step.kwargs))
+                try:
+                    if isinstance(step, StoreCall):
+                        self._log(step)
+                        result = await call(step.method, step.kwargs)
+                    else:
+                        result = await step.arun(self)
+                except BaseException as exc:
+                    step = op.throw(exc)
                 else:
-                    step = op.send(await step.arun(self))
+                    step = op.send(result)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 

@@ -374,21 +374,29 @@ def test_credits_from_the_response(mem_flow: UsageFlow, quick_reader: UsageFlow)
     assert used(quick_reader, "u1", "tokens") == 95
 
 
-def test_one_store_call_for_a_fixed_credit_route(mem_flow: UsageFlow) -> None:
-    calls: list[str] = []
-    original = mem_flow._run
+def test_one_store_call_for_a_fixed_credit_route(clock: FakeClock) -> None:
+    """Counted where the store meets the network (PostgreSQL round trips through the wire
+    proxy of tests/postgres/_proxy.py): a served request of a fixed-credit route costs one
+    store call; a request that is not charged costs one more, which gives the credit back."""
+    from tests.integrations.test_store_calls import FEATURE, _postgres_through_proxy
 
-    def counting(op: Any) -> Any:
-        calls.append(type(op).__name__)
-        return original(op)
-
-    mem_flow._run = counting  # type: ignore[method-assign]
-    with usageflow(mem_flow):
-        client = Client()
-        assert client.post("/v1/exports", headers=U1).status_code == 200
-        assert len(calls) == 1
-        assert client.get("/v1/status/409", headers=U1).status_code == 409
-        assert len(calls) == 3  # not charged: one more call gives the credit back
+    with _postgres_through_proxy() as counted:
+        flow = UsageFlow(counted.store, clock=clock)
+        flow.create_plan("Free", is_free=True, limits={FEATURE: 10_000})
+        with usageflow(flow, routes={"exports": FEATURE, "status": FEATURE}):
+            client = Client()
+            for _ in range(10):  # warm the plan cache and the prepared statements
+                assert client.post("/v1/exports", headers=U1).status_code == 200
+                assert client.get("/v1/status/409", headers=U1).status_code == 409
+            before = counted.calls()
+            for _ in range(20):
+                assert client.post("/v1/exports", headers=U1).status_code == 200
+            assert counted.calls() - before == 20
+            before = counted.calls()
+            for _ in range(10):
+                assert client.get("/v1/status/409", headers=U1).status_code == 409
+            assert counted.calls() - before == 20
+        assert flow.fetch_usage("u1", FEATURE).current == 30  # the 409s cost nothing
 
 
 # -- the default user: django.contrib.auth ----------------------------------------------------

@@ -14,11 +14,12 @@ and only translates between its framework and them:
     settle the ticket once the outcome is known (the status, or ``None`` when the handler
     raised or the stream was cut).
 
-Both are sans-I/O generators, in the style of :mod:`usageflow._core`: they yield
-:class:`RunOp` (a core operation to run on the flow) and :class:`Resolve` (an awaitable the
-app handed over: an async ``user_id`` or credits function), and :func:`drive_sync` /
-:func:`drive_async` perform those steps over a ``UsageFlow`` or an ``AsyncUsageFlow``. The sync
-and async adapters therefore cannot decide differently.
+Both are core operations (:data:`usageflow._core.Op`): sans-I/O generators that delegate
+to the core's own operations (``yield from core.consume(...)``) and yield, besides the core's
+store calls, :class:`Resolve` (an awaitable the app handed over: an async ``user_id`` or
+credits function). :func:`drive_sync` / :func:`drive_async` run them on a ``UsageFlow`` or an
+``AsyncUsageFlow`` with the flow's own driver, so a metered request costs one driver loop,
+and the sync and async adapters cannot decide differently.
 
 Two ways to settle (``Meter.settle``):
 
@@ -38,11 +39,11 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
-from usageflow._core import Core, Op
+from usageflow._core import Core, Op, StoreCall
 from usageflow.errors import ErrorCodes, UsageFlowError, config_error, limit_error
 from usageflow.flow import AsyncUsageFlow, UsageFlow
 from usageflow.integrations._http import (
@@ -66,7 +67,6 @@ __all__ = [
     "Policy",
     "Refusal",
     "Resolve",
-    "RunOp",
     "Ticket",
     "active_features",
     "current_binding",
@@ -83,48 +83,33 @@ AnyFlow = UsageFlow | AsyncUsageFlow
 
 
 # -- the steps --------------------------------------------------------------------------------
-class RunOp(NamedTuple):
-    """Run a core operation on the flow; ``shielded``: it completes even if the awaiting task
-    is cancelled (settling a request that was served)."""
+class Resolve:
+    """Await a value the app handed over (an async ``user_id`` or credits function): an
+    :class:`~usageflow._core.Effect`, so that a lifecycle is a core operation like any other
+    and the flow's own driver runs it."""
 
-    op: Op[Any]
-    shielded: bool = False
+    __slots__ = ("value",)
+
+    def __init__(self, value: Awaitable[Any]) -> None:
+        self.value = value
+
+    def run(self, flow: Any) -> Any:
+        return _from_thread(functools.partial(_awaited, self.value))
+
+    async def arun(self, flow: Any) -> Any:
+        return await self.value
 
 
-class Resolve(NamedTuple):
-    """Await a value the app handed over (an async ``user_id`` or credits function)."""
-
-    value: Awaitable[Any]
-
-
-Steps = Generator["RunOp | Resolve", Any, T]
-
-
-def drive_sync(flow: AnyFlow, steps: Steps[T]) -> T:
+def drive_sync(flow: AnyFlow, steps: Op[T]) -> T:
     """Run ``steps`` from sync code. With an ``AsyncUsageFlow`` (a sync handler served by
-    Starlette or FastAPI) each step goes to the flow's event loop through
-    ``anyio.from_thread``, which works from the worker threads those frameworks use."""
-    sent: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = steps.send(sent) if error is None else steps.throw(error)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        sent, error = None, None
-        try:
-            if isinstance(step, RunOp):
-                if isinstance(flow, UsageFlow):
-                    sent = flow._run(step.op)
-                else:
-                    sent = _from_thread(functools.partial(flow._run, step.op, shielded=True))
-            else:
-                sent = _from_thread(functools.partial(_awaited, step.value))
-        except BaseException as exc:
-            error = exc
+    Starlette or FastAPI) they run on the flow's event loop through ``anyio.from_thread``,
+    which works from the worker threads those frameworks use."""
+    if isinstance(flow, UsageFlow):
+        return flow._run(steps)
+    return _from_thread(functools.partial(flow._run, steps, shielded=True))
 
 
-def run_inline(steps: Steps[T]) -> T:
+def run_inline(steps: Op[T]) -> T:
     """Run ``steps`` that take no step (a charge that stands): no driver, no coroutine."""
     try:
         step = next(steps)
@@ -151,10 +136,15 @@ def _from_thread(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         ) from exc
 
 
-async def drive_async(flow: AnyFlow, steps: Steps[T]) -> T:
+async def drive_async(flow: AnyFlow, steps: Op[T], *, shielded: bool = False) -> T:
     """Run ``steps`` from async code without blocking the event loop: an ``AsyncUsageFlow``
-    is awaited; a ``UsageFlow`` whose store blocks (SQLite, PostgreSQL) runs in a worker
-    thread, a non-blocking one (memory) inline."""
+    runs them; with a ``UsageFlow``, a store call that blocks (SQLite, PostgreSQL) goes to a
+    worker thread and a non-blocking one (memory) runs inline. ``shielded`` (settling a
+    request that was served): each store call completes even if the awaiting task is
+    cancelled meanwhile."""
+    if isinstance(flow, AsyncUsageFlow):
+        return await flow._run(steps, shielded=shielded)
+    store = flow.store
     sent: Any = None
     error: BaseException | None = None
     while True:
@@ -164,20 +154,18 @@ async def drive_async(flow: AnyFlow, steps: Steps[T]) -> T:
             return done.value  # type: ignore[no-any-return]
         sent, error = None, None
         try:
-            if isinstance(step, RunOp):
-                if isinstance(flow, AsyncUsageFlow):
-                    sent = await flow._run(step.op, shielded=step.shielded)
-                elif flow.store.blocking:
-                    done_later = asyncio.get_running_loop().run_in_executor(
-                        None, flow._run, step.op
-                    )
+            if isinstance(step, StoreCall):
+                flow._log(step)
+                call = functools.partial(getattr(store, step.method), **step.kwargs)
+                if store.blocking:
+                    done_later = asyncio.get_running_loop().run_in_executor(None, call)
                     # A queued executor job is dropped when its future is cancelled: shield
                     # the settling of a served request so that it still runs.
-                    sent = await (asyncio.shield(done_later) if step.shielded else done_later)
+                    sent = await (asyncio.shield(done_later) if shielded else done_later)
                 else:
-                    sent = flow._run(step.op)
+                    sent = call()
             else:
-                sent = await step.value
+                sent = await step.arun(flow)
         except BaseException as exc:
             error = exc
 
@@ -305,14 +293,17 @@ active_features: ContextVar[frozenset[str]] = ContextVar(
 
 # -- admissions -------------------------------------------------------------------------------
 class Ticket:
-    """An admitted request: what was charged or held, and how to settle it."""
+    """An admitted request: what was charged or held, and how to settle it.
+
+    ``charges(status)`` tells whether a response with ``status`` is charged (the meter's
+    ``charge_if``, else the adapter's)."""
 
     __slots__ = (
+        "charges",
         "credits",
         "decision",
         "event_id",
         "meter",
-        "policy",
         "reservation_id",
         "settled",
         "user",
@@ -321,24 +312,20 @@ class Ticket:
     def __init__(
         self,
         meter: Meter,
-        policy: Policy,
+        charges: ChargeIf,
         user: str,
         decision: Decision,
         credits: int,
         reservation_id: str | None,
     ) -> None:
         self.meter = meter
-        self.policy = policy
+        self.charges = charges
         self.user = user
         self.decision = decision
         self.credits = credits
         self.reservation_id = reservation_id
         self.event_id = decision.event_id
         self.settled = False
-
-    def charges(self, status: int) -> bool:
-        """Whether a response with ``status`` is charged."""
-        return (self.meter.charge_if or self.policy.charge_if)(status)
 
 
 class Refusal(NamedTuple):
@@ -365,17 +352,26 @@ class Metering:
     """The lifecycle of one :class:`Meter` under one :class:`Policy`; built once per route or
     decorated handler (or per flow an adapter finds at run time)."""
 
-    __slots__ = ("fail_open", "meter", "policy", "settle_mode")
+    __slots__ = ("alone", "charge_if", "fail_open", "meter", "policy", "settle_mode", "stats")
 
     def __init__(self, meter: Meter, policy: Policy = DEFAULT_POLICY) -> None:
         self.meter = meter
         self.policy = policy
+        self.stats = policy.stats
         self.fail_open = policy.fail_open if meter.fail_open is None else meter.fail_open
+        self.charge_if = meter.charge_if or policy.charge_if
         self.settle_mode: Literal["charge", "hold"] = meter.settle_mode
+        #: What :data:`active_features` holds while this meter's handler runs, on its own.
+        self.alone = frozenset((meter.feature,))
+
+    def entered(self) -> frozenset[str]:
+        """:data:`active_features` with this meter's feature added (set it while serving)."""
+        active = active_features.get()
+        return active | self.alone if active else self.alone
 
     def _count(self, name: str) -> None:
-        if self.policy.stats is not None:
-            self.policy.stats.add(name)
+        if self.stats is not None:
+            self.stats.add(name)
 
     def refuse(self, problem: Problem, exc: UsageFlowError, url: str | None = None) -> Refusal:
         """A refusal, counted."""
@@ -394,23 +390,26 @@ class Metering:
             ),
         )
 
-    def admit(self, core: Core, raw_user: object) -> Steps[Admission]:
+    def admit(self, core: Core, raw_user: object) -> Op[Admission]:
         """Resolve the user (``raw_user`` may be an awaitable) and decide, in one store call:
         ``consume`` (``settle="charge"``) or ``reserve`` (``settle="hold"``)."""
         meter = self.meter
         feature = meter.feature
-        if inspect.isawaitable(raw_user):
-            raw_user = yield Resolve(raw_user)
-        try:
-            user = normalize_user_id(raw_user)
-        except UsageFlowError as exc:
-            return self.refuse(problem_for(exc, feature, core.now()), exc)
+        if type(raw_user) is str and raw_user and not raw_user.isspace():
+            user: str | None = raw_user  # the common answer, taken as it is
+        else:
+            if inspect.isawaitable(raw_user):
+                raw_user = yield Resolve(raw_user)
+            try:
+                user = normalize_user_id(raw_user)
+            except UsageFlowError as exc:
+                return self.refuse(problem_for(exc, feature, core.now()), exc)
         if user is None:
             return self.no_user()
         held = meter.held
         try:
             if self.settle_mode == "charge":
-                decision: Decision = yield RunOp(core.consume(user, feature, held, None, None))
+                decision: Decision = yield from core.consume(user, feature, held, None, None)
                 reservation_id = None
                 if not decision.allowed:
                     raise limit_error(
@@ -425,8 +424,8 @@ class Metering:
                     )
             else:
                 ttl = self.policy.reservation_ttl
-                reservation_id, _expires, decision = yield RunOp(
-                    core.reserve(user, feature, held, ttl, None)
+                reservation_id, _expires, decision = yield from core.reserve(
+                    user, feature, held, ttl, None
                 )
         except UsageFlowError as exc:
             if exc.is_store_failure:
@@ -443,12 +442,13 @@ class Metering:
             url = None
             if exc.code is ErrorCodes.USAGE_LIMIT_ERROR:
                 try:
-                    url = yield RunOp(core.upgrade_url(user, None, feature))
+                    url = yield from core.upgrade_url(user, None, feature)
                 except UsageFlowError:
                     logger.warning("usageflow: could not build the upgrade URL for %r", feature)
             return self.refuse(problem_for(exc, feature, core.now(), url), exc, url)
-        self._count("allowed")
-        return Ticket(meter, self.policy, user, decision, held, reservation_id)
+        if self.stats is not None:
+            self.stats.add("allowed")
+        return Ticket(meter, self.charge_if, user, decision, held, reservation_id)
 
     def finish(
         self,
@@ -456,7 +456,7 @@ class Metering:
         ticket: Ticket,
         status: int | None,
         credits: Callable[[], object] | None = None,
-    ) -> Steps[int]:
+    ) -> Op[int]:
         """Settle ``ticket`` once: ``status`` is the response's (``None``: the handler raised or
         the stream was cut). A charged response keeps the credits (``credits()``, when the
         meter computes them, gives the amount, maybe as an awaitable); any other gives them
@@ -484,17 +484,14 @@ class Metering:
                 amount = settle_credits(value, feature, ticket.credits)
         try:
             if ticket.reservation_id is not None:
-                yield RunOp(core.settle(ticket.reservation_id, amount or None, None), True)
+                yield from core.settle(ticket.reservation_id, amount or None, None)
             elif not amount:
-                yield RunOp(
-                    core.adjust_usage(
-                        ticket.user,
-                        feature,
-                        -ticket.credits,
-                        {"reason": "request not charged", "status": status},
-                        None if ticket.event_id is None else f"refund:{ticket.event_id}",
-                    ),
-                    True,
+                yield from core.adjust_usage(
+                    ticket.user,
+                    feature,
+                    -ticket.credits,
+                    {"reason": "request not charged", "status": status},
+                    None if ticket.event_id is None else f"refund:{ticket.event_id}",
                 )
         except UsageFlowError as exc:
             self._count("settle_errors")
@@ -506,7 +503,8 @@ class Metering:
                 exc,
             )
             return amount
-        self._count("charged" if amount else "released")
+        if self.stats is not None:
+            self.stats.add("charged" if amount else "released")
         return amount
 
 

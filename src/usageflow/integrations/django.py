@@ -625,7 +625,7 @@ class UsageFlowMiddleware:
         except BaseException:
             if served.ticket is not None and served.metering is not None:
                 steps = served.metering.finish(self.flow.core, served.ticket, None)
-                await drive_async(self.flow, steps)
+                await drive_async(self.flow, steps, shielded=True)
             raise
         finally:
             current_binding.reset(token)
@@ -696,7 +696,7 @@ class UsageFlowMiddleware:
         served.ticket = admission
         # The view runs in this context (or a copy of it): a @metered view of the same
         # feature is metered once, and it sees the user. __call__ restores both.
-        active_features.set(active_features.get() | {metering.meter.feature})
+        active_features.set(metering.entered())
         current_user_id.set(admission.user)
         return None
 
@@ -750,7 +750,7 @@ class UsageFlowMiddleware:
                 refund = 0
             else:
                 steps = metering.finish(self.flow.core, ticket, status, credits)
-                refund = ticket.credits - await drive_async(self.flow, steps)
+                refund = ticket.credits - await drive_async(self.flow, steps, shielded=True)
         self._headers(response, served, refund)
         return response
 
@@ -771,7 +771,7 @@ class UsageFlowMiddleware:
 
         async def finish_async(completed: bool) -> None:
             outcome = status if completed else None
-            await drive_async(flow, metering.finish(core, ticket, outcome, credits))
+            await drive_async(flow, metering.finish(core, ticket, outcome, credits), shielded=True)
 
         content = response.streaming_content
         if getattr(response, "is_async", False):

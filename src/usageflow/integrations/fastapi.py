@@ -114,10 +114,10 @@ def meter(
                     ticket.decision,
                     ticket.credits,
                 )
-            await drive_async(chosen, metering.finish(chosen.core, ticket, None))
+            await drive_async(chosen, metering.finish(chosen.core, ticket, None), shielded=True)
             raise
         # A dependency cannot see the response: a returning endpoint is charged.
-        await drive_async(chosen, metering.finish(chosen.core, ticket, 200))
+        await drive_async(chosen, metering.finish(chosen.core, ticket, 200), shielded=True)
 
     dependency.__name__ = f"meter_{feature_name}".replace("-", "_")
     return dependency

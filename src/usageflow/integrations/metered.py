@@ -313,7 +313,7 @@ def _async_wrapper(fn: Callable[..., Any], handler: _Handler) -> Callable[..., A
             return await fn(*args, **kwargs)
         flow, binding, metering = bound
         core = flow.core
-        features_token = active_features.set(active_features.get() | {handler.feature})
+        features_token = active_features.set(metering.entered())
         try:
             admission = await drive_async(
                 flow, metering.admit(core, handler.raw_user(binding, args, kwargs))
@@ -328,7 +328,7 @@ def _async_wrapper(fn: Callable[..., Any], handler: _Handler) -> Callable[..., A
             try:
                 result = await fn(*args, **kwargs)
             except BaseException:
-                await drive_async(flow, metering.finish(core, ticket, None))
+                await drive_async(flow, metering.finish(core, ticket, None), shielded=True)
                 raise
             finally:
                 current_user_id.reset(user_token)
@@ -338,7 +338,9 @@ def _async_wrapper(fn: Callable[..., Any], handler: _Handler) -> Callable[..., A
                 handler.record(binding, ticket, ticket.credits)
                 return _defer_to_stream(stream, result, flow, handler, metering, ticket, status)
             credits = handler.credits_of(result)
-            charged = await drive_async(flow, metering.finish(core, ticket, status, credits))
+            charged = await drive_async(
+                flow, metering.finish(core, ticket, status, credits), shielded=True
+            )
             handler.record(binding, ticket, charged)
             return result
         finally:
@@ -357,7 +359,7 @@ def _sync_wrapper(fn: Callable[P, R], handler: _Handler) -> Callable[P, R]:
             return fn(*args, **kwargs)
         flow, binding, metering = bound
         core = flow.core
-        features_token = active_features.set(active_features.get() | {handler.feature})
+        features_token = active_features.set(metering.entered())
         try:
             admission = drive_sync(
                 flow, metering.admit(core, handler.raw_user(binding, args, kwargs))
@@ -411,7 +413,7 @@ def _defer_to_stream(
 
         async def finish_async(completed: bool) -> None:
             outcome = status if completed else None
-            await drive_async(flow, metering.finish(core, ticket, outcome, credits))
+            await drive_async(flow, metering.finish(core, ticket, outcome, credits), shielded=True)
 
         response.body_iterator = _SettledAsyncBody(response.body_iterator, finish_async)
         return result

@@ -215,7 +215,7 @@ class UsageFlowMiddleware:
         self.policy = Policy(
             fail_open, charge_if, check_reservation_ttl(reservation_ttl), self.stats
         )
-        self._meterings: dict[Meter, Metering] = {}
+        self._meterings: dict[int, Metering] = {}
 
     # -- start-up: the route table is checked against the app's own routes --------------------
     def _check_routes(self, scope: Scope) -> None:
@@ -262,9 +262,9 @@ class UsageFlowMiddleware:
             current_binding.reset(token)
 
     def _metering(self, meter: Meter) -> Metering:
-        metering = self._meterings.get(meter)
+        metering = self._meterings.get(id(meter))  # the table's own Meter: found by identity
         if metering is None:
-            metering = self._meterings[meter] = Metering(meter, self.policy)
+            metering = self._meterings[id(meter)] = Metering(meter, self.policy)
         return metering
 
     async def _bound(self, scope: Scope, receive: Receive, send: Send, binding: Binding) -> None:
@@ -360,7 +360,7 @@ class UsageFlowMiddleware:
             return
         # Served (or given back) is settled even when the client goes away meanwhile.
         with anyio.CancelScope(shield=True):
-            await drive_async(self.flow, steps)
+            await drive_async(self.flow, steps, shielded=True)
 
     async def _serve(
         self,
@@ -410,7 +410,7 @@ class UsageFlowMiddleware:
             await send(message)
 
         user_token = current_user_id.set(ticket.user)
-        features_token = active_features.set(active_features.get() | {meter.feature})
+        features_token = active_features.set(metering.entered())
         failed: BaseException | None = None
         try:
             await self.app(scope, receive, send_wrapper)
@@ -443,7 +443,7 @@ class UsageFlowMiddleware:
             await send(message)
 
         user_token = current_user_id.set(ticket.user)
-        features_token = active_features.set(active_features.get() | {metering.meter.feature})
+        features_token = active_features.set(metering.entered())
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
