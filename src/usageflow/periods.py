@@ -74,7 +74,10 @@ class Window(NamedTuple):
 
 def to_utc(value: datetime) -> datetime:
     """Return ``value`` as an aware UTC datetime; a naive value is taken to be UTC already."""
-    if value.tzinfo is None:
+    tz = value.tzinfo
+    if tz is timezone.utc:  # the system clock's answer: already what is asked for
+        return value
+    if tz is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
 

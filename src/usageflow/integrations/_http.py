@@ -369,15 +369,15 @@ def _quota_fields(
 ) -> tuple[str, str, str | None] | None:
     """``(RateLimit-Policy, RateLimit, Retry-After or None)``, or None when unlimited."""
     limit = decision.limit
-    if limit is None or decision.is_unlimited:
+    if limit is None:  # unlimited: no quota to tell
         return None
     name = _sf_string(decision.feature_name)
-    remaining = min(limit, max(0, (decision.remaining or 0) + refund))
+    remaining = (decision.remaining or 0) + refund
+    remaining = min(remaining, limit)
     reset = _seconds_until(decision.resets_at, now)
     if reset is None:
         return f"{name};q={limit}", f"{name};r={remaining}", None
-    retry = str(reset) if refused else None
-    return f"{name};q={limit}", f"{name};r={remaining};t={reset}", retry
+    return f"{name};q={limit}", f"{name};r={remaining};t={reset}", str(reset) if refused else None
 
 
 def quota_headers(
