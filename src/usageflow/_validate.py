@@ -14,6 +14,27 @@ from usageflow.stores.base import INT64_MAX
 
 MAX_ID_LENGTH = 255
 MAX_METADATA_BYTES = 64 * 1024
+#: How deep metadata may nest (dicts and lists): JSON this deep is never a log line's detail,
+#: and deeper values would reach Python's recursion limit while being encoded.
+MAX_METADATA_DEPTH = 32
+
+
+def _depth(value: object) -> int:
+    """How deeply ``value`` nests dicts and lists, counted without recursion (and without
+    going further than one level past the limit)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if level > deepest:
+            deepest = level
+            if deepest > MAX_METADATA_DEPTH:
+                return deepest
+        if isinstance(item, Mapping):
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def name(value: object, field: str) -> str:
@@ -48,6 +69,10 @@ def metadata(value: object) -> dict[str, Any] | None:
         return None
     if not isinstance(value, Mapping):
         raise invalid("metadata must be a dict", field="metadata")
+    if _depth(value) > MAX_METADATA_DEPTH:
+        raise invalid(
+            f"metadata must not nest deeper than {MAX_METADATA_DEPTH} levels", field="metadata"
+        )
     try:
         encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:

@@ -240,3 +240,48 @@ def test_fake_clock_moves_only_when_told() -> None:
     assert clock.advance(days=1, hours=1) == datetime(2024, 1, 2, 1, tzinfo=timezone.utc)
     clock.set(datetime(2020, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=1))
     assert clock().second == 1
+
+
+def test_deeply_nested_metadata_is_invalid_params_and_writes_nothing() -> None:
+    """Metadata nested past 32 levels (here 2,000: json would hit Python's recursion limit)
+    is USAGE_INVALID_PARAMS, never a RecursionError, and nothing is recorded; 32 levels pass."""
+    flow = UsageFlow("memory://")
+    flow.create_plan("Free", is_free=True, limits={"api": 10})
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(2000):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(UsageFlowError) as caught:
+        flow.consume("u1", "api", metadata=deep)
+    assert caught.value.code is ErrorCodes.USAGE_INVALID_PARAMS
+    assert "32 levels" in caught.value.message
+    looped: dict[str, Any] = {}
+    looped["self"] = looped
+    with pytest.raises(UsageFlowError, match="32 levels"):
+        flow.increment_usage("u1", "api", metadata=looped)
+    assert flow.get_total_usage("u1", "api") == 0
+    ok: dict[str, Any] = {}
+    node = ok
+    for _ in range(31):
+        node["x"] = {}
+        node = node["x"]
+    assert flow.consume("u1", "api", metadata=ok).allowed
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        ({"usage_events_table": "usage_events\n"}, "plain SQL identifier"),
+        ({"profiles_table": "usage_events_counters"}, "derives"),
+        ({"user_plans_table": "usage_events_holds"}, "derives"),
+    ],
+)
+def test_table_names_are_checked_whole(
+    tmp_path: Path, tables: dict[str, str], message: str
+) -> None:
+    """A table name ending in a newline is not an identifier (the check matches the whole
+    name), and a name that UsageFlow derives from usage_events is refused at construction."""
+    with pytest.raises(UsageFlowError, match=message) as caught:
+        UsageFlow(f"sqlite:///{tmp_path / 'x.db'}", **tables)
+    assert caught.value.code is ErrorCodes.USAGE_CONFIG_ERROR

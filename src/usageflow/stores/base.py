@@ -73,7 +73,7 @@ PROFILE_FIELDS = (
     "current_period_start",
     "current_period_end",
 )
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Tables:
 
     def __post_init__(self) -> None:
         for field, value in self.__dict__.items():
-            if not isinstance(value, str) or not _IDENTIFIER.match(value):
+            if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
                 raise config_error(
                     f"table name for {field} must be a plain SQL identifier "
                     "(letters, digits and underscores, at most 48 characters, "
@@ -98,6 +98,22 @@ class Tables:
                 )
         if len(set(self.__dict__.values())) != len(self.__dict__):
             raise config_error("table names must be distinct")
+        derived = {
+            self.counters,
+            self.holds,
+            self.schema,
+            self.stripe_events,
+            self.stripe_subscriptions,
+            self.stripe_customers,
+            self.stripe_exports,
+        }
+        for field, value in self.__dict__.items():
+            if value in derived:
+                raise config_error(
+                    f"table name {value!r} for {field} is the name of a table UsageFlow derives "
+                    f"from usage_events ({self.usage_events!r}); choose another",
+                    table=field,
+                )
 
     @property
     def counters(self) -> str:
