@@ -369,6 +369,11 @@ class Metering:
         active = active_features.get()
         return active | self.alone if active else self.alone
 
+    def stands(self, ticket: Ticket, status: int | None) -> bool:
+        """Whether :meth:`finish` with ``status`` makes no store call (a charge that stands),
+        so that an adapter may run it with :func:`run_inline`, without a driver."""
+        return self.settle_mode == "charge" and status is not None and ticket.charges(status)
+
     def _count(self, name: str) -> None:
         if self.stats is not None:
             self.stats.add(name)

@@ -53,6 +53,7 @@ from usageflow.integrations._lifecycle import (
     drive_sync,
     find_binding,
     meterings,
+    run_inline,
 )
 
 __all__ = ["MeteringError", "metered"]
@@ -338,9 +339,11 @@ def _async_wrapper(fn: Callable[..., Any], handler: _Handler) -> Callable[..., A
                 handler.record(binding, ticket, ticket.credits)
                 return _defer_to_stream(stream, result, flow, handler, metering, ticket, status)
             credits = handler.credits_of(result)
-            charged = await drive_async(
-                flow, metering.finish(core, ticket, status, credits), shielded=True
-            )
+            steps = metering.finish(core, ticket, status, credits)
+            if metering.stands(ticket, status):
+                charged = run_inline(steps)
+            else:
+                charged = await drive_async(flow, steps, shielded=True)
             handler.record(binding, ticket, charged)
             return result
         finally:
@@ -386,7 +389,10 @@ def _sync_wrapper(fn: Callable[P, R], handler: _Handler) -> Callable[P, R]:
                     R, _defer_to_stream(stream, result, flow, handler, metering, ticket, status)
                 )
             credits = handler.credits_of(result)
-            charged = drive_sync(flow, metering.finish(core, ticket, status, credits))
+            steps = metering.finish(core, ticket, status, credits)
+            charged = (
+                run_inline(steps) if metering.stands(ticket, status) else drive_sync(flow, steps)
+            )
             handler.record(binding, ticket, charged)
             return result
         finally:

@@ -355,8 +355,8 @@ class UsageFlowMiddleware:
         credits: Callable[[], object] | None = None,
     ) -> None:
         steps = metering.finish(self.flow.core, ticket, status, credits)
-        if status is not None and metering.settle_mode == "charge" and ticket.charges(status):
-            run_inline(steps)  # nothing to store: the charge stands
+        if metering.stands(ticket, status):
+            run_inline(steps)
             return
         # Served (or given back) is settled even when the client goes away meanwhile.
         with anyio.CancelScope(shield=True):
