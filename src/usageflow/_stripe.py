@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeVar, cast
 from pydantic import BaseModel, ConfigDict
 
 from usageflow import _validate as v
-from usageflow._core import Core, Op, _price_amount, call
+from usageflow._core import Core, Op, _decimal, _price_amount, call
 from usageflow.cache import Catalog
 from usageflow.errors import (
     ErrorCodes,
@@ -111,6 +111,10 @@ SUBSCRIPTION_EVENTS = frozenset(
 METER_MAX_AGE = timedelta(days=35)
 _METADATA_PREFIX = "usageflow:"
 _SECRET_TOKEN = re.compile(r"\b(sk|rk|whsec)_[A-Za-z0-9_*]+")
+#: The latest Unix timestamp an event may carry: 9999-01-01 UTC (a year short of what
+#: ``datetime`` holds, so that a billing period after it still fits; the order key's 12 digits
+#: hold it too).
+MAX_EPOCH = 253_370_764_800
 
 WebhookAction = Literal["applied", "duplicate", "stale", "pending", "ignored"]
 
@@ -360,6 +364,9 @@ def verify(
         or not isinstance(event["data"].get("object"), dict)
     ):
         raise _payload_error("the webhook body is not a Stripe event")
+    _text(event["id"], "event id")
+    _text(event["type"], "event type")
+    _epoch(event["created"], "event created")
     return event
 
 
@@ -373,22 +380,62 @@ class Changes:
 
 
 def _epoch(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _payload_error(f"{what} must be a Unix timestamp")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EPOCH:
+        raise _payload_error(f"{what} must be a Unix timestamp between 0 and {MAX_EPOCH}")
     return value
 
 
-def _moment(value: object) -> datetime | None:
+def _moment(value: object, what: str) -> datetime | None:
+    """A timestamp field (``None`` when absent or not a number; a number out of range is a
+    payload error)."""
     if isinstance(value, bool) or not isinstance(value, int):
         return None
-    return datetime.fromtimestamp(value, tz=timezone.utc)
+    return datetime.fromtimestamp(_epoch(value, what), tz=timezone.utc)
 
 
-def _id(value: object) -> str | None:
+def _text(value: object, what: str) -> str:
+    """A string the store can hold (printable, at most 255 characters), else a payload error."""
+    try:
+        return v.name(value, what)
+    except UsageFlowError as exc:
+        raise _payload_error(exc.message) from None
+
+
+def _id(value: object, what: str = "id") -> str | None:
     """An id, whether the field is expanded (an object) or not (a string)."""
     if isinstance(value, Mapping):
         value = value.get("id")
-    return value if isinstance(value, str) and value else None
+    return _text(value, what) if isinstance(value, str) and value else None
+
+
+def _items(value: object, what: str) -> list[Any]:
+    """A Stripe list's ``data`` (absent: empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _payload_error(f"{what} must be a list")
+    return value
+
+
+def _webhook_price(obj: Mapping[str, Any]) -> StripePrice:
+    """A price event's price, with the checks :meth:`UsageFlow.create_plan` applies."""
+    price_id = _id(obj.get("id"), "price id")
+    if price_id is None:
+        raise _payload_error("a price event needs the price id")
+    currency = obj.get("currency")
+    if currency is not None:
+        currency = _text(currency, "price currency").lower()
+    for key in ("unit_amount_decimal", "unit_amount"):
+        raw = obj.get(key)
+        if raw is not None and (isinstance(raw, bool) or not isinstance(raw, (str, int))):
+            raise _payload_error(f"price {key} must be a number")
+    try:
+        amount = _decimal(_price_amount(obj))
+    except (UsageFlowError, ArithmeticError, ValueError):
+        raise _payload_error(
+            "the price amount must be a number between 0 and 99999999.99", price=price_id
+        ) from None
+    return StripePrice(price_id, amount, currency)
 
 
 def _valid_name(value: object) -> str | None:
@@ -428,22 +475,31 @@ def subscription_state(
     sub: Mapping[str, Any], created: int, kind: str, catalog: Catalog
 ) -> StripeSubscription | None:
     """The state a subscription object shows (``None``: it has no priced item)."""
-    sub_id, customer, status = _id(sub.get("id")), _id(sub.get("customer")), sub.get("status")
+    sub_id = _id(sub.get("id"), "subscription id")
+    customer = _id(sub.get("customer"), "customer id")
+    status = sub.get("status")
     if sub_id is None or customer is None or not isinstance(status, str):
         raise _payload_error("a subscription needs an id, a customer and a status")
+    status = _text(status, "subscription status")
     items = [
         (price, item)
-        for item in (_get(sub, "items", "data") or [])
-        if isinstance(item, Mapping) and (price := _id(item.get("price")))
+        for item in _items(_get(sub, "items", "data"), "subscription items")
+        if isinstance(item, Mapping) and (price := _id(item.get("price"), "price id"))
     ]
     chosen = _pick(items, catalog)
     if chosen is None:
         return None
     price, item = chosen
     # API versions from 2025-03-31 put the period on the item; older ones on the subscription.
-    start = _moment(item.get("current_period_start")) or _moment(sub.get("current_period_start"))
-    end = _moment(item.get("current_period_end")) or _moment(sub.get("current_period_end"))
-    started = _moment(sub.get("created")) or _moment(sub.get("start_date"))
+    start = _moment(item.get("current_period_start"), "current_period_start") or _moment(
+        sub.get("current_period_start"), "current_period_start"
+    )
+    end = _moment(item.get("current_period_end"), "current_period_end") or _moment(
+        sub.get("current_period_end"), "current_period_end"
+    )
+    started = _moment(sub.get("created"), "subscription created") or _moment(
+        sub.get("start_date"), "start_date"
+    )
     return StripeSubscription(
         subscription_id=sub_id,
         customer_id=customer,
@@ -460,27 +516,30 @@ def subscription_state(
 def _invoice_state(
     invoice: Mapping[str, Any], created: int, catalog: Catalog
 ) -> StripeSubscription | None:
-    sub_id = _id(invoice.get("subscription")) or _id(
-        _get(invoice, "parent", "subscription_details", "subscription")
+    sub_id = _id(invoice.get("subscription"), "subscription id") or _id(
+        _get(invoice, "parent", "subscription_details", "subscription"), "subscription id"
     )
-    customer = _id(invoice.get("customer"))
+    customer = _id(invoice.get("customer"), "customer id")
     if sub_id is None or customer is None:
         return None  # a one-off invoice
     lines = []
-    for line in _get(invoice, "lines", "data") or []:
+    for line in _items(_get(invoice, "lines", "data"), "invoice lines"):
         if not isinstance(line, Mapping):
             continue
         details = _get(line, "parent", "subscription_item_details")
         proration = line.get("proration") or (details or {}).get("proration")
         from_subscription = line.get("type") == "subscription" or details is not None
-        price = _id(line.get("price")) or _id(_get(line, "pricing", "price_details", "price"))
+        price = _id(line.get("price"), "price id") or _id(
+            _get(line, "pricing", "price_details", "price"), "price id"
+        )
         if from_subscription and not proration and price:
             lines.append((price, line))
     chosen = _pick(lines, catalog)
     if chosen is None:
         return None
     price, line = chosen
-    start, end = _moment(_get(line, "period", "start")), _moment(_get(line, "period", "end"))
+    start = _moment(_get(line, "period", "start"), "invoice line period start")
+    end = _moment(_get(line, "period", "end"), "invoice line period end")
     return StripeSubscription(
         subscription_id=sub_id,
         customer_id=customer,
@@ -500,19 +559,11 @@ def decide(event: Mapping[str, Any], catalog: Catalog, manual: bool) -> Changes:
     kind, obj = str(event["type"]), event["data"]["object"]
     created = _epoch(event.get("created"), "event created")
     if kind in PRICE_EVENTS:
-        price_id = _id(obj.get("id"))
-        if price_id is None:
-            raise _payload_error("a price event needs the price id")
-        currency = obj.get("currency")
-        return Changes(
-            price=StripePrice(
-                price_id, _price_amount(obj), str(currency).lower() if currency else None
-            )
-        )
+        return Changes(price=_webhook_price(obj))
     if manual:
         return Changes()
     if kind == "checkout.session.completed":
-        customer = _id(obj.get("customer"))
+        customer = _id(obj.get("customer"), "customer id")
         user_id = _valid_name(obj.get("client_reference_id"))
         email = _valid_name(_get(obj, "customer_details", "email") or obj.get("customer_email"))
         if customer is None or not (user_id or email):

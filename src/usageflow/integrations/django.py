@@ -94,7 +94,15 @@ from usageflow.integrations._lifecycle import (
     drive_sync,
 )
 from usageflow.integrations.metered import _SettledBody
-from usageflow.integrations.stripe import _check, answer
+from usageflow.integrations.stripe import (
+    DEFAULT_MAX_BODY_SIZE,
+    _check,
+    _check_size,
+    answer,
+    over_limit,
+    read_limited,
+)
+from usageflow.integrations.stripe import too_large as too_large_answer
 
 __all__ = [
     "Meter",
@@ -812,7 +820,10 @@ def _resolved_here(value: Any) -> Any:
 
 # -- Stripe -----------------------------------------------------------------------------------
 def stripe_webhook_view(
-    flow: UsageFlow | AsyncUsageFlow | None = None, *, tolerance: int = DEFAULT_TOLERANCE
+    flow: UsageFlow | AsyncUsageFlow | None = None,
+    *,
+    tolerance: int = DEFAULT_TOLERANCE,
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
 ) -> Callable[..., Any]:
     """The Stripe webhook endpoint as a Django view (CSRF-exempt, ``POST`` only)::
 
@@ -821,26 +832,41 @@ def stripe_webhook_view(
     It verifies the raw body against the ``Stripe-Signature`` header with the flow's
     ``stripe_webhook_secret`` (``settings.USAGEFLOW["stripe_webhook_secret"]``, else
     ``$STRIPE_WEBHOOK_SECRET``) and answers ``200 {"received": true}``, ``400 {"error":
-    ...}`` for a webhook that does not verify, ``500`` on a store failure (Stripe delivers
+    ...}`` for a webhook that does not verify, ``413`` for a body over ``max_body_size`` bytes
+    (default 1 MiB; read in chunks, never whole), ``500`` on a store failure (Stripe delivers
     it again). ``flow`` defaults to the middleware's; an ``AsyncUsageFlow`` gives an async
     view.
     """
     if flow is None:
         if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance <= 0:
             raise config_error("tolerance must be a positive number of seconds")
+        _check_size(max_body_size)
         is_async = False
     else:
-        is_async = _check(flow, tolerance)
+        is_async = _check(flow, tolerance, max_body_size)
     given = flow
+
+    def read_body(request: Any) -> bytes | None:
+        # Not request.body: DATA_UPLOAD_MAX_MEMORY_SIZE may be off, and it reads the body whole.
+        if over_limit(request.META.get("CONTENT_LENGTH"), max_body_size):
+            return None
+        return read_limited(request.read, max_body_size)
+
+    def too_large() -> JsonResponse:
+        content, status = too_large_answer(max_body_size)
+        return JsonResponse(content, status=status)
 
     if is_async:
 
         async def stripe_webhook_async(request: Any) -> JsonResponse:
             assert isinstance(given, AsyncUsageFlow)
+            body = read_body(request)
+            if body is None:
+                return too_large()
             err: UsageFlowError | None = None
             try:
                 await given.handle_webhook(
-                    request.body, request.headers.get("Stripe-Signature"), tolerance=tolerance
+                    body, request.headers.get("Stripe-Signature"), tolerance=tolerance
                 )
             except UsageFlowError as exc:
                 err = exc
@@ -850,10 +876,13 @@ def stripe_webhook_view(
         return csrf_exempt(require_POST(stripe_webhook_async))  # type: ignore[no-any-return]
 
     def stripe_webhook(request: Any) -> JsonResponse:
+        body = read_body(request)
+        if body is None:
+            return too_large()
         err: UsageFlowError | None = None
         try:
             (given if isinstance(given, UsageFlow) else get_flow()).handle_webhook(
-                request.body, request.headers.get("Stripe-Signature"), tolerance=tolerance
+                body, request.headers.get("Stripe-Signature"), tolerance=tolerance
             )
         except UsageFlowError as exc:
             err = exc
