@@ -21,7 +21,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from usageflow import _validate as v
 from usageflow.cache import MISSING, Catalog, PlanCache, _Missing
-from usageflow.errors import adjustment_error, config_error, invalid, limit_error
+from usageflow.errors import (
+    UsageFlowError,
+    adjustment_error,
+    config_error,
+    invalid,
+    limit_error,
+)
 from usageflow.models import (
     Decision,
     FeatureLimit,
@@ -144,6 +150,20 @@ def resolved_plan(catalog: Catalog, chosen: object, user_id: str) -> Plan | None
             user_id=user_id,
         )
     return found
+
+
+def quota_exhausted(refused: Decision, user_id: str) -> UsageFlowError:
+    """The ``USAGE_LIMIT_ERROR`` of a refused decision, its numbers in the details."""
+    return limit_error(
+        f"quota exhausted for {refused.feature_name!r}: {refused.credits} more credits do not fit",
+        decision=refused,
+        user_id=user_id,
+        feature_name=refused.feature_name,
+        limit=refused.limit,
+        current=refused.current,
+        remaining=refused.remaining,
+        resets_at=refused.resets_at,
+    )
 
 
 def call(method: str, **kwargs: Any) -> StoreCall:
@@ -370,16 +390,7 @@ class Core:
         )
         result = decision(quota, credits, charge)
         if not charge.allowed:
-            raise limit_error(
-                f"quota exhausted for {feature_name!r}: {credits} more credits do not fit",
-                decision=result,
-                user_id=user_id,
-                feature_name=feature_name,
-                limit=result.limit,
-                current=result.current,
-                remaining=result.remaining,
-                resets_at=result.resets_at,
-            )
+            raise quota_exhausted(result, user_id)
         return charge.reservation_id or reservation_id, expires_at, result
 
     def settle(

@@ -43,8 +43,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
-from usageflow._core import Core, Op, StoreCall
-from usageflow.errors import ErrorCodes, UsageFlowError, config_error, limit_error
+from usageflow._core import Core, Op, StoreCall, quota_exhausted
+from usageflow.errors import ErrorCodes, UsageFlowError, config_error
 from usageflow.flow import AsyncUsageFlow, UsageFlow
 from usageflow.integrations._http import (
     ChargeIf,
@@ -417,16 +417,7 @@ class Metering:
                 decision: Decision = yield from core.consume(user, feature, held, None, None)
                 reservation_id = None
                 if not decision.allowed:
-                    raise limit_error(
-                        f"quota exhausted for {feature!r}: {held} more credits do not fit",
-                        decision=decision,
-                        user_id=user,
-                        feature_name=feature,
-                        limit=decision.limit,
-                        current=decision.current,
-                        remaining=decision.remaining,
-                        resets_at=decision.resets_at,
-                    )
+                    raise quota_exhausted(decision, user)
             else:
                 ttl = self.policy.reservation_ttl
                 reservation_id, _expires, decision = yield from core.reserve(

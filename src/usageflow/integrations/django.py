@@ -93,7 +93,7 @@ from usageflow.integrations._lifecycle import (
     drive_async,
     drive_sync,
 )
-from usageflow.integrations.metered import _SettledBody
+from usageflow.integrations.metered import _SettledAsyncBody, _SettledBody
 from usageflow.integrations.stripe import (
     DEFAULT_MAX_BODY_SIZE,
     _check,
@@ -507,55 +507,6 @@ def _add_headers(response: Any, headers: Iterable[tuple[str, str]]) -> None:
             out[name] = f"{out[name]}, {value}"
 
 
-class _SettledAsyncStream:
-    """The async content of a ``StreamingHttpResponse``, settling its ticket once: charged
-    when consumed to its end, given back when it fails, is cancelled or closed before
-    (``aclose``, or ``close`` which Django's ``response.close()`` calls)."""
-
-    def __init__(
-        self,
-        content: Any,
-        finish: Callable[[bool], Awaitable[None]],
-        finish_sync: Callable[[bool], None],
-    ) -> None:
-        self._it = content.__aiter__()
-        self._finish = finish
-        self._finish_sync = finish_sync
-        self._settled = False
-
-    def __aiter__(self) -> _SettledAsyncStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self._it.__anext__()
-        except StopAsyncIteration:
-            if not self._settled:
-                self._settled = True
-                await self._finish(True)
-            raise
-        except BaseException:
-            if not self._settled:
-                self._settled = True
-                await self._finish(False)
-            raise
-
-    async def aclose(self) -> None:
-        try:
-            close = getattr(self._it, "aclose", None)
-            if close is not None:
-                await close()
-        finally:
-            if not self._settled:
-                self._settled = True
-                await self._finish(False)
-
-    def close(self) -> None:
-        if not self._settled:
-            self._settled = True
-            self._finish_sync(False)
-
-
 class _Served:
     """What the middleware keeps about one request (on the request object, which reaches
     ``process_view`` and ``process_exception`` in whatever thread Django runs them)."""
@@ -783,7 +734,7 @@ class UsageFlowMiddleware:
 
         content = response.streaming_content
         if getattr(response, "is_async", False):
-            response.streaming_content = _SettledAsyncStream(content, finish_async, finish)
+            response.streaming_content = _SettledAsyncBody(content, finish_async, finish)
         else:
             response.streaming_content = _SettledBody(content, finish)
 

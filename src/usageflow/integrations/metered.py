@@ -118,13 +118,21 @@ class _SettledBody:
 
 
 class _SettledAsyncBody:
-    """The ``body_iterator`` of a Starlette ``StreamingResponse``, settling its reservation
-    once: committed when the stream has been produced to its end, released when it fails,
-    is cancelled or is closed before."""
+    """An async body (a Starlette ``StreamingResponse``'s ``body_iterator``, a Django
+    ``StreamingHttpResponse``'s content) settling its reservation once: committed when it has
+    been produced to its end, released when it fails, is cancelled or is closed before
+    (``aclose``; or ``close``, which Django's ``response.close()`` calls, when a sync
+    ``finish_sync`` is given)."""
 
-    def __init__(self, body: AsyncIterable[Any], finish: Callable[[bool], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        body: AsyncIterable[Any],
+        finish: Callable[[bool], Awaitable[None]],
+        finish_sync: Callable[[bool], None] | None = None,
+    ) -> None:
         self._it: AsyncIterator[Any] = body.__aiter__()
         self._finish = finish
+        self._finish_sync = finish_sync
         self._settled = False
 
     def __aiter__(self) -> _SettledAsyncBody:
@@ -147,6 +155,11 @@ class _SettledAsyncBody:
                 await close()
         finally:
             await self._settle(False)
+
+    def close(self) -> None:
+        if not self._settled and self._finish_sync is not None:
+            self._settled = True
+            self._finish_sync(False)
 
     async def _settle(self, completed: bool) -> None:
         if not self._settled:
