@@ -42,10 +42,10 @@ import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import quote as urlquote
 
 from usageflow.errors import UsageFlowError, config_error, missing_dependency
-from usageflow.stores import redact_url
 from usageflow.stores._functions import TABLE_OF as _TABLE_OF
 from usageflow.stores._functions import FunctionStore
 from usageflow.stores.base import (
@@ -80,6 +80,76 @@ def _import_psycopg() -> Any:
     return psycopg
 
 
+#: libpq's secret connection parameters (those it displays as ``*``); completed at run time
+#: from the linked libpq's own list.
+_SECRET_KEYS = frozenset({"password", "sslpassword", "oauth_client_secret"})
+
+
+def _secret_keys(psycopg: Any) -> frozenset[str]:
+    with contextlib.suppress(Exception):
+        return _SECRET_KEYS | {
+            opt.keyword.decode()
+            for opt in psycopg.pq.Conninfo.get_defaults()
+            if opt.dispchar == b"*"
+        }
+    return _SECRET_KEYS
+
+
+def _scheme(url: str) -> str:
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme and len(scheme) <= 20 and set(scheme.lower()) <= set("abcdefghijklmnopqrstuvwxyz+"):
+        return scheme.lower()
+    return "postgresql"
+
+
+def parse_conninfo(
+    conninfo: str, extra: Sequence[tuple[str, str]] = ()
+) -> tuple[str, list[str] | None]:
+    """``(display, secrets)`` of a libpq connection string (URL or ``key=value`` form), parsed
+    by libpq's own rules (``psycopg.conninfo.conninfo_to_dict``): ``display`` is a URL with
+    every secret parameter (``password``, ``sslpassword``, ...) shown as ``***``, followed by
+    ``extra`` (usageflow's own options); ``secrets`` are their values. A string libpq cannot
+    parse, or one whose credentials it would not read where the text puts them (an
+    unencoded ``/``, ``?`` or ``#`` in a password), displays as ``postgresql://***`` with
+    ``secrets`` None: the caller then withholds every driver message about it. Without
+    psycopg nothing is parsed, so the answer is the same."""
+    hidden = "postgresql://***"
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return hidden, None
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
+    except Exception:
+        return hidden, None
+    if "user" not in params and "password" not in params and "@" in conninfo:
+        return hidden, None  # libpq read no credentials where the text has some: ambiguous
+    secret_keys = _secret_keys(psycopg)
+    secrets = [v for k, v in params.items() if k in secret_keys and v]
+    user = params.pop("user", None)
+    netloc = ""
+    if user is not None or params.get("password"):
+        netloc = (
+            urlquote(user or "", safe="") + (":***" if params.pop("password", "") else "") + "@"
+        )
+    params.pop("password", None)
+    hosts = params.get("host", "").split(",") if "host" in params else []
+    ports = params.get("port", "").split(",") if "port" in params else []
+    if hosts and (not ports or len(ports) == len(hosts)):
+        params.pop("host")
+        params.pop("port", None)
+        netloc += ",".join(
+            (f"[{h}]" if ":" in h else urlquote(h, safe="")) + (f":{p}" if p else "")
+            for h, p in zip(hosts, ports or [""] * len(hosts), strict=True)
+        )
+    path = "/" + urlquote(params.pop("dbname"), safe="") if "dbname" in params else ""
+    query = [(k, "***" if k in secret_keys else v) for k, v in params.items()]
+    query.extend((k, v) for k, v in extra)
+    text = urlencode(query, safe="*/")
+    return f"postgresql://{netloc}{path}" + (f"?{text}" if text else ""), secrets
+
+
 class PostgresSettings:
     """Connection settings parsed (and validated) once from a URL."""
 
@@ -98,7 +168,8 @@ class PostgresSettings:
     def __init__(self, url: str) -> None:
         if not isinstance(url, str):
             raise config_error("the PostgreSQL URL must be a string")
-        self.redacted = redact_url(url)
+        self.redacted = f"{_scheme(url)}://***"  # until the URL is parsed
+        self._url = url
         try:
             parts = urlsplit(url)
             query = parse_qsl(parts.query, keep_blank_values=True)
@@ -108,10 +179,22 @@ class PostgresSettings:
         scheme = parts.scheme.lower().split("+", 1)[0]
         if scheme not in ("postgresql", "postgres"):
             raise config_error("a PostgreSQL URL starts with postgresql://", store=self.redacted)
-        self.password = unquote(password) if password else None
         ours = {k: v for k, v in query if k in self._OURS}
         rest = [(k, v) for k, v in query if k not in self._OURS and k != "options"]
         self.options = " ".join(v for k, v in query if k == "options")  # merged with ours
+        # Built by hand: urlunsplit drops the "//" of an empty host (postgresql:///db?host=...).
+        self.conninfo = f"postgresql://{parts.netloc}{parts.path}" + "".join(
+            f"{mark}{text}"
+            for mark, text in (("?", urlencode(rest)), ("#", parts.fragment))
+            if text
+        )
+        shown = [(k, v) for k, v in query if k in self._OURS or k == "options"]
+        self.redacted, secrets = parse_conninfo(self.conninfo, shown)
+        #: False when libpq cannot read the URL unambiguously: nothing is sent to the driver
+        #: (whose messages would quote pieces of it) and the store fails with a fixed message.
+        self.parseable = secrets is not None
+        found = [*(secrets or ()), unquote(password) if password else ""]
+        self.secrets = tuple(s for s in found if s)
         self.pool_size = self._int(ours, "pool_size", 10, minimum=1)
         self.pool_min = self._int(ours, "pool_min", 1, minimum=0)
         if self.pool_min > self.pool_size:
@@ -131,9 +214,24 @@ class PostgresSettings:
             not set(self.schema) <= _IDENT_CHARS or self.schema[0].isdigit()
         ):
             raise config_error("schema must be a plain SQL identifier", store=self.redacted)
-        self.conninfo = urlunsplit(
-            ("postgresql", parts.netloc, parts.path, urlencode(rest), parts.fragment)
+
+    def unparseable(self) -> BaseException:
+        """The driver-free error of a URL libpq cannot read unambiguously."""
+        return _WithheldError(
+            "ProgrammingError: libpq cannot read this connection URL (percent-encode any "
+            "'/', '?', '#' or '@' in the user name or password); the URL is not shown"
         )
+
+    def scrub(self, exc: BaseException) -> str:
+        """``exc``'s message, or only its class name when the message quotes the URL, the
+        connection string or a secret (or when the URL is unparseable)."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, _WithheldError):
+            return text
+        quoted = (self._url, self.conninfo, *self.secrets)
+        if not self.parseable or any(q and q in text for q in quoted):
+            return f"{type(exc).__name__}: (message withheld: it quoted the connection URL)"
+        return text
 
     def _int(self, opts: Mapping[str, str], name: str, default: int, minimum: int) -> int:
         raw = opts.get(name)
@@ -287,13 +385,15 @@ class _Calls:
         return values
 
 
+class _WithheldError(Exception):
+    """A connection failure found before the driver was called (its text is ours)."""
+
+
 def _failure(
     settings: PostgresSettings, tables: Tables, exc: BaseException, operation: str
 ) -> UsageFlowError:
     """One ``UsageFlowError`` for a driver failure; the password never appears."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if settings.password:
-        text = text.replace(settings.password, "***")
+    text = settings.scrub(exc)
     table = getattr(tables, _TABLE_OF.get(operation, "usage_events"))
     sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate in ("42883", "42P01"):  # undefined function / table
@@ -369,6 +469,8 @@ class PostgresStore(FunctionStore):
     def _execute(self, operation: str, query: str, params: Sequence[Any]) -> Any:
         """Run one statement on a pooled connection; the first column of its one row."""
         psycopg = self._psycopg
+        if not self.settings.parseable:
+            raise _failure(self.settings, self.tables, self.settings.unparseable(), operation)
         pool = self._get_pool()
         limit = self.settings.query_timeout
         try:
@@ -418,6 +520,8 @@ class PostgresStore(FunctionStore):
         """Apply :meth:`migration_sql` in one transaction (serialized by an advisory lock, so
         concurrent migrations are safe); return the schema version."""
         psycopg = self._psycopg
+        if not self.settings.parseable:
+            raise _failure(self.settings, self.tables, self.settings.unparseable(), "migrate")
         try:
             with self._get_pool().connection() as conn:
                 conn.execute(self.migration_sql().encode(), prepare=False)
@@ -549,6 +653,8 @@ class AsyncPostgresStore(AsyncStore):
 
     async def _execute(self, operation: str, query: str | bytes, params: Any) -> Any:
         psycopg = self._psycopg
+        if not self.settings.parseable:
+            raise _failure(self.settings, self.tables, self.settings.unparseable(), operation)
         try:
             conn = await self._pool.acquire()
             statement = params is not None  # None: a script (the migration), never prepared

@@ -263,6 +263,10 @@ def _group_committed(
     return decision
 
 
+class _RollBack(Exception):
+    """Raised inside a transaction to undo it (``connection_check``'s test write)."""
+
+
 class SQLiteStore(Store):
     """A SQLite database file shared by threads and processes."""
 
@@ -680,8 +684,17 @@ class SQLiteStore(Store):
         conn.execute(f'ALTER TABLE "{name}_v3" RENAME TO "{name}"')
 
     def connection_check(self) -> bool:
-        with self._tx("connection_check", "", write=False) as c:
-            return bool(c.execute("SELECT 1").fetchone() == (1,))
+        """True when the database accepts writes: under the write lock, page 1 is rewritten
+        with the ``user_version`` it already holds, then rolled back, so nothing is written.
+        A file SQLite opened read-only (permissions, an immutable file, a read-only mount)
+        fails here, as every write would, instead of answering a read."""
+        try:
+            with self._tx("connection_check", "", write=True) as c:
+                (version,) = c.execute("PRAGMA user_version").fetchone()
+                c.execute(f"PRAGMA user_version = {int(version)}")
+                raise _RollBack
+        except _RollBack:
+            return True
 
     # -- plans ----------------------------------------------------------------------------------
     def _plan(self, row: sqlite3.Row | tuple[Any, ...], limits: dict[str, FeatureLimit]) -> Plan:
