@@ -63,6 +63,7 @@ with requires("django"):
     from django.views.decorators.csrf import csrf_exempt
     from django.views.decorators.http import require_POST
 
+from usageflow._core import Op
 from usageflow._stripe import DEFAULT_TOLERANCE
 from usageflow.context import current_user_id
 from usageflow.errors import UsageFlowError, config_error
@@ -683,34 +684,35 @@ class UsageFlowMiddleware:
             status is not None and getattr(response, "streaming", False) and ticket.charges(status)
         )
 
-    def _respond_sync(self, request: Any, response: Any, served: _Served) -> Any:
+    def _settling(
+        self, request: Any, response: Any, served: _Served
+    ) -> tuple[Ticket, Op[int]] | int | None:
+        """What is left to settle once the view has answered: ``None`` (not metered), ``0``
+        (a stream settles itself when consumed), or the ticket and its ``finish`` steps."""
         ticket, metering = served.ticket, served.metering
-        refund: int | None = None
-        if ticket is not None and metering is not None:
-            status = None if served.raised else response.status_code
-            credits = self._credits(metering, request, response)
-            if self._streamed(served, response, status):
-                self._defer_to_stream(response, metering, ticket, status, credits)
-                refund = 0
-            else:
-                steps = metering.finish(self.flow.core, ticket, status, credits)
-                refund = ticket.credits - drive_sync(self.flow, steps)
-        self._headers(response, served, refund)
+        if ticket is None or metering is None:
+            return None
+        status = None if served.raised else response.status_code
+        credits = self._credits(metering, request, response)
+        if self._streamed(served, response, status):
+            self._defer_to_stream(response, metering, ticket, status, credits)
+            return 0
+        return ticket, metering.finish(self.flow.core, ticket, status, credits)
+
+    def _respond_sync(self, request: Any, response: Any, served: _Served) -> Any:
+        settling = self._settling(request, response, served)
+        if isinstance(settling, tuple):
+            ticket, steps = settling
+            settling = ticket.credits - drive_sync(self.flow, steps)
+        self._headers(response, served, settling)
         return response
 
     async def _respond_async(self, request: Any, response: Any, served: _Served) -> Any:
-        ticket, metering = served.ticket, served.metering
-        refund: int | None = None
-        if ticket is not None and metering is not None:
-            status = None if served.raised else response.status_code
-            credits = self._credits(metering, request, response)
-            if self._streamed(served, response, status):
-                self._defer_to_stream(response, metering, ticket, status, credits)
-                refund = 0
-            else:
-                steps = metering.finish(self.flow.core, ticket, status, credits)
-                refund = ticket.credits - await drive_async(self.flow, steps, shielded=True)
-        self._headers(response, served, refund)
+        settling = self._settling(request, response, served)
+        if isinstance(settling, tuple):
+            ticket, steps = settling
+            settling = ticket.credits - await drive_async(self.flow, steps, shielded=True)
+        self._headers(response, served, settling)
         return response
 
     def _defer_to_stream(
