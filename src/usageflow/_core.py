@@ -25,6 +25,7 @@ from usageflow.errors import (
     UsageFlowError,
     adjustment_error,
     config_error,
+    idempotency_error,
     invalid,
     limit_error,
 )
@@ -164,6 +165,23 @@ def quota_exhausted(refused: Decision, user_id: str) -> UsageFlowError:
         remaining=refused.remaining,
         resets_at=refused.resets_at,
     )
+
+
+def same_request(
+    key: str, kind: str, credits: int, first_kind: str, first_credits: int | None
+) -> None:
+    """Refuse a replay whose arguments differ from the first request's (Stripe's rule): a key
+    names one request, so the same key with other credits or another kind of write is a
+    bug in the caller, not a retry. Metadata is not compared."""
+    if kind != first_kind or credits != first_credits:
+        raise idempotency_error(
+            f"idempotency key {key!r} was first used for {first_credits} credits ({first_kind}); "
+            f"this call asks for {credits} ({kind}): a retry must repeat the same request, "
+            "a new request needs a new key",
+            idempotency_key=key,
+            first={"kind": first_kind, "credits": first_credits},
+            given={"kind": kind, "credits": credits},
+        )
 
 
 def call(method: str, **kwargs: Any) -> StoreCall:
@@ -335,6 +353,8 @@ class Core:
             metadata=meta,
             idempotency_key=key,
         )
+        if charge.replayed and key is not None and charge.event is not None:
+            same_request(key, "usage", credits, charge.event.event_type, charge.event.credits_used)
         return decision(quota, credits, charge)
 
     def authorize(self, user_id: str, feature_name: str, credits: int) -> Op[bool]:
@@ -388,6 +408,8 @@ class Core:
             expires_at=expires_at,
             idempotency_key=key,
         )
+        if charge.replayed and key is not None:
+            same_request(key, "reservation", credits, "reservation", charge.first_credits)
         result = decision(quota, credits, charge)
         if not charge.allowed:
             raise quota_exhausted(result, user_id)
@@ -476,7 +498,10 @@ class Core:
         )
         assert charge.event is not None
         if charge.replayed:
-            return charge.event.model_copy(update={"replayed": True})
+            assert key is not None
+            first = charge.event
+            same_request(key, event_type, credits, first.event_type, first.credits_used)
+            return first.model_copy(update={"replayed": True})
         return charge.event
 
     def reset_feature_usage(

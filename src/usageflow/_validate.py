@@ -85,10 +85,22 @@ def metadata(value: object) -> dict[str, Any] | None:
     return result
 
 
+#: Keys UsageFlow writes itself: a reservation's commit is keyed ``reservation:<id>`` and is
+#: found by that key once its hold is gone, so a caller's key may not take that form.
+RESERVED_KEY_PREFIX = "reservation:"
+
+
 def optional_key(value: object) -> str | None:
     if value is None:
         return None
-    return name(value, "idempotency_key")
+    key = name(value, "idempotency_key")
+    if key.startswith(RESERVED_KEY_PREFIX):
+        raise invalid(
+            f"idempotency keys starting with {RESERVED_KEY_PREFIX!r} are reserved for "
+            "reservation commits; choose another key",
+            field="idempotency_key",
+        )
+    return key
 
 
 def period(value: object, *, allow_none: bool = False) -> Period | None:

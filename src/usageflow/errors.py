@@ -10,6 +10,7 @@ Every failure UsageFlow reports is a :class:`UsageFlowError` carrying a machine-
       .code = USAGE_LIMIT_ERROR        no plan applies, an unknown plan, or a quota refused
       .code = USAGE_ADJUSTMENT_ERROR   adjustments disabled or an invalid adjustment
       .code = USAGE_RESERVATION_ERROR  a reservation that does not exist or was settled differently
+      .code = USAGE_IDEMPOTENCY_ERROR  an idempotency key reused with different arguments
       .code = USAGE_WEBHOOK_SIGNATURE_ERROR  a webhook signature that does not verify
       .code = USAGE_WEBHOOK_PAYLOAD_ERROR    a webhook body that is not a Stripe event
 
@@ -32,6 +33,7 @@ class ErrorCodes(str, Enum):
     USAGE_LIMIT_ERROR = "USAGE_LIMIT_ERROR"
     USAGE_ADJUSTMENT_ERROR = "USAGE_ADJUSTMENT_ERROR"
     USAGE_RESERVATION_ERROR = "USAGE_RESERVATION_ERROR"
+    USAGE_IDEMPOTENCY_ERROR = "USAGE_IDEMPOTENCY_ERROR"
     USAGE_WEBHOOK_SIGNATURE_ERROR = "USAGE_WEBHOOK_SIGNATURE_ERROR"
     USAGE_WEBHOOK_PAYLOAD_ERROR = "USAGE_WEBHOOK_PAYLOAD_ERROR"
 
@@ -81,6 +83,10 @@ def adjustment_error(message: str, **details: Any) -> UsageFlowError:
 
 def reservation_error(message: str, **details: Any) -> UsageFlowError:
     return UsageFlowError(ErrorCodes.USAGE_RESERVATION_ERROR, message, details)
+
+
+def idempotency_error(message: str, **details: Any) -> UsageFlowError:
+    return UsageFlowError(ErrorCodes.USAGE_IDEMPOTENCY_ERROR, message, details)
 
 
 def missing_dependency(module: str, extra: str) -> UsageFlowError:

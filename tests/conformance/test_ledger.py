@@ -47,6 +47,66 @@ def test_idempotency_key_records_once_and_returns_the_first(flow: Any) -> None:
     assert flow.store.ledger_check(user_id="u1", feature_name="api") == (6, 6)
 
 
+def test_idempotency_keys_are_scoped_to_the_user_and_feature(flow: Any) -> None:
+    """One user's key never replays another's request (nor another feature's)."""
+    setup_plans(flow)
+    alice = flow.consume("alice", "api", credits=5, idempotency_key="req-1")
+    mallory = flow.consume("mallory", "api", credits=5, idempotency_key="req-1")
+    other_feature = flow.consume("alice", "exports", credits=1, idempotency_key="req-1")
+    assert alice.allowed and mallory.allowed and other_feature.allowed
+    assert not mallory.replayed and not other_feature.replayed
+    assert len({alice.event_id, mallory.event_id, other_feature.event_id}) == 3
+    assert flow.get_total_usage("mallory", "api") == 5
+    assert flow.get_total_usage("alice", "exports") == 1
+    recorded = flow.increment_usage("mallory", "api", credits_used=5, idempotency_key="req-1")
+    assert recorded.replayed and recorded.id == mallory.event_id
+    assert flow.store.ledger_check(user_id="mallory", feature_name="api") == (5, 5)
+
+
+def test_reusing_a_key_with_other_arguments_is_an_idempotency_error(flow: Any) -> None:
+    """Stripe's rule: a key names one request; metadata aside, a retry repeats it exactly."""
+    setup_plans(flow)
+    flow.consume("u1", "api", credits=2, metadata={"try": 1}, idempotency_key="req-1")
+    replay = flow.consume("u1", "api", credits=2, metadata={"try": 2}, idempotency_key="req-1")
+    assert replay.replayed
+    calls = [
+        lambda: flow.consume("u1", "api", credits=3, idempotency_key="req-1"),
+        lambda: flow.increment_usage("u1", "api", credits_used=1, idempotency_key="req-1"),
+        lambda: flow.adjust_usage(
+            "u1", "api", 2, metadata={"reason": "bonus"}, idempotency_key="req-1"
+        ),
+        lambda: flow.adjust_usage(
+            "u1", "api", -2, metadata={"reason": "refund"}, idempotency_key="req-1"
+        ),
+    ]
+    for attempt in calls:
+        with pytest.raises(UsageFlowError) as info:
+            attempt()
+        assert info.value.code is ErrorCodes.USAGE_IDEMPOTENCY_ERROR
+        assert info.value.details["idempotency_key"] == "req-1"
+        assert info.value.details["first"] == {"kind": "usage", "credits": 2}
+    assert flow.get_total_usage("u1", "api") == 2
+    assert flow.store.ledger_check(user_id="u1", feature_name="api") == (2, 2)
+    flow.reserve("u1", "api", 4, idempotency_key="job-1")
+    assert flow.reserve("u1", "api", 4, idempotency_key="job-1").decision.replayed
+    with pytest.raises(UsageFlowError) as info:
+        flow.reserve("u1", "api", 5, idempotency_key="job-1")
+    assert info.value.code is ErrorCodes.USAGE_IDEMPOTENCY_ERROR
+    assert info.value.details["first"] == {"kind": "reservation", "credits": 4}
+    assert flow.fetch_usage("u1", "api").current == 2 + 4  # held credits count as used
+
+
+def test_reservation_keys_are_reserved_for_commits(flow: Any) -> None:
+    """A caller's key of the form ``reservation:<id>`` could pass for a commit: refused."""
+    setup_plans(flow)
+    held = flow.reserve("u1", "api", 3)
+    with pytest.raises(UsageFlowError) as info:
+        flow.consume("u1", "api", 3, idempotency_key=f"reservation:{held.id}")
+    assert info.value.code is ErrorCodes.USAGE_INVALID_PARAMS
+    assert held.commit().credits_used == 3
+    assert flow.get_total_usage("u1", "api") == 3
+
+
 def test_denied_consume_with_key_can_be_retried_after_upgrade(flow: Any) -> None:
     setup_plans(flow)
     flow.increment_usage("u1", "exports", credits_used=3)

@@ -291,3 +291,20 @@ def test_reservation_ids_are_unique_and_ordered_by_time(flow: Any) -> None:
         parsed = uuid.UUID(value)
         assert parsed.hex == value and parsed.version == 7 and parsed.variant == uuid.RFC_4122
         assert abs(int(value[:12], 16) / 1000 - time.time()) < 60
+
+
+def test_holds_past_64_bits_on_an_unlimited_feature_are_summed_exactly(flow: Any) -> None:
+    """Two live holds of 2**63 - 1 add up past a 64-bit integer: reads still answer, exactly
+    (SQLite's SUM() would fail every read of the user until the holds expired)."""
+    setup_plans(flow)
+    flow.assign_plan("u1", "price_ent")
+    biggest = 2**63 - 1
+    first = flow.reserve("u1", "exports", biggest)
+    second = flow.reserve("u1", "exports", biggest)
+    usage = flow.fetch_usage("u1", "exports")
+    assert usage.is_unlimited and usage.current == 2 * biggest
+    assert flow.consume("u1", "exports", 1).allowed
+    assert flow.get_total_usage("u1", "exports") == 1
+    first.release()
+    second.release()
+    assert flow.fetch_usage("u1", "exports").current == 1

@@ -43,8 +43,8 @@ def test_upgrade_from_schema_1_keeps_data(tmp_path: Path) -> None:
     assert not {f"usage_events{s}" for s in STRIPE_TABLES} & tables(path)
 
     flow = UsageFlow(f"sqlite:///{path}", stripe_webhook_secret=SECRET)
-    assert flow.migrate() == SCHEMA_VERSION == 3
-    assert flow.migrate() == 3  # idempotent
+    assert flow.migrate() == SCHEMA_VERSION == 4
+    assert flow.migrate() == SCHEMA_VERSION  # idempotent
     assert {f"usage_events{s}" for s in STRIPE_TABLES} <= tables(path)
     assert flow.get_total_usage("u1", "exports") == 2
     assert deliver(flow, Events().checkout("cus_1", T0, client_reference_id="u1")).action == (
@@ -90,7 +90,7 @@ def test_upgrade_from_schema_2_drops_the_committed_holds_it_kept(tmp_path: Path)
     conn.commit()
     conn.close()
     flow = UsageFlow(f"sqlite:///{path}")
-    assert flow.migrate() == SCHEMA_VERSION == 3
+    assert flow.migrate() == SCHEMA_VERSION == 4
     with contextlib.closing(sqlite3.connect(path)) as conn:
         rows = conn.execute("SELECT id, status FROM usage_events_holds").fetchall()
         schema = dict(conn.execute("SELECT name, sql FROM sqlite_master").fetchall())
@@ -100,7 +100,7 @@ def test_upgrade_from_schema_2_drops_the_committed_holds_it_kept(tmp_path: Path)
     assert {
         "idx_usage_events_holds_active",
         "idx_usage_events_holds_settled",
-        "idx_usage_events_holds_key",
+        "idx_usage_events_holds_idem",
     } <= set(schema)
     again = flow.reserve("u1", "api", 1, idempotency_key="job-1")
     assert again.id == keyed.id and again.decision.replayed

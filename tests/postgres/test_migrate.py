@@ -145,11 +145,45 @@ def test_upgrade_from_schema_2_drops_the_committed_holds_it_kept(pg_url: str, sc
             (plain.id, event.id),
         )
         conn.execute("UPDATE usageflow_schema SET version = 2")
-        assert store.migrate() == SCHEMA_VERSION == 3
+        assert store.migrate() == SCHEMA_VERSION == 4
         rows = conn.execute("SELECT id, status FROM usage_events_holds").fetchall()
     assert rows == [(keyed.id, "committed")]
     again = plain.commit()
     assert again.replayed and again.id == event.id
     assert flow.reserve("u1", "api", 1, idempotency_key="job-1").id == keyed.id
     assert flow.get_total_usage("u1", "api") == 3
+    store.close()
+
+
+def test_upgrade_from_schema_3_scopes_idempotency_keys(pg_url: str, schema: str) -> None:
+    """Version 3 held keys unique across the ledger (a column constraint, whatever PostgreSQL
+    named it); version 4 makes them unique per (user, feature) and keeps every event."""
+    store = PostgresStore(store_url(pg_url, schema))
+    store.migrate()
+    flow = UsageFlow(store)
+    flow.create_plan("Free", is_free=True, limits={"api": 100})
+    first = flow.consume("alice", "api", 3, idempotency_key="req-1")
+    flow.reserve("alice", "api", 2, idempotency_key="job-1")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        # What version 3 had: global UNIQUE constraints, no scoped indexes.
+        conn.execute("DROP INDEX usage_events_idem_idx, usage_events_hold_idem_idx")
+        conn.execute("ALTER TABLE usage_events ADD UNIQUE (idempotency_key)")
+        conn.execute("ALTER TABLE usage_events_holds ADD UNIQUE (idempotency_key)")
+        conn.execute("UPDATE usageflow_schema SET version = 3")
+        with pytest.raises(UsageFlowError):  # the global constraint refuses mallory's key
+            flow.consume("mallory", "api", 1, idempotency_key="req-1")
+        assert store.migrate() == SCHEMA_VERSION == 4
+        constraints = conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'u' AND conrelid IN "
+            "('usage_events'::regclass, 'usage_events_holds'::regclass)"
+        ).fetchone()
+    assert constraints == (0,)
+    assert store.migrate() == SCHEMA_VERSION  # idempotent
+    replay = flow.consume("alice", "api", 3, idempotency_key="req-1")
+    assert replay.replayed and replay.event_id == first.event_id
+    mallory = flow.consume("mallory", "api", 1, idempotency_key="req-1")
+    assert mallory.allowed and not mallory.replayed
+    assert flow.reserve("mallory", "api", 1, idempotency_key="job-1").decision.replayed is False
+    assert flow.get_total_usage("alice", "api") == 3
     store.close()

@@ -37,7 +37,7 @@ def test_migrate_load_list_and_usage(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["plans", "load", str(plans), "--store", url]) == 0  # idempotent
     assert main(["plans", "list", "--store", url]) == 0
     out = capsys.readouterr().out
-    assert "schema version 3" in out and "price_pro" in out
+    assert "schema version 4" in out and "price_pro" in out
     flow = UsageFlow(url)
     assert len(flow.get_plans()) == 2
     assert flow.fetch_feature_limit_for_user("u", "ai_tokens") == 10000

@@ -155,7 +155,8 @@ class Charge(NamedTuple):
     ``used`` is the recorded usage in the window after the operation, ``held`` the credits held
     by live reservations (this one included when it was granted). ``event`` is the ledger row
     written (or, when ``replayed``, the one an idempotency key matched). ``reservation_id`` is
-    set for reservations.
+    set for reservations; ``first_credits``, for a replayed one, is what its first request
+    held (so that a replay with other credits is refused).
     """
 
     allowed: bool
@@ -164,6 +165,7 @@ class Charge(NamedTuple):
     event: UsageEvent | None = None
     replayed: bool = False
     reservation_id: str | None = None
+    first_credits: int | None = None
 
 
 @dataclass(frozen=True)

@@ -72,12 +72,14 @@ class MemoryStore(Store):
         self._profiles: dict[str, Profile] = {}
         self._adjustments: list[LimitAdjustment] = []
         self._events: list[UsageEvent] = []
-        self._by_idem: dict[str, UsageEvent] = {}
+        # Idempotency keys are scoped to their (user, feature): (user, feature, key).
+        self._by_idem: dict[tuple[str, str, str], UsageEvent] = {}
+        self._commits: dict[str, UsageEvent] = {}  # reservation id -> its commit's event
         self._keys: defaultdict[tuple[str, str], _Key] = defaultdict(_Key)
         self._holds: dict[str, _Hold] = {}
         self._active: defaultdict[tuple[str, str], dict[str, _Hold]] = defaultdict(dict)
         self._settled: deque[str] = deque()  # settled hold ids, oldest first (bounded)
-        self._holds_by_idem: dict[str, _Hold] = {}
+        self._holds_by_idem: dict[tuple[str, str, str], _Hold] = {}
         self._stripe_events: dict[str, StripeApplied] = {}
         self._stripe_subs: dict[str, StripeSubscription] = {}
         self._stripe_customers: dict[str, tuple[str, str]] = {}  # customer -> (user, key)
@@ -258,7 +260,7 @@ class MemoryStore(Store):
         key.times.append((ts, event.id))
         key.prefix.append(key.total)
         if idempotency_key is not None:
-            self._by_idem[idempotency_key] = event
+            self._by_idem[(user_id, feature_name, idempotency_key)] = event
         return event
 
     def charge(
@@ -277,8 +279,12 @@ class MemoryStore(Store):
         with self._lock:
             key = self._keys[(user_id, feature_name)]
             held = self._held(user_id, feature_name, now)
-            if idempotency_key is not None and idempotency_key in self._by_idem:
-                first = self._by_idem[idempotency_key]
+            first = (
+                None
+                if idempotency_key is None
+                else self._by_idem.get((user_id, feature_name, idempotency_key))
+            )
+            if first is not None:
                 return Charge(True, self._used(key, window_start), held, first, replayed=True)
             used = self._used(key, window_start)
             if not fits(used, held, credits, limit):
@@ -303,14 +309,16 @@ class MemoryStore(Store):
     ) -> Charge:
         with self._lock:
             key = self._keys[(user_id, feature_name)]
-            if idempotency_key is not None and idempotency_key in self._holds_by_idem:
-                first = self._holds_by_idem[idempotency_key]
+            scoped = None if idempotency_key is None else (user_id, feature_name, idempotency_key)
+            if scoped is not None and scoped in self._holds_by_idem:
+                first = self._holds_by_idem[scoped]
                 return Charge(
                     True,
                     self._used(key, window_start),
                     self._held(user_id, feature_name, now),
                     replayed=True,
                     reservation_id=first.id,
+                    first_credits=first.credits,
                 )
             if reservation_id in self._holds:
                 raise invalid("reservation id already used", reservation_id=reservation_id)
@@ -330,8 +338,8 @@ class MemoryStore(Store):
             )
             self._holds[reservation_id] = hold
             self._active[(user_id, feature_name)][reservation_id] = hold
-            if idempotency_key is not None:
-                self._holds_by_idem[idempotency_key] = hold
+            if scoped is not None:
+                self._holds_by_idem[scoped] = hold
             return Charge(True, used, held + credits, reservation_id=reservation_id)
 
     def settle(
@@ -345,7 +353,7 @@ class MemoryStore(Store):
         with self._lock:
             hold = self._holds.get(reservation_id)
             if hold is None:  # never made, or committed and forgotten: its event answers
-                event = self._by_idem.get(f"reservation:{reservation_id}")
+                event = self._commits.get(reservation_id)
                 if event is None:
                     raise reservation_error("no such reservation", reservation_id=reservation_id)
                 return event.model_copy(update={"replayed": True})
@@ -374,6 +382,7 @@ class MemoryStore(Store):
             )
             hold.status = "committed"
             hold.event = event
+            self._commits[reservation_id] = event
             if hold.idempotency_key is None:  # its event answers a repeated commit
                 del self._holds[reservation_id]
             elif was_open:
@@ -401,7 +410,8 @@ class MemoryStore(Store):
             if oldest is not None:
                 del holds[oldest.id]
                 if oldest.idempotency_key is not None:
-                    self._holds_by_idem.pop(oldest.idempotency_key, None)
+                    scoped = (oldest.user_id, oldest.feature_name, oldest.idempotency_key)
+                    self._holds_by_idem.pop(scoped, None)
 
     def usage(
         self, *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime

@@ -46,7 +46,10 @@ from usageflow.stores.base import (
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+
+_EXACT_FLOAT = 2**53  # every integer below it is a float exactly
 
 
 def _ts(value: datetime) -> str:
@@ -101,9 +104,27 @@ def _holds_table(name: str) -> str:
 ) WITHOUT ROWID"""
 
 
+def _events_table(name: str) -> str:
+    """The ledger (version 4: its idempotency keys are unique per (user, feature), by the
+    index ``idx_<events>_idem``, no longer by a column constraint)."""
+    return f"""CREATE TABLE IF NOT EXISTS "{name}" (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    feature_name TEXT NOT NULL,
+    credits_used INTEGER,
+    event_type TEXT NOT NULL DEFAULT 'usage'
+        CHECK (event_type IN ('usage', 'credit', 'reset', 'adjustment')),
+    metadata JSON,
+    timestamp TIMESTAMP NOT NULL,
+    idempotency_key TEXT,
+    running_total INTEGER NOT NULL
+)"""
+
+
 def schema_sql(t: Tables) -> str:
-    """The DDL of the schema (version 3: version 1, the Stripe tables of version 2, the index
-    that prunes settled holds), for these table names. Every statement is idempotent, so
+    """The DDL of the schema (version 4: version 1, the Stripe tables of version 2, the index
+    that prunes settled holds of version 3, idempotency keys scoped to (user, feature) of
+    version 4), for these table names. Every statement is idempotent, so
     upgrading from 1 or 2 runs it all again.
 
     The ledger's ``id`` is a plain ``INTEGER PRIMARY KEY`` (the largest id plus one): events
@@ -133,18 +154,12 @@ CREATE TABLE IF NOT EXISTS "{t.usage_feature_limits}" (
     updated_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
     UNIQUE (plan_id, feature_name)
 );
-CREATE TABLE IF NOT EXISTS "{t.usage_events}" (
-    id INTEGER PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    feature_name TEXT NOT NULL,
-    credits_used INTEGER,
-    event_type TEXT NOT NULL DEFAULT 'usage'
-        CHECK (event_type IN ('usage', 'credit', 'reset', 'adjustment')),
-    metadata JSON,
-    timestamp TIMESTAMP NOT NULL,
-    idempotency_key TEXT UNIQUE,
-    running_total INTEGER NOT NULL
-);
+{_events_table(t.usage_events)};
+-- Keys are unique per (user, feature), and led by the key the index also finds a reservation's
+-- commit by its key alone.
+CREATE UNIQUE INDEX IF NOT EXISTS "idx_{t.usage_events}_idem"
+    ON "{t.usage_events}" (idempotency_key, user_id, feature_name)
+    WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "idx_{t.usage_events}_user_feature"
     ON "{t.usage_events}" (user_id, feature_name, timestamp);
 CREATE INDEX IF NOT EXISTS "idx_{t.usage_events}_timestamp" ON "{t.usage_events}" (timestamp);
@@ -194,8 +209,9 @@ CREATE INDEX IF NOT EXISTS "idx_{t.holds}_active"
     ON "{t.holds}" (user_id, feature_name, expires_at) WHERE status = 'held';
 CREATE INDEX IF NOT EXISTS "idx_{t.holds}_settled"
     ON "{t.holds}" (user_id, feature_name, expires_at) WHERE status <> 'held';
-CREATE UNIQUE INDEX IF NOT EXISTS "idx_{t.holds}_key"
-    ON "{t.holds}" (idempotency_key) WHERE idempotency_key IS NOT NULL;
+DROP INDEX IF EXISTS "idx_{t.holds}_key";
+CREATE UNIQUE INDEX IF NOT EXISTS "idx_{t.holds}_idem"
+    ON "{t.holds}" (idempotency_key, user_id, feature_name) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS "{t.stripe_events}" (
     event_id TEXT PRIMARY KEY,
     event_type TEXT NOT NULL,
@@ -646,6 +662,8 @@ class SQLiteStore(Store):
                     )
                 if 0 < version < 3:
                     self._rebuild_holds(conn)
+                if 0 < version < 4:
+                    self._rebuild_events(conn)
                 if version < SCHEMA_VERSION:
                     for statement in schema_sql(self.tables).split(";"):
                         if statement.strip():
@@ -682,6 +700,25 @@ class SQLiteStore(Store):
         )
         conn.execute(f'DROP TABLE "{name}"')
         conn.execute(f'ALTER TABLE "{name}_v3" RENAME TO "{name}"')
+
+    def _rebuild_events(self, conn: sqlite3.Connection) -> None:
+        """Version 4's ledger, from an older one whose ``idempotency_key`` column was UNIQUE
+        (a column constraint SQLite cannot drop): every row is copied as it is, ids included;
+        the indexes are made again by the schema that runs next."""
+        name = self.tables.usage_events
+        constrained = any(
+            row[3] == "u" for row in conn.execute(f'PRAGMA index_list("{name}")').fetchall()
+        )
+        if not constrained:
+            return
+        columns = (
+            "id, user_id, feature_name, credits_used, event_type, metadata, timestamp, "
+            "idempotency_key, running_total"
+        )
+        conn.execute(_events_table(f"{name}_v4"))
+        conn.execute(f'INSERT INTO "{name}_v4" ({columns}) SELECT {columns} FROM "{name}"')
+        conn.execute(f'DROP TABLE "{name}"')
+        conn.execute(f'ALTER TABLE "{name}_v4" RENAME TO "{name}"')
 
     def connection_check(self) -> bool:
         """True when the database accepts writes: under the write lock, page 1 is rewritten
@@ -944,7 +981,24 @@ class SQLiteStore(Store):
         ).fetchone()
         counter = self._NO_COUNTER if row[0] is None else row[:5]
         used = window_used(counter[0], window_start, _dt(counter[2]), counter[3], row[5] or 0)
-        return counter, used, int(row[6]), int(row[7])
+        live = row[6]
+        # TOTAL() sums in floating point, where SUM() would fail the statement past 2**63
+        # (holds on an unlimited feature may add up to more). The credits are non-negative
+        # integers, so a float total below 2**53 is exact; past it, they are summed here.
+        held = (
+            int(live) if live < _EXACT_FLOAT else self._held_exactly(c, user_id, feature_name, now)
+        )
+        return counter, used, held, int(row[7])
+
+    def _held_exactly(
+        self, c: sqlite3.Connection, user_id: str, feature_name: str, now: datetime
+    ) -> int:
+        rows = c.execute(
+            f"SELECT credits FROM {self._q['holds']} WHERE user_id = ? AND feature_name = ? "
+            "AND status = 'held' AND expires_at > ?",
+            (user_id, feature_name, _ts(now)),
+        ).fetchall()
+        return sum(credits for (credits,) in rows)
 
     @functools.cached_property
     def _sql_state(self) -> str:
@@ -958,7 +1012,7 @@ class SQLiteStore(Store):
             f"THEN (SELECT e.running_total FROM {q['usage_events']} e "
             "WHERE e.user_id = ?1 AND e.feature_name = ?2 AND e.timestamp < ?3 "
             "ORDER BY e.timestamp DESC, e.id DESC LIMIT 1) END, h.live, h.expired "
-            "FROM (SELECT COALESCE(SUM(CASE WHEN expires_at > ?4 THEN credits END), 0) AS live, "
+            "FROM (SELECT TOTAL(CASE WHEN expires_at > ?4 THEN credits END) AS live, "
             "COUNT(CASE WHEN expires_at <= ?4 THEN 1 END) AS expired "
             f"FROM {q['holds']} WHERE user_id = ?1 AND feature_name = ?2 AND status = 'held') h "
             f"LEFT JOIN {q['counters']} c ON c.user_id = ?1 AND c.feature_name = ?2"
@@ -977,12 +1031,23 @@ class SQLiteStore(Store):
             replayed=replayed,
         )
 
-    def _by_key(self, c: sqlite3.Connection, key: str) -> UsageEvent | None:
-        row = c.execute(
-            f"SELECT {self._sql_event_cols} FROM {self._q['usage_events']} "
-            "WHERE idempotency_key = ?",
-            (key,),
-        ).fetchone()
+    def _by_key(
+        self, c: sqlite3.Connection, key: str, user_id: str | None = None, feature_name: str = ""
+    ) -> UsageEvent | None:
+        """The event of an idempotency key in its (user, feature); without a user, the event
+        of a reservation's commit (``reservation:<id>``, unique by construction)."""
+        if user_id is None:
+            row = c.execute(
+                f"SELECT {self._sql_event_cols} FROM {self._q['usage_events']} "
+                "WHERE idempotency_key = ?",
+                (key,),
+            ).fetchone()
+        else:
+            row = c.execute(
+                f"SELECT {self._sql_event_cols} FROM {self._q['usage_events']} "
+                "WHERE idempotency_key = ? AND user_id = ? AND feature_name = ?",
+                (key, user_id, feature_name),
+            ).fetchone()
         return None if row is None else self._event(row, replayed=True)
 
     def _append(
@@ -1060,7 +1125,11 @@ class SQLiteStore(Store):
         idempotency_key: str | None,
     ) -> Charge:
         with self._tx("charge", self.tables.usage_events) as c:
-            first = self._by_key(c, idempotency_key) if idempotency_key is not None else None
+            first = (
+                None
+                if idempotency_key is None
+                else self._by_key(c, idempotency_key, user_id, feature_name)
+            )
             if first is not None or limit is not None:
                 counter, used, held, _expired = self._state(
                     c, user_id, feature_name, window_start, now
@@ -1113,10 +1182,14 @@ class SQLiteStore(Store):
                 self._prune_holds(c, user_id, feature_name, now)
             if idempotency_key is not None:
                 row = c.execute(
-                    f"SELECT id FROM {q['holds']} WHERE idempotency_key = ?", (idempotency_key,)
+                    f"SELECT id, credits FROM {q['holds']} WHERE idempotency_key = ? "
+                    "AND user_id = ? AND feature_name = ?",
+                    (idempotency_key, user_id, feature_name),
                 ).fetchone()
                 if row:
-                    return Charge(True, used, held, replayed=True, reservation_id=row[0])
+                    return Charge(
+                        True, used, held, replayed=True, reservation_id=row[0], first_credits=row[1]
+                    )
             # A reused reservation id (74 random bits a millisecond) fails the primary key:
             # nothing written.
             if not fits(used, held, credits, limit):

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: Bumped whenever postgres.sql changes in a way that needs re-running.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _TS = "timestamptz"
 
@@ -190,6 +190,8 @@ def _names(tables: Tables) -> dict[str, str]:
         "ix_adj": quote(f"{tables.usage_events}_adj_idx"),
         "ix_hold": quote(f"{tables.usage_events}_hold_idx"),
         "ix_settled": quote(f"{tables.usage_events}_settled_idx"),
+        "ix_idem": quote(f"{tables.usage_events}_idem_idx"),
+        "ix_hold_idem": quote(f"{tables.usage_events}_hold_idem_idx"),
         "stripe_events": quote(tables.stripe_events),
         "stripe_subs": quote(tables.stripe_subscriptions),
         "stripe_cust": quote(tables.stripe_customers),
@@ -197,6 +199,7 @@ def _names(tables: Tables) -> dict[str, str]:
         "ix_subs": quote(f"{tables.usage_events}_subs_idx"),
         "ix_cust": quote(f"{tables.usage_events}_cust_idx"),
         "events_literal": literal(tables.usage_events),
+        "holds_literal": literal(tables.holds),
         "version": str(SCHEMA_VERSION),
         "hold_grace": f"interval '{int(HOLD_GRACE.total_seconds())} seconds'",
     }
@@ -320,6 +323,7 @@ def _charge(row: Mapping[str, Any]) -> Charge:
         event=_event(row.get("event")),
         replayed=bool(row.get("replayed", False)),
         reservation_id=row.get("reservation_id"),
+        first_credits=row.get("first_credits"),
     )
 
 

@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS @events@ (
         CHECK (event_type IN ('usage', 'credit', 'reset', 'adjustment')),
     metadata JSONB,
     "timestamp" TIMESTAMPTZ NOT NULL DEFAULT now(),
-    idempotency_key TEXT UNIQUE,
+    idempotency_key TEXT,  -- unique per (user, feature): @ix_idem@, below
     running_total BIGINT NOT NULL
 );
 -- The prefix seek (last event of a key before a window start) and per-feature listings.
@@ -115,7 +115,7 @@ CREATE TABLE IF NOT EXISTS @holds@ (
         CHECK (status IN ('held', 'committed', 'released', 'expired')),
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     expires_at TIMESTAMPTZ NOT NULL,
-    idempotency_key TEXT UNIQUE,
+    idempotency_key TEXT,  -- unique per (user, feature): @ix_hold_idem@, below
     event_id BIGINT
 );
 CREATE INDEX IF NOT EXISTS @ix_hold@
@@ -128,6 +128,33 @@ CREATE INDEX IF NOT EXISTS @ix_settled@
 DELETE FROM @holds@ h WHERE h.status = 'committed' AND h.idempotency_key IS NULL
     AND EXISTS (SELECT 1 FROM @events@ e
                 WHERE e.id = h.event_id AND e.idempotency_key = 'reservation:' || h.id);
+
+-- Version 4: an idempotency key is unique per (user, feature), not across the ledger (one
+-- user's key must not replay another's request). Led by the key, the index also finds a
+-- reservation's commit by its key alone ('reservation:<id>', which callers cannot use).
+-- Partial: the many events without a key do not touch it.
+CREATE UNIQUE INDEX IF NOT EXISTS @ix_idem@
+    ON @events@ (idempotency_key, user_id, feature_name) WHERE idempotency_key IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS @ix_hold_idem@
+    ON @holds@ (idempotency_key, user_id, feature_name) WHERE idempotency_key IS NOT NULL;
+-- ... and the global UNIQUE constraints of versions 1-3 go (whatever PostgreSQL named them).
+DO $v4$
+DECLARE
+    r RECORD;
+BEGIN
+    FOR r IN
+        SELECT con.conrelid::regclass AS rel, con.conname
+        FROM pg_constraint con
+        JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = ANY (con.conkey)
+        WHERE con.conrelid IN (quote_ident(@events_literal@)::regclass,
+                               quote_ident(@holds_literal@)::regclass)
+          AND con.contype = 'u' AND cardinality(con.conkey) = 1
+          AND a.attname = 'idempotency_key'
+    LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', r.rel, r.conname);
+    END LOOP;
+END
+$v4$;
 
 -- Stripe webhook state (see Store.apply_stripe_event) and the meter export cursors.
 CREATE TABLE IF NOT EXISTS @stripe_events@ (
@@ -288,7 +315,8 @@ BEGIN
                           "timestamp", idempotency_key, running_total)
     VALUES (c.user_id, c.feature_name, p_credits, p_event_type, p_metadata, v_ts,
             p_idempotency_key, c.total + coalesce(p_credits, 0))
-    ON CONFLICT (idempotency_key) DO NOTHING
+    ON CONFLICT (idempotency_key, user_id, feature_name) WHERE idempotency_key IS NOT NULL
+        DO NOTHING
     RETURNING * INTO e;
     IF e.id IS NULL THEN
         RETURN NULL;  -- the idempotency key was taken concurrently
@@ -325,7 +353,8 @@ DECLARE
     e @events@;
 BEGIN
     IF p_idempotency_key IS NOT NULL THEN
-        SELECT * INTO e FROM @events@ WHERE idempotency_key = p_idempotency_key;
+        SELECT * INTO e FROM @events@ WHERE idempotency_key = p_idempotency_key
+            AND user_id = p_user_id AND feature_name = p_feature_name;
         IF FOUND THEN
             RETURN jsonb_build_object('allowed', true, 'used', @fn_used@(c, p_window_start),
                 'held', v_held, 'event', @fn_event_json@(e), 'replayed', true);
@@ -341,8 +370,9 @@ BEGIN
             'details', jsonb_build_object('credits', p_credits));
     END IF;
     e := @fn_append@(c, p_credits, p_event_type, p_now, p_metadata, p_idempotency_key);
-    IF e.id IS NULL THEN  -- the same key was recorded meanwhile for another (user, feature)
-        SELECT * INTO e FROM @events@ WHERE idempotency_key = p_idempotency_key;
+    IF e.id IS NULL THEN  -- the same key was recorded meanwhile (not under this lock?)
+        SELECT * INTO e FROM @events@ WHERE idempotency_key = p_idempotency_key
+            AND user_id = p_user_id AND feature_name = p_feature_name;
         RETURN jsonb_build_object('allowed', true, 'used', v_used, 'held', v_held,
             'event', @fn_event_json@(e), 'replayed', true);
     END IF;
@@ -364,12 +394,14 @@ DECLARE
     v_held NUMERIC := @fn_held@(c, p_now);
     v_used NUMERIC := @fn_used@(c, p_window_start);
     v_id TEXT;
+    v_first BIGINT;
 BEGIN
     IF p_idempotency_key IS NOT NULL THEN
-        SELECT id INTO v_id FROM @holds@ WHERE idempotency_key = p_idempotency_key;
+        SELECT id, credits INTO v_id, v_first FROM @holds@ WHERE idempotency_key = p_idempotency_key
+            AND user_id = p_user_id AND feature_name = p_feature_name;
         IF FOUND THEN
             RETURN jsonb_build_object('allowed', true, 'used', v_used, 'held', v_held,
-                'replayed', true, 'reservation_id', v_id);
+                'replayed', true, 'reservation_id', v_id, 'first_credits', v_first);
         END IF;
     END IF;
     IF EXISTS (SELECT 1 FROM @holds@ WHERE id = p_reservation_id) THEN
@@ -386,10 +418,11 @@ BEGIN
     ON CONFLICT DO NOTHING
     RETURNING id INTO v_id;
     IF v_id IS NULL THEN  -- raced: the key (or the id) was taken meanwhile
-        SELECT id INTO v_id FROM @holds@ WHERE idempotency_key = p_idempotency_key;
+        SELECT id, credits INTO v_id, v_first FROM @holds@ WHERE idempotency_key = p_idempotency_key
+            AND user_id = p_user_id AND feature_name = p_feature_name;
         IF FOUND THEN
             RETURN jsonb_build_object('allowed', true, 'used', v_used, 'held', v_held,
-                'replayed', true, 'reservation_id', v_id);
+                'replayed', true, 'reservation_id', v_id, 'first_credits', v_first);
         END IF;
         RETURN jsonb_build_object('error', 'invalid', 'message', 'reservation id already used',
             'details', jsonb_build_object('reservation_id', p_reservation_id));
