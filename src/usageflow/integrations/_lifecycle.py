@@ -39,7 +39,7 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
@@ -395,9 +395,10 @@ class Metering:
             ),
         )
 
-    def admit(self, core: Core, raw_user: object) -> Op[Admission]:
+    def admit(self, core: Core, raw_user: object, credits: int | None = None) -> Op[Admission]:
         """Resolve the user (``raw_user`` may be an awaitable) and decide, in one store call:
-        ``consume`` (``settle="charge"``) or ``reserve`` (``settle="hold"``)."""
+        ``consume`` (``settle="charge"``) or ``reserve`` (``settle="hold"``) the meter's
+        credits, or ``credits`` when the caller sized this request (an LLM call's estimate)."""
         meter = self.meter
         feature = meter.feature
         if type(raw_user) is str and raw_user and not raw_user.isspace():
@@ -411,7 +412,7 @@ class Metering:
                 return self.refuse(problem_for(exc, feature, core.now()), exc)
         if user is None:
             return self.no_user()
-        held = meter.held
+        held = meter.held if credits is None else credits
         try:
             if self.settle_mode == "charge":
                 decision: Decision = yield from core.consume(user, feature, held, None, None)
@@ -452,18 +453,22 @@ class Metering:
         ticket: Ticket,
         status: int | None,
         credits: Callable[[], object] | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Op[int]:
         """Settle ``ticket`` once: ``status`` is the response's (``None``: the handler raised or
         the stream was cut). A charged response keeps the credits (``credits()``, when the
         meter computes them, gives the amount, maybe as an awaitable); any other gives them
-        back. Returns the credits charged. A store failure here is logged and counted, never
+        back. A held charge is committed with ``metadata`` (an LLM call's tokens and model)
+        when given; a commit of 0 credits with metadata is recorded, for the audit trail.
+        Returns the credits charged. A store failure here is logged and counted, never
         raised: the response has been served."""
         if ticket.settled:
             return 0
         ticket.settled = True
         feature = self.meter.feature
         amount = 0
-        if status is not None and ticket.charges(status):
+        charged = status is not None and ticket.charges(status)
+        if charged:
             amount = ticket.credits
             if credits is not None:
                 try:
@@ -480,7 +485,8 @@ class Metering:
                 amount = settle_credits(value, feature, ticket.credits)
         try:
             if ticket.reservation_id is not None:
-                yield from core.settle(ticket.reservation_id, amount or None, None)
+                commit = amount if amount or (charged and metadata is not None) else None
+                yield from core.settle(ticket.reservation_id, commit, metadata)
             elif not amount:
                 yield from core.adjust_usage(
                     ticket.user,

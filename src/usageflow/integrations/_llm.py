@@ -22,7 +22,6 @@ records what the API reports.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import json
@@ -43,8 +42,17 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from usageflow.context import current_user_id
-from usageflow.errors import UsageFlowError, config_error, invalid
-from usageflow.flow import AsyncReservation, AsyncUsageFlow, Reservation, UsageFlow
+from usageflow.errors import config_error, invalid
+from usageflow.flow import AsyncUsageFlow, UsageFlow
+from usageflow.integrations._http import Meter as RouteMeter
+from usageflow.integrations._lifecycle import (
+    Metering,
+    Policy,
+    Refusal,
+    Ticket,
+    drive_async,
+    drive_sync,
+)
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -291,9 +299,21 @@ class Meter:
         self.default_max_tokens = default_max_tokens
         self.estimate = estimate
         self.ttl = ttl
+        self._meterings: dict[str, Metering] = {}
 
     def __repr__(self) -> str:
         return f"<Meter feature_name={self.feature_name!r} flow={type(self.flow).__name__}>"
+
+    def metering(self, feature_name: str) -> Metering:
+        """The metering lifecycle of one feature (the one the HTTP adapters run): every call
+        holds its estimate (``settle="hold"``) and commits what the API reported."""
+        found = self._meterings.get(feature_name)
+        if found is None:
+            found = Metering(
+                RouteMeter(feature_name, settle="hold"), Policy(reservation_ttl=self.ttl)
+            )
+            self._meterings[feature_name] = found
+        return found
 
     # -- decisions --------------------------------------------------------------------------------
     def user(self) -> str:
@@ -452,20 +472,17 @@ class Meter:
 
 
 # -- the I/O shells -------------------------------------------------------------------------------
-ResT = TypeVar("ResT", Reservation, AsyncReservation)
-
-
-class _Settler(Generic[ResT]):
-    """What a streamed call's settler keeps: its reservation and the tally of what was
-    received. The subclasses settle it exactly once, in threads or on an event loop."""
+class _Settler:
+    """What a streamed call's settler keeps: its ticket and the tally of what was received.
+    The subclasses settle it exactly once, in threads or on an event loop."""
 
     def __init__(
-        self, meter: Meter, api: Api, call: Call, reservation: ResT, request_id: str | None
+        self, meter: Meter, api: Api, call: Call, ticket: Ticket, request_id: str | None
     ) -> None:
         self.meter = meter
         self.api = api
         self.call = call
-        self.reservation: ResT = reservation
+        self.ticket = ticket
         self.request_id = request_id
         self.tally = StreamTally(hide_usage=call.hide_usage)
         self.done = False
@@ -475,7 +492,7 @@ class _Settler(Generic[ResT]):
         return self.api.observe(self.tally, item)
 
 
-class SyncSettler(_Settler[Reservation]):
+class SyncSettler(_Settler):
     """Settles one streamed call's reservation exactly once (threads)."""
 
     def finish(self, completed: bool) -> None:
@@ -485,7 +502,7 @@ class SyncSettler(_Settler[Reservation]):
         outcome = self.meter.stream_settlement(
             self.api, self.call, self.tally, completed, self.request_id
         )
-        settle_sync(self.reservation, self.call, outcome)
+        settle_sync(self.meter, self.ticket, outcome)
 
     def finish_quietly(self) -> None:
         """Settle from a finalizer: errors are logged, never raised."""
@@ -495,7 +512,7 @@ class SyncSettler(_Settler[Reservation]):
             logger.exception("usageflow: could not settle an abandoned %s stream", self.call.api)
 
 
-class AsyncSettler(_Settler[AsyncReservation]):
+class AsyncSettler(_Settler):
     """The asyncio twin of :class:`SyncSettler`."""
 
     async def finish(self, completed: bool) -> None:
@@ -505,7 +522,7 @@ class AsyncSettler(_Settler[AsyncReservation]):
         outcome = self.meter.stream_settlement(
             self.api, self.call, self.tally, completed, self.request_id
         )
-        await settle_async(self.reservation, self.call, outcome)
+        await settle_async(self.meter, self.ticket, outcome)
 
     async def finish_quietly(self) -> None:
         try:
@@ -514,74 +531,52 @@ class AsyncSettler(_Settler[AsyncReservation]):
             logger.exception("usageflow: could not settle an abandoned %s stream", self.call.api)
 
 
-def _log_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error(
-            "usageflow: a settlement failed after its caller was cancelled: %r", task.exception()
-        )
+def _finish(
+    meter: Meter, ticket: Ticket, outcome: tuple[int, dict[str, Any]] | None
+) -> Generator[Any, Any, int]:
+    """The lifecycle's settlement of a call: commit ``outcome`` (credits, metadata) or release
+    (None). The call has happened by now, so a store failure is logged, not raised: the
+    caller keeps the answer it paid for, and the hold expires by itself after its ttl."""
+    metering = meter.metering(ticket.meter.feature)
+    if outcome is None:
+        return (yield from metering.finish(meter.flow.core, ticket, None))
+    credits, metadata = outcome
+    return (yield from metering.finish(meter.flow.core, ticket, 200, lambda: credits, metadata))
 
 
-async def shielded(settlement: Awaitable[T]) -> T:
-    """Await a commit or release to its end even when the caller is cancelled meanwhile (a
-    client that disconnects from a streaming endpoint): the caller still gets its
-    ``CancelledError``, the ledger still gets the settlement."""
-    task = asyncio.ensure_future(settlement)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.add_done_callback(_log_failure)
-        raise
-
-
-def _settle_failed(call: Call, outcome: tuple[int, dict[str, Any]] | None, exc: Exception) -> None:
-    logger.error(
-        "usageflow: could not %s the %s call of %r for %r (the hold expires by itself): %s",
-        "release" if outcome is None else f"commit {outcome[0]} credits of",
-        call.api,
-        call.feature_name,
-        call.user_id,
-        exc,
-    )
-
-
-def settle_sync(
-    reservation: Reservation, call: Call, outcome: tuple[int, dict[str, Any]] | None
-) -> None:
-    """Commit ``outcome`` (credits, metadata) or release (None). The call has happened by now,
-    so a store failure is logged, not raised: the caller keeps the answer it paid for, and the
-    hold expires by itself after its ttl (as the HTTP middleware does)."""
-    try:
-        if outcome is None:
-            reservation.release()
-        else:
-            reservation.commit(*outcome)
-    except UsageFlowError as exc:
-        _settle_failed(call, outcome, exc)
+def settle_sync(meter: Meter, ticket: Ticket, outcome: tuple[int, dict[str, Any]] | None) -> None:
+    """Settle a call's ticket from sync code (see :func:`_finish`)."""
+    drive_sync(meter.flow, _finish(meter, ticket, outcome))
 
 
 async def settle_async(
-    reservation: AsyncReservation, call: Call, outcome: tuple[int, dict[str, Any]] | None
+    meter: Meter, ticket: Ticket, outcome: tuple[int, dict[str, Any]] | None
 ) -> None:
-    """The asyncio twin of :func:`settle_sync`, shielded from the caller's cancellation."""
-    try:
-        if outcome is None:
-            await shielded(reservation.release())
-        else:
-            await shielded(reservation.commit(*outcome))
-    except UsageFlowError as exc:
-        _settle_failed(call, outcome, exc)
+    """The asyncio twin of :func:`settle_sync`, shielded from the caller's cancellation (a
+    client that disconnects from a streaming endpoint still gets its ``CancelledError``;
+    the ledger still gets the settlement)."""
+    await drive_async(meter.flow, _finish(meter, ticket, outcome), shielded=True)
 
 
-def reserve_sync(meter: Meter, call: Call) -> Reservation:
-    flow = meter.flow
-    assert isinstance(flow, UsageFlow)
-    return flow.reserve(call.user_id, call.feature_name, call.credits, ttl=meter.ttl)
+def _admitted(admission: object) -> Ticket:
+    if isinstance(admission, Refusal):
+        raise admission.error
+    assert isinstance(admission, Ticket)  # no fail_open here: a store failure refuses
+    return admission
 
 
-async def reserve_async(meter: Meter, call: Call) -> AsyncReservation:
-    flow = meter.flow
-    assert isinstance(flow, AsyncUsageFlow)
-    return await flow.reserve(call.user_id, call.feature_name, call.credits, ttl=meter.ttl)
+def reserve_sync(meter: Meter, call: Call) -> Ticket:
+    """Hold the call's estimate through the lifecycle, or raise its refusal (no request)."""
+    metering = meter.metering(call.feature_name)
+    steps = metering.admit(meter.flow.core, call.user_id, call.credits)
+    return _admitted(drive_sync(meter.flow, steps))
+
+
+async def reserve_async(meter: Meter, call: Call) -> Ticket:
+    """The asyncio twin of :func:`reserve_sync`."""
+    metering = meter.metering(call.feature_name)
+    steps = metering.admit(meter.flow.core, call.user_id, call.credits)
+    return _admitted(await drive_async(meter.flow, steps))
 
 
 def _request_id(api: Api, result: Any) -> str | None:
@@ -609,14 +604,14 @@ def run_sync(
     """Reserve, call ``method``, then commit (or hand the stream to ``metered``); release when
     the call raises."""
     call = meter.plan(api, kwargs)
-    reservation = reserve_sync(meter, call)
+    ticket = reserve_sync(meter, call)
     try:
         result = method(**call.request)
     except BaseException:
-        settle_sync(reservation, call, None)
+        settle_sync(meter, ticket, None)
         raise
     if call.stream and isinstance(result, stream_type):
-        return metered(result, SyncSettler(meter, api, call, reservation, _request_id(api, result)))
+        return metered(result, SyncSettler(meter, api, call, ticket, _request_id(api, result)))
     complete = result
     if _is_raw(result):
         try:
@@ -624,7 +619,7 @@ def run_sync(
         except Exception:
             complete = None
     settle_sync(
-        reservation, call, meter.result_settlement(api, call, complete, _request_id(api, result))
+        meter, ticket, meter.result_settlement(api, call, complete, _request_id(api, result))
     )
     return result
 
@@ -639,14 +634,14 @@ async def run_async(
 ) -> Any:
     """The asyncio twin of :func:`run_sync`."""
     call = meter.plan(api, kwargs)
-    reservation = await reserve_async(meter, call)
+    ticket = await reserve_async(meter, call)
     try:
         result = await method(**call.request)
     except BaseException:
-        await settle_async(reservation, call, None)
+        await settle_async(meter, ticket, None)
         raise
     if call.stream and isinstance(result, stream_type):
-        settler = AsyncSettler(meter, api, call, reservation, _request_id(api, result))
+        settler = AsyncSettler(meter, api, call, ticket, _request_id(api, result))
         return metered(result, settler)
     complete = result
     if _is_raw(result):
@@ -657,7 +652,7 @@ async def run_async(
         except Exception:
             complete = None
     settlement = meter.result_settlement(api, call, complete, _request_id(api, result))
-    await settle_async(reservation, call, settlement)
+    await settle_async(meter, ticket, settlement)
     return result
 
 
