@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -67,6 +68,8 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 __all__ = ["AsyncPostgresStore", "PostgresStore", "PostgresSettings"]
+
+logger = logging.getLogger("usageflow")
 
 _IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
@@ -346,6 +349,82 @@ def _shutdown(fd: int) -> None:
 
 _WATCHDOG = _Watchdog()
 
+_POOL_NAME = "usageflow"
+#: psycopg_pool's warnings about each failed connection attempt of a pool (and about giving up
+#: after ``reconnect_timeout``): logged for usageflow's pools once per outage by the store.
+_POOL_ATTEMPT_WARNINGS = frozenset(
+    {"error connecting in %r: %s", "reconnection attempt in pool %r failed after %s sec"}
+)
+
+
+class _QuietPoolAttempts(logging.Filter):
+    """Drops psycopg_pool's per-attempt connection warnings about usageflow's pools, which
+    retry every second or so while the database refuses them; other pools' are kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            record.msg in _POOL_ATTEMPT_WARNINGS
+            and isinstance(args, tuple)
+            and bool(args)
+            and args[0] == _POOL_NAME
+        )
+
+
+_QUIET_POOL_ATTEMPTS = _QuietPoolAttempts()
+
+
+class _Attempts:
+    """What the pool's connection attempts (made in its worker threads) last found: the error
+    of the latest failed one, forgotten once one succeeds, and how many are under way. A
+    ``PoolTimeout`` says neither; the store's error then says why there was no connection."""
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self.error: BaseException | None = None
+        self.pending = 0
+
+    def started(self) -> None:
+        with self._lock:
+            self.pending += 1
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.pending -= 1
+            first = self.error is None
+            self.error = exc
+        if first:  # one line per outage, not one per attempt
+            logger.warning(
+                "usageflow: cannot connect to %s (%s); the pool keeps retrying",
+                self._settings.redacted,
+                self._settings.scrub(exc),
+            )
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.pending -= 1
+            self.error = None
+
+
+def _connection_class(psycopg: Any, attempts: _Attempts) -> Any:
+    """``psycopg.Connection`` whose ``connect`` (called by the pool for each new connection)
+    tells ``attempts`` how it went."""
+
+    class Connection(psycopg.Connection):  # type: ignore[misc]
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
+            attempts.started()
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except BaseException as exc:
+                attempts.failed(exc)
+                raise
+            attempts.succeeded()
+            return conn
+
+    return Connection
+
 
 def _pool_class(deadline: float) -> Any:
     """``psycopg_pool.ConnectionPool`` whose health checks are bounded by ``deadline``."""
@@ -431,6 +510,7 @@ class PostgresStore(FunctionStore):
         self._closed = False
         self._checking = False
         self._faces: weakref.WeakSet[AsyncPostgresStore] = weakref.WeakSet()
+        self._attempts = _Attempts(self.settings)
 
     @classmethod
     def from_url(cls, url: str, tables: Tables | None = None) -> PostgresStore:
@@ -449,14 +529,18 @@ class PostgresStore(FunctionStore):
                 raise config_error("this PostgresStore is closed", store=self.url)
             if self._pool is None:
                 s = self.settings
+                pool_log = logging.getLogger("psycopg.pool")
+                if _QUIET_POOL_ATTEMPTS not in pool_log.filters:
+                    pool_log.addFilter(_QUIET_POOL_ATTEMPTS)
                 self._pool = _pool_class(s.query_timeout)(
                     s.conninfo,
+                    connection_class=_connection_class(self._psycopg, self._attempts),
                     kwargs=s.connect_kwargs(),
                     min_size=s.pool_min,
                     max_size=s.pool_size,
                     timeout=s.timeout,
                     reconnect_timeout=max(60.0, s.connect_timeout),
-                    name="usageflow",
+                    name=_POOL_NAME,
                     open=False,
                 )
                 self._pool.open(wait=False)
@@ -486,8 +570,30 @@ class PostgresStore(FunctionStore):
                 exc, psycopg.errors.QueryCanceled
             ):
                 self._check_idle(pool)
-            raise _failure(self.settings, self.tables, exc, operation) from None
+            raise _failure(self.settings, self.tables, self._explain(exc), operation) from None
         return row[0] if row else None
+
+    def _explain(self, exc: BaseException) -> BaseException:
+        """``exc``, or for the pool's ``PoolTimeout`` (which only says how long it waited)
+        the reason no connection could be made: the last failed attempt's error, or a
+        server that has not answered yet."""
+        from psycopg_pool import PoolTimeout
+
+        if not isinstance(exc, PoolTimeout):
+            return exc
+        waited = f"couldn't get a connection after {self.settings.timeout:.2f} sec"
+        cause = self._attempts.error
+        if cause is not None:
+            text = f"{cause} ({waited})"
+        elif self._attempts.pending:
+            text = (
+                f"{waited}: the server has not answered a connection attempt yet "
+                f"(connect_timeout={self.settings.connect_timeout:g})"
+            )
+        else:
+            return exc
+        explained: BaseException = self._psycopg.OperationalError(text)
+        return explained
 
     def _check_idle(self, pool: ConnectionPool[Any]) -> None:
         """After a connection broke, drop the other idle ones that broke with it (in the
@@ -526,7 +632,7 @@ class PostgresStore(FunctionStore):
             with self._get_pool().connection() as conn:
                 conn.execute(self.migration_sql().encode(), prepare=False)
         except psycopg.Error as exc:
-            raise _failure(self.settings, self.tables, exc, "migrate") from None
+            raise _failure(self.settings, self.tables, self._explain(exc), "migrate") from None
         return SCHEMA_VERSION
 
     def connection_check(self) -> bool:
