@@ -113,7 +113,7 @@ def parse_conninfo(
     every secret parameter (``password``, ``sslpassword``, ...) shown as ``***``, followed by
     ``extra`` (usageflow's own options); ``secrets`` are their values. A string libpq cannot
     parse, or one whose credentials it would not read where the text puts them (an
-    unencoded ``/``, ``?`` or ``#`` in a password), displays as ``postgresql://***`` with
+    unencoded ``/`` in a password), displays as ``postgresql://***`` with
     ``secrets`` None: the caller then withholds every driver message about it. Without
     psycopg nothing is parsed, so the answer is the same."""
     hidden = "postgresql://***"
@@ -153,6 +153,20 @@ def parse_conninfo(
     return f"postgresql://{netloc}{path}" + (f"?{text}" if text else ""), secrets
 
 
+def _split_query(url: str) -> tuple[str, str]:
+    """``(url without its query, query)``, split where libpq splits a connection URI: the
+    credentials end at the first ``@`` before any ``/``, and the query starts at the first
+    ``?`` after them. ``#`` is an ordinary character (libpq knows no fragment), so a password
+    holding ``?`` or ``#`` keeps the options after it."""
+    head, sep, rest = url.partition("://")
+    end = next((i for i, ch in enumerate(rest) if ch in "@/"), len(rest))
+    start = end + 1 if rest[end : end + 1] == "@" else 0
+    mark = rest.find("?", start)
+    if mark < 0:
+        return url, ""
+    return f"{head}{sep}{rest[:mark]}", rest[mark + 1 :]
+
+
 class PostgresSettings:
     """Connection settings parsed (and validated) once from a URL."""
 
@@ -173,29 +187,27 @@ class PostgresSettings:
             raise config_error("the PostgreSQL URL must be a string")
         self.redacted = f"{_scheme(url)}://***"  # until the URL is parsed
         self._url = url
-        try:
-            parts = urlsplit(url)
-            query = parse_qsl(parts.query, keep_blank_values=True)
-            password = parts.password
-        except ValueError:
-            raise config_error("unparseable PostgreSQL URL", store=self.redacted) from None
-        scheme = parts.scheme.lower().split("+", 1)[0]
+        scheme = url.partition("://")[0].lower().split("+", 1)[0] if "://" in url else ""
         if scheme not in ("postgresql", "postgres"):
             raise config_error("a PostgreSQL URL starts with postgresql://", store=self.redacted)
+        base, query_text = _split_query(url)
+        query = parse_qsl(query_text, keep_blank_values=True)
         ours = {k: v for k, v in query if k in self._OURS}
         rest = [(k, v) for k, v in query if k not in self._OURS and k != "options"]
         self.options = " ".join(v for k, v in query if k == "options")  # merged with ours
-        # Built by hand: urlunsplit drops the "//" of an empty host (postgresql:///db?host=...).
-        self.conninfo = f"postgresql://{parts.netloc}{parts.path}" + "".join(
-            f"{mark}{text}"
-            for mark, text in (("?", urlencode(rest)), ("#", parts.fragment))
-            if text
-        )
+        self.conninfo = "postgresql://" + base.partition("://")[2]
+        if rest:
+            self.conninfo += "?" + urlencode(rest)
         shown = [(k, v) for k, v in query if k in self._OURS or k == "options"]
         self.redacted, secrets = parse_conninfo(self.conninfo, shown)
         #: False when libpq cannot read the URL unambiguously: nothing is sent to the driver
         #: (whose messages would quote pieces of it) and the store fails with a fixed message.
         self.parseable = secrets is not None
+        # Also what a generic URL parser takes for the password (a piece of it, when the
+        # password holds an unencoded "?" or "#"): never shown either.
+        password = None
+        with contextlib.suppress(ValueError):
+            password = urlsplit(url).password
         found = [*(secrets or ()), unquote(password) if password else ""]
         self.secrets = tuple(s for s in found if s)
         self.pool_size = self._int(ours, "pool_size", 10, minimum=1)
