@@ -1,6 +1,6 @@
 """No PostgreSQL password (or ``sslpassword``) in any repr, error or log line, whatever the
 shape of the URL: ``user:password@``, ``?password=``, ``?sslpassword=``, and a password holding
-an unencoded ``/``, ``#`` or ``?``. Connecting fails (port 1), so no database is needed."""
+an unencoded ``/``, ``#``, ``?`` or ``@``. Connecting fails (port 1), so no database is needed."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ CASES = [
     ),
     (f"postgresql://app:Zq7/Xk9#Wv3?Rt5@{HOST}/{DB}?{FAST}", "Zq7/Xk9#Wv3?Rt5", False),
     (f"postgresql://app:Zq7/Xk9@{HOST}/{DB}?{FAST}", "Zq7/Xk9", False),
+    # An unencoded "@": libpq would take "Xk9@127.0.0.1" for the host.
+    (f"postgresql://app:Zq7@Xk9@{HOST}/{DB}?{FAST}", "Zq7@Xk9", False),
     # libpq reads a "?" or "#" in the password (it knows no fragment, and the credentials end
     # at the first "@" before any "/"), and so does usageflow, its own options included.
     (f"postgresql://app:Zq7?Xk9@{HOST}/{DB}?{FAST}", "Zq7?Xk9", True),
@@ -41,9 +43,9 @@ CASES = [
 
 
 def _pieces(password: str) -> list[str]:
-    """The password and each piece of it between ``/``, ``#`` and ``?``."""
+    """The password and each piece of it between ``/``, ``#``, ``?`` and ``@``."""
     pieces = [password]
-    for sep in "/#?":
+    for sep in "/#?@":
         pieces = [p for piece in pieces for p in piece.split(sep)] + pieces
     return sorted({p for p in pieces if len(p) >= 3})
 

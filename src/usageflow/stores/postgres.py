@@ -49,6 +49,7 @@ from urllib.parse import quote as urlquote
 from usageflow.errors import UsageFlowError, config_error, missing_dependency
 from usageflow.stores._functions import TABLE_OF as _TABLE_OF
 from usageflow.stores._functions import FunctionStore
+from usageflow.stores._redact import credentials_end, is_secret_param
 from usageflow.stores.base import (
     AsyncStore,
     Tables,
@@ -126,8 +127,13 @@ def parse_conninfo(
         params = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
     except Exception:
         return hidden, None
-    if "user" not in params and "password" not in params and "@" in conninfo:
-        return hidden, None  # libpq read no credentials where the text has some: ambiguous
+    if "@" in conninfo and (
+        ("user" not in params and "password" not in params)
+        or any("@" in params.get(k, "") for k in ("host", "port", "dbname"))
+    ):
+        # libpq read no credentials where the text has some, or an "@" past them (a password
+        # holding "/" or "@"): it would show a piece of the password as a host or a database.
+        return hidden, None
     secret_keys = _secret_keys(psycopg)
     secrets = [v for k, v in params.items() if k in secret_keys and v]
     user = params.pop("user", None)
@@ -147,7 +153,7 @@ def parse_conninfo(
             for h, p in zip(hosts, ports or [""] * len(hosts), strict=True)
         )
     path = "/" + urlquote(params.pop("dbname"), safe="") if "dbname" in params else ""
-    query = [(k, "***" if k in secret_keys else v) for k, v in params.items()]
+    query = [(k, "***" if k in secret_keys or is_secret_param(k) else v) for k, v in params.items()]
     query.extend((k, v) for k, v in extra)
     text = urlencode(query, safe="*/")
     return f"postgresql://{netloc}{path}" + (f"?{text}" if text else ""), secrets
@@ -159,12 +165,20 @@ def _split_query(url: str) -> tuple[str, str]:
     ``?`` after them. ``#`` is an ordinary character (libpq knows no fragment), so a password
     holding ``?`` or ``#`` keeps the options after it."""
     head, sep, rest = url.partition("://")
-    end = next((i for i, ch in enumerate(rest) if ch in "@/"), len(rest))
-    start = end + 1 if rest[end : end + 1] == "@" else 0
-    mark = rest.find("?", start)
+    mark = rest.find("?", credentials_end(rest) + 1)
     if mark < 0:
         return url, ""
     return f"{head}{sep}{rest[:mark]}", rest[mark + 1 :]
+
+
+def display_url(url: str) -> str:
+    """``url`` as a :class:`PostgresStore` shows it (``repr``, errors, logs): read by libpq's
+    rules, every secret masked, ``postgresql://***`` when it cannot be read unambiguously."""
+    try:
+        return PostgresSettings(url).redacted
+    except UsageFlowError as exc:
+        shown = exc.details.get("store")
+        return shown if isinstance(shown, str) else "postgresql://***"
 
 
 class PostgresSettings:
