@@ -102,8 +102,21 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     download = tmp_path_factory.mktemp("probe")
     try:
         reach = _run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(download)]
-            + ["--timeout", "10", "--retries", "0", "--disable-pip-version-check", "hatchling"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--dest",
+                str(download),
+                "--timeout",
+                "10",
+                "--retries",
+                "0",
+                "--disable-pip-version-check",
+                "hatchling",
+            ],
             ROOT,
             env,
             60,
@@ -125,8 +138,9 @@ def test_make_demo_in_a_fresh_clone(clone: tuple[Path, dict[str, str]]) -> None:
     result = _run(["make", "demo"], repo, env, 300)
     assert result.returncode == 0, _tail(result)
     lines = result.stdout.splitlines()
-    run = next(i for i, line in enumerate(lines) if line.endswith("examples/quickstart.py"))
-    output = lines[run + 1 :]
+    runs = [i for i, line in enumerate(lines) if line.endswith("examples/quickstart.py")]
+    assert runs, result.stdout  # make echoes the command, then the example prints
+    output = lines[runs[0] + 1 :]
     assert len(output) == len(EXPECTED), "\n".join(output)
     for line, pattern in zip(output, EXPECTED, strict=True):
         assert re.fullmatch(pattern, line), (line, pattern)
@@ -144,8 +158,15 @@ def test_make_test_reduced_to_one_module_in_a_fresh_clone(
     installed = _run(["make", "install"], repo, env, 600)
     assert installed.returncode == 0, _tail(installed)
     tests = _run(
-        [".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-        + ["tests/unit/test_cli.py"],
+        [
+            ".venv/bin/python",
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/unit/test_cli.py",
+        ],
         repo,
         env,
         300,
