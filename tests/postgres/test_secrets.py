@@ -1,11 +1,12 @@
 """No PostgreSQL password (or ``sslpassword``) in any repr, error or log line, whatever the
 shape of the URL: ``user:password@``, ``?password=``, ``?sslpassword=``, and a password holding
-an unencoded ``/``, ``#`` or ``?``. Connecting fails (port 1), so no database is needed."""
+an unencoded ``/``, ``#``, ``?`` or ``@``. Connecting fails (port 1), so no database is needed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,19 +32,20 @@ CASES = [
     ),
     (f"postgresql://app:Zq7/Xk9#Wv3?Rt5@{HOST}/{DB}?{FAST}", "Zq7/Xk9#Wv3?Rt5", False),
     (f"postgresql://app:Zq7/Xk9@{HOST}/{DB}?{FAST}", "Zq7/Xk9", False),
-    (f"postgresql://app:Zq7?Xk9@{HOST}/{DB}?{FAST}", "Zq7?Xk9", False),
-    # libpq reads this one (its "#" is no fragment), but usageflow's options after a "#" are not
-    # seen as such: libpq rejects "timeout", so the URL is shown as unreadable...
-    (f"postgresql://app:Zq7#Xk9@{HOST}/{DB}?{FAST}", "Zq7#Xk9", False),
-    # ...and without them it is read, and shown (libpq's own connect_timeout is understood).
+    # An unencoded "@": libpq would take "Xk9@127.0.0.1" for the host.
+    (f"postgresql://app:Zq7@Xk9@{HOST}/{DB}?{FAST}", "Zq7@Xk9", False),
+    # libpq reads a "?" or "#" in the password (it knows no fragment, and the credentials end
+    # at the first "@" before any "/"), and so does usageflow, its own options included.
+    (f"postgresql://app:Zq7?Xk9@{HOST}/{DB}?{FAST}", "Zq7?Xk9", True),
+    (f"postgresql://app:Zq7#Xk9@{HOST}/{DB}?{FAST}", "Zq7#Xk9", True),
     (f"postgresql://app:Zq7#Xk9@{HOST}/{DB}?connect_timeout=1", "Zq7#Xk9", True),
 ]
 
 
 def _pieces(password: str) -> list[str]:
-    """The password and each piece of it between ``/``, ``#`` and ``?``."""
+    """The password and each piece of it between ``/``, ``#``, ``?`` and ``@``."""
     pieces = [password]
-    for sep in "/#?":
+    for sep in "/#?@":
         pieces = [p for piece in pieces for p in piece.split(sep)] + pieces
     return sorted({p for p in pieces if len(p) >= 3})
 
@@ -111,3 +113,44 @@ def test_a_driver_message_quoting_a_secret_is_replaced() -> None:
     assert error.details["original_error"].startswith("OperationalError: ")
     plain = _failure(settings, Tables(), psycopg.OperationalError("server closed"), "charge")
     assert plain.details["original_error"] == "server closed"
+
+
+@pytest.mark.parametrize("password", ["Zq7#Xk9", "Zq7?Xk9", "Zq7#?:Xk9"])
+def test_options_after_a_password_with_hash_or_question_mark_are_honoured(password: str) -> None:
+    """The URL is split where libpq splits it: the options after such a password are read
+    (usageflow's own and libpq's), not lost in a "fragment"."""
+    url = (
+        f"postgresql://app:{password}@db.example:5432/prod?pool_size=3&timeout=1.5&sslmode=require"
+    )
+    settings = PostgresSettings(url)
+    assert settings.parseable
+    assert (settings.pool_size, settings.timeout) == (3, 1.5)
+    assert settings.redacted == (
+        "postgresql://app:***@db.example:5432/prod?sslmode=require&pool_size=3&timeout=1.5"
+    )
+    assert password in settings.secrets
+
+
+@pytest.mark.parametrize("password", ["Zq7#Xk9", "Zq7?Xk9"])
+def test_a_password_with_hash_or_question_mark_connects(
+    pg_url: str, schema: str, password: str
+) -> None:
+    """End to end (the test server trusts local connections, so any password is accepted): the
+    user, the database and the ``schema`` option after the password are the ones used."""
+    import psycopg
+
+    parts = urlsplit(pg_url)
+    base = f"postgresql://{parts.username or 'postgres'}:{password}@{parts.hostname}:{parts.port or 5432}{parts.path}"
+    flow = UsageFlow(f"{base}?schema={schema}&timeout=3")  # by hand: urlsplit would cut it
+    try:
+        flow.migrate()
+        flow.create_plan("Free", is_free=True, limits={"x": 1})
+        assert flow.consume("u", "x").allowed
+    finally:
+        flow.close()
+    with psycopg.connect(pg_url) as admin:
+        found = admin.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = 'usage_events'",
+            (schema,),
+        ).fetchone()
+    assert found == (1,)

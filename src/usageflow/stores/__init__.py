@@ -13,9 +13,9 @@ Drivers are imported only when a store that needs them is built.
 from __future__ import annotations
 
 import importlib
-from urllib.parse import urlsplit
 
 from usageflow.errors import config_error
+from usageflow.stores._redact import redact_url
 from usageflow.stores.base import AsyncStore, Store, Tables
 
 __all__ = ["AsyncStore", "Store", "Tables", "open_store", "redact_url"]
@@ -26,18 +26,6 @@ _SCHEMES: dict[str, str] = {
     "postgresql": "usageflow.stores.postgres:PostgresStore",
     "postgres": "usageflow.stores.postgres:PostgresStore",
 }
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def open_store(url: str, tables: Tables | None = None) -> Store:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -48,6 +49,7 @@ from urllib.parse import quote as urlquote
 from usageflow.errors import UsageFlowError, config_error, missing_dependency
 from usageflow.stores._functions import TABLE_OF as _TABLE_OF
 from usageflow.stores._functions import FunctionStore
+from usageflow.stores._redact import credentials_end, is_secret_param
 from usageflow.stores.base import (
     AsyncStore,
     Tables,
@@ -67,6 +69,8 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 __all__ = ["AsyncPostgresStore", "PostgresStore", "PostgresSettings"]
+
+logger = logging.getLogger("usageflow")
 
 _IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
@@ -110,7 +114,7 @@ def parse_conninfo(
     every secret parameter (``password``, ``sslpassword``, ...) shown as ``***``, followed by
     ``extra`` (usageflow's own options); ``secrets`` are their values. A string libpq cannot
     parse, or one whose credentials it would not read where the text puts them (an
-    unencoded ``/``, ``?`` or ``#`` in a password), displays as ``postgresql://***`` with
+    unencoded ``/`` in a password), displays as ``postgresql://***`` with
     ``secrets`` None: the caller then withholds every driver message about it. Without
     psycopg nothing is parsed, so the answer is the same."""
     hidden = "postgresql://***"
@@ -123,8 +127,13 @@ def parse_conninfo(
         params = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
     except Exception:
         return hidden, None
-    if "user" not in params and "password" not in params and "@" in conninfo:
-        return hidden, None  # libpq read no credentials where the text has some: ambiguous
+    if "@" in conninfo and (
+        ("user" not in params and "password" not in params)
+        or any("@" in params.get(k, "") for k in ("host", "port", "dbname"))
+    ):
+        # libpq read no credentials where the text has some, or an "@" past them (a password
+        # holding "/" or "@"): it would show a piece of the password as a host or a database.
+        return hidden, None
     secret_keys = _secret_keys(psycopg)
     secrets = [v for k, v in params.items() if k in secret_keys and v]
     user = params.pop("user", None)
@@ -144,10 +153,32 @@ def parse_conninfo(
             for h, p in zip(hosts, ports or [""] * len(hosts), strict=True)
         )
     path = "/" + urlquote(params.pop("dbname"), safe="") if "dbname" in params else ""
-    query = [(k, "***" if k in secret_keys else v) for k, v in params.items()]
+    query = [(k, "***" if k in secret_keys or is_secret_param(k) else v) for k, v in params.items()]
     query.extend((k, v) for k, v in extra)
     text = urlencode(query, safe="*/")
     return f"postgresql://{netloc}{path}" + (f"?{text}" if text else ""), secrets
+
+
+def _split_query(url: str) -> tuple[str, str]:
+    """``(url without its query, query)``, split where libpq splits a connection URI: the
+    credentials end at the first ``@`` before any ``/``, and the query starts at the first
+    ``?`` after them. ``#`` is an ordinary character (libpq knows no fragment), so a password
+    holding ``?`` or ``#`` keeps the options after it."""
+    head, sep, rest = url.partition("://")
+    mark = rest.find("?", credentials_end(rest) + 1)
+    if mark < 0:
+        return url, ""
+    return f"{head}{sep}{rest[:mark]}", rest[mark + 1 :]
+
+
+def display_url(url: str) -> str:
+    """``url`` as a :class:`PostgresStore` shows it (``repr``, errors, logs): read by libpq's
+    rules, every secret masked, ``postgresql://***`` when it cannot be read unambiguously."""
+    try:
+        return PostgresSettings(url).redacted
+    except UsageFlowError as exc:
+        shown = exc.details.get("store")
+        return shown if isinstance(shown, str) else "postgresql://***"
 
 
 class PostgresSettings:
@@ -170,29 +201,27 @@ class PostgresSettings:
             raise config_error("the PostgreSQL URL must be a string")
         self.redacted = f"{_scheme(url)}://***"  # until the URL is parsed
         self._url = url
-        try:
-            parts = urlsplit(url)
-            query = parse_qsl(parts.query, keep_blank_values=True)
-            password = parts.password
-        except ValueError:
-            raise config_error("unparseable PostgreSQL URL", store=self.redacted) from None
-        scheme = parts.scheme.lower().split("+", 1)[0]
+        scheme = url.partition("://")[0].lower().split("+", 1)[0] if "://" in url else ""
         if scheme not in ("postgresql", "postgres"):
             raise config_error("a PostgreSQL URL starts with postgresql://", store=self.redacted)
+        base, query_text = _split_query(url)
+        query = parse_qsl(query_text, keep_blank_values=True)
         ours = {k: v for k, v in query if k in self._OURS}
         rest = [(k, v) for k, v in query if k not in self._OURS and k != "options"]
         self.options = " ".join(v for k, v in query if k == "options")  # merged with ours
-        # Built by hand: urlunsplit drops the "//" of an empty host (postgresql:///db?host=...).
-        self.conninfo = f"postgresql://{parts.netloc}{parts.path}" + "".join(
-            f"{mark}{text}"
-            for mark, text in (("?", urlencode(rest)), ("#", parts.fragment))
-            if text
-        )
+        self.conninfo = "postgresql://" + base.partition("://")[2]
+        if rest:
+            self.conninfo += "?" + urlencode(rest)
         shown = [(k, v) for k, v in query if k in self._OURS or k == "options"]
         self.redacted, secrets = parse_conninfo(self.conninfo, shown)
         #: False when libpq cannot read the URL unambiguously: nothing is sent to the driver
         #: (whose messages would quote pieces of it) and the store fails with a fixed message.
         self.parseable = secrets is not None
+        # Also what a generic URL parser takes for the password (a piece of it, when the
+        # password holds an unencoded "?" or "#"): never shown either.
+        password = None
+        with contextlib.suppress(ValueError):
+            password = urlsplit(url).password
         found = [*(secrets or ()), unquote(password) if password else ""]
         self.secrets = tuple(s for s in found if s)
         self.pool_size = self._int(ours, "pool_size", 10, minimum=1)
@@ -346,6 +375,82 @@ def _shutdown(fd: int) -> None:
 
 _WATCHDOG = _Watchdog()
 
+_POOL_NAME = "usageflow"
+#: psycopg_pool's warnings about each failed connection attempt of a pool (and about giving up
+#: after ``reconnect_timeout``): logged for usageflow's pools once per outage by the store.
+_POOL_ATTEMPT_WARNINGS = frozenset(
+    {"error connecting in %r: %s", "reconnection attempt in pool %r failed after %s sec"}
+)
+
+
+class _QuietPoolAttempts(logging.Filter):
+    """Drops psycopg_pool's per-attempt connection warnings about usageflow's pools, which
+    retry every second or so while the database refuses them; other pools' are kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            record.msg in _POOL_ATTEMPT_WARNINGS
+            and isinstance(args, tuple)
+            and bool(args)
+            and args[0] == _POOL_NAME
+        )
+
+
+_QUIET_POOL_ATTEMPTS = _QuietPoolAttempts()
+
+
+class _Attempts:
+    """What the pool's connection attempts (made in its worker threads) last found: the error
+    of the latest failed one, forgotten once one succeeds, and how many are under way. A
+    ``PoolTimeout`` says neither; the store's error then says why there was no connection."""
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self.error: BaseException | None = None
+        self.pending = 0
+
+    def started(self) -> None:
+        with self._lock:
+            self.pending += 1
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.pending -= 1
+            first = self.error is None
+            self.error = exc
+        if first:  # one line per outage, not one per attempt
+            logger.warning(
+                "usageflow: cannot connect to %s (%s); the pool keeps retrying",
+                self._settings.redacted,
+                self._settings.scrub(exc),
+            )
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.pending -= 1
+            self.error = None
+
+
+def _connection_class(psycopg: Any, attempts: _Attempts) -> Any:
+    """``psycopg.Connection`` whose ``connect`` (called by the pool for each new connection)
+    tells ``attempts`` how it went."""
+
+    class Connection(psycopg.Connection):  # type: ignore[misc]
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
+            attempts.started()
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except BaseException as exc:
+                attempts.failed(exc)
+                raise
+            attempts.succeeded()
+            return conn
+
+    return Connection
+
 
 def _pool_class(deadline: float) -> Any:
     """``psycopg_pool.ConnectionPool`` whose health checks are bounded by ``deadline``."""
@@ -431,6 +536,7 @@ class PostgresStore(FunctionStore):
         self._closed = False
         self._checking = False
         self._faces: weakref.WeakSet[AsyncPostgresStore] = weakref.WeakSet()
+        self._attempts = _Attempts(self.settings)
 
     @classmethod
     def from_url(cls, url: str, tables: Tables | None = None) -> PostgresStore:
@@ -449,14 +555,18 @@ class PostgresStore(FunctionStore):
                 raise config_error("this PostgresStore is closed", store=self.url)
             if self._pool is None:
                 s = self.settings
+                pool_log = logging.getLogger("psycopg.pool")
+                if _QUIET_POOL_ATTEMPTS not in pool_log.filters:
+                    pool_log.addFilter(_QUIET_POOL_ATTEMPTS)
                 self._pool = _pool_class(s.query_timeout)(
                     s.conninfo,
+                    connection_class=_connection_class(self._psycopg, self._attempts),
                     kwargs=s.connect_kwargs(),
                     min_size=s.pool_min,
                     max_size=s.pool_size,
                     timeout=s.timeout,
                     reconnect_timeout=max(60.0, s.connect_timeout),
-                    name="usageflow",
+                    name=_POOL_NAME,
                     open=False,
                 )
                 self._pool.open(wait=False)
@@ -486,8 +596,30 @@ class PostgresStore(FunctionStore):
                 exc, psycopg.errors.QueryCanceled
             ):
                 self._check_idle(pool)
-            raise _failure(self.settings, self.tables, exc, operation) from None
+            raise _failure(self.settings, self.tables, self._explain(exc), operation) from None
         return row[0] if row else None
+
+    def _explain(self, exc: BaseException) -> BaseException:
+        """``exc``, or for the pool's ``PoolTimeout`` (which only says how long it waited)
+        the reason no connection could be made: the last failed attempt's error, or a
+        server that has not answered yet."""
+        from psycopg_pool import PoolTimeout
+
+        if not isinstance(exc, PoolTimeout):
+            return exc
+        waited = f"couldn't get a connection after {self.settings.timeout:.2f} sec"
+        cause = self._attempts.error
+        if cause is not None:
+            text = f"{cause} ({waited})"
+        elif self._attempts.pending:
+            text = (
+                f"{waited}: the server has not answered a connection attempt yet "
+                f"(connect_timeout={self.settings.connect_timeout:g})"
+            )
+        else:
+            return exc
+        explained: BaseException = self._psycopg.OperationalError(text)
+        return explained
 
     def _check_idle(self, pool: ConnectionPool[Any]) -> None:
         """After a connection broke, drop the other idle ones that broke with it (in the
@@ -526,7 +658,7 @@ class PostgresStore(FunctionStore):
             with self._get_pool().connection() as conn:
                 conn.execute(self.migration_sql().encode(), prepare=False)
         except psycopg.Error as exc:
-            raise _failure(self.settings, self.tables, exc, "migrate") from None
+            raise _failure(self.settings, self.tables, self._explain(exc), "migrate") from None
         return SCHEMA_VERSION
 
     def connection_check(self) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -75,6 +76,16 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     if code is not None:
         return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
     return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _cannot_open(exc: BaseException) -> bool:
+    """SQLite could not open (or create) a file of the database (``SQLITE_CANTOPEN``)."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == 14)
+    return "unable to open database file" in str(exc)
 
 
 def _json(value: dict[str, Any] | None) -> str | None:
@@ -561,12 +572,50 @@ class SQLiteStore(Store):
         self._local = threading.local()
 
     def _error(self, exc: BaseException, operation: str, table: str | None) -> UsageFlowError:
+        if _cannot_open(exc):
+            tried, why = self._open_failure()
+            return config_error(
+                f"sqlite {operation} failed: {exc}: {tried}{why}",
+                original_error=str(exc),
+                table=table,
+                operation=operation,
+                path=tried,
+            )
         return config_error(
             f"sqlite {operation} failed: {exc}",
             original_error=str(exc),
             table=table,
             operation=operation,
         )
+
+    def _open_failure(self) -> tuple[str, str]:
+        """The path SQLite tried (a relative one resolved as SQLite does, against the working
+        directory) and what is known to be wrong with it; for a relative path whose
+        ``/``-prefixed twin has an existing directory (``sqlite:///tmp/x.db``), how to write
+        that one."""
+        try:
+            cwd = os.getcwd()
+        except OSError:  # the working directory was removed
+            return self.path, ""
+        tried = os.path.join(cwd, self.path)
+        directory = os.path.dirname(tried)
+        why = ""
+        if not os.path.exists(directory):
+            why = f" (the directory {directory} does not exist)"
+        elif not os.path.isdir(directory):
+            why = f" ({directory} is not a directory)"
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            why = f" (the directory {directory} is not writable)"
+        elif os.path.exists(tried) and not os.access(tried, os.R_OK | os.W_OK):
+            why = " (the file is not readable and writable)"
+        if not os.path.isabs(self.path) and os.path.dirname(self.path):
+            twin = "/" + self.path
+            if os.path.isdir(os.path.dirname(twin)):
+                why += (
+                    f"; {self.url} is the relative path {self.path}, in {cwd}: "
+                    f"for {twin} write sqlite:///{twin}"
+                )
+        return tried, why
 
     @contextmanager
     def _tx(

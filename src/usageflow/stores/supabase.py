@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from usageflow.errors import UsageFlowError, config_error, missing_dependency
 from usageflow.stores._functions import TABLE_OF as _TABLE_OF
 from usageflow.stores._functions import FunctionStore
+from usageflow.stores._redact import redact_url
 from usageflow.stores.base import (
     AsyncStore,
     Tables,
@@ -63,6 +64,8 @@ class _Settings:
             raise config_error("timeout must be a positive number of seconds")
         self.url = supabase_url.rstrip("/")
         self._key = supabase_key
+        #: The URL as shown (reprs, errors, logs): a key it may carry is masked.
+        self.shown = redact_url(self.url).replace(supabase_key, "***")
         self.tables = tables
         self.schema = schema
         self.timeout = float(timeout)
@@ -72,7 +75,7 @@ class _Settings:
         return self._key
 
     def __repr__(self) -> str:
-        return f"<supabase {self.url} schema={self.schema}>"
+        return f"<supabase {self.shown} schema={self.schema}>"
 
     def scrub(self, text: str) -> str:
         """``text`` with the key (and any bearer token) removed."""
@@ -100,7 +103,7 @@ class _Settings:
         else:
             summary = f"Supabase {operation} failed: {text}"
         return config_error(
-            summary, original_error=text, table=table, operation=operation, store=self.url
+            summary, original_error=text, table=table, operation=operation, store=self.shown
         )
 
     def check_version(self, version: Any) -> int:
@@ -109,7 +112,7 @@ class _Settings:
                 f"the usageflow schema in this Supabase project is version {version}, this "
                 f"library needs {SCHEMA_VERSION}: paste the output of `usageflow migrate "
                 "--print-sql` into the SQL editor",
-                store=self.url,
+                store=self.shown,
             )
         return SCHEMA_VERSION
 
@@ -173,7 +176,7 @@ class SupabaseStore(FunctionStore):
         super().__init__(tables)
         self._supabase = _import_supabase()
         self._settings = _Settings(supabase_url, supabase_key, self.tables, schema, timeout)
-        self.url = self._settings.url
+        self.url = self._settings.shown
         self._client: Any = None
         self._http: Any = None
         self._lock = threading.Lock()
@@ -259,7 +262,7 @@ class AsyncSupabaseStore(AsyncStore):
         self._http: Any = None
 
     def __repr__(self) -> str:
-        return f"<AsyncSupabaseStore {self._settings.url} schema={self._settings.schema}>"
+        return f"<AsyncSupabaseStore {self._settings.shown} schema={self._settings.schema}>"
 
     async def _get_client(self) -> Any:
         if self._client is None:
