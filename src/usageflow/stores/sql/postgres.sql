@@ -6,9 +6,10 @@
 -- one index seek, and appends to the ledger, atomically, whatever the number of clients.
 --
 -- Security: row level security is enabled on every table with no policy, so that the Supabase
--- API roles (anon, authenticated) can read or change nothing; the functions are SECURITY
--- DEFINER with a pinned search_path, EXECUTE is revoked from PUBLIC, anon and authenticated
--- and granted to service_role when that role exists.
+-- API roles (anon, authenticated) can read or change nothing; every privilege on the tables
+-- and on their id sequences is revoked from those roles; the functions are SECURITY DEFINER
+-- with a pinned search_path, EXECUTE is revoked from PUBLIC, anon and authenticated and
+-- granted to service_role when that role exists.
 --
 -- Idempotent: safe to run again, and safe when two processes run it at once (advisory lock).
 -- Identifiers were substituted and quoted by usageflow from the configured table names.
@@ -996,7 +997,7 @@ AS $fn$
 $fn$;
 
 -- ------------------------------------------------------------------------------------------
--- Security: RLS on, no policy; functions for service_role only.
+-- Security: RLS on, no policy; nothing for the API roles; functions for service_role only.
 
 ALTER TABLE usageflow_schema ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @plans@ ENABLE ROW LEVEL SECURITY;
@@ -1026,6 +1027,17 @@ BEGIN
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role);
         FOREACH v_name IN ARRAY v_tables LOOP
             EXECUTE format('REVOKE ALL ON TABLE %I FROM %I', v_name, v_role);
+        END LOOP;
+        -- The sequences behind the tables' ids (identity or serial): with UPDATE, setval()
+        -- to the maximum would make every later insert fail.
+        FOR v_name IN
+            SELECT s.oid::regclass::text FROM pg_depend d
+            JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+            WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+              AND d.deptype IN ('a', 'i')
+              AND d.refobjid IN (SELECT to_regclass(quote_ident(t)) FROM unnest(v_tables) t)
+        LOOP
+            EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM %I', v_name, v_role);
         END LOOP;
         FOREACH v_name IN ARRAY v_functions LOOP
             EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', v_name, v_role);
