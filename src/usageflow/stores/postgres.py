@@ -662,7 +662,8 @@ class AsyncPostgresStore(AsyncStore):
             token = _WATCHDOG.watch(conn.pgconn.socket, limit) if limit else 0
             try:
                 cur = await conn.execute(query, params, prepare=None if statement else False)
-                row = await cur.fetchone()
+                # A script's first result (its BEGIN) has no rows.
+                row = await cur.fetchone() if statement else None
             finally:
                 if token:
                     _WATCHDOG.done(token)
