@@ -18,6 +18,8 @@ from postgrest.exceptions import APIError
 from psycopg import sql
 from supabase import ClientOptions, create_client
 
+from tests.support.js_schema import JSDatabase
+from tests.support.postgres import store_url
 from tests.support.postgrest import PostgrestStandIn, make_key
 from usageflow import ErrorCodes, UsageFlow, UsageFlowError
 from usageflow.stores.base import Tables
@@ -252,6 +254,28 @@ def test_api_roles_cannot_exhaust_an_id_sequence(
     flow.create_plan("Free", is_free=True, limits={"api": 2})
     assert flow.consume("u1", "api").allowed
     flow.close()
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_a_database_adopted_from_the_javascript_package_is_locked_down_too(
+    pg_url: str, postgrest: PostgrestStandIn, schema: str, role: str
+) -> None:
+    """The JS tables (and their serial id sequences) were made in a Supabase project, so the
+    default privileges gave the API roles everything on them; after the migration adopts
+    them, the roles hold nothing but the schema's USAGE, and setval() is refused."""
+    js = JSDatabase("postgresql", store_url(pg_url, schema), pg_url=pg_url, schema=schema)
+
+    def made_by_the_javascript_package() -> None:
+        js.create()
+        js.fill()
+
+    postgrest.migrate(schema, before=made_by_the_javascript_package)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert _held(conn, role, schema) == [("schema", schema, "USAGE")]
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT setval('usage_events_id_seq', 2147483647)")
 
 
 def test_rls_is_enabled_on_every_table(pg_url: str, project: str) -> None:

@@ -53,6 +53,7 @@ from usageflow.stores.base import (
     Tables,
 )
 from usageflow.stores.sql import (
+    ADOPTION_REFUSED,
     API_FUNCTIONS,
     SCHEMA_VERSION,
     decode,
@@ -393,6 +394,13 @@ def _failure(
     settings: PostgresSettings, tables: Tables, exc: BaseException, operation: str
 ) -> UsageFlowError:
     """One ``UsageFlowError`` for a driver failure; the password never appears."""
+    diag = getattr(exc, "diag", None)
+    if getattr(exc, "sqlstate", None) == ADOPTION_REFUSED and diag is not None:
+        # Not a store failure: the migration's own words about a row to fix.
+        hint = f"; {diag.message_hint}" if diag.message_hint else ""
+        return config_error(
+            f"{diag.message_primary}{hint}", table=diag.table_name, operation=operation
+        )
     text = settings.scrub(exc)
     table = getattr(tables, _TABLE_OF.get(operation, "usage_events"))
     sqlstate = getattr(exc, "sqlstate", None)
