@@ -45,12 +45,18 @@ def test_the_javascript_package_can_read_but_not_record_usage_afterwards(js: JSD
             "now() + interval '1 day')"
         )
         conn.execute("UPDATE user_plans SET price_amount = 30 WHERE stripe_price_id = 'price_pro'")
+        conn.execute(  # saas-subscription-helper's sync
+            "UPDATE profiles SET plan = 'price_pro', subscription_status = 'active', "
+            "current_period_end = '2024-05-05T00:00:00Z' WHERE id = 'bob'"
+        )
         with pytest.raises(psycopg.errors.NotNullViolation, match="running_total"):
             conn.execute(
                 "INSERT INTO usage_events (user_id, feature_name, credits_used, event_type) "
                 "VALUES ('dave', 'api', 1, 'usage')"
             )
     assert flow.get_total_usage("dave", "api") == 95
+    plan = flow.get_user_plan("bob")
+    assert plan is not None and plan.name == "Pro"
     flow.close()
 
 

@@ -185,16 +185,19 @@ CREATE INDEX idx_limit_adjustments_dates ON user_limit_adjustments(start_date, e
 """
 
 _ENDED = ("canceled", "unpaid", "incomplete_expired", "paused")
-_ISO = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d+)?(Z)?")
+_ISO = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d\d:\d\d)?")
 
 
 def moment(text: str) -> datetime:
-    """A UTC moment from ``YYYY-MM-DD HH:MM:SS[.ffffff]`` (or ISO with ``T`` and ``Z``)."""
+    """A UTC moment from ``YYYY-MM-DD HH:MM:SS[.ffffff]`` (or ISO with ``T``, and ``Z`` or an
+    offset)."""
     match = _ISO.fullmatch(text)
     assert match, text
-    day, clock, fraction, _z = match.groups()
+    day, clock, fraction, zone = match.groups()
     micros = int(((fraction or ".")[1:] + "000000")[:6])
-    return datetime.fromisoformat(f"{day} {clock}").replace(microsecond=micros, tzinfo=UTC)
+    offset = "+00:00" if zone in (None, "Z") else zone
+    when = datetime.fromisoformat(f"{day} {clock}{offset}").replace(microsecond=micros)
+    return when.astimezone(UTC)
 
 
 class JSDatabase:
@@ -539,7 +542,7 @@ EVENTS: list[tuple[str, str, int | None, str, str, dict[str, Any] | None]] = [
     ("alice", "api", 6, "usage", "2024-03-18T08:00:00.250Z", None),
     ("alice", "api", 2, "usage", "2024-03-20 09:30:00", None),
     ("alice", "tokens", 12000, "usage", "2024-02-28 10:00:00", {"model": "gpt-4o"}),
-    ("alice", "tokens", 8000, "usage", "2024-03-15 10:00:00", {"model": "gpt-4o"}),
+    ("alice", "tokens", 8000, "usage", "2024-03-18T01:30:00+02:00", {"model": "gpt-4o"}),
     ("alice", "tokens", 1500, "usage", "2024-03-19 23:59:59.999", None),  # JS Date: ms
     ("bob", "api", 100, "usage", "2024-01-20 10:00:00", None),
     ("bob", "api", None, "reset", "2024-01-25 10:00:00", {"reason": "support"}),

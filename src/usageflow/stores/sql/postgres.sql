@@ -135,6 +135,7 @@ CREATE INDEX IF NOT EXISTS @ix_settled@
 DO $adopt$
 DECLARE
     v_row RECORD;
+    v_view RECORD;
     v_type TEXT;
 BEGIN
     IF EXISTS (SELECT 1 FROM usageflow_schema WHERE name = @events_literal@) THEN
@@ -244,7 +245,8 @@ BEGIN
         SELECT w.tab, string_agg(CASE WHEN w.want = 'bigint'
                 THEN format('ALTER COLUMN %I TYPE BIGINT', w.col)
                 ELSE format('ALTER COLUMN %I TYPE TIMESTAMPTZ USING %I AT TIME ZONE ''UTC''',
-                            w.col, w.col) END, ', ' ORDER BY w.col) AS clauses
+                            w.col, w.col) END, ', ' ORDER BY w.col) AS clauses,
+            array_agg(w.col) AS cols
         FROM (VALUES ('@plans@', 'id', 'bigint'), ('@limits@', 'id', 'bigint'),
                      ('@limits@', 'plan_id', 'bigint'), ('@limits@', 'limit_value', 'bigint'),
                      ('@events@', 'id', 'bigint'), ('@events@', 'credits_used', 'bigint'),
@@ -266,6 +268,23 @@ BEGIN
            OR a.atttypid = 'timestamp'::regtype
         GROUP BY w.tab
     LOOP
+        -- PostgreSQL cannot change the type of a column a view uses.
+        SELECT v.oid::regclass::TEXT AS name, a.attname INTO v_view
+        FROM pg_depend d
+        JOIN pg_rewrite r ON r.oid = d.objid
+        JOIN pg_class v ON v.oid = r.ev_class
+        JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+        WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid = v_row.tab::regclass AND v.oid <> d.refobjid
+          AND a.attname = ANY (v_row.cols)
+        ORDER BY 1, 2 LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'cannot adopt table %: view % uses its column %, whose type '
+                'usageflow widens, and PostgreSQL cannot change it under a view', v_row.tab,
+                v_view.name, v_view.attname
+                USING ERRCODE = @adoption_refused@, TABLE = btrim(v_row.tab, '"'),
+                      HINT = 'drop the view, migrate, then create the view again';
+        END IF;
         EXECUTE format('ALTER TABLE %s %s', v_row.tab, v_row.clauses);
     END LOOP;
     -- A serial id's sequence (an identity's follows its column).
