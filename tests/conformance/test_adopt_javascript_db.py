@@ -244,8 +244,18 @@ def test_the_adopted_database_has_usageflows_shape(js: JSDatabase, tmp_path: Pat
             "UPDATE user_limit_adjustments SET end_date = start_date WHERE id = 3",
             ["user_limit_adjustments", "id=3", "end_date"],
         ),
+        (
+            "UPDATE usage_events SET metadata = '[1]' WHERE id = 5",
+            ["usage_events", "id=5", "not a JSON object"],
+        ),
     ],
-    ids=["negative-limit", "duplicate-limit", "event-without-time", "empty-adjustment"],
+    ids=[
+        "negative-limit",
+        "duplicate-limit",
+        "event-without-time",
+        "empty-adjustment",
+        "metadata-not-an-object",
+    ],
 )
 def test_a_row_usageflow_cannot_accept_fails_the_migration_and_changes_nothing(
     js: JSDatabase, damage: str, named: list[str]

@@ -115,6 +115,10 @@ def _columns(conn: sqlite3.Connection, table: str) -> dict[str, _Column]:
     }
 
 
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _refuse(table: str, what: str) -> UsageFlowError:
     return config_error(f'cannot adopt table "{table}": {what}', table=table, operation="migrate")
 
@@ -144,8 +148,9 @@ def _check(conn: sqlite3.Connection, t: Tables, old: dict[str, dict[str, _Column
         if "metadata" in old[name]:
             row = _first(
                 conn,
-                f'SELECT id FROM "{name}" WHERE metadata IS NOT NULL AND (NOT json_valid(metadata) '
-                "OR json_type(metadata) NOT IN ('object', 'null')) ORDER BY id LIMIT 1",
+                f'SELECT id FROM "{name}" WHERE CASE WHEN json_valid(metadata) '
+                "THEN json_type(metadata) NOT IN ('object', 'null') "
+                "ELSE metadata IS NOT NULL END ORDER BY id LIMIT 1",
             )
             if row:
                 raise _refuse(name, f"row id={row[0]} has metadata that is not a JSON object")
@@ -156,11 +161,12 @@ def _check(conn: sqlite3.Connection, t: Tables, old: dict[str, dict[str, _Column
             "OR limit_value < -1 ORDER BY id LIMIT 1",
         )
         if row:
-            raise _refuse(
-                limits,
-                f"row id={row[0]} has limit_value {row[1]!s} (a whole number; the lowest "
-                "limit is -1, unlimited)",
+            why = (
+                "the lowest limit is -1, unlimited"
+                if isinstance(row[1], int)
+                else "not a whole number"
             )
+            raise _refuse(limits, f"row id={row[0]} has limit_value {row[1]!r} ({why})")
         row = _first(
             conn,
             f'SELECT a.id, b.id, a.feature_name, a.plan_id FROM "{limits}" a JOIN "{limits}" b '
@@ -280,7 +286,7 @@ def _copy(conn: sqlite3.Connection, name: str, old: dict[str, _Column], tables: 
     for column in old.values():
         if column.name not in new:
             kind = column.type if _TYPE.fullmatch(column.type) else ""
-            conn.execute(f'ALTER TABLE "{name}" ADD COLUMN "{column.name}" {kind}')
+            conn.execute(f'ALTER TABLE "{name}" ADD COLUMN {_quote(column.name)} {kind}')
     targets: list[str] = []
     values: list[str] = []
     for column in new.values():
@@ -301,8 +307,8 @@ def _copy(conn: sqlite3.Connection, name: str, old: dict[str, _Column], tables: 
         values.append(value)
     for column in old.values():
         if column.name not in new:
-            targets.append(f'"{column.name}"')
-            values.append(f'"{column.name}"')
+            targets.append(_quote(column.name))
+            values.append(_quote(column.name))
     conn.execute(
         f'INSERT INTO "{name}" ({", ".join(targets)}) SELECT {", ".join(values)} '
         f'FROM "{name}{_SUFFIX}" ORDER BY id'
