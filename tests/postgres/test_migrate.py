@@ -3,6 +3,7 @@ parameterized by the configured table names (two setups can share one database).
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.support.postgres import store_url
-from usageflow import ErrorCodes, UsageFlow, UsageFlowError
+from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError
 from usageflow.stores import open_store
 from usageflow.stores.base import Tables
 from usageflow.stores.postgres import PostgresStore
@@ -187,3 +188,17 @@ def test_upgrade_from_schema_3_scopes_idempotency_keys(pg_url: str, schema: str)
     assert flow.reserve("mallory", "api", 1, idempotency_key="job-1").decision.replayed is False
     assert flow.get_total_usage("alice", "api") == 3
     store.close()
+
+
+def test_async_migrate_returns_the_version(pg_url: str, schema: str) -> None:
+    """The script's first result (its BEGIN) has no row: the async face must not fetch one."""
+
+    async def main() -> int:
+        flow = AsyncUsageFlow(store_url(pg_url, schema))
+        try:
+            return await flow.migrate()
+        finally:
+            await flow.aclose()
+
+    assert asyncio.run(main()) == SCHEMA_VERSION
+    assert asyncio.run(main()) == SCHEMA_VERSION  # and again

@@ -18,6 +18,8 @@ from postgrest.exceptions import APIError
 from psycopg import sql
 from supabase import ClientOptions, create_client
 
+from tests.support.js_schema import JSDatabase
+from tests.support.postgres import store_url
 from tests.support.postgrest import PostgrestStandIn, make_key
 from usageflow import ErrorCodes, UsageFlow, UsageFlowError
 from usageflow.stores.base import Tables
@@ -136,6 +138,144 @@ def test_api_roles_refused_in_sql_on_every_table_and_function(
                 (signature,),
             ).fetchone()
             assert row == (False,), signature
+
+
+#: Every privilege each kind of object can carry (MAINTAIN exists from PostgreSQL 17).
+_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+_SEQUENCE_PRIVILEGES = ("USAGE", "SELECT", "UPDATE")
+
+
+def _held(conn: psycopg.Connection[Any], role: str, project: str) -> list[tuple[str, str, str]]:
+    """``(kind, object, privilege)`` for every privilege ``role`` holds (directly, through
+    PUBLIC or a role it belongs to) on an object in ``project``, read from the catalog:
+    relations (tables, views, sequences...) and their columns from ``pg_class``, functions
+    from ``pg_proc``, and the schema itself."""
+    table_privileges = list(_TABLE_PRIVILEGES)
+    if conn.info.server_version >= 170000:
+        table_privileges.append("MAINTAIN")
+    held: list[tuple[str, str, str]] = []
+    relations = conn.execute(
+        "SELECT c.oid, c.oid::regclass::text, c.relkind FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s",
+        (project,),
+    ).fetchall()
+    for oid, name, kind in relations:
+        if kind == "S":
+            checks = [("sequence", p, "has_sequence_privilege") for p in _SEQUENCE_PRIVILEGES]
+        elif kind in ("r", "p", "v", "m", "f"):
+            checks = [("table", p, "has_table_privilege") for p in table_privileges]
+            checks += [
+                ("column", p, "has_any_column_privilege")
+                for p in ("SELECT", "INSERT", "UPDATE", "REFERENCES")
+            ]
+        else:  # indexes and composite types carry no privileges of their own
+            assert kind in ("i", "I", "c"), (name, kind)
+            continue
+        for what, privilege, function in checks:
+            row = conn.execute(
+                sql.SQL("SELECT {}(%s, %s::oid, %s)").format(sql.Identifier(function)),
+                (role, oid, privilege),
+            ).fetchone()
+            if row == (True,):
+                held.append((what, name, privilege))
+    functions = conn.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s",
+        (project,),
+    ).fetchall()
+    for (signature,) in functions:
+        row = conn.execute(
+            "SELECT has_function_privilege(%s, %s::regprocedure, 'EXECUTE')", (role, signature)
+        ).fetchone()
+        if row == (True,):
+            held.append(("function", signature, "EXECUTE"))
+    for privilege in ("USAGE", "CREATE"):
+        row = conn.execute("SELECT has_schema_privilege(%s, %s, %s)", (role, project, privilege))
+        if row.fetchone() == (True,):
+            held.append(("schema", project, privilege))
+    return held
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_api_roles_hold_no_privilege_on_anything_the_migration_creates(
+    pg_url: str, project: str, role: str
+) -> None:
+    """Every object in the project's schema (all made by the migration) is read from the
+    catalog, so an object kind or a new object cannot be forgotten. What is meant: the API
+    roles keep only USAGE on the schema (Supabase grants it, so that the API can address the
+    schema at all; usageflow neither grants nor revokes it). Tables, views, columns,
+    sequences and functions: nothing."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        kinds = conn.execute(
+            "SELECT c.relkind::text, count(*) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+            "GROUP BY c.relkind",
+            (project,),
+        ).fetchall()
+        assert dict(kinds)["r"] == len(TABLE_NAMES)
+        assert dict(kinds)["S"] == 4  # the id sequences of plans, limits, events, adjustments
+        held = _held(conn, role, project)
+    assert held == [("schema", project, "USAGE")]
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_api_roles_cannot_exhaust_an_id_sequence(
+    pg_url: str, postgrest: PostgrestStandIn, project: str, role: str
+) -> None:
+    """Supabase's default privileges grant USAGE, SELECT and UPDATE on new sequences to the
+    API roles: with them, ``setval(<id sequence>, <its maximum>)`` would make every later
+    insert (every charge) fail. The migration revokes them: both calls are refused, and
+    charging still works afterwards."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(project)))
+        tables = [
+            TABLES.user_plans,
+            TABLES.usage_feature_limits,
+            TABLES.usage_events,
+            TABLES.user_limit_adjustments,
+        ]
+        sequences = [
+            row[0]
+            for table in tables
+            for row in conn.execute("SELECT pg_get_serial_sequence(%s, 'id')", (table,))
+        ]
+        assert len(sequences) == 4 and all(sequences)
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        for sequence in sequences:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(
+                    "SELECT setval(%s::regclass, seqmax) FROM pg_sequence "
+                    "WHERE seqrelid = %s::regclass",
+                    (sequence, sequence),
+                )
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT nextval(%s::regclass)", (sequence,))
+    flow = UsageFlow(SupabaseStore(postgrest.url, postgrest.service_key, schema=project))
+    flow.create_plan("Free", is_free=True, limits={"api": 2})
+    assert flow.consume("u1", "api").allowed
+    flow.close()
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_a_database_adopted_from_the_javascript_package_is_locked_down_too(
+    pg_url: str, postgrest: PostgrestStandIn, schema: str, role: str
+) -> None:
+    """The JS tables (and their serial id sequences) were made in a Supabase project, so the
+    default privileges gave the API roles everything on them; after the migration adopts
+    them, the roles hold nothing but the schema's USAGE, and setval() is refused."""
+    js = JSDatabase("postgresql", store_url(pg_url, schema), pg_url=pg_url, schema=schema)
+
+    def made_by_the_javascript_package() -> None:
+        js.create()
+        js.fill()
+
+    postgrest.migrate(schema, before=made_by_the_javascript_package)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert _held(conn, role, schema) == [("schema", schema, "USAGE")]
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT setval('usage_events_id_seq', 2147483647)")
 
 
 def test_rls_is_enabled_on_every_table(pg_url: str, project: str) -> None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -120,9 +120,15 @@ class PostgrestStandIn:
         self.server.server_close()
         self.pool.close()
 
-    def migrate(self, schema: str, tables: Tables | None = None) -> None:
+    def migrate(
+        self,
+        schema: str,
+        tables: Tables | None = None,
+        before: Callable[[], None] | None = None,
+    ) -> None:
         """What a Supabase project has (API roles may use the schema; default privileges give
-        them everything), then the usageflow migration, as pasted into the SQL editor."""
+        them everything), then ``before()`` (tables the project already has), then the
+        usageflow migration, as pasted into the SQL editor."""
         ident = sql.Identifier(schema)
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             for role in ROLES:
@@ -134,6 +140,8 @@ class PostgrestStandIn:
                             "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT ALL ON " + kind + " TO {}"
                         ).format(ident, r)
                     )
+            if before is not None:
+                before()
             conn.execute(sql.SQL("SET search_path TO {}").format(ident))
             conn.execute(render(tables or Tables()).encode())
 

@@ -55,6 +55,7 @@ from usageflow.stores.base import (
     Tables,
 )
 from usageflow.stores.sql import (
+    ADOPTION_REFUSED,
     API_FUNCTIONS,
     SCHEMA_VERSION,
     decode,
@@ -498,6 +499,13 @@ def _failure(
     settings: PostgresSettings, tables: Tables, exc: BaseException, operation: str
 ) -> UsageFlowError:
     """One ``UsageFlowError`` for a driver failure; the password never appears."""
+    diag = getattr(exc, "diag", None)
+    if getattr(exc, "sqlstate", None) == ADOPTION_REFUSED and diag is not None:
+        # Not a store failure: the migration's own words about a row to fix.
+        hint = f"; {diag.message_hint}" if diag.message_hint else ""
+        return config_error(
+            f"{diag.message_primary}{hint}", table=diag.table_name, operation=operation
+        )
     text = settings.scrub(exc)
     table = getattr(tables, _TABLE_OF.get(operation, "usage_events"))
     sqlstate = getattr(exc, "sqlstate", None)
@@ -794,7 +802,8 @@ class AsyncPostgresStore(AsyncStore):
             token = _WATCHDOG.watch(conn.pgconn.socket, limit) if limit else 0
             try:
                 cur = await conn.execute(query, params, prepare=None if statement else False)
-                row = await cur.fetchone()
+                # A script's first result (its BEGIN) has no rows.
+                row = await cur.fetchone() if statement else None
             finally:
                 if token:
                     _WATCHDOG.done(token)

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from usageflow.errors import UsageFlowError, config_error, invalid, reservation_error
 from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.stores._sqlite_adopt import adopt
 from usageflow.stores.base import (
     HOLD_GRACE,
     PROFILE_FIELDS,
@@ -709,6 +710,8 @@ class SQLiteStore(Store):
                         f"the database schema is version {version}, newer than this "
                         f"usageflow ({SCHEMA_VERSION}); upgrade usageflow"
                     )
+                if version == 0:  # tables made by the JavaScript package, if any
+                    adopt(conn, self.tables, schema_sql(self.tables))
                 if 0 < version < 3:
                     self._rebuild_holds(conn)
                 if 0 < version < 4:
@@ -1389,14 +1392,17 @@ class SQLiteStore(Store):
     def list_events(
         self, *, user_id: str, feature_name: str | None = None, limit: int = 100
     ) -> list[UsageEvent]:
-        where, params = "user_id = ?", [user_id]
+        where, params, order = "user_id = ?", [user_id], "id DESC"
         if feature_name is not None:
+            # Newest by time, as PostgreSQL lists them: ids follow time within a key only for
+            # events usageflow recorded (not for a ledger adopted from the JavaScript package).
             where += " AND feature_name = ?"
             params.append(feature_name)
+            order = "timestamp DESC, id DESC"
         with self._tx("list_events", self.tables.usage_events, write=False) as c:
             rows = c.execute(
                 f"SELECT {self._sql_event_cols} FROM {self._q['usage_events']} WHERE {where} "
-                "ORDER BY id DESC LIMIT ?",
+                f"ORDER BY {order} LIMIT ?",
                 (*params, limit),
             ).fetchall()
         return [self._event(r) for r in rows]

@@ -32,6 +32,7 @@ from usageflow.stores.base import (
 )
 
 __all__ = [
+    "ADOPTION_REFUSED",
     "API_FUNCTIONS",
     "OPERATIONS",
     "SCHEMA_VERSION",
@@ -43,6 +44,10 @@ __all__ = [
 
 #: Bumped whenever postgres.sql changes in a way that needs re-running.
 SCHEMA_VERSION = 4
+
+#: The SQLSTATE with which the migration refuses to adopt a table holding a row usageflow
+#: cannot accept (its message names the row, its diagnostics the table).
+ADOPTION_REFUSED = "UF001"
 
 _TS = "timestamptz"
 
@@ -201,6 +206,7 @@ def _names(tables: Tables) -> dict[str, str]:
         "events_literal": literal(tables.usage_events),
         "holds_literal": literal(tables.holds),
         "version": str(SCHEMA_VERSION),
+        "adoption_refused": literal(ADOPTION_REFUSED),
         "hold_grace": f"interval '{int(HOLD_GRACE.total_seconds())} seconds'",
     }
     for suffix in (*API_FUNCTIONS, *_HELPERS):

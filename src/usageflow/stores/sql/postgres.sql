@@ -6,9 +6,10 @@
 -- one index seek, and appends to the ledger, atomically, whatever the number of clients.
 --
 -- Security: row level security is enabled on every table with no policy, so that the Supabase
--- API roles (anon, authenticated) can read or change nothing; the functions are SECURITY
--- DEFINER with a pinned search_path, EXECUTE is revoked from PUBLIC, anon and authenticated
--- and granted to service_role when that role exists.
+-- API roles (anon, authenticated) can read or change nothing; every privilege on the tables
+-- and on their id sequences is revoked from those roles; the functions are SECURITY DEFINER
+-- with a pinned search_path, EXECUTE is revoked from PUBLIC, anon and authenticated and
+-- granted to service_role when that role exists.
 --
 -- Idempotent: safe to run again, and safe when two processes run it at once (advisory lock).
 -- Identifiers were substituted and quoted by usageflow from the configured table names.
@@ -123,6 +124,302 @@ CREATE INDEX IF NOT EXISTS @ix_hold@
 -- Settled or expired holds kept for a grace period (see @fn_prune_holds@).
 CREATE INDEX IF NOT EXISTS @ix_settled@
     ON @holds@ (user_id, feature_name, expires_at) WHERE status <> 'held';
+-- A database made by the JavaScript package (or tables of these names made another way):
+-- when no usageflow version is recorded for these tables, those that existed before the
+-- statements above are brought to their shape, in place and in this transaction. Every row
+-- is kept: ids and credits are widened to BIGINT, times without a time zone become
+-- TIMESTAMPTZ read as UTC, missing columns and constraints are added, running_total and the
+-- counters are computed from the ledger. A row usageflow cannot accept stops the migration
+-- with an error naming it, and nothing is changed. On a new database no step has anything
+-- to do.
+DO $adopt$
+DECLARE
+    v_row RECORD;
+    v_view RECORD;
+    v_type TEXT;
+BEGIN
+    IF EXISTS (SELECT 1 FROM usageflow_schema WHERE name = @events_literal@) THEN
+        RETURN;
+    END IF;
+    -- Nobody writes until the counters computed from the ledger are committed.
+    LOCK TABLE @plans@, @limits@, @events@, @adjustments@, @profiles@ IN SHARE MODE;
+
+    -- Rows usageflow cannot accept.
+    SELECT l.id, l.limit_value INTO v_row FROM @limits@ l
+    WHERE l.limit_value < -1 ORDER BY l.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot adopt table %: row id=% has limit_value % (the lowest limit is '
+            '-1, unlimited)', '@limits@', v_row.id, v_row.limit_value
+            USING ERRCODE = @adoption_refused@, TABLE = btrim('@limits@', '"');
+    END IF;
+    SELECT a.id AS first_id, b.id AS second_id, a.plan_id, a.feature_name INTO v_row
+    FROM @limits@ a JOIN @limits@ b
+        ON b.plan_id = a.plan_id AND b.feature_name = a.feature_name AND b.id > a.id
+    ORDER BY a.id, b.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot adopt table %: rows id=% and id=% both set the limit of % in '
+            'plan % (a plan has one limit per feature: delete one)', '@limits@',
+            v_row.first_id, v_row.second_id, v_row.feature_name, v_row.plan_id
+            USING ERRCODE = @adoption_refused@, TABLE = btrim('@limits@', '"');
+    END IF;
+    SELECT l.id, l.plan_id INTO v_row FROM @limits@ l
+    WHERE NOT EXISTS (SELECT 1 FROM @plans@ p WHERE p.id = l.plan_id) ORDER BY l.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot adopt table %: row id=% refers to plan %, which does not exist',
+            '@limits@', v_row.id, v_row.plan_id
+            USING ERRCODE = @adoption_refused@, TABLE = btrim('@limits@', '"');
+    END IF;
+    SELECT e.id INTO v_row FROM @events@ e WHERE e."timestamp" IS NULL ORDER BY e.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot adopt table %: row id=% has no timestamp', '@events@', v_row.id
+            USING ERRCODE = @adoption_refused@, TABLE = btrim('@events@', '"');
+    END IF;
+    SELECT e.id INTO v_row FROM @events@ e
+    WHERE jsonb_typeof(e.metadata) NOT IN ('object', 'null') ORDER BY e.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot adopt table %: row id=% has metadata that is not a JSON object',
+            '@events@', v_row.id
+            USING ERRCODE = @adoption_refused@, TABLE = btrim('@events@', '"');
+    END IF;
+    SELECT a.id INTO v_row FROM @adjustments@ a
+    WHERE a.start_date >= a.end_date ORDER BY a.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot adopt table %: row id=% has an end_date that is not after its '
+            'start_date', '@adjustments@', v_row.id
+            USING ERRCODE = @adoption_refused@, TABLE = btrim('@adjustments@', '"');
+    END IF;
+    SELECT a.id INTO v_row FROM @adjustments@ a
+    WHERE jsonb_typeof(a.metadata) NOT IN ('object', 'null') ORDER BY a.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot adopt table %: row id=% has metadata that is not a JSON object',
+            '@adjustments@', v_row.id
+            USING ERRCODE = @adoption_refused@, TABLE = btrim('@adjustments@', '"');
+    END IF;
+    SELECT format_type(a.atttypid, a.atttypmod) INTO v_type FROM pg_attribute a
+    WHERE a.attrelid = '@profiles@'::regclass AND a.attname = 'id' AND NOT a.attisdropped;
+    IF v_type IS NULL OR (v_type <> 'text' AND v_type NOT LIKE 'character varying%') THEN
+        RAISE EXCEPTION 'cannot adopt table %: usageflow keys profiles by a TEXT id, the user_id '
+            'of the events (this table''s id is %)', '@profiles@', coalesce(v_type, 'missing')
+            USING ERRCODE = @adoption_refused@, TABLE = btrim('@profiles@', '"'),
+                  HINT = 'give usageflow a profiles table of its own (profiles_table=...)';
+    END IF;
+
+    -- Columns of a type usageflow cannot widen to its own.
+    SELECT w.tab, w.col, w.want, format_type(a.atttypid, a.atttypmod) AS have INTO v_row
+    FROM (VALUES ('@plans@', 'id', 'bigint'), ('@limits@', 'plan_id', 'bigint'),
+                 ('@limits@', 'limit_value', 'bigint'), ('@events@', 'credits_used', 'bigint'),
+                 ('@events@', 'metadata', 'jsonb'), ('@adjustments@', 'metadata', 'jsonb'),
+                 ('@profiles@', 'email', 'text'), ('@profiles@', 'plan', 'text'),
+                 ('@profiles@', 'subscription_status', 'text'),
+                 ('@profiles@', 'stripe_customer_id', 'text'),
+                 ('@profiles@', 'current_period_start', 'timestamp with time zone'),
+                 ('@profiles@', 'current_period_end', 'timestamp with time zone'),
+                 ('@events@', 'timestamp', 'timestamp with time zone'),
+                 ('@adjustments@', 'start_date', 'timestamp with time zone'),
+                 ('@adjustments@', 'end_date', 'timestamp with time zone')) AS w(tab, col, want)
+    JOIN pg_attribute a ON a.attrelid = w.tab::regclass AND a.attname = w.col
+                       AND NOT a.attisdropped
+    WHERE format_type(a.atttypid, a.atttypmod) NOT IN (w.want, CASE w.want
+        WHEN 'bigint' THEN 'integer' WHEN 'text' THEN 'character varying'
+        WHEN 'timestamp with time zone' THEN 'timestamp without time zone' END)
+      AND NOT (w.want = 'bigint' AND a.atttypid = 'smallint'::regtype)
+      AND NOT (w.want = 'text' AND a.atttypid = 'varchar'::regtype)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot adopt table %: column % is %, usageflow needs %', v_row.tab,
+            v_row.col, v_row.have, v_row.want
+            USING ERRCODE = @adoption_refused@, TABLE = btrim(v_row.tab, '"');
+    END IF;
+
+    -- A plan's limits go with it (ON DELETE CASCADE): the spec's reference is replaced.
+    FOR v_row IN
+        SELECT c.conname FROM pg_constraint c
+        WHERE c.conrelid = '@limits@'::regclass AND c.contype = 'f'
+          AND c.confrelid = '@plans@'::regclass AND c.confdeltype <> 'c'
+    LOOP
+        EXECUTE format('ALTER TABLE @limits@ DROP CONSTRAINT %I', v_row.conname);
+    END LOOP;
+
+    -- Types, one ALTER TABLE (one rewrite) per table.
+    FOR v_row IN
+        SELECT w.tab, string_agg(CASE WHEN w.want = 'bigint'
+                THEN format('ALTER COLUMN %I TYPE BIGINT', w.col)
+                ELSE format('ALTER COLUMN %I TYPE TIMESTAMPTZ USING %I AT TIME ZONE ''UTC''',
+                            w.col, w.col) END, ', ' ORDER BY w.col) AS clauses,
+            array_agg(w.col) AS cols
+        FROM (VALUES ('@plans@', 'id', 'bigint'), ('@limits@', 'id', 'bigint'),
+                     ('@limits@', 'plan_id', 'bigint'), ('@limits@', 'limit_value', 'bigint'),
+                     ('@events@', 'id', 'bigint'), ('@events@', 'credits_used', 'bigint'),
+                     ('@adjustments@', 'id', 'bigint'), ('@plans@', 'created_at', 'timestamptz'),
+                     ('@plans@', 'updated_at', 'timestamptz'),
+                     ('@limits@', 'created_at', 'timestamptz'),
+                     ('@limits@', 'updated_at', 'timestamptz'),
+                     ('@events@', 'timestamp', 'timestamptz'),
+                     ('@adjustments@', 'start_date', 'timestamptz'),
+                     ('@adjustments@', 'end_date', 'timestamptz'),
+                     ('@adjustments@', 'created_at', 'timestamptz'),
+                     ('@profiles@', 'current_period_start', 'timestamptz'),
+                     ('@profiles@', 'current_period_end', 'timestamptz'),
+                     ('@profiles@', 'created_at', 'timestamptz'),
+                     ('@profiles@', 'updated_at', 'timestamptz')) AS w(tab, col, want)
+        JOIN pg_attribute a ON a.attrelid = w.tab::regclass AND a.attname = w.col
+                           AND NOT a.attisdropped
+        WHERE a.atttypid IN ('integer'::regtype, 'smallint'::regtype)
+           OR a.atttypid = 'timestamp'::regtype
+        GROUP BY w.tab
+    LOOP
+        -- PostgreSQL cannot change the type of a column a view uses.
+        SELECT v.oid::regclass::TEXT AS name, a.attname INTO v_view
+        FROM pg_depend d
+        JOIN pg_rewrite r ON r.oid = d.objid
+        JOIN pg_class v ON v.oid = r.ev_class
+        JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+        WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid = v_row.tab::regclass AND v.oid <> d.refobjid
+          AND a.attname = ANY (v_row.cols)
+        ORDER BY 1, 2 LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'cannot adopt table %: view % uses its column %, whose type '
+                'usageflow widens, and PostgreSQL cannot change it under a view', v_row.tab,
+                v_view.name, v_view.attname
+                USING ERRCODE = @adoption_refused@, TABLE = btrim(v_row.tab, '"'),
+                      HINT = 'drop the view, migrate, then create the view again';
+        END IF;
+        EXECUTE format('ALTER TABLE %s %s', v_row.tab, v_row.clauses);
+    END LOOP;
+    -- A serial id's sequence (an identity's follows its column).
+    FOR v_row IN
+        SELECT s.seqrelid::regclass::text AS seq
+        FROM unnest(ARRAY['@plans@', '@limits@', '@events@', '@adjustments@']) AS t(tab)
+        JOIN pg_sequence s ON s.seqrelid = pg_get_serial_sequence(t.tab, 'id')::regclass
+        WHERE s.seqtypid <> 'bigint'::regtype
+    LOOP
+        EXECUTE format('ALTER SEQUENCE %s AS BIGINT', v_row.seq);
+    END LOOP;
+
+    -- Missing columns, defined as in the CREATE TABLE statements above.
+    FOR v_row IN
+        SELECT w.tab, w.col, w.def
+        FROM (VALUES ('@plans@', 'payment_link_url', 'TEXT'),
+                     ('@limits@', 'period', 'TEXT NOT NULL DEFAULT ''current_month'' CHECK '
+                      '(period IN (''current_month'', ''last_30_days'', ''last_28_days'', '
+                      '''current_week'', ''day'', ''lifetime'', ''billing_cycle''))'),
+                     ('@events@', 'idempotency_key', 'TEXT'),
+                     ('@profiles@', 'email', 'TEXT'), ('@profiles@', 'plan', 'TEXT'),
+                     ('@profiles@', 'subscription_status', 'TEXT'),
+                     ('@profiles@', 'stripe_customer_id', 'TEXT'),
+                     ('@profiles@', 'current_period_start', 'TIMESTAMPTZ'),
+                     ('@profiles@', 'current_period_end', 'TIMESTAMPTZ'),
+                     ('@profiles@', 'created_at', 'TIMESTAMPTZ NOT NULL DEFAULT now()'),
+                     ('@profiles@', 'updated_at', 'TIMESTAMPTZ NOT NULL DEFAULT now()')
+        ) AS w(tab, col, def)
+        WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = w.tab::regclass
+                          AND a.attname = w.col AND NOT a.attisdropped)
+    LOOP
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s', v_row.tab, v_row.col, v_row.def);
+    END LOOP;
+    -- NOT NULL with a default: a NULL takes the default (is_free NULL is false, as the JS
+    -- package reads it; a missing creation time is now). The events' times were checked.
+    FOR v_row IN
+        SELECT w.tab, w.col, w.fill
+        FROM (VALUES ('@plans@', 'is_free', 'FALSE'), ('@plans@', 'created_at', 'now()'),
+                     ('@plans@', 'updated_at', 'now()'), ('@limits@', 'created_at', 'now()'),
+                     ('@limits@', 'updated_at', 'now()'), ('@events@', 'timestamp', 'now()'),
+                     ('@adjustments@', 'created_at', 'now()'),
+                     ('@profiles@', 'created_at', 'now()'), ('@profiles@', 'updated_at', 'now()')
+        ) AS w(tab, col, fill)
+        JOIN pg_attribute a ON a.attrelid = w.tab::regclass AND a.attname = w.col
+                           AND NOT a.attisdropped
+        WHERE NOT a.attnotnull
+    LOOP
+        EXECUTE format('UPDATE %s SET %I = %s WHERE %I IS NULL', v_row.tab, v_row.col,
+                       v_row.fill, v_row.col);
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s, ALTER COLUMN %I SET '
+                       'NOT NULL', v_row.tab, v_row.col, v_row.fill, v_row.col);
+    END LOOP;
+
+    -- The limits' constraints.
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = '@limits@'::regclass
+                   AND c.contype = 'f' AND c.confrelid = '@plans@'::regclass) THEN
+        ALTER TABLE @limits@ ADD FOREIGN KEY (plan_id) REFERENCES @plans@ (id) ON DELETE CASCADE;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = '@limits@'::regclass
+                   AND c.contype = 'u'
+                   AND ARRAY(SELECT a.attname::TEXT FROM pg_attribute a
+                             WHERE a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+                             ORDER BY a.attname) = ARRAY['feature_name', 'plan_id']) THEN
+        ALTER TABLE @limits@ ADD UNIQUE (plan_id, feature_name);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint c
+                   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+                   WHERE c.conrelid = '@limits@'::regclass AND c.contype = 'c'
+                     AND a.attname = 'limit_value') THEN
+        ALTER TABLE @limits@ ADD CHECK (limit_value >= -1);
+    END IF;
+
+    -- Profiles are found by id (ON CONFLICT (id)).
+    IF NOT EXISTS (SELECT 1 FROM pg_index i
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                   WHERE i.indrelid = '@profiles@'::regclass AND i.indisunique
+                     AND i.indnatts = 1 AND i.indpred IS NULL AND a.attname = 'id') THEN
+        SELECT r.id INTO v_row FROM @profiles@ r
+        GROUP BY r.id HAVING count(*) > 1 ORDER BY r.id LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'cannot adopt table %: several rows have id %', '@profiles@',
+                v_row.id
+                USING ERRCODE = @adoption_refused@, TABLE = btrim('@profiles@', '"');
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = '@profiles@'::regclass
+                   AND c.contype = 'p') THEN
+            ALTER TABLE @profiles@ ADD UNIQUE (id);
+        ELSE
+            ALTER TABLE @profiles@ ADD PRIMARY KEY (id);
+        END IF;
+    END IF;
+
+    -- The ledger's running totals, in the order usageflow reads them: (timestamp, id).
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = '@events@'::regclass
+                   AND a.attname = 'running_total' AND NOT a.attisdropped) THEN
+        ALTER TABLE @events@ ADD COLUMN running_total BIGINT;
+        UPDATE @events@ e SET running_total = r.total
+        FROM (SELECT x.id, sum(coalesce(x.credits_used, 0)) OVER (
+                  PARTITION BY x.user_id, x.feature_name ORDER BY x."timestamp", x.id) AS total
+              FROM @events@ x) AS r
+        WHERE r.id = e.id;
+        ALTER TABLE @events@ ALTER COLUMN running_total SET NOT NULL;
+    END IF;
+
+    -- The counters, from the ledger: the total, the last event's time, and the last reset
+    -- (what it zeroed: its metadata's pre_reset_total when usageflow wrote it, else what was
+    -- recorded since the reset before it).
+    INSERT INTO @counters@ AS c (user_id, feature_name, total, last_ts, last_reset_at,
+                                 reset_base, reset_pre_total)
+    SELECT k.user_id, k.feature_name, k.total, k.last_ts, r."timestamp",
+           coalesce(r.running_total, 0), coalesce(r.pre_reset_total, 0)
+    FROM (SELECT e.user_id, e.feature_name, sum(coalesce(e.credits_used, 0)) AS total,
+                 max(e."timestamp") AS last_ts
+          FROM @events@ e GROUP BY e.user_id, e.feature_name) AS k
+    LEFT JOIN LATERAL (
+        SELECT x."timestamp", x.running_total,
+               CASE WHEN jsonb_typeof(x.metadata -> 'pre_reset_total') = 'number'
+                    THEN (x.metadata ->> 'pre_reset_total')::NUMERIC
+                    ELSE greatest(x.running_total - coalesce((
+                        SELECT p.running_total FROM @events@ p
+                        WHERE p.user_id = x.user_id AND p.feature_name = x.feature_name
+                          AND p.event_type = 'reset'
+                          AND (p."timestamp", p.id) < (x."timestamp", x.id)
+                        ORDER BY p."timestamp" DESC, p.id DESC LIMIT 1), 0), 0)
+               END AS pre_reset_total
+        FROM @events@ x
+        WHERE x.user_id = k.user_id AND x.feature_name = k.feature_name
+          AND x.event_type = 'reset'
+        ORDER BY x."timestamp" DESC, x.id DESC LIMIT 1) AS r ON TRUE
+    ON CONFLICT (user_id, feature_name) DO UPDATE SET total = excluded.total,
+        last_ts = excluded.last_ts, last_reset_at = excluded.last_reset_at,
+        reset_base = excluded.reset_base, reset_pre_total = excluded.reset_pre_total;
+END
+$adopt$;
+
 -- Version 3 deletes committed holds whose event carries the reservation's key (that event
 -- answers a repeated commit): drop the ones kept by version 2.
 DELETE FROM @holds@ h WHERE h.status = 'committed' AND h.idempotency_key IS NULL
@@ -1029,7 +1326,7 @@ AS $fn$
 $fn$;
 
 -- ------------------------------------------------------------------------------------------
--- Security: RLS on, no policy; functions for service_role only.
+-- Security: RLS on, no policy; nothing for the API roles; functions for service_role only.
 
 ALTER TABLE usageflow_schema ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @plans@ ENABLE ROW LEVEL SECURITY;
@@ -1059,6 +1356,17 @@ BEGIN
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role);
         FOREACH v_name IN ARRAY v_tables LOOP
             EXECUTE format('REVOKE ALL ON TABLE %I FROM %I', v_name, v_role);
+        END LOOP;
+        -- The sequences behind the tables' ids (identity or serial): with UPDATE, setval()
+        -- to the maximum would make every later insert fail.
+        FOR v_name IN
+            SELECT s.oid::regclass::text FROM pg_depend d
+            JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+            WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+              AND d.deptype IN ('a', 'i')
+              AND d.refobjid IN (SELECT to_regclass(quote_ident(t)) FROM unnest(v_tables) t)
+        LOOP
+            EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM %I', v_name, v_role);
         END LOOP;
         FOREACH v_name IN ARRAY v_functions LOOP
             EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', v_name, v_role);
