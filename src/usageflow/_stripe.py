@@ -23,7 +23,6 @@ same state.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -35,6 +34,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
+from usageflow import _log
 from usageflow import _validate as v
 from usageflow._core import Core, Op, _decimal, _price_amount, call
 from usageflow.cache import Catalog
@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-logger = logging.getLogger("usageflow")
+logger = _log.logger
 
 #: Seconds a signed webhook stays valid, either way from now (Stripe's default).
 DEFAULT_TOLERANCE = 300
@@ -197,7 +197,7 @@ class StripeCall:
 
     def _log(self, flow: Any) -> None:
         if getattr(getattr(flow, "options", None), "debug", False):
-            logger.debug("usageflow stripe %s.%s %s", ".".join(self.path), self.method, self.args)
+            _log.debug("usageflow stripe %s.%s %s", ".".join(self.path), self.method, self.args)
 
     def run(self, flow: Any) -> Any:
         import stripe
