@@ -23,7 +23,6 @@ same state.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -35,6 +34,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
+from usageflow import _log
 from usageflow import _validate as v
 from usageflow._core import Core, Op, _decimal, _price_amount, call
 from usageflow.cache import Catalog
@@ -62,6 +62,7 @@ __all__ = [
     "ReconcileResult",
     "StripeCall",
     "WebhookAction",
+    "WebhookReason",
     "WebhookResult",
     "decide",
     "export_usage",
@@ -72,7 +73,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-logger = logging.getLogger("usageflow")
+logger = _log.logger
 
 #: Seconds a signed webhook stays valid, either way from now (Stripe's default).
 DEFAULT_TOLERANCE = 300
@@ -116,7 +117,8 @@ _SECRET_TOKEN = re.compile(r"\b(sk|rk|whsec)_[A-Za-z0-9_*]+")
 #: hold it too).
 MAX_EPOCH = 253_370_764_800
 
-WebhookAction = Literal["applied", "duplicate", "stale", "pending", "ignored"]
+WebhookAction = Literal["applied", "duplicate", "pending", "ignored"]
+WebhookReason = Literal["stale", "unknown_price", "no_user", "not_used"]
 
 
 class _Model(BaseModel):
@@ -127,16 +129,23 @@ class WebhookResult(_Model):
     """What :meth:`UsageFlow.handle_webhook` did with one event.
 
     ``action``: ``applied`` (written), ``duplicate`` (this event id was processed before:
-    nothing written), ``stale`` (older than the state already stored: nothing changed),
-    ``pending`` (a subscription whose customer is not linked to a user yet: kept, applied when
-    the checkout links it) or ``ignored`` (an event type UsageFlow does not use, or one it
-    could not match to a user). ``user_id`` is the user it concerned, when known.
+    nothing written), ``pending`` (a subscription whose customer is not linked to a user yet:
+    kept, applied when the checkout links it) or ``ignored`` (nothing changed; the event id is
+    recorded). ``reason`` says why an event was ignored, and is ``None`` otherwise: ``stale``
+    (older than the state already stored), ``unknown_price`` (a ``price.*`` event for a price
+    no plan sells), ``no_user`` (a checkout that names no user and whose email is no single
+    profile's) or ``not_used`` (an event type UsageFlow does not use, one without anything it
+    uses, or any but a ``price.*`` event under ``manual_stripe_integration``). ``user_id`` is
+    the user it concerned, when known. ``warning`` is set when the event needs the app to act
+    (a price no plan sells); it is the text logged, once, at warning level.
     """
 
     event_id: str
     type: str
     action: WebhookAction
     user_id: str | None = None
+    reason: WebhookReason | None = None
+    warning: str | None = None
 
 
 class PlanSyncResult(_Model):
@@ -197,7 +206,7 @@ class StripeCall:
 
     def _log(self, flow: Any) -> None:
         if getattr(getattr(flow, "options", None), "debug", False):
-            logger.debug("usageflow stripe %s.%s %s", ".".join(self.path), self.method, self.args)
+            _log.debug("usageflow stripe %s.%s %s", ".".join(self.path), self.method, self.args)
 
     def run(self, flow: Any) -> Any:
         import stripe
@@ -604,6 +613,49 @@ def _apply(
     return applied
 
 
+def _unsold(changes: Changes, catalog: Catalog) -> str | None:
+    """The price id the changes would record that no plan sells, if any. An ended
+    subscription's price does not count: no plan would apply to it anyway."""
+    if changes.price is not None and changes.price.stripe_price_id not in catalog.by_price:
+        return changes.price.stripe_price_id
+    sub = changes.subscription
+    if sub is not None and not sub.ended and sub.plan not in catalog.by_price:
+        return sub.plan
+    return None
+
+
+def _unsold_warning(
+    event: Mapping[str, Any], changes: Changes, price: str, user: str | None
+) -> str:
+    """What to tell the app about an event whose price no plan sells."""
+    where = f"{event['type']} {event['id']}"
+    fix = (
+        f"create a plan with stripe_price_id={price!r} (create_plan, `usageflow plans load` or "
+        "sync_plans_from_stripe)"
+    )
+    sub = changes.subscription
+    if sub is None:
+        return f"Stripe price {price!r} ({where}) is sold by no plan, so it was ignored: {fix}"
+    who = f"user {user!r}" if user else f"customer {sub.customer_id!r} (no user linked yet)"
+    return (
+        f"Stripe price {price!r} of subscription {sub.subscription_id!r} ({where}) is sold by "
+        f"no plan, so {who} gets the free plan: {fix}, and it applies with no new webhook"
+    )
+
+
+def _reason(
+    store_action: str, changes: Changes, unknown_price: bool
+) -> tuple[WebhookAction, WebhookReason | None]:
+    """The public action of what the store did, and why when nothing changed."""
+    if store_action == "stale":
+        return "ignored", "stale"
+    if store_action != "ignored":
+        return cast(WebhookAction, store_action), None
+    if unknown_price:
+        return "ignored", "unknown_price"
+    return "ignored", "no_user" if changes.link is not None else "not_used"
+
+
 def handle_webhook(
     core: Core,
     raw_body: bytes | str,
@@ -611,17 +663,47 @@ def handle_webhook(
     secret: str | None,
     tolerance: int = DEFAULT_TOLERANCE,
 ) -> Op[WebhookResult]:
-    """Verify, decide and apply one webhook event (nothing is written unless it verifies)."""
+    """Verify, decide and apply one webhook event (nothing is written unless it verifies).
+
+    A price no plan sells is never silent: a ``price.*`` event for it is ``ignored``
+    (``unknown_price``); a subscription state with it is recorded as any other (the plan
+    applies as soon as it exists) and its result carries a ``warning``. Either way the warning
+    is logged once, at warning level, with the price id (not for a redelivery or a stale
+    state, which change nothing)."""
     event = verify(raw_body, signature, secret, tolerance)
     kind = str(event["type"])
+    manual = core.options.manual_stripe_integration
     catalog = yield from core._catalog()
-    changes = decide(event, catalog, core.options.manual_stripe_integration)
-    applied = yield from _apply(core, event["id"], kind, int(event["created"]), changes)
+    changes = decide(event, catalog, manual)
+    if _unsold(changes, catalog) is not None:
+        # The cached plans may predate a plan created elsewhere: read them again before
+        # calling the price unsold (and before choosing among a subscription's items).
+        core.cache.invalidate_plans()
+        catalog = yield from core._catalog()
+        changes = decide(event, catalog, manual)
+    unsold = _unsold(changes, catalog)
+    unknown_price = unsold is not None and changes.price is not None
+    applied = yield from _apply(
+        core,
+        event["id"],
+        kind,
+        int(event["created"]),
+        Changes() if unknown_price else changes,
+    )
+    action, reason = _reason(applied.action, changes, unknown_price)
+    warning = None
+    if unsold is not None and applied.action not in ("duplicate", "stale"):
+        warning = _unsold_warning(event, changes, unsold, applied.user_id)
+        logger.warning(
+            "%s", warning, extra={"stripe_price_id": unsold, "stripe_event_id": event["id"]}
+        )
     return WebhookResult(
         event_id=event["id"],
         type=kind,
-        action=applied.action,  # type: ignore[arg-type]
+        action=action,
         user_id=applied.user_id,
+        reason=reason,
+        warning=warning,
     )
 
 

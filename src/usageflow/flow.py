@@ -9,7 +9,6 @@ never waits on I/O; see docs/stores.md).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from datetime import datetime
@@ -17,7 +16,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, TypeVar
 
-from usageflow import _stripe
+from usageflow import _log, _stripe
 from usageflow._core import Core, Op, Options, PlanResolver, StoreCall, redact
 from usageflow._stripe import ExportResult, PlanSyncResult, ReconcileResult, WebhookResult
 from usageflow.cache import PlanCache
@@ -39,7 +38,6 @@ from usageflow.stores.base import AsyncStore, Store, Tables
 
 __all__ = ["AsyncReservation", "AsyncUsageFlow", "Reservation", "UsageFlow"]
 
-logger = logging.getLogger("usageflow")
 T = TypeVar("T")
 DEFAULT_STORE = "sqlite:///usageflow.db"
 
@@ -142,8 +140,7 @@ class _Base:
         self.cache = PlanCache(float(cache_ttl))
         self.core = Core(self.options, self.cache, clock)
         if debug:
-            logger.setLevel(logging.DEBUG)
-            logger.debug(
+            _log.debug(
                 "usageflow: store=%s tables=%s",
                 redact_url(getattr(self.store, "url", type(self.store).__name__)),
                 tables,
@@ -154,7 +151,7 @@ class _Base:
 
     def _log(self, call: StoreCall) -> None:
         if self.options.debug:
-            logger.debug("usageflow store.%s %s", call.method, redact(call.kwargs))
+            _log.debug("usageflow store.%s %s", call.method, redact(call.kwargs))
 
 
 class UsageFlow(_Base):

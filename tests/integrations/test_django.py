@@ -735,10 +735,18 @@ def signed(body_of: str = "cus_e") -> tuple[str, dict[str, str]]:
 def check_webhook(client: Client, store: Store, url: str = "/stripe/webhook") -> None:
     body, headers = signed()
     r = client.post(url, body, content_type="application/json", headers=headers)
-    assert (r.status_code, r.json()) == (200, {"received": True})
+    done = {"received": True, "action": "applied", "reason": None, "warning": None}
+    assert (r.status_code, r.json()) == (200, done)
     assert UsageFlow(store).get_profile("u1").stripe_customer_id == "cus_e"
     r = client.post(url, body, content_type="application/json", headers=headers)
-    assert (r.status_code, r.json()) == (200, {"received": True})  # a redelivery
+    assert (r.status_code, r.json()) == (200, {**done, "action": "duplicate"})  # a redelivery
+    unsold, header = sign_stripe_payload(
+        Events("-unsold").price("price.updated", "price_no", 1, T0), SECRET
+    )
+    r = client.post(url, unsold, content_type="application/json", HTTP_STRIPE_SIGNATURE=header)
+    answer = r.json()
+    assert (r.status_code, answer["action"], answer["reason"]) == (200, "ignored", "unknown_price")
+    assert "stripe_price_id='price_no'" in answer["warning"]
     r = client.post(
         url, body.replace("cus_e", "cus_x"), content_type="application/json", headers=headers
     )

@@ -385,7 +385,7 @@ def test_debug_logs_never_show_secrets(
     make_flow: Any, store: Store, server: StripeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     catalog(server.data)
-    with caplog.at_level("DEBUG", logger="usageflow"):  # restores the level debug=True sets
+    with caplog.at_level("DEBUG", logger="usageflow"):
         flow = make_flow(stripe_api_key=API_KEY, stripe_webhook_secret=SECRET, debug=True)
         flow.sync_plans_from_stripe()
         deliver(flow, Events().checkout("cus_1", T0, client_reference_id="u1"))

@@ -27,10 +27,13 @@ def any_flow(request: pytest.FixtureRequest, store: Store) -> Iterator[Any]:
         yield UsageFlow(store, stripe_webhook_secret=SECRET)
 
 
-def signed(user: str = "u1") -> tuple[str, dict[str, str]]:
-    event = Events().checkout("cus_e", T0, client_reference_id=user)
+def signed_event(event: dict[str, Any]) -> tuple[str, dict[str, str]]:
     body, header = sign_stripe_payload(event, SECRET)
     return body, {"Stripe-Signature": header, "Content-Type": "application/json"}
+
+
+def signed(user: str = "u1") -> tuple[str, dict[str, str]]:
+    return signed_event(Events().checkout("cus_e", T0, client_reference_id=user))
 
 
 def js(response: Any) -> Any:
@@ -38,13 +41,27 @@ def js(response: Any) -> Any:
     return response.json() if callable(response.json) else response.json
 
 
+def received(action: str, reason: str | None = None, warning: str | None = None) -> Any:
+    return {"received": True, "action": action, "reason": reason, "warning": warning}
+
+
 def check_answers(post: Any, store: Store) -> None:
     body, headers = signed()
     response = post("/stripe/webhook", body, headers)
-    assert (response.status_code, js(response)) == (200, {"received": True})
+    assert (response.status_code, js(response)) == (200, received("applied"))
     assert UsageFlow(store).get_profile("u1").stripe_customer_id == "cus_e"
     response = post("/stripe/webhook", body, headers)  # a redelivery
-    assert (response.status_code, js(response)) == (200, {"received": True})
+    assert (response.status_code, js(response)) == (200, received("duplicate"))
+
+    # A price no plan sells: acknowledged (Stripe must not retry it), and said so.
+    unsold, unsold_headers = signed_event(
+        Events("-unsold").price("price.updated", "price_nope", 100, T0)
+    )
+    response = post("/stripe/webhook", unsold, unsold_headers)
+    answer = js(response)
+    assert response.status_code == 200
+    assert answer == received("ignored", "unknown_price", answer["warning"])
+    assert "stripe_price_id='price_nope'" in answer["warning"]
 
     response = post("/stripe/webhook", body.replace("cus_e", "cus_x"), headers)
     assert response.status_code == 400

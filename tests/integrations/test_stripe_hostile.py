@@ -28,6 +28,10 @@ LIMIT = 1_048_576
 URL = "/stripe/webhook"
 
 
+#: The answer to a webhook that was verified and applied.
+APPLIED = {"received": True, "action": "applied", "reason": None, "warning": None}
+
+
 def js(response: Any) -> Any:
     return response.json() if callable(response.json) else response.json
 
@@ -77,11 +81,11 @@ def test_starlette_body_limits(flow: UsageFlow) -> None:
 
         body, headers = padded(LIMIT - 1)
         response = client.post(URL, content=chunks(body), headers=headers)
-        assert (response.status_code, js(response)) == (200, {"received": True})
+        assert (response.status_code, js(response)) == (200, APPLIED)
         profile = flow.get_profile("u1")
         assert profile is not None and profile.stripe_customer_id == "cus_big"
         response = client.post(URL, content=body, headers=headers)
-        assert (response.status_code, js(response)) == (200, {"received": True})
+        assert (response.status_code, js(response)) == (200, {**APPLIED, "action": "duplicate"})
 
 
 def test_flask_body_limits(flow: UsageFlow) -> None:
@@ -112,7 +116,7 @@ def test_flask_body_limits(flow: UsageFlow) -> None:
 
     body, headers = padded(LIMIT - 1)
     response = chunked(URL, body, headers)
-    assert (response.status_code, js(response)) == (200, {"received": True})
+    assert (response.status_code, js(response)) == (200, APPLIED)
     profile = flow.get_profile("u1")
     assert profile is not None and profile.stripe_customer_id == "cus_big"
 
@@ -151,7 +155,7 @@ def test_django_body_limits(flow: UsageFlow) -> None:
 
         body, headers = padded(LIMIT - 1)
         response = post(URL, body, headers)
-        assert (response.status_code, response.json()) == (200, {"received": True})
+        assert (response.status_code, response.json()) == (200, APPLIED)
         profile = flow.get_profile("u1")
         assert profile is not None and profile.stripe_customer_id == "cus_big"
     clear_url_caches()

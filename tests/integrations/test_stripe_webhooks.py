@@ -6,17 +6,23 @@ Every test runs on each store of the conformance table, with the sync and the as
 
 from __future__ import annotations
 
+import logging
 import random
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
+import stripe
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.stripe_events import DAY, MONTH, SECRET, T0, Events, deliver
+from tests.support.stripe_server import API_KEY, stripe_server
 from usageflow import AsyncUsageFlow, UsageFlow
 from usageflow.errors import ErrorCodes, UsageFlowError
+from usageflow.integrations.stripe import WebhookResult
+from usageflow.plans_file import load_plans
 from usageflow.stores.base import Store
 from usageflow.testing import FakeClock
 
@@ -26,6 +32,10 @@ P2 = (T0 + MONTH, T0 + 2 * MONTH)
 
 def at(epoch: int) -> datetime:
     return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+def reason_of(result: WebhookResult) -> tuple[str, str | None]:
+    return result.action, result.reason
 
 
 @pytest.fixture
@@ -180,8 +190,10 @@ def test_checkout_without_client_reference_id_matches_the_email(stripe_flow: Any
     assert flow.get_profile("u2").stripe_customer_id == "cus_2"
 
     # Two profiles with the email, or none: nobody is guessed.
-    assert deliver(flow, ev.checkout("cus_3", T0, email="twin@example.com")).action == "ignored"
-    assert deliver(flow, ev.checkout("cus_4", T0, email="nobody@example.com")).action == "ignored"
+    twin = deliver(flow, ev.checkout("cus_3", T0, email="twin@example.com"))
+    assert reason_of(twin) == ("ignored", "no_user")
+    nobody = deliver(flow, ev.checkout("cus_4", T0, email="nobody@example.com"))
+    assert reason_of(nobody) == ("ignored", "no_user")
     assert flow.get_profile("u3").stripe_customer_id is None
 
 
@@ -207,14 +219,14 @@ def test_older_events_never_overwrite_newer_ones(stripe_flow: Any) -> None:
         "customer.subscription.updated", "sub_6", "cus_6", "price_basic", "active", P1, T0 + 50
     )
     assert deliver(flow, upgrade).action == "applied"
-    assert deliver(flow, older).action == "stale"
+    assert reason_of(deliver(flow, older)) == ("ignored", "stale")
     assert flow.get_profile("u6").plan == "price_pro"
 
     # Same second: subscription.created is older than any other event of the subscription.
     same_second = ev.subscription(
         "customer.subscription.created", "sub_6", "cus_6", "price_basic", "incomplete", P1, T0 + 100
     )
-    assert deliver(flow, same_second).action == "stale"
+    assert reason_of(deliver(flow, same_second)) == ("ignored", "stale")
 
     # An invoice paid late for an earlier period does not move the period back.
     renewal = ev.subscription(
@@ -222,7 +234,7 @@ def test_older_events_never_overwrite_newer_ones(stripe_flow: Any) -> None:
     )
     deliver(flow, renewal)
     late = ev.invoice_paid("sub_6", "cus_6", "price_pro", P1, T0 + 300, legacy=True)
-    assert deliver(flow, late).action == "stale"
+    assert reason_of(deliver(flow, late)) == ("ignored", "stale")
     assert flow.get_profile("u6").current_period_end == at(P2[1])
 
     # A canceled subscription never comes back, whatever arrives later.
@@ -233,7 +245,7 @@ def test_older_events_never_overwrite_newer_ones(stripe_flow: Any) -> None:
     ghost = ev.subscription(
         "customer.subscription.updated", "sub_6", "cus_6", "price_pro", "active", P2, T0 + 500
     )
-    assert deliver(flow, ghost).action == "stale"
+    assert reason_of(deliver(flow, ghost)) == ("ignored", "stale")
     assert flow.get_profile("u6").subscription_status == "canceled"
 
 
@@ -331,8 +343,8 @@ def test_price_events_sync_prices_and_deleted_prices_stay_readable(stripe_flow: 
 def test_unknown_event_types_are_acknowledged(stripe_flow: Any) -> None:
     flow = stripe_flow
     event = Events().event("customer.created", {"id": "cus_x", "object": "customer"}, T0)
-    assert deliver(flow, event).action == "ignored"
-    assert deliver(flow, event).action == "duplicate"
+    assert reason_of(deliver(flow, event)) == ("ignored", "not_used")
+    assert reason_of(deliver(flow, event)) == ("duplicate", None)
 
 
 def test_manual_integration_handles_only_prices(make_flow: Any, store: Store) -> None:
@@ -340,7 +352,8 @@ def test_manual_integration_handles_only_prices(make_flow: Any, store: Store) ->
     flow.create_plan("Free", is_free=True, limits={"exports": 3})
     flow.create_plan("Pro", stripe_price_id="price_pro", price_amount=30, limits={"exports": 1000})
     ev = Events()
-    assert deliver(flow, ev.checkout("cus_m", T0, client_reference_id="um")).action == "ignored"
+    checkout = deliver(flow, ev.checkout("cus_m", T0, client_reference_id="um"))
+    assert reason_of(checkout) == ("ignored", "not_used")
     sub = ev.subscription(
         "customer.subscription.created", "sub_m", "cus_m", "price_pro", "active", P1, T0
     )
@@ -406,7 +419,7 @@ def test_a_newer_checkout_moves_the_customer_and_an_older_one_does_not(stripe_fl
     older = ev.checkout("cus_c", T0, client_reference_id="first")
     newer = ev.checkout("cus_c", T0 + 10, client_reference_id="second")
     assert deliver(flow, newer).action == "applied"
-    assert deliver(flow, older).action == "stale"
+    assert reason_of(deliver(flow, older)) == ("ignored", "stale")
     assert flow.get_profile("second").stripe_customer_id == "cus_c"
     assert flow.get_profile("first") is None
 
@@ -467,3 +480,142 @@ def test_a_trial_stays_trialing_when_its_zero_invoice_is_paid(
         deliver(flow, event)
     assert flow.get_profile("ut").subscription_status == "trialing"
     assert flow.get_user_plan("ut").name == "Pro"
+
+
+# -- prices no plan sells ----------------------------------------------------------------------
+def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "usageflow" and r.levelno == logging.WARNING]
+
+
+def test_a_price_event_for_a_price_no_plan_sells_is_ignored_and_logged(
+    stripe_flow: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    flow = stripe_flow
+    plans = flow.get_plans()
+    event = Events().price("price.updated", "price_unsold", 4200, T0)
+    with caplog.at_level(logging.WARNING, logger="usageflow"):
+        result = deliver(flow, event)
+        again = deliver(flow, event)
+    assert reason_of(result) == ("ignored", "unknown_price")
+    assert result.warning is not None
+    assert "stripe_price_id='price_unsold'" in result.warning
+    logged = warnings_logged(caplog)
+    assert [r.getMessage() for r in logged] == [result.warning]  # once: not for the redelivery
+    assert logged[0].stripe_price_id == "price_unsold"
+    assert (again.action, again.warning) == ("duplicate", None)
+    assert flow.get_plans() == plans
+
+
+PLANS_TOML = """
+[[plans]]
+name = "Team"
+stripe_price_id = "price_team"
+limits = { exports = 5000 }
+"""
+
+
+@pytest.mark.parametrize("create", ["create_plan", "plans load", "sync_plans_from_stripe"])
+def test_a_subscription_to_a_price_no_plan_sells_warns_and_follows_the_plan_created_later(
+    stripe_flow: Any,
+    make_flow: Any,
+    store: Store,
+    create: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    flow = stripe_flow
+    ev = Events()
+    deliver(flow, ev.checkout("cus_n", T0, client_reference_id="un"))
+    created = ev.subscription(
+        "customer.subscription.created", "sub_n", "cus_n", "price_team", "active", P1, T0 + 1
+    )
+    with caplog.at_level(logging.WARNING, logger="usageflow"):
+        result = deliver(flow, created)
+    assert (result.action, result.user_id, result.reason) == ("applied", "un", None)
+    assert result.warning is not None
+    assert "'price_team'" in result.warning and "stripe_price_id='price_team'" in result.warning
+    logged = warnings_logged(caplog)
+    assert [r.getMessage() for r in logged] == [result.warning]
+    assert logged[0].stripe_price_id == "price_team"
+    # Recorded on the profile, but no plan sells it yet: the free plan applies.
+    profile = flow.get_profile("un")
+    assert (profile.plan, profile.subscription_status) == ("price_team", "active")
+    assert flow.get_user_plan("un").name == "Free"
+    assert not flow.authorize("un", "exports", 4000)
+
+    reader = flow
+    if create == "create_plan":
+        flow.create_plan("Team", stripe_price_id="price_team", limits={"exports": 5000})
+    elif create == "plans load":
+        # What `usageflow plans load` runs, from another flow (another process): the app's
+        # flows see it once their cache expires, as a new flow does at once.
+        load_plans(UsageFlow(store), PLANS_TOML)
+        reader = make_flow()
+    else:
+        monkeypatch.setenv("STRIPE_API_KEY", API_KEY)
+        with stripe_server() as server:
+            monkeypatch.setattr(stripe, "api_base", server.url)
+            server.data.products = {
+                "prod_team": {
+                    "id": "prod_team",
+                    "object": "product",
+                    "active": True,
+                    "name": "Team",
+                    "metadata": {"usageflow:exports": "5000"},
+                }
+            }
+            server.data.prices = [
+                {
+                    "id": "price_team",
+                    "object": "price",
+                    "active": True,
+                    "currency": "usd",
+                    "product": "prod_team",
+                    "recurring": {"interval": "month"},
+                    "type": "recurring",
+                    "unit_amount": 9900,
+                    "metadata": {},
+                }
+            ]
+            flow.sync_plans_from_stripe()
+    # No further webhook: the profile's price now names a plan.
+    assert reader.get_user_plan("un").name == "Team"
+    assert reader.authorize("un", "exports", 5000)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="usageflow"):
+        renewal = ev.subscription(
+            "customer.subscription.updated", "sub_n", "cus_n", "price_team", "active", P2, P2[0]
+        )
+        assert (deliver(flow, renewal).warning, warnings_logged(caplog)) == (None, [])
+
+
+def test_a_pending_subscription_to_an_unsold_price_warns_an_older_or_ended_one_does_not(
+    stripe_flow: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    flow = stripe_flow
+    ev = Events()
+    with caplog.at_level(logging.WARNING, logger="usageflow"):
+        pending = deliver(
+            flow,
+            ev.subscription(
+                "customer.subscription.created", "sub_p", "cus_p", "price_x", "active", P1, T0 + 5
+            ),
+        )
+        older = deliver(
+            flow,
+            ev.subscription(
+                "customer.subscription.created", "sub_p", "cus_p", "price_y", "active", P1, T0
+            ),
+        )
+        ended = deliver(
+            flow,
+            ev.subscription(
+                "customer.subscription.deleted", "sub_q", "cus_p", "price_z", "canceled", P1, T0
+            ),
+        )
+    assert (pending.action, pending.user_id) == ("pending", None)
+    assert pending.warning is not None and "stripe_price_id='price_x'" in pending.warning
+    assert (reason_of(older), older.warning) == (("ignored", "stale"), None)
+    assert (ended.action, ended.warning) == ("pending", None)
+    assert [r.getMessage() for r in warnings_logged(caplog)] == [pending.warning]

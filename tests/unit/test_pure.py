@@ -163,6 +163,61 @@ def test_redact_url_and_debug_logging(caplog: pytest.LogCaptureFixture) -> None:
     assert "secret-ish" not in text
 
 
+DEBUG_SCRIPT = """
+import asyncio, logging, sys
+if sys.argv[1] == "configured":
+    logging.basicConfig(level=logging.WARNING, format="APP %(levelname)s %(message)s")
+from usageflow import AsyncUsageFlow, UsageFlow
+
+quiet = UsageFlow("memory://")
+quiet.create_plan("Free", is_free=True, limits={"x": 5})
+loud = UsageFlow("memory://", debug=True)
+loud.create_plan("Free", is_free=True, limits={"x": 5})
+print(logging.getLogger("usageflow").level)
+print("-- quiet", file=sys.stderr, flush=True)
+quiet.consume("u", "x", idempotency_key="quiet-key")
+print("-- loud", file=sys.stderr, flush=True)
+loud.consume("u", "x", idempotency_key="secret-ish")
+print("-- async", file=sys.stderr, flush=True)
+
+async def main():
+    flow = AsyncUsageFlow("memory://", debug=True)
+    await flow.create_plan("Free", is_free=True, limits={"x": 5})
+    await flow.consume("u", "x")
+    await flow.aclose()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("logging_setup", ["none", "configured"])
+def test_debug_shows_that_flows_lines_on_stderr_and_no_other_flows(logging_setup: str) -> None:
+    """``debug=True`` prints without any logging configuration, leaves the ``usageflow``
+    logger's level alone (a flow without ``debug`` stays silent) and, when the app configured
+    logging, goes through its handlers once. In a subprocess: logging state is per process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", DEBUG_SCRIPT, logging_setup],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == str(logging.NOTSET)
+    setup, rest = out.stderr.split("-- quiet\n")
+    quiet, rest = rest.split("-- loud\n")
+    loud, in_async = rest.split("-- async\n")
+    assert "usageflow: store=MemoryStore" in setup and "store.upsert_plan" in setup
+    assert quiet == ""
+    assert loud.count("store.charge") == 1
+    assert "'idempotency_key': '***'" in loud and "secret-ish" not in out.stderr
+    assert in_async.count("store.charge") == 1
+    prefix = "APP DEBUG " if logging_setup == "configured" else "DEBUG "
+    lines = (setup + loud + in_async).splitlines()
+    assert lines and all(line.startswith(prefix) for line in lines), lines
+
+
 def test_errors_pickle_and_compare_to_strings() -> None:
     err = UsageFlowError(ErrorCodes.USAGE_LIMIT_ERROR, "nope", {"x": 1})
     clone = pickle.loads(pickle.dumps(err))

@@ -97,6 +97,7 @@ from usageflow.integrations._lifecycle import (
 from usageflow.integrations.metered import _SettledAsyncBody, _SettledBody
 from usageflow.integrations.stripe import (
     DEFAULT_MAX_BODY_SIZE,
+    WebhookResult,
     _check,
     _check_size,
     answer,
@@ -784,11 +785,12 @@ def stripe_webhook_view(
 
     It verifies the raw body against the ``Stripe-Signature`` header with the flow's
     ``stripe_webhook_secret`` (``settings.USAGEFLOW["stripe_webhook_secret"]``, else
-    ``$STRIPE_WEBHOOK_SECRET``) and answers ``200 {"received": true}``, ``400 {"error":
-    ...}`` for a webhook that does not verify, ``413`` for a body over ``max_body_size`` bytes
-    (default 1 MiB; read in chunks, never whole), ``500`` on a store failure (Stripe delivers
-    it again). ``flow`` defaults to the middleware's; an ``AsyncUsageFlow`` gives an async
-    view.
+    ``$STRIPE_WEBHOOK_SECRET``) and answers ``200 {"received": true, "action": ...,
+    "reason": ..., "warning": ...}`` (the fields of the
+    :class:`~usageflow.integrations.stripe.WebhookResult`), ``400 {"error": ...}`` for a webhook
+    that does not verify, ``413`` for a body over ``max_body_size`` bytes (default 1 MiB; read
+    in chunks, never whole), ``500`` on a store failure (Stripe delivers it again). ``flow``
+    defaults to the middleware's; an ``AsyncUsageFlow`` gives an async view.
     """
     if flow is None:
         if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance <= 0:
@@ -816,14 +818,14 @@ def stripe_webhook_view(
             body = read_body(request)
             if body is None:
                 return too_large()
-            err: UsageFlowError | None = None
+            outcome: WebhookResult | UsageFlowError
             try:
-                await given.handle_webhook(
+                outcome = await given.handle_webhook(
                     body, request.headers.get("Stripe-Signature"), tolerance=tolerance
                 )
             except UsageFlowError as exc:
-                err = exc
-            content, status = answer(err)
+                outcome = exc
+            content, status = answer(outcome)
             return JsonResponse(content, status=status)
 
         return csrf_exempt(require_POST(stripe_webhook_async))  # type: ignore[no-any-return]
@@ -832,14 +834,14 @@ def stripe_webhook_view(
         body = read_body(request)
         if body is None:
             return too_large()
-        err: UsageFlowError | None = None
+        outcome: WebhookResult | UsageFlowError
         try:
-            (given if isinstance(given, UsageFlow) else get_flow()).handle_webhook(
+            outcome = (given if isinstance(given, UsageFlow) else get_flow()).handle_webhook(
                 body, request.headers.get("Stripe-Signature"), tolerance=tolerance
             )
         except UsageFlowError as exc:
-            err = exc
-        content, status = answer(err)
+            outcome = exc
+        content, status = answer(outcome)
         return JsonResponse(content, status=status)
 
     return csrf_exempt(require_POST(stripe_webhook))  # type: ignore[no-any-return]

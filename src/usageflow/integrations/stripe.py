@@ -12,9 +12,11 @@
     app.register_blueprint(webhook_blueprint(flow))           # POST /stripe/webhook
 
 Each endpoint passes the raw request body and the ``Stripe-Signature`` header to
-``flow.handle_webhook`` and answers like the spec's handler: ``200 {"received": true}``, or
-``400 {"error": "..."}`` for a webhook that does not verify or is not a Stripe event (the
-message shows in the Stripe dashboard's delivery log). A body over ``max_body_size`` bytes
+``flow.handle_webhook`` and answers like the spec's handler, with what was done:
+``200 {"received": true, "action": ..., "reason": ..., "warning": ...}`` (the
+:class:`WebhookResult`'s fields; a ``warning``, such as a price no plan sells, is logged too),
+or ``400 {"error": "..."}`` for a webhook that does not verify or is not a Stripe event (the
+answer shows in the Stripe dashboard's delivery log). A body over ``max_body_size`` bytes
 (default 1 MiB; Stripe's events are a few kilobytes) answers ``413 {"error": "..."}`` before
 it is read whole: a ``Content-Length`` over the limit is refused at once, and a body without
 one is read in chunks only until it passes the limit. A store failure answers
@@ -36,6 +38,7 @@ from usageflow._stripe import (
     PlanSyncResult,
     ReconcileResult,
     WebhookAction,
+    WebhookReason,
     WebhookResult,
 )
 from usageflow.errors import ErrorCodes, UsageFlowError, config_error
@@ -51,6 +54,7 @@ __all__ = [
     "PlanSyncResult",
     "ReconcileResult",
     "WebhookAction",
+    "WebhookReason",
     "WebhookResult",
     "webhook_blueprint",
     "webhook_endpoint",
@@ -71,11 +75,18 @@ DEFAULT_MAX_BODY_SIZE = 1_048_576
 _CHUNK = 65_536
 
 
-def answer(err: UsageFlowError | None) -> tuple[dict[str, Any], int]:
-    """The JSON body and status of a webhook answer."""
-    if err is None:
-        return {"received": True}, 200
-    return {"error": err.message}, 400 if err.code in _CLIENT_ERRORS else 500
+def answer(outcome: WebhookResult | UsageFlowError) -> tuple[dict[str, Any], int]:
+    """The JSON body and status of a webhook answer: ``200 {"received": true, "action": ...,
+    "reason": ..., "warning": ...}`` (the :class:`WebhookResult`'s fields, ``null`` when
+    unset), else ``{"error": ...}`` with 400 (the event is refused) or 500 (the store failed)."""
+    if isinstance(outcome, WebhookResult):
+        return {
+            "received": True,
+            "action": outcome.action,
+            "reason": outcome.reason,
+            "warning": outcome.warning,
+        }, 200
+    return {"error": outcome.message}, 400 if outcome.code in _CLIENT_ERRORS else 500
 
 
 def too_large(max_body_size: int) -> tuple[dict[str, Any], int]:
@@ -152,17 +163,17 @@ def webhook_endpoint(
             content, status = too_large(max_body_size)
             return JSONResponse(content, status_code=status)
         signature = request.headers.get("stripe-signature")
-        err: UsageFlowError | None = None
+        outcome: WebhookResult | UsageFlowError
         try:
             if is_async:
-                await flow.handle_webhook(body, signature, tolerance=tolerance)
+                outcome = await flow.handle_webhook(body, signature, tolerance=tolerance)
             else:
-                await anyio.to_thread.run_sync(
+                outcome = await anyio.to_thread.run_sync(
                     lambda: flow.handle_webhook(body, signature, tolerance=tolerance)
                 )
         except UsageFlowError as exc:
-            err = exc
-        content, status = answer(err)
+            outcome = exc
+        content, status = answer(outcome)
         return JSONResponse(content, status_code=status)
 
     return stripe_webhook
@@ -212,16 +223,16 @@ def webhook_blueprint(
             body = read_body()
             if body is None:
                 return refused()
-            err: UsageFlowError | None = None
+            outcome: WebhookResult | UsageFlowError
             try:
-                await flow.handle_webhook(
+                outcome = await flow.handle_webhook(
                     body,
                     request.headers.get("Stripe-Signature"),
                     tolerance=tolerance,
                 )
             except UsageFlowError as exc:
-                err = exc
-            content, status = answer(err)
+                outcome = exc
+            content, status = answer(outcome)
             return jsonify(content), status
 
     else:
@@ -230,16 +241,16 @@ def webhook_blueprint(
             body = read_body()
             if body is None:
                 return refused()
-            err: UsageFlowError | None = None
+            outcome: WebhookResult | UsageFlowError
             try:
-                flow.handle_webhook(
+                outcome = flow.handle_webhook(
                     body,
                     request.headers.get("Stripe-Signature"),
                     tolerance=tolerance,
                 )
             except UsageFlowError as exc:
-                err = exc
-            content, status = answer(err)
+                outcome = exc
+            content, status = answer(outcome)
             return jsonify(content), status
 
     blueprint.add_url_rule(path, "stripe_webhook", stripe_webhook, methods=["POST"])
