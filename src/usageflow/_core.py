@@ -32,14 +32,19 @@ from usageflow.errors import (
 from usageflow.models import (
     Decision,
     FeatureLimit,
+    FeatureUsage,
     LimitAdjustment,
+    PendingSubscription,
     PeriodTotal,
     Plan,
     Profile,
+    TopUsers,
     Usage,
     UsageEvent,
     UsageSinceReset,
     UsageStats,
+    UserOverview,
+    UserUsage,
 )
 from usageflow.periods import (
     Clock,
@@ -52,7 +57,14 @@ from usageflow.periods import (
     window_for,
 )
 from usageflow.quota import Quota, decision, plan_for, quota_for, usage_of
-from usageflow.stores.base import INT64_MAX, PROFILE_FIELDS, Charge, HourlyTotal, ResetInfo
+from usageflow.stores.base import (
+    INT64_MAX,
+    PROFILE_FIELDS,
+    Charge,
+    HourlyTotal,
+    ResetInfo,
+    StripeSubscription,
+)
 
 logger = logging.getLogger("usageflow")
 
@@ -302,17 +314,23 @@ class Core:
         adjustments: Sequence[LimitAdjustment] = ()
         row = plan.limits.get(feature_name)
         if self.options.enable_user_adjustments and row is not None and row.limit_value != -1:
-            cached = self.cache.adjustments(user_id, feature_name)
-            if cached is None:
-                rows = yield call(
-                    "get_limit_adjustments",
-                    user_id=user_id,
-                    feature_name=feature_name,
-                    ending_after=now,
-                )
-                cached = self.cache.put_adjustments(user_id, feature_name, rows)
-            adjustments = cached
+            adjustments = yield from self._adjustments(user_id, feature_name, now)
         return quota_for(plan, feature_name, profile, adjustments, now, period)
+
+    def _adjustments(
+        self, user_id: str, feature_name: str, now: datetime
+    ) -> Op[Sequence[LimitAdjustment]]:
+        """The user's adjustments of a feature that end after ``now`` (from the cache)."""
+        cached = self.cache.adjustments(user_id, feature_name)
+        if cached is None:
+            rows = yield call(
+                "get_limit_adjustments",
+                user_id=user_id,
+                feature_name=feature_name,
+                ending_after=now,
+            )
+            cached = self.cache.put_adjustments(user_id, feature_name, rows)
+        return cached
 
     def _window_start(self, user_id: str, period: Period, now: datetime) -> Op[datetime | None]:
         profile = None
@@ -609,6 +627,97 @@ class Core:
         )
         return events
 
+    def list_recent_events(self, feature_name: str | None, limit: int) -> Op[list[UsageEvent]]:
+        if feature_name is not None:
+            feature_name = v.name(feature_name, "feature_name")
+        limit = v.integer(limit, "limit", minimum=1, maximum=10_000)
+        events: list[UsageEvent] = yield call(
+            "list_recent_events", feature_name=feature_name, limit=limit
+        )
+        return events
+
+    def top_users(
+        self, feature_name: str, limit: int, period: object, since: object
+    ) -> Op[TopUsers]:
+        feature_name = v.name(feature_name, "feature_name")
+        limit = v.integer(limit, "limit", minimum=1, maximum=1000)
+        now = self.now()
+        chosen: Period | None = None
+        if since is not None:
+            if period is not None:
+                raise invalid("give period or since, not both", field="since")
+            start: datetime | None = v.moment(since, "since")
+        else:
+            chosen = v.period(period, allow_none=True)
+            if chosen is None:
+                catalog = yield from self._catalog()
+                periods = sorted(
+                    {
+                        p.limits[feature_name].period
+                        for p in catalog.plans.values()
+                        if feature_name in p.limits
+                    }
+                )
+                if len(periods) > 1:
+                    raise invalid(
+                        f"plans limit {feature_name!r} over different periods "
+                        f"({', '.join(periods)}): give a period or since",
+                        field="period",
+                    )
+                chosen = Period(periods[0]) if periods else Period.CURRENT_MONTH
+            if chosen is Period.BILLING_CYCLE:
+                raise invalid(
+                    "a billing_cycle window differs from user to user: give another period, "
+                    "or since",
+                    field="period",
+                )
+            start = window_for(chosen, now).start
+        rows: list[tuple[str, int]] = yield call(
+            "top_usage", feature_name=feature_name, window_start=start, limit=limit
+        )
+        return TopUsers(
+            feature_name=feature_name,
+            period=None if chosen is None else chosen.value,
+            window_start=start,
+            users=[UserUsage(user_id=user, used=used) for user, used in rows],
+        )
+
+    def get_user_overview(self, user_id: str) -> Op[UserOverview]:
+        user_id = v.name(user_id, "user_id")
+        now = self.now()
+        catalog = yield from self._catalog()
+        profile = yield from self._profile(user_id)
+        plan = yield from self._user_plan(user_id, catalog, profile)
+        features: list[FeatureUsage] = []
+        for feature_name, row in sorted((plan.limits if plan else {}).items()):
+            assert plan is not None
+            adjustments: Sequence[LimitAdjustment] = ()
+            if self.options.enable_user_adjustments and row.limit_value != -1:
+                adjustments = yield from self._adjustments(user_id, feature_name, now)
+            quota = quota_for(plan, feature_name, profile, adjustments, now)
+            used, held = yield call(
+                "usage",
+                user_id=user_id,
+                feature_name=feature_name,
+                window_start=quota.window.start,
+                now=now,
+            )
+            usage = usage_of(quota, used, held)
+            features.append(
+                FeatureUsage(
+                    feature_name=feature_name,
+                    period=quota.period.value,
+                    current=usage.current,
+                    held=int(held),
+                    limit=usage.limit,
+                    remaining=usage.remaining,
+                    is_unlimited=usage.is_unlimited,
+                    window_start=quota.window.start,
+                    resets_at=quota.window.end,
+                )
+            )
+        return UserOverview(user_id=user_id, profile=profile, plan=plan, features=features)
+
     # -- plans and limits -----------------------------------------------------------------------
     def fetch_feature_limit(self, plan_id: int, feature_name: str) -> Op[int | None]:
         plan_id = v.integer(plan_id, "plan_id", minimum=1)
@@ -776,6 +885,22 @@ class Core:
         user_id = v.name(user_id, "user_id")
         profile: Profile | None = yield call("get_profile", user_id=user_id)
         return profile
+
+    def list_pending_stripe_subscriptions(self, limit: int) -> Op[list[PendingSubscription]]:
+        limit = v.integer(limit, "limit", minimum=1, maximum=1000)
+        rows: list[StripeSubscription] = yield call("pending_stripe_subscriptions", limit=limit)
+        return [
+            PendingSubscription(
+                subscription_id=s.subscription_id,
+                customer_id=s.customer_id,
+                plan=s.plan,
+                status=s.status,
+                started=s.started,
+                current_period_start=s.current_period_start,
+                current_period_end=s.current_period_end,
+            )
+            for s in rows
+        ]
 
     def sync_price(self, price: object) -> Op[int]:
         data = as_mapping(price, "price")

@@ -25,12 +25,15 @@ from usageflow.models import (
     Decision,
     FeatureLimit,
     LimitAdjustment,
+    PendingSubscription,
     Plan,
     Profile,
+    TopUsers,
     Usage,
     UsageEvent,
     UsageSinceReset,
     UsageStats,
+    UserOverview,
 )
 from usageflow.periods import Clock
 from usageflow.stores import open_store, redact_url
@@ -296,6 +299,35 @@ class UsageFlow(_Base):
         """The user's most recent ledger events, newest first."""
         return self._run(self.core.list_events(user_id, feature_name, limit))
 
+    def list_recent_events(
+        self, feature_name: str | None = None, limit: int = 100
+    ) -> list[UsageEvent]:
+        """The most recent ledger events of every user (of ``feature_name`` when given),
+        newest first; ``limit`` is 1 to 10,000."""
+        return self._run(self.core.list_recent_events(feature_name, limit))
+
+    def top_users(
+        self,
+        feature_name: str,
+        limit: int = 10,
+        *,
+        period: str | None = None,
+        since: datetime | None = None,
+    ) -> TopUsers:
+        """The users with the most recorded usage of ``feature_name`` (holds not included),
+        most first, at most ``limit`` (1 to 1,000); users with none are left out.
+
+        The window is the one of ``period`` that contains now, or the one starting at
+        ``since``; by default the feature's period in the plans (``USAGE_INVALID_PARAMS``
+        when plans disagree, or when it is ``billing_cycle``, which differs per user). Its
+        cost grows with the number of users of the feature, not with the ledger."""
+        return self._run(self.core.top_users(feature_name, limit, period, since))
+
+    def get_user_overview(self, user_id: str) -> UserOverview:
+        """The user's profile, the plan that applies now, and for every feature of that plan
+        its usage (held credits included), limit, remaining credits, period and reset time."""
+        return self._run(self.core.get_user_overview(user_id))
+
     # -- plans, limits, profiles ----------------------------------------------------------------
     def fetch_feature_limit(self, plan_id: int, feature_name: str) -> int | None:
         """A plan's limit; ``None`` when unlimited, 0 when the plan lacks the feature."""
@@ -403,6 +435,12 @@ class UsageFlow(_Base):
         """Update the plan sold at a Stripe price (a ``stripe.Price`` or dict); returns the
         number of plans changed."""
         return self._run(self.core.sync_price(price))
+
+    def list_pending_stripe_subscriptions(self, limit: int = 100) -> list[PendingSubscription]:
+        """Stripe subscriptions kept ``pending`` because their customer is linked to no user
+        yet (most recently started first, at most ``limit``, 1 to 1,000); each is applied
+        when its customer is linked."""
+        return self._run(self.core.list_pending_stripe_subscriptions(limit))
 
     # -- Stripe (see docs/stripe.md) --------------------------------------------------------------
     def handle_webhook(
@@ -601,6 +639,24 @@ class AsyncUsageFlow(_Base):
     ) -> list[UsageEvent]:
         return await self._run(self.core.list_events(user_id, feature_name, limit))
 
+    async def list_recent_events(
+        self, feature_name: str | None = None, limit: int = 100
+    ) -> list[UsageEvent]:
+        return await self._run(self.core.list_recent_events(feature_name, limit))
+
+    async def top_users(
+        self,
+        feature_name: str,
+        limit: int = 10,
+        *,
+        period: str | None = None,
+        since: datetime | None = None,
+    ) -> TopUsers:
+        return await self._run(self.core.top_users(feature_name, limit, period, since))
+
+    async def get_user_overview(self, user_id: str) -> UserOverview:
+        return await self._run(self.core.get_user_overview(user_id))
+
     async def fetch_feature_limit(self, plan_id: int, feature_name: str) -> int | None:
         return await self._run(self.core.fetch_feature_limit(plan_id, feature_name))
 
@@ -696,6 +752,11 @@ class AsyncUsageFlow(_Base):
 
     async def sync_price(self, price: Any) -> int:
         return await self._run(self.core.sync_price(price))
+
+    async def list_pending_stripe_subscriptions(
+        self, limit: int = 100
+    ) -> list[PendingSubscription]:
+        return await self._run(self.core.list_pending_stripe_subscriptions(limit))
 
     async def handle_webhook(
         self, raw_body: bytes | str, signature: str | None, *, tolerance: int = 300

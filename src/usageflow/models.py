@@ -11,14 +11,19 @@ from pydantic import BaseModel, ConfigDict
 __all__ = [
     "Decision",
     "FeatureLimit",
+    "FeatureUsage",
     "LimitAdjustment",
+    "PendingSubscription",
     "PeriodTotal",
     "Plan",
     "Profile",
+    "TopUsers",
     "Usage",
     "UsageEvent",
     "UsageSinceReset",
     "UsageStats",
+    "UserOverview",
+    "UserUsage",
 ]
 
 EventType = Literal["usage", "credit", "reset", "adjustment"]
@@ -164,3 +169,65 @@ class LimitAdjustment(_Model):
     start_date: datetime
     end_date: datetime
     metadata: dict[str, Any] | None = None
+
+
+class FeatureUsage(_Model):
+    """One feature of a user's plan, as :meth:`UsageFlow.get_user_overview` shows it.
+
+    ``current`` counts recorded and held credits (as :class:`Usage`), ``held`` the held ones.
+    ``window_start`` and ``resets_at`` bound the window of ``period`` that contains now
+    (``None``: open, as for ``lifetime`` and the rolling windows).
+    """
+
+    feature_name: str
+    period: str
+    current: int
+    held: int
+    limit: int | None
+    remaining: int | None
+    is_unlimited: bool
+    window_start: datetime | None
+    resets_at: datetime | None
+
+
+class UserOverview(_Model):
+    """A user at a glance: the stored profile (``None`` when there is none), the plan that
+    applies now (``None``: no plan and no free plan) and every feature of that plan, sorted
+    by name."""
+
+    user_id: str
+    profile: Profile | None
+    plan: Plan | None
+    features: list[FeatureUsage]
+
+
+class UserUsage(_Model):
+    """A user's recorded usage of a feature in a window (holds not included)."""
+
+    user_id: str
+    used: int
+
+
+class TopUsers(_Model):
+    """The result of :meth:`UsageFlow.top_users`: the window measured (``period`` is ``None``
+    when it was given as ``since``; ``window_start`` is ``None`` for ``lifetime``) and its
+    users with the most usage, most first."""
+
+    feature_name: str
+    period: str | None
+    window_start: datetime | None
+    users: list[UserUsage]
+
+
+class PendingSubscription(_Model):
+    """A Stripe subscription whose customer is linked to no user yet: its latest state is
+    kept and applied when the customer is linked (by a checkout, or a profile's
+    ``stripe_customer_id``). ``plan`` is the Stripe price id."""
+
+    subscription_id: str
+    customer_id: str
+    plan: str
+    status: str
+    started: datetime | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None

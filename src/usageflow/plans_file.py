@@ -16,6 +16,7 @@
     limits = { exports = 1000, api_calls = -1 }
 
 The whole file is checked before anything is written; loading it twice changes nothing more.
+The format is documented in docs/cli.md, with a complete example in examples/plans.toml.
 """
 
 from __future__ import annotations

@@ -38,7 +38,9 @@ TABLE_OF: dict[str, str] = {
     "upsert_profile": "profiles",
     "add_limit_adjustment": "user_limit_adjustments",
     "get_limit_adjustments": "user_limit_adjustments",
+    "top_usage": "counters",
     "apply_stripe_event": "stripe_events",
+    "pending_stripe_subscriptions": "stripe_subscriptions",
     "stripe_export_batch": "stripe_exports",
     "advance_stripe_cursor": "stripe_exports",
 }
@@ -293,6 +295,21 @@ class FunctionStore(Store):
         )
         return result
 
+    def top_usage(
+        self, *, feature_name: str, window_start: datetime | None, limit: int
+    ) -> list[tuple[str, int]]:
+        result: list[tuple[str, int]] = self._invoke(
+            "top_usage",
+            {"feature_name": feature_name, "window_start": window_start, "limit": limit},
+        )
+        return result
+
+    def list_recent_events(self, *, feature_name: str | None, limit: int) -> list[UsageEvent]:
+        result: list[UsageEvent] = self._invoke(
+            "list_recent_events", {"feature_name": feature_name, "limit": limit}
+        )
+        return result
+
     # -- Stripe webhook state and meter export (each one function call) -----------------------
     def apply_stripe_event(
         self,
@@ -329,4 +346,10 @@ class FunctionStore(Store):
 
     def advance_stripe_cursor(self, *, meter: str, event_id: int) -> int:
         result: int = self._invoke("advance_stripe_cursor", {"meter": meter, "event_id": event_id})
+        return result
+
+    def pending_stripe_subscriptions(self, *, limit: int) -> list[StripeSubscription]:
+        result: list[StripeSubscription] = self._invoke(
+            "pending_stripe_subscriptions", {"limit": limit}
+        )
         return result

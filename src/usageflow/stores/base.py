@@ -482,6 +482,22 @@ class Store(ABC):
     def ledger_check(self, *, user_id: str, feature_name: str) -> tuple[int, int]:
         """``(counter total, SUM of the ledger)`` of a key: equal in a healthy store."""
 
+    @abstractmethod
+    def top_usage(
+        self, *, feature_name: str, window_start: datetime | None, limit: int
+    ) -> list[tuple[str, int]]:
+        """``(user_id, used)`` of the users with the most recorded usage of ``feature_name``
+        in the window starting at ``window_start`` (``None``: lifetime), measured as
+        :meth:`usage` measures it (holds left out), most first, ties by user id (bytewise);
+        users whose usage is zero or less are left out; at most ``limit`` rows. Read from
+        the feature's counters rows (one prefix seek each): the cost grows with the number
+        of users of the feature, not with the ledger."""
+
+    @abstractmethod
+    def list_recent_events(self, *, feature_name: str | None, limit: int) -> list[UsageEvent]:
+        """The most recent ledger events of every user (of ``feature_name`` when given),
+        newest (greatest id) first, at most ``limit``."""
+
     # -- Stripe (webhooks, reconcile, metered billing export) -----------------------------------
     # Not abstract: a store without them keeps working for everything else.
     def apply_stripe_event(
@@ -542,6 +558,13 @@ class Store(ABC):
     def advance_stripe_cursor(self, *, meter: str, event_id: int) -> int:
         """Set the meter's cursor to ``max(cursor, event_id)``; return the new cursor."""
         raise config_error("this store does not support Stripe meter export yet")
+
+    def pending_stripe_subscriptions(self, *, limit: int) -> list[StripeSubscription]:
+        """The subscriptions kept ``pending`` (see :meth:`apply_stripe_event`): rows of
+        ``stripe_subscriptions`` whose customer has no row in ``stripe_customers``, ordered
+        by ``started`` descending (NULL last), then ``subscription_id`` (bytewise), at most
+        ``limit``. ``period_guard`` is always false."""
+        raise config_error("this store does not support Stripe webhooks yet")
 
 
 class AsyncStore(ABC):

@@ -491,6 +491,28 @@ class MemoryStore(Store):
             )
             return key.total, ledger
 
+    def top_usage(
+        self, *, feature_name: str, window_start: datetime | None, limit: int
+    ) -> list[tuple[str, int]]:
+        with self._lock:
+            used = [
+                (user_id, self._used(key, window_start))
+                for (user_id, feature), key in self._keys.items()
+                if feature == feature_name
+            ]
+        ranked = sorted((row for row in used if row[1] > 0), key=lambda r: (-r[1], r[0]))
+        return ranked[:limit]
+
+    def list_recent_events(self, *, feature_name: str | None, limit: int) -> list[UsageEvent]:
+        with self._lock:
+            rows: list[UsageEvent] = []
+            for event in reversed(self._events):
+                if feature_name is None or event.feature_name == feature_name:
+                    rows.append(event)
+                    if len(rows) >= limit:
+                        break
+            return rows
+
     # -- Stripe ---------------------------------------------------------------------------------
     def apply_stripe_event(
         self,
@@ -603,6 +625,17 @@ class MemoryStore(Store):
             latest = max(customers, key=lambda c: (customers[c], c))
             fields = {"stripe_customer_id": latest}
         self._profiles[user_id] = profile.model_copy(update=fields)
+
+    def pending_stripe_subscriptions(self, *, limit: int) -> list[StripeSubscription]:
+        with self._lock:
+            pending = [
+                replace(s, period_guard=False)
+                for s in self._stripe_subs.values()
+                if s.customer_id not in self._stripe_customers
+            ]
+        pending.sort(key=lambda s: s.subscription_id)
+        pending.sort(key=lambda s: (s.started is None, -s.started.timestamp() if s.started else 0))
+        return pending[:limit]
 
     def stripe_export_batch(
         self, *, meter: str, feature_name: str | None, limit: int

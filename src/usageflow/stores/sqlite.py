@@ -1417,6 +1417,41 @@ class SQLiteStore(Store):
             ).fetchone()
         return int(total), int(ledger)
 
+    def top_usage(
+        self, *, feature_name: str, window_start: datetime | None, limit: int
+    ) -> list[tuple[str, int]]:
+        q = self._q
+        # ?1 feature, ?2 window start (or NULL), ?3 limit: window_used() of every counters
+        # row of the feature, the prefix before the window read by one seek per row.
+        sql = (
+            "SELECT user_id, used FROM (SELECT c.user_id, CASE "
+            "WHEN c.last_reset_at IS NOT NULL AND (?2 IS NULL OR c.last_reset_at >= ?2) "
+            "THEN c.total - c.reset_base "
+            "WHEN ?2 IS NULL THEN c.total "
+            "WHEN c.last_ts IS NULL OR c.last_ts < ?2 THEN 0 "
+            f"ELSE c.total - COALESCE((SELECT e.running_total FROM {q['usage_events']} e "
+            "WHERE e.user_id = c.user_id AND e.feature_name = c.feature_name "
+            "AND e.timestamp < ?2 ORDER BY e.timestamp DESC, e.id DESC LIMIT 1), 0) "
+            f"END AS used FROM {q['counters']} c WHERE c.feature_name = ?1) "
+            "WHERE used > 0 ORDER BY used DESC, user_id LIMIT ?3"
+        )
+        start = None if window_start is None else _ts(window_start)
+        with self._tx("top_usage", self.tables.counters, write=False) as c:
+            rows = c.execute(sql, (feature_name, start, limit)).fetchall()
+        return [(str(user_id), int(used)) for user_id, used in rows]
+
+    def list_recent_events(self, *, feature_name: str | None, limit: int) -> list[UsageEvent]:
+        where, params = "", []
+        if feature_name is not None:
+            where, params = "WHERE feature_name = ? ", [feature_name]
+        with self._tx("list_recent_events", self.tables.usage_events, write=False) as c:
+            rows = c.execute(
+                f"SELECT {self._sql_event_cols} FROM {self._q['usage_events']} {where}"
+                "ORDER BY id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [self._event(r) for r in rows]
+
     # -- Stripe ---------------------------------------------------------------------------------
     def apply_stripe_event(
         self,
@@ -1620,3 +1655,31 @@ class SQLiteStore(Store):
                 f"SELECT last_event_id FROM {q['stripe_exports']} WHERE meter = ?", (meter,)
             ).fetchone()
         return int(row[0])
+
+    def pending_stripe_subscriptions(self, *, limit: int) -> list[StripeSubscription]:
+        q = self._q
+        with self._tx(
+            "pending_stripe_subscriptions", self.tables.stripe_subscriptions, write=False
+        ) as c:
+            rows = c.execute(
+                "SELECT subscription_id, customer_id, order_key, started, ended, plan, status, "
+                f"current_period_start, current_period_end FROM {q['stripe_subscriptions']} s "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {q['stripe_customers']} k "
+                "WHERE k.customer_id = s.customer_id) "
+                "ORDER BY started IS NULL, started DESC, subscription_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            StripeSubscription(
+                subscription_id=r[0],
+                customer_id=r[1],
+                order_key=r[2],
+                started=_dt(r[3]),
+                ended=bool(r[4]),
+                plan=r[5],
+                status=r[6],
+                current_period_start=_dt(r[7]),
+                current_period_end=_dt(r[8]),
+            )
+            for r in rows
+        ]

@@ -28,6 +28,7 @@ from usageflow.stores.base import (
     HourlyTotal,
     ResetInfo,
     StripeApplied,
+    StripeSubscription,
     Tables,
 )
 
@@ -103,6 +104,8 @@ API_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "events": (("p_user_id", "text"), ("p_feature_name", "text"), ("p_limit", "integer")),
     "ledger_check": (("p_user_id", "text"), ("p_feature_name", "text")),
+    "top_users": (("p_feature_name", "text"), ("p_window_start", _TS), ("p_limit", "integer")),
+    "recent_events": (("p_feature_name", "text"), ("p_limit", "integer")),
     "catalog": (),
     "upsert_plan": (
         ("p_name", "text"),
@@ -146,6 +149,7 @@ API_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "stripe_batch": (("p_meter", "text"), ("p_feature_name", "text"), ("p_limit", "integer")),
     "stripe_cursor": (("p_meter", "text"), ("p_event_id", "bigint")),
+    "stripe_pending": (("p_limit", "integer"),),
     "version": (),
 }
 
@@ -356,6 +360,20 @@ def _export_batch(row: list[Any]) -> tuple[int, list[tuple[UsageEvent, str | Non
     return int(cursor), [(_event_required(e), customer) for e, customer in rows]
 
 
+def _subscription(row: Mapping[str, Any]) -> StripeSubscription:
+    return StripeSubscription(
+        subscription_id=row["subscription_id"],
+        customer_id=row["customer_id"],
+        order_key=row["order_key"],
+        started=moment(row["started"]),
+        ended=bool(row["ended"]),
+        plan=row["plan"],
+        status=row["status"],
+        current_period_start=moment(row["current_period_start"]),
+        current_period_end=moment(row["current_period_end"]),
+    )
+
+
 def _event_required(row: Mapping[str, Any]) -> UsageEvent:
     event = _event(row)
     assert event is not None
@@ -461,6 +479,20 @@ OPERATIONS: dict[str, tuple[str, Encoder, Decoder]] = {
         lambda **k: {"p_user_id": k["user_id"], "p_feature_name": k["feature_name"]},
         lambda r: (int(r[0]), int(r[1])),
     ),
+    "top_usage": (
+        "top_users",
+        lambda **k: {
+            "p_feature_name": k["feature_name"],
+            "p_window_start": k["window_start"],
+            "p_limit": k["limit"],
+        },
+        lambda rows: [(str(u), int(n)) for u, n in rows],
+    ),
+    "list_recent_events": (
+        "recent_events",
+        lambda **k: {"p_feature_name": k["feature_name"], "p_limit": k["limit"]},
+        lambda rows: [_event(r) for r in rows],
+    ),
     "load_catalog": ("catalog", lambda **k: {}, lambda rows: [_plan(r) for r in rows]),
     "upsert_plan": (
         "upsert_plan",
@@ -538,6 +570,11 @@ OPERATIONS: dict[str, tuple[str, Encoder, Decoder]] = {
         "stripe_cursor",
         lambda **k: {"p_meter": k["meter"], "p_event_id": k["event_id"]},
         int,
+    ),
+    "pending_stripe_subscriptions": (
+        "stripe_pending",
+        lambda **k: {"p_limit": k["limit"]},
+        lambda rows: [_subscription(r) for r in rows],
     ),
     "get_limit_adjustments": (
         "adjustments",

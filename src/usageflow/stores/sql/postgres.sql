@@ -929,6 +929,51 @@ AS $fn$
          WHERE e.user_id = p_user_id AND e.feature_name = p_feature_name))
 $fn$;
 
+-- The users with the most recorded usage of a feature in the window starting at
+-- p_window_start (NULL: lifetime), as @fn_usage@ measures it: one prefix seek per counters
+-- row of the feature, so the cost follows the number of its users, not the ledger.
+CREATE OR REPLACE FUNCTION @fn_top_users@(
+    p_feature_name TEXT, p_window_start TIMESTAMPTZ, p_limit INTEGER
+) RETURNS JSONB
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+    SELECT coalesce(jsonb_agg(jsonb_build_array(t.user_id, t.used)
+                              ORDER BY t.used DESC, t.user_id COLLATE "C"), '[]'::JSONB)
+    FROM (
+        SELECT u.user_id, u.used FROM (
+            SELECT c.user_id, CASE
+                WHEN c.last_reset_at IS NOT NULL
+                     AND (p_window_start IS NULL OR c.last_reset_at >= p_window_start)
+                    THEN c.total::NUMERIC - c.reset_base
+                WHEN p_window_start IS NULL THEN c.total
+                WHEN c.last_ts IS NULL OR c.last_ts < p_window_start THEN 0
+                ELSE c.total::NUMERIC - coalesce((
+                    SELECT e.running_total FROM @events@ e
+                    WHERE e.user_id = c.user_id AND e.feature_name = c.feature_name
+                      AND e."timestamp" < p_window_start
+                    ORDER BY e."timestamp" DESC, e.id DESC LIMIT 1), 0)
+            END AS used
+            FROM @counters@ c WHERE c.feature_name = p_feature_name
+        ) AS u
+        WHERE u.used > 0
+        ORDER BY u.used DESC, u.user_id COLLATE "C"
+        LIMIT p_limit
+    ) AS t
+$fn$;
+
+-- The most recent events of every user (of one feature when given), newest first.
+CREATE OR REPLACE FUNCTION @fn_recent_events@(p_feature_name TEXT, p_limit INTEGER)
+RETURNS JSONB
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+    SELECT coalesce(jsonb_agg(@fn_event_json@(t) ORDER BY t.id DESC), '[]'::JSONB)
+    FROM (SELECT * FROM @events@ e
+          WHERE p_feature_name IS NULL OR e.feature_name = p_feature_name
+          ORDER BY e.id DESC LIMIT p_limit) AS t
+$fn$;
+
 -- ------------------------------------------------------------------------------------------
 -- Plans, limits, profiles, adjustments.
 
@@ -1316,6 +1361,24 @@ AS $fn$
     ON CONFLICT (meter) DO UPDATE SET last_event_id = greatest(x.last_event_id,
                                                                excluded.last_event_id)
     RETURNING to_jsonb(x.last_event_id)
+$fn$;
+
+-- Subscriptions kept 'pending': their customer is linked to no user yet.
+CREATE OR REPLACE FUNCTION @fn_stripe_pending@(p_limit INTEGER) RETURNS JSONB
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+        'subscription_id', t.subscription_id, 'customer_id', t.customer_id,
+        'order_key', t.order_key, 'started', @fn_us@(t.started), 'ended', t.ended,
+        'plan', t.plan, 'status', t.status,
+        'current_period_start', @fn_us@(t.current_period_start),
+        'current_period_end', @fn_us@(t.current_period_end))
+        ORDER BY t.started DESC NULLS LAST, t.subscription_id COLLATE "C"), '[]'::JSONB)
+    FROM (SELECT * FROM @stripe_subs@ s
+          WHERE NOT EXISTS (SELECT 1 FROM @stripe_cust@ k WHERE k.customer_id = s.customer_id)
+          ORDER BY s.started DESC NULLS LAST, s.subscription_id COLLATE "C"
+          LIMIT p_limit) AS t
 $fn$;
 
 CREATE OR REPLACE FUNCTION @fn_version@() RETURNS JSONB
