@@ -486,17 +486,19 @@ CREATE TABLE IF NOT EXISTS @stripe_export@ (
 );
 
 -- ------------------------------------------------------------------------------------------
--- Internal helpers (not callable by API roles).
+-- Internal helpers (not callable by API roles). They carry no SET clause: they run only
+-- inside the API functions below, whose search_path is pinned (SET ... FROM CURRENT), and are
+-- not SECURITY DEFINER (called by anyone else, they run with that caller's own rights). A SET
+-- clause would cost a configuration save and restore on every call and would stop
+-- PostgreSQL from inlining the SQL ones into the statements that use them.
 
 -- A moment as microseconds since the Unix epoch: exact, and independent of the TimeZone.
 CREATE OR REPLACE FUNCTION @fn_us@(p_ts TIMESTAMPTZ) RETURNS BIGINT
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path FROM CURRENT
 AS $fn$ SELECT (extract(epoch FROM p_ts) * 1000000)::BIGINT $fn$;
 
 CREATE OR REPLACE FUNCTION @fn_event_json@(e @events@) RETURNS JSONB
 LANGUAGE sql STABLE
-SET search_path FROM CURRENT
 AS $fn$
     SELECT jsonb_build_object(
         'id', e.id, 'user_id', e.user_id, 'feature_name', e.feature_name,
@@ -506,37 +508,27 @@ $fn$;
 
 -- Recorded usage in a window, from the (locked) counters row and one index seek.
 CREATE OR REPLACE FUNCTION @fn_used@(c @counters@, p_window_start TIMESTAMPTZ) RETURNS NUMERIC
-LANGUAGE plpgsql STABLE
-SET search_path FROM CURRENT
+LANGUAGE sql STABLE
 AS $fn$
-DECLARE
-    v_prefix BIGINT;
-BEGIN
-    IF c.user_id IS NULL THEN
-        RETURN 0;
-    END IF;
-    IF c.last_reset_at IS NOT NULL
-       AND (p_window_start IS NULL OR c.last_reset_at >= p_window_start) THEN
-        RETURN c.total::NUMERIC - c.reset_base;
-    END IF;
-    IF p_window_start IS NULL THEN
-        RETURN c.total;
-    END IF;
-    IF c.last_ts IS NULL OR c.last_ts < p_window_start THEN
-        RETURN 0;  -- every event is before the window: the prefix is the total
-    END IF;
-    SELECT e.running_total INTO v_prefix FROM @events@ e
-    WHERE e.user_id = c.user_id AND e.feature_name = c.feature_name
-      AND e."timestamp" < p_window_start
-    ORDER BY e."timestamp" DESC, e.id DESC LIMIT 1;
-    RETURN c.total::NUMERIC - coalesce(v_prefix, 0);
-END
+    SELECT CASE
+        WHEN c.user_id IS NULL THEN 0
+        WHEN c.last_reset_at IS NOT NULL
+             AND (p_window_start IS NULL OR c.last_reset_at >= p_window_start)
+            THEN c.total::NUMERIC - c.reset_base
+        WHEN p_window_start IS NULL THEN c.total
+        -- every event is before the window: the prefix is the total
+        WHEN c.last_ts IS NULL OR c.last_ts < p_window_start THEN 0
+        ELSE c.total::NUMERIC - coalesce((
+            SELECT e.running_total FROM @events@ e
+            WHERE e.user_id = c.user_id AND e.feature_name = c.feature_name
+              AND e."timestamp" < p_window_start
+            ORDER BY e."timestamp" DESC, e.id DESC LIMIT 1), 0)
+    END
 $fn$;
 
 -- Lock (creating if needed) the counters row of a key: every writer of a key goes through it.
 CREATE OR REPLACE FUNCTION @fn_lock@(p_user_id TEXT, p_feature_name TEXT) RETURNS @counters@
 LANGUAGE plpgsql VOLATILE
-SET search_path FROM CURRENT
 AS $fn$
 DECLARE
     c @counters@;
@@ -560,7 +552,6 @@ CREATE OR REPLACE FUNCTION @fn_prune_holds@(
     p_user_id TEXT, p_feature_name TEXT, p_now TIMESTAMPTZ
 ) RETURNS VOID
 LANGUAGE sql VOLATILE
-SET search_path FROM CURRENT
 AS $fn$
     DELETE FROM @holds@
     WHERE user_id = p_user_id AND feature_name = p_feature_name
@@ -571,7 +562,6 @@ $fn$;
 -- (status 'expired'; they may still be committed).
 CREATE OR REPLACE FUNCTION @fn_held@(c @counters@, p_now TIMESTAMPTZ) RETURNS NUMERIC
 LANGUAGE plpgsql VOLATILE
-SET search_path FROM CURRENT
 AS $fn$
 DECLARE
     v_expired INTEGER;
@@ -601,7 +591,6 @@ CREATE OR REPLACE FUNCTION @fn_append@(
     p_idempotency_key TEXT
 ) RETURNS @events@
 LANGUAGE plpgsql VOLATILE
-SET search_path FROM CURRENT
 AS $fn$
 DECLARE
     e @events@;
@@ -626,7 +615,6 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION @fn_overflows@(p_total BIGINT, p_credits BIGINT) RETURNS BOOLEAN
 LANGUAGE sql IMMUTABLE
-SET search_path FROM CURRENT
 AS $fn$
     SELECT p_total::NUMERIC + p_credits > 9223372036854775807
         OR p_total::NUMERIC + p_credits < -9223372036854775807
@@ -643,21 +631,33 @@ CREATE OR REPLACE FUNCTION @fn_charge@(
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $fn$
+-- The hot path, written in line (a key that exists, no live hold, no idempotency key): one
+-- locking read of the counters row, the window's usage from it (and at most one index seek),
+-- the ledger insert, the counter update. The rare branches call the helpers.
 DECLARE
-    c @counters@ := @fn_lock@(p_user_id, p_feature_name);
-    v_held NUMERIC := @fn_held@(c, p_now);
+    c @counters@;
+    v_held NUMERIC := 0;
     v_used NUMERIC;
+    v_ts TIMESTAMPTZ;
     e @events@;
 BEGIN
+    SELECT * INTO c FROM @counters@
+    WHERE user_id = p_user_id AND feature_name = p_feature_name FOR UPDATE;
+    IF NOT FOUND THEN
+        c := @fn_lock@(p_user_id, p_feature_name);  -- the key's first event: create its row
+    END IF;
+    IF c.active_holds > 0 THEN
+        v_held := @fn_held@(c, p_now);
+    END IF;
+    v_used := @fn_used@(c, p_window_start);
     IF p_idempotency_key IS NOT NULL THEN
         SELECT * INTO e FROM @events@ WHERE idempotency_key = p_idempotency_key
             AND user_id = p_user_id AND feature_name = p_feature_name;
         IF FOUND THEN
-            RETURN jsonb_build_object('allowed', true, 'used', @fn_used@(c, p_window_start),
-                'held', v_held, 'event', @fn_event_json@(e), 'replayed', true);
+            RETURN jsonb_build_object('allowed', true, 'used', v_used, 'held', v_held,
+                'event', @fn_event_json@(e), 'replayed', true);
         END IF;
     END IF;
-    v_used := @fn_used@(c, p_window_start);
     IF p_limit IS NOT NULL AND greatest(v_used, 0) + v_held + p_credits > p_limit THEN
         RETURN jsonb_build_object('allowed', false, 'used', v_used, 'held', v_held);
     END IF;
@@ -666,13 +666,23 @@ BEGIN
             'message', 'this charge would overflow the usage counter (64-bit)',
             'details', jsonb_build_object('credits', p_credits));
     END IF;
-    e := @fn_append@(c, p_credits, p_event_type, p_now, p_metadata, p_idempotency_key);
+    -- Appended as @fn_append@ does: timestamps never go backwards within a key.
+    v_ts := CASE WHEN c.last_ts IS NULL OR p_now > c.last_ts THEN p_now ELSE c.last_ts END;
+    INSERT INTO @events@ (user_id, feature_name, credits_used, event_type, metadata,
+                          "timestamp", idempotency_key, running_total)
+    VALUES (p_user_id, p_feature_name, p_credits, p_event_type, p_metadata, v_ts,
+            p_idempotency_key, c.total + p_credits)
+    ON CONFLICT (idempotency_key, user_id, feature_name) WHERE idempotency_key IS NOT NULL
+        DO NOTHING
+    RETURNING * INTO e;
     IF e.id IS NULL THEN  -- the same key was recorded meanwhile (not under this lock?)
         SELECT * INTO e FROM @events@ WHERE idempotency_key = p_idempotency_key
             AND user_id = p_user_id AND feature_name = p_feature_name;
         RETURN jsonb_build_object('allowed', true, 'used', v_used, 'held', v_held,
             'event', @fn_event_json@(e), 'replayed', true);
     END IF;
+    UPDATE @counters@ SET total = e.running_total, last_ts = v_ts
+    WHERE user_id = p_user_id AND feature_name = p_feature_name;
     RETURN jsonb_build_object('allowed', true, 'used', v_used + p_credits, 'held', v_held,
         'event', @fn_event_json@(e));
 END
@@ -687,12 +697,21 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $fn$
 DECLARE
-    c @counters@ := @fn_lock@(p_user_id, p_feature_name);
-    v_held NUMERIC := @fn_held@(c, p_now);
-    v_used NUMERIC := @fn_used@(c, p_window_start);
+    c @counters@;
+    v_held NUMERIC := 0;
+    v_used NUMERIC;
     v_id TEXT;
     v_first BIGINT;
 BEGIN
+    SELECT * INTO c FROM @counters@
+    WHERE user_id = p_user_id AND feature_name = p_feature_name FOR UPDATE;
+    IF NOT FOUND THEN
+        c := @fn_lock@(p_user_id, p_feature_name);
+    END IF;
+    IF c.active_holds > 0 THEN
+        v_held := @fn_held@(c, p_now);
+    END IF;
+    v_used := @fn_used@(c, p_window_start);
     IF p_idempotency_key IS NOT NULL THEN
         SELECT id, credits INTO v_id, v_first FROM @holds@ WHERE idempotency_key = p_idempotency_key
             AND user_id = p_user_id AND feature_name = p_feature_name;
@@ -979,7 +998,6 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION @fn_plan_json@(p @plans@) RETURNS JSONB
 LANGUAGE sql STABLE
-SET search_path FROM CURRENT
 AS $fn$
     SELECT jsonb_build_object(
         'id', p.id, 'name', p.name, 'stripe_price_id', p.stripe_price_id,
@@ -1078,7 +1096,6 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION @fn_profile_json@(r @profiles@) RETURNS JSONB
 LANGUAGE sql STABLE
-SET search_path FROM CURRENT
 AS $fn$
     SELECT jsonb_build_object('id', r.id, 'email', r.email, 'plan', r.plan,
         'subscription_status', r.subscription_status,
@@ -1127,7 +1144,6 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION @fn_adj_json@(a @adjustments@) RETURNS JSONB
 LANGUAGE sql STABLE
-SET search_path FROM CURRENT
 AS $fn$
     SELECT jsonb_build_object('id', a.id, 'user_id', a.user_id,
         'feature_name', a.feature_name, 'amount', a.amount, 'type', a.type,
@@ -1173,7 +1189,6 @@ $fn$;
 -- user (another customer's event) has then committed, and the next statement sees its writes.
 CREATE OR REPLACE FUNCTION @fn_stripe_refresh@(p_user_id TEXT) RETURNS VOID
 LANGUAGE plpgsql VOLATILE
-SET search_path FROM CURRENT
 AS $fn$
 DECLARE
     s @stripe_subs@;
