@@ -45,6 +45,7 @@ from usageflow.stores.base import (
     fits,
     window_used,
 )
+from usageflow.stores.sql import render_sqlite, sqlite_statements
 
 __all__ = ["SQLiteStore"]
 
@@ -93,169 +94,18 @@ def _json(value: dict[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
-_HOLD_COLUMNS = (
-    "id, user_id, feature_name, credits, status, created_at, expires_at, idempotency_key, event_id"
-)
-
-
-def _holds_table(name: str) -> str:
-    """The holds table (version 3): what is in flight, so small; one B-tree keyed by the
-    reservation id (``WITHOUT ROWID``), and the idempotency keys in a partial index, which
-    holds without a key do not touch. A reservation then writes three pages, not five."""
-    return f"""CREATE TABLE IF NOT EXISTS "{name}" (
-    id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    feature_name TEXT NOT NULL,
-    credits INTEGER NOT NULL,
-    status TEXT NOT NULL DEFAULT 'held'
-        CHECK (status IN ('held', 'committed', 'released', 'expired')),
-    created_at TIMESTAMP NOT NULL,
-    expires_at TIMESTAMP NOT NULL,
-    idempotency_key TEXT,
-    event_id INTEGER
-) WITHOUT ROWID"""
-
-
-def _events_table(name: str) -> str:
-    """The ledger (version 4: its idempotency keys are unique per (user, feature), by the
-    index ``idx_<events>_idem``, no longer by a column constraint)."""
-    return f"""CREATE TABLE IF NOT EXISTS "{name}" (
-    id INTEGER PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    feature_name TEXT NOT NULL,
-    credits_used INTEGER,
-    event_type TEXT NOT NULL DEFAULT 'usage'
-        CHECK (event_type IN ('usage', 'credit', 'reset', 'adjustment')),
-    metadata JSON,
-    timestamp TIMESTAMP NOT NULL,
-    idempotency_key TEXT,
-    running_total INTEGER NOT NULL
-)"""
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run a block of several statements (separated by ``;``) in the caller's transaction,
+    which ``executescript`` would commit."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def schema_sql(t: Tables) -> str:
-    """The DDL of the schema (version 4: version 1, the Stripe tables of version 2, the index
-    that prunes settled holds of version 3, idempotency keys scoped to (user, feature) of
-    version 4), for these table names. Every statement is idempotent, so
-    upgrading from 1 or 2 runs it all again.
-
-    The ledger's ``id`` is a plain ``INTEGER PRIMARY KEY`` (the largest id plus one): events
-    are never deleted, so ids still only grow, without the ``sqlite_sequence`` row that
-    ``AUTOINCREMENT`` reads and rewrites on every insert (a sixth of the cost of recording an
-    event). Databases created before keep their ``AUTOINCREMENT``: it answers the same."""
-    return f"""
-CREATE TABLE IF NOT EXISTS "{t.user_plans}" (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    stripe_price_id TEXT UNIQUE,
-    price_amount DECIMAL(10,2),
-    price_currency TEXT,
-    is_free BOOLEAN NOT NULL DEFAULT 0,
-    payment_link_url TEXT,
-    created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    updated_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
-);
-CREATE TABLE IF NOT EXISTS "{t.usage_feature_limits}" (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    plan_id INTEGER NOT NULL REFERENCES "{t.user_plans}"(id) ON DELETE CASCADE,
-    feature_name TEXT NOT NULL,
-    limit_value INTEGER NOT NULL CHECK (limit_value >= -1),
-    period TEXT NOT NULL DEFAULT 'current_month' CHECK (period IN ('current_month',
-        'last_30_days', 'last_28_days', 'current_week', 'day', 'lifetime', 'billing_cycle')),
-    created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    updated_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    UNIQUE (plan_id, feature_name)
-);
-{_events_table(t.usage_events)};
--- Keys are unique per (user, feature), and led by the key the index also finds a reservation's
--- commit by its key alone.
-CREATE UNIQUE INDEX IF NOT EXISTS "idx_{t.usage_events}_idem"
-    ON "{t.usage_events}" (idempotency_key, user_id, feature_name)
-    WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS "idx_{t.usage_events}_user_feature"
-    ON "{t.usage_events}" (user_id, feature_name, timestamp);
-CREATE INDEX IF NOT EXISTS "idx_{t.usage_events}_timestamp" ON "{t.usage_events}" (timestamp);
-CREATE INDEX IF NOT EXISTS "idx_{t.usage_events}_type" ON "{t.usage_events}" (event_type);
-CREATE TABLE IF NOT EXISTS "{t.user_limit_adjustments}" (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_id TEXT NOT NULL,
-    feature_name TEXT NOT NULL,
-    amount INTEGER NOT NULL,
-    type TEXT NOT NULL CHECK (type IN ('one_time', 'recurring')),
-    start_date TIMESTAMP NOT NULL,
-    end_date TIMESTAMP NOT NULL,
-    metadata JSON,
-    created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    CHECK (start_date < end_date)
-);
-CREATE INDEX IF NOT EXISTS "idx_{t.user_limit_adjustments}_user"
-    ON "{t.user_limit_adjustments}" (user_id, feature_name);
-CREATE INDEX IF NOT EXISTS "idx_{t.user_limit_adjustments}_dates"
-    ON "{t.user_limit_adjustments}" (start_date, end_date);
-CREATE TABLE IF NOT EXISTS "{t.profiles}" (
-    id TEXT PRIMARY KEY,
-    email TEXT,
-    plan TEXT,
-    subscription_status TEXT,
-    stripe_customer_id TEXT,
-    current_period_start TIMESTAMP,
-    current_period_end TIMESTAMP,
-    created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    updated_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
-);
-CREATE INDEX IF NOT EXISTS "idx_{t.profiles}_email" ON "{t.profiles}" (email);
-CREATE INDEX IF NOT EXISTS "idx_{t.profiles}_customer" ON "{t.profiles}" (stripe_customer_id);
-CREATE TABLE IF NOT EXISTS "{t.counters}" (
-    user_id TEXT NOT NULL,
-    feature_name TEXT NOT NULL,
-    total INTEGER NOT NULL DEFAULT 0,
-    last_ts TIMESTAMP,
-    last_reset_at TIMESTAMP,
-    reset_base INTEGER NOT NULL DEFAULT 0,
-    reset_pre_total INTEGER NOT NULL DEFAULT 0,
-    open_holds INTEGER NOT NULL DEFAULT 0, -- unused since version 3 (holds are read directly)
-    PRIMARY KEY (user_id, feature_name)
-) WITHOUT ROWID;
-{_holds_table(t.holds)};
-CREATE INDEX IF NOT EXISTS "idx_{t.holds}_active"
-    ON "{t.holds}" (user_id, feature_name, expires_at) WHERE status = 'held';
-CREATE INDEX IF NOT EXISTS "idx_{t.holds}_settled"
-    ON "{t.holds}" (user_id, feature_name, expires_at) WHERE status <> 'held';
-DROP INDEX IF EXISTS "idx_{t.holds}_key";
-CREATE UNIQUE INDEX IF NOT EXISTS "idx_{t.holds}_idem"
-    ON "{t.holds}" (idempotency_key, user_id, feature_name) WHERE idempotency_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS "{t.stripe_events}" (
-    event_id TEXT PRIMARY KEY,
-    event_type TEXT NOT NULL,
-    created TIMESTAMP NOT NULL,
-    action TEXT NOT NULL,
-    user_id TEXT,
-    processed_at TIMESTAMP NOT NULL
-);
-CREATE TABLE IF NOT EXISTS "{t.stripe_subscriptions}" (
-    subscription_id TEXT PRIMARY KEY,
-    customer_id TEXT NOT NULL,
-    order_key TEXT NOT NULL,
-    started TIMESTAMP,
-    ended BOOLEAN NOT NULL,
-    plan TEXT NOT NULL,
-    status TEXT NOT NULL,
-    current_period_start TIMESTAMP,
-    current_period_end TIMESTAMP
-);
-CREATE INDEX IF NOT EXISTS "idx_{t.stripe_subscriptions}_customer"
-    ON "{t.stripe_subscriptions}" (customer_id);
-CREATE TABLE IF NOT EXISTS "{t.stripe_customers}" (
-    customer_id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    order_key TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS "idx_{t.stripe_customers}_user" ON "{t.stripe_customers}" (user_id);
-CREATE TABLE IF NOT EXISTS "{t.stripe_exports}" (
-    meter TEXT PRIMARY KEY,
-    last_event_id INTEGER NOT NULL
-);
-"""
+    """The DDL of the schema for these table names (``schema`` in ``sql/sqlite.sql``): a
+    script of idempotent statements."""
+    return sqlite_statements(t)["schema"] + ";\n"
 
 
 P = ParamSpec("P")
@@ -328,29 +178,7 @@ class SQLiteStore(Store):
         self._group = threading.Condition()
         self._group_queue: list[_Slot] = []
         self._group_leading = False
-        t = self.tables
-        q = {
-            name: f'"{getattr(t, name)}"'
-            for name in (
-                "user_plans",
-                "usage_events",
-                "usage_feature_limits",
-                "user_limit_adjustments",
-                "profiles",
-                "counters",
-                "holds",
-                "schema",
-                "stripe_events",
-                "stripe_subscriptions",
-                "stripe_customers",
-                "stripe_exports",
-            )
-        }
-        self._q = q
-        self._sql_event_cols = (
-            "id, user_id, feature_name, credits_used, event_type, metadata, timestamp, "
-            "idempotency_key"
-        )
+        self._sql = sqlite_statements(self.tables)
 
     @classmethod
     def from_url(cls, url: str, tables: Tables | None = None) -> SQLiteStore:
@@ -696,14 +524,9 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self._q['schema']} ("
-                    "component TEXT PRIMARY KEY, version INTEGER NOT NULL, applied_at TEXT)"
-                )
-                row = conn.execute(
-                    f"SELECT version FROM {self._q['schema']} WHERE component = ?",
-                    (self.tables.usage_events,),
-                ).fetchone()
+                sql = self._sql
+                conn.execute(sql["schema_table"])
+                row = conn.execute(sql["schema_version"], (self.tables.usage_events,)).fetchone()
                 version = row[0] if row else 0
                 if version > SCHEMA_VERSION:
                     raise config_error(
@@ -711,21 +534,15 @@ class SQLiteStore(Store):
                         f"usageflow ({SCHEMA_VERSION}); upgrade usageflow"
                     )
                 if version == 0:  # tables made by the JavaScript package, if any
-                    adopt(conn, self.tables, schema_sql(self.tables))
+                    adopt(conn, self.tables, sql["schema"])
                 if 0 < version < 3:
                     self._rebuild_holds(conn)
                 if 0 < version < 4:
                     self._rebuild_events(conn)
                 if version < SCHEMA_VERSION:
-                    for statement in schema_sql(self.tables).split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    _run_script(conn, sql["schema"])
                     conn.execute(
-                        f"INSERT INTO {self._q['schema']} (component, version, applied_at) "
-                        "VALUES (?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now')) "
-                        "ON CONFLICT (component) DO UPDATE SET version = excluded.version, "
-                        "applied_at = excluded.applied_at",
-                        (self.tables.usage_events, SCHEMA_VERSION),
+                        sql["schema_version_set"], (self.tables.usage_events, SCHEMA_VERSION)
                     )
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -737,40 +554,22 @@ class SQLiteStore(Store):
         return SCHEMA_VERSION
 
     def _rebuild_holds(self, conn: sqlite3.Connection) -> None:
-        """Version 3's holds table, from an older one (SQLite cannot change a table's key or
-        constraints in place): the rows are copied, except the committed holds without a key
-        that older versions kept (their events answer a repeated commit)."""
+        """Version 3's holds table, from an older one (``rebuild_holds`` in sqlite.sql)."""
         name = self.tables.holds
-        if not conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        ).fetchone():
+        if not conn.execute(self._sql["table_exists"], (name,)).fetchone():
             return
-        conn.execute(_holds_table(f"{name}_v3"))
-        conn.execute(
-            f'INSERT INTO "{name}_v3" ({_HOLD_COLUMNS}) SELECT {_HOLD_COLUMNS} FROM "{name}" '
-            "WHERE NOT (status = 'committed' AND idempotency_key IS NULL)"
-        )
-        conn.execute(f'DROP TABLE "{name}"')
-        conn.execute(f'ALTER TABLE "{name}_v3" RENAME TO "{name}"')
+        conn.execute(render_sqlite(self.tables, holds=f"{name}_v3")["holds_table"])
+        _run_script(conn, self._sql["rebuild_holds"])
 
     def _rebuild_events(self, conn: sqlite3.Connection) -> None:
         """Version 4's ledger, from an older one whose ``idempotency_key`` column was UNIQUE
-        (a column constraint SQLite cannot drop): every row is copied as it is, ids included;
-        the indexes are made again by the schema that runs next."""
-        name = self.tables.usage_events
-        constrained = any(
-            row[3] == "u" for row in conn.execute(f'PRAGMA index_list("{name}")').fetchall()
-        )
-        if not constrained:
+        (``rebuild_events`` in sqlite.sql)."""
+        indexes = conn.execute(self._sql["events_indexes"]).fetchall()
+        if not any(row[3] == "u" for row in indexes):
             return
-        columns = (
-            "id, user_id, feature_name, credits_used, event_type, metadata, timestamp, "
-            "idempotency_key, running_total"
-        )
-        conn.execute(_events_table(f"{name}_v4"))
-        conn.execute(f'INSERT INTO "{name}_v4" ({columns}) SELECT {columns} FROM "{name}"')
-        conn.execute(f'DROP TABLE "{name}"')
-        conn.execute(f'ALTER TABLE "{name}_v4" RENAME TO "{name}"')
+        name = self.tables.usage_events
+        conn.execute(render_sqlite(self.tables, events=f"{name}_v4")["events_table"])
+        _run_script(conn, self._sql["rebuild_events"])
 
     def connection_check(self) -> bool:
         """True when the database accepts writes: under the write lock, page 1 is rewritten
@@ -799,18 +598,11 @@ class SQLiteStore(Store):
             limits=limits,
         )
 
-    _PLAN_COLS = (
-        "id, name, stripe_price_id, price_amount, price_currency, is_free, payment_link_url"
-    )
-
     def load_catalog(self) -> list[Plan]:
-        q = self._q
+        sql = self._sql
         with self._tx("load_catalog", self.tables.user_plans, write=False) as c:
-            plans = c.execute(f"SELECT {self._PLAN_COLS} FROM {q['user_plans']}").fetchall()
-            rows = c.execute(
-                f"SELECT plan_id, feature_name, limit_value, period "
-                f"FROM {q['usage_feature_limits']}"
-            ).fetchall()
+            plans = c.execute(sql["catalog_plans"]).fetchall()
+            rows = c.execute(sql["catalog_limits"]).fetchall()
         limits: dict[int, dict[str, FeatureLimit]] = {}
         for plan_id, feature, value, period in rows:
             limits.setdefault(plan_id, {})[feature] = FeatureLimit(
@@ -828,57 +620,30 @@ class SQLiteStore(Store):
         is_free: bool,
         payment_link_url: str | None,
     ) -> Plan:
-        q = self._q
+        sql = self._sql
         amount = None if price_amount is None else str(price_amount)
         with self._tx("upsert_plan", self.tables.user_plans) as c:
             if stripe_price_id is not None:
-                found = c.execute(
-                    f"SELECT id FROM {q['user_plans']} WHERE stripe_price_id = ?",
-                    (stripe_price_id,),
-                ).fetchone()
+                found = c.execute(sql["upsert_plan_by_price"], (stripe_price_id,)).fetchone()
             else:
-                found = c.execute(
-                    f"SELECT id FROM {q['user_plans']} WHERE stripe_price_id IS NULL "
-                    "AND name = ? ORDER BY id LIMIT 1",
-                    (name,),
-                ).fetchone()
+                found = c.execute(sql["upsert_plan_by_name"], (name,)).fetchone()
             values = (name, stripe_price_id, amount, price_currency, int(is_free), payment_link_url)
             if found:
-                c.execute(
-                    f"UPDATE {q['user_plans']} SET name = ?, stripe_price_id = ?, "
-                    "price_amount = ?, price_currency = ?, is_free = ?, payment_link_url = ?, "
-                    "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = ?",
-                    (*values, found[0]),
-                )
+                c.execute(sql["upsert_plan_update"], (*values, found[0]))
                 plan_id = found[0]
             else:
-                cur = c.execute(
-                    f"INSERT INTO {q['user_plans']} (name, stripe_price_id, price_amount, "
-                    "price_currency, is_free, payment_link_url) VALUES (?, ?, ?, ?, ?, ?)",
-                    values,
-                )
-                plan_id = cur.lastrowid
-            row = c.execute(
-                f"SELECT {self._PLAN_COLS} FROM {q['user_plans']} WHERE id = ?", (plan_id,)
-            ).fetchone()
+                plan_id = c.execute(sql["upsert_plan_insert"], values).lastrowid
+            row = c.execute(sql["upsert_plan_read"], (plan_id,)).fetchone()
         return self._plan(row, {})
 
     def set_feature_limit(
         self, *, plan_id: int, feature_name: str, limit_value: int, period: str
     ) -> FeatureLimit:
-        q = self._q
+        sql = self._sql
         with self._tx("set_feature_limit", self.tables.usage_feature_limits) as c:
-            if not c.execute(
-                f"SELECT 1 FROM {q['user_plans']} WHERE id = ?", (plan_id,)
-            ).fetchone():
+            if not c.execute(sql["set_limit_plan"], (plan_id,)).fetchone():
                 raise invalid(f"no plan with id {plan_id}", plan_id=plan_id)
-            c.execute(
-                f"INSERT INTO {q['usage_feature_limits']} (plan_id, feature_name, limit_value, "
-                "period) VALUES (?, ?, ?, ?) ON CONFLICT (plan_id, feature_name) DO UPDATE SET "
-                "limit_value = excluded.limit_value, period = excluded.period, "
-                "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')",
-                (plan_id, feature_name, limit_value, period),
-            )
+            c.execute(sql["set_limit"], (plan_id, feature_name, limit_value, period))
         return FeatureLimit(
             plan_id=plan_id, feature_name=feature_name, limit_value=limit_value, period=period
         )
@@ -888,8 +653,7 @@ class SQLiteStore(Store):
     ) -> int:
         with self._tx("update_price", self.tables.user_plans) as c:
             cur = c.execute(
-                f"UPDATE {self._q['user_plans']} SET price_amount = ?, price_currency = ?, "
-                "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE stripe_price_id = ?",
+                self._sql["update_price"],
                 (
                     None if price_amount is None else str(price_amount),
                     price_currency,
@@ -909,10 +673,7 @@ class SQLiteStore(Store):
 
     def get_profile(self, *, user_id: str) -> Profile | None:
         with self._tx("get_profile", self.tables.profiles, write=False) as c:
-            row = c.execute(
-                f"SELECT {', '.join(self._PROFILE_COLS)} FROM {self._q['profiles']} WHERE id = ?",
-                (user_id,),
-            ).fetchone()
+            row = c.execute(self._sql["get_profile"], (user_id,)).fetchone()
         return None if row is None else self._profile(row)
 
     def upsert_profile(self, *, user_id: str, fields: dict[str, Any]) -> Profile:
@@ -921,25 +682,26 @@ class SQLiteStore(Store):
             _ts_or_none(fields[f]) if isinstance(fields[f], datetime) else fields[f]
             for f in columns
         ]
-        assignments = ", ".join(f"{col} = excluded.{col}" for col in columns)
-        names = ", ".join(["id", *columns])
-        marks = ", ".join("?" * (len(columns) + 1))
-        update = (
-            f"DO UPDATE SET {assignments}, updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')"
-            if columns
-            else "DO NOTHING"
-        )
         with self._tx("upsert_profile", self.tables.profiles) as c:
-            c.execute(
-                f"INSERT INTO {self._q['profiles']} ({names}) VALUES ({marks}) "
-                f"ON CONFLICT (id) {update}",
-                (user_id, *values),
-            )
-            row = c.execute(
-                f"SELECT {', '.join(self._PROFILE_COLS)} FROM {self._q['profiles']} WHERE id = ?",
-                (user_id,),
-            ).fetchone()
+            c.execute(self._upsert_profile_sql(columns), (user_id, *values))
+            row = c.execute(self._sql["get_profile"], (user_id,)).fetchone()
         return self._profile(row)
+
+    def _upsert_profile_sql(self, columns: Sequence[str]) -> str:
+        """``upsert_profile`` for these columns (of :data:`PROFILE_FIELDS`, so plain names)."""
+        sql = self._sql
+        update = (
+            sql["upsert_profile_update"].format(
+                assignments=", ".join(f"{col} = excluded.{col}" for col in columns)
+            )
+            if columns
+            else sql["upsert_profile_keep"]
+        )
+        return sql["upsert_profile"].format(
+            columns=", ".join(["id", *columns]),
+            marks=", ".join("?" * (len(columns) + 1)),
+            update=update,
+        )
 
     def add_limit_adjustment(
         self,
@@ -954,8 +716,7 @@ class SQLiteStore(Store):
     ) -> LimitAdjustment:
         with self._tx("add_limit_adjustment", self.tables.user_limit_adjustments) as c:
             cur = c.execute(
-                f"INSERT INTO {self._q['user_limit_adjustments']} (user_id, feature_name, amount, "
-                "type, start_date, end_date, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                self._sql["add_adjustment"],
                 (
                     user_id,
                     feature_name,
@@ -986,10 +747,7 @@ class SQLiteStore(Store):
             "get_limit_adjustments", self.tables.user_limit_adjustments, write=False
         ) as c:
             rows = c.execute(
-                f"SELECT id, amount, type, start_date, end_date, metadata "
-                f"FROM {self._q['user_limit_adjustments']} "
-                "WHERE user_id = ? AND feature_name = ? AND end_date > ? ORDER BY id",
-                (user_id, feature_name, _ts(ending_after)),
+                self._sql["adjustments"], (user_id, feature_name, _ts(ending_after))
             ).fetchall()
         return [
             LimitAdjustment(
@@ -1010,11 +768,7 @@ class SQLiteStore(Store):
     _NO_COUNTER: ClassVar[tuple[Any, ...]] = (0, None, None, 0, 0)
 
     def _counter(self, c: sqlite3.Connection, user_id: str, feature_name: str) -> tuple[Any, ...]:
-        row = c.execute(
-            f"SELECT total, last_ts, last_reset_at, reset_base, reset_pre_total "
-            f"FROM {self._q['counters']} WHERE user_id = ? AND feature_name = ?",
-            (user_id, feature_name),
-        ).fetchone()
+        row = c.execute(self._sql["counter"], (user_id, feature_name)).fetchone()
         return row or self._NO_COUNTER
 
     def _state(
@@ -1025,18 +779,18 @@ class SQLiteStore(Store):
         window_start: datetime | None,
         now: datetime,
     ) -> tuple[tuple[Any, ...], int, int, int]:
-        """What a decision reads, in one statement: (the counter, the usage in the window, the
-        credits of live holds, how many holds have expired but are still marked held)."""
+        """What a decision reads, in one statement (``used``): (the counter, the usage in the
+        window, the credits of live holds, how many holds have expired but are still marked
+        held)."""
         row = c.execute(
-            self._sql_state,
+            self._sql["used"],
             (user_id, feature_name, None if window_start is None else _ts(window_start), _ts(now)),
         ).fetchone()
         counter = self._NO_COUNTER if row[0] is None else row[:5]
         used = window_used(counter[0], window_start, _dt(counter[2]), counter[3], row[5] or 0)
         live = row[6]
-        # TOTAL() sums in floating point, where SUM() would fail the statement past 2**63
-        # (holds on an unlimited feature may add up to more). The credits are non-negative
-        # integers, so a float total below 2**53 is exact; past it, they are summed here.
+        # The credits are non-negative integers, so TOTAL()'s float below 2**53 is exact;
+        # past it, they are summed here.
         held = (
             int(live) if live < _EXACT_FLOAT else self._held_exactly(c, user_id, feature_name, now)
         )
@@ -1045,30 +799,8 @@ class SQLiteStore(Store):
     def _held_exactly(
         self, c: sqlite3.Connection, user_id: str, feature_name: str, now: datetime
     ) -> int:
-        rows = c.execute(
-            f"SELECT credits FROM {self._q['holds']} WHERE user_id = ? AND feature_name = ? "
-            "AND status = 'held' AND expires_at > ?",
-            (user_id, feature_name, _ts(now)),
-        ).fetchall()
+        rows = c.execute(self._sql["held"], (user_id, feature_name, _ts(now))).fetchall()
         return sum(credits for (credits,) in rows)
-
-    @functools.cached_property
-    def _sql_state(self) -> str:
-        q = self._q
-        # ?1 user, ?2 feature, ?3 window start (or NULL), ?4 now. The usage before the window
-        # is read only when no reset since its start answers; the holds come from the partial
-        # index of held ones. Timestamps are ISO strings, which sort as times.
-        return (
-            "SELECT c.total, c.last_ts, c.last_reset_at, c.reset_base, c.reset_pre_total, "
-            "CASE WHEN ?3 IS NOT NULL AND (c.last_reset_at IS NULL OR c.last_reset_at < ?3) "
-            f"THEN (SELECT e.running_total FROM {q['usage_events']} e "
-            "WHERE e.user_id = ?1 AND e.feature_name = ?2 AND e.timestamp < ?3 "
-            "ORDER BY e.timestamp DESC, e.id DESC LIMIT 1) END, h.live, h.expired "
-            "FROM (SELECT TOTAL(CASE WHEN expires_at > ?4 THEN credits END) AS live, "
-            "COUNT(CASE WHEN expires_at <= ?4 THEN 1 END) AS expired "
-            f"FROM {q['holds']} WHERE user_id = ?1 AND feature_name = ?2 AND status = 'held') h "
-            f"LEFT JOIN {q['counters']} c ON c.user_id = ?1 AND c.feature_name = ?2"
-        )
 
     def _event(self, row: tuple[Any, ...], replayed: bool = False) -> UsageEvent:
         return UsageEvent(
@@ -1089,17 +821,9 @@ class SQLiteStore(Store):
         """The event of an idempotency key in its (user, feature); without a user, the event
         of a reservation's commit (``reservation:<id>``, unique by construction)."""
         if user_id is None:
-            row = c.execute(
-                f"SELECT {self._sql_event_cols} FROM {self._q['usage_events']} "
-                "WHERE idempotency_key = ?",
-                (key,),
-            ).fetchone()
+            row = c.execute(self._sql["settle_replay"], (key,)).fetchone()
         else:
-            row = c.execute(
-                f"SELECT {self._sql_event_cols} FROM {self._q['usage_events']} "
-                "WHERE idempotency_key = ? AND user_id = ? AND feature_name = ?",
-                (key, user_id, feature_name),
-            ).fetchone()
+            row = c.execute(self._sql["charge_replay"], (key, user_id, feature_name)).fetchone()
         return None if row is None else self._event(row, replayed=True)
 
     def _append(
@@ -1123,9 +847,7 @@ class SQLiteStore(Store):
         ts = now_s if last_ts is None or now_s > last_ts else last_ts
         new_total = total + (credits or 0)
         cur = c.execute(
-            f"INSERT INTO {self._q['usage_events']} (user_id, feature_name, credits_used, "
-            "event_type, metadata, timestamp, idempotency_key, running_total) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            self._sql["append_event"],
             (
                 user_id,
                 feature_name,
@@ -1141,11 +863,7 @@ class SQLiteStore(Store):
             last_reset_at, reset_base = ts, new_total
             reset_pre = int((metadata or {}).get("pre_reset_total", 0))
         c.execute(
-            f"INSERT INTO {self._q['counters']} (user_id, feature_name, total, last_ts, "
-            "last_reset_at, reset_base, reset_pre_total) VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (user_id, feature_name) DO UPDATE SET total = excluded.total, "
-            "last_ts = excluded.last_ts, last_reset_at = excluded.last_reset_at, "
-            "reset_base = excluded.reset_base, reset_pre_total = excluded.reset_pre_total",
+            self._sql["append_counter"],
             (user_id, feature_name, new_total, ts, last_reset_at, reset_base, reset_pre),
         )
         event_id = cur.lastrowid
@@ -1220,35 +938,26 @@ class SQLiteStore(Store):
         expires_at: datetime,
         idempotency_key: str | None,
     ) -> Charge:
-        q = self._q
+        sql = self._sql
         # No savepoint in a batch: the insert of the hold is the one write (marking expired
         # holds and pruning old ones change nothing a decision reads, so they may stay).
         with self._tx("reserve", self.tables.holds, savepoint=False) as c:
             _counter, used, held, expired = self._state(c, user_id, feature_name, window_start, now)
-            if expired:  # mark them so (they may still be committed), prune old ones
-                c.execute(
-                    f"UPDATE {q['holds']} SET status = 'expired' WHERE user_id = ? AND "
-                    "feature_name = ? AND status = 'held' AND expires_at <= ?",
-                    (user_id, feature_name, _ts(now)),
-                )
+            if expired:
+                c.execute(sql["reserve_expire"], (user_id, feature_name, _ts(now)))
                 self._prune_holds(c, user_id, feature_name, now)
             if idempotency_key is not None:
                 row = c.execute(
-                    f"SELECT id, credits FROM {q['holds']} WHERE idempotency_key = ? "
-                    "AND user_id = ? AND feature_name = ?",
-                    (idempotency_key, user_id, feature_name),
+                    sql["reserve_replay"], (idempotency_key, user_id, feature_name)
                 ).fetchone()
                 if row:
                     return Charge(
                         True, used, held, replayed=True, reservation_id=row[0], first_credits=row[1]
                     )
-            # A reused reservation id (74 random bits a millisecond) fails the primary key:
-            # nothing written.
             if not fits(used, held, credits, limit):
                 return Charge(False, used, held)
             c.execute(
-                f"INSERT INTO {q['holds']} (id, user_id, feature_name, credits, status, "
-                "created_at, expires_at, idempotency_key) VALUES (?, ?, ?, ?, 'held', ?, ?, ?)",
+                sql["reserve"],
                 (
                     reservation_id,
                     user_id,
@@ -1270,27 +979,18 @@ class SQLiteStore(Store):
         now: datetime,
         metadata: dict[str, Any] | None,
     ) -> UsageEvent | None:
-        q = self._q
+        sql = self._sql
         with self._tx("settle", self.tables.holds) as c:
-            row = c.execute(
-                f"SELECT h.user_id, h.feature_name, h.status, h.idempotency_key, c.total, "
-                "c.last_ts, c.last_reset_at, c.reset_base, c.reset_pre_total "
-                f"FROM {q['holds']} h LEFT JOIN {q['counters']} c "
-                "ON c.user_id = h.user_id AND c.feature_name = h.feature_name WHERE h.id = ?",
-                (reservation_id,),
-            ).fetchone()
+            row = c.execute(sql["settle_hold"], (reservation_id,)).fetchone()
             key = f"reservation:{reservation_id}"
             if row is None or row[2] == "committed":
-                # A committed hold is deleted (or kept, when keyed): its event answers.
                 event = self._by_key(c, key)
                 if event is None and row is None:
                     raise reservation_error("no such reservation", reservation_id=reservation_id)
                 return event
             user_id, feature_name, status, hold_key = row[:4]
             if credits is None:
-                c.execute(
-                    f"UPDATE {q['holds']} SET status = 'released' WHERE id = ?", (reservation_id,)
-                )
+                c.execute(sql["settle_release"], (reservation_id,))
                 self._prune_holds(c, user_id, feature_name, now)
                 return None
             if status == "released":
@@ -1303,12 +1003,9 @@ class SQLiteStore(Store):
                 c, counter, user_id, feature_name, credits, "usage", now, metadata, key
             )
             if hold_key is None:
-                c.execute(f"DELETE FROM {q['holds']} WHERE id = ?", (reservation_id,))
-            else:  # kept: a reserve with this key replays it
-                c.execute(
-                    f"UPDATE {q['holds']} SET status = 'committed', event_id = ? WHERE id = ?",
-                    (event.id, reservation_id),
-                )
+                c.execute(sql["settle_delete"], (reservation_id,))
+            else:
+                c.execute(sql["settle_commit"], (event.id, reservation_id))
                 self._prune_holds(c, user_id, feature_name, now)
             return event
 
@@ -1316,11 +1013,7 @@ class SQLiteStore(Store):
         self, c: sqlite3.Connection, user_id: str, feature_name: str, now: datetime
     ) -> None:
         """Delete the settled or expired holds of this key kept past :data:`HOLD_GRACE`."""
-        c.execute(
-            f"DELETE FROM {self._q['holds']} WHERE user_id = ? AND feature_name = ? "
-            "AND status <> 'held' AND expires_at < ?",
-            (user_id, feature_name, _ts(now - HOLD_GRACE)),
-        )
+        c.execute(self._sql["prune_holds"], (user_id, feature_name, _ts(now - HOLD_GRACE)))
 
     def usage(
         self, *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime
@@ -1366,21 +1059,12 @@ class SQLiteStore(Store):
         start: datetime | None,
         end: datetime,
     ) -> list[HourlyTotal]:
-        users = ", ".join("?" * len(user_ids))
-        features = ", ".join("?" * len(feature_names))
         params: list[Any] = [*user_ids, *feature_names, _ts(end)]
-        since = ""
         if start is not None:
-            since = "AND timestamp >= ?"
             params.append(_ts(start))
         with self._tx("hourly_totals", self.tables.usage_events, write=False) as c:
             rows = c.execute(
-                f"SELECT user_id, feature_name, substr(timestamp, 1, 13), "
-                f"SUM(COALESCE(credits_used, 0)) FROM {self._q['usage_events']} "
-                f"WHERE user_id IN ({users}) AND feature_name IN ({features}) "
-                f"AND event_type != 'reset' AND timestamp < ? {since} "
-                "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-                params,
+                self._hourly_sql(len(user_ids), len(feature_names), start is not None), params
             ).fetchall()
         return [
             HourlyTotal(
@@ -1389,67 +1073,50 @@ class SQLiteStore(Store):
             for u, f, h, t in rows
         ]
 
+    def _hourly_sql(self, users: int, features: int, since: bool) -> str:
+        """``hourly`` with its IN lists of ``users`` and ``features`` marks, and the start
+        term when ``since``."""
+        sql = self._sql
+        return sql["hourly"].format(
+            users=", ".join("?" * users),
+            features=", ".join("?" * features),
+            since=sql["hourly_since"] if since else "",
+        )
+
     def list_events(
         self, *, user_id: str, feature_name: str | None = None, limit: int = 100
     ) -> list[UsageEvent]:
-        where, params, order = "user_id = ?", [user_id], "id DESC"
-        if feature_name is not None:
-            # Newest by time, as PostgreSQL lists them: ids follow time within a key only for
-            # events usageflow recorded (not for a ledger adopted from the JavaScript package).
-            where += " AND feature_name = ?"
-            params.append(feature_name)
-            order = "timestamp DESC, id DESC"
         with self._tx("list_events", self.tables.usage_events, write=False) as c:
-            rows = c.execute(
-                f"SELECT {self._sql_event_cols} FROM {self._q['usage_events']} WHERE {where} "
-                f"ORDER BY {order} LIMIT ?",
-                (*params, limit),
-            ).fetchall()
+            if feature_name is None:
+                rows = c.execute(self._sql["events"], (user_id, limit)).fetchall()
+            else:
+                rows = c.execute(
+                    self._sql["events_of_feature"], (user_id, feature_name, limit)
+                ).fetchall()
         return [self._event(r) for r in rows]
 
     def ledger_check(self, *, user_id: str, feature_name: str) -> tuple[int, int]:
         with self._tx("ledger_check", self.tables.usage_events, write=False) as c:
             total = self._counter(c, user_id, feature_name)[0]
-            (ledger,) = c.execute(
-                f"SELECT COALESCE(SUM(credits_used), 0) FROM {self._q['usage_events']} "
-                "WHERE user_id = ? AND feature_name = ?",
-                (user_id, feature_name),
-            ).fetchone()
+            (ledger,) = c.execute(self._sql["ledger_check"], (user_id, feature_name)).fetchone()
         return int(total), int(ledger)
 
     def top_usage(
         self, *, feature_name: str, window_start: datetime | None, limit: int
     ) -> list[tuple[str, int]]:
-        q = self._q
-        # ?1 feature, ?2 window start (or NULL), ?3 limit: window_used() of every counters
-        # row of the feature, the prefix before the window read by one seek per row.
-        sql = (
-            "SELECT user_id, used FROM (SELECT c.user_id, CASE "
-            "WHEN c.last_reset_at IS NOT NULL AND (?2 IS NULL OR c.last_reset_at >= ?2) "
-            "THEN c.total - c.reset_base "
-            "WHEN ?2 IS NULL THEN c.total "
-            "WHEN c.last_ts IS NULL OR c.last_ts < ?2 THEN 0 "
-            f"ELSE c.total - COALESCE((SELECT e.running_total FROM {q['usage_events']} e "
-            "WHERE e.user_id = c.user_id AND e.feature_name = c.feature_name "
-            "AND e.timestamp < ?2 ORDER BY e.timestamp DESC, e.id DESC LIMIT 1), 0) "
-            f"END AS used FROM {q['counters']} c WHERE c.feature_name = ?1) "
-            "WHERE used > 0 ORDER BY used DESC, user_id LIMIT ?3"
-        )
         start = None if window_start is None else _ts(window_start)
         with self._tx("top_usage", self.tables.counters, write=False) as c:
-            rows = c.execute(sql, (feature_name, start, limit)).fetchall()
+            rows = c.execute(self._sql["top_users"], (feature_name, start, limit)).fetchall()
         return [(str(user_id), int(used)) for user_id, used in rows]
 
     def list_recent_events(self, *, feature_name: str | None, limit: int) -> list[UsageEvent]:
-        where, params = "", []
-        if feature_name is not None:
-            where, params = "WHERE feature_name = ? ", [feature_name]
         with self._tx("list_recent_events", self.tables.usage_events, write=False) as c:
-            rows = c.execute(
-                f"SELECT {self._sql_event_cols} FROM {self._q['usage_events']} {where}"
-                "ORDER BY id DESC LIMIT ?",
-                (*params, limit),
-            ).fetchall()
+            if feature_name is None:
+                rows = c.execute(self._sql["recent_events"], (limit,)).fetchall()
+            else:
+                rows = c.execute(
+                    self._sql["recent_events_of_feature"], (feature_name, limit)
+                ).fetchall()
         return [self._event(r) for r in rows]
 
     # -- Stripe ---------------------------------------------------------------------------------
@@ -1464,19 +1131,16 @@ class SQLiteStore(Store):
         link: StripeLink | None = None,
         subscription: StripeSubscription | None = None,
     ) -> StripeApplied:
-        q = self._q
+        sql = self._sql
         with self._tx("apply_stripe_event", self.tables.stripe_events) as c:
             if event_id is not None:
-                row = c.execute(
-                    f"SELECT user_id FROM {q['stripe_events']} WHERE event_id = ?", (event_id,)
-                ).fetchone()
+                row = c.execute(sql["stripe_apply_seen"], (event_id,)).fetchone()
                 if row is not None:
                     return StripeApplied("duplicate", row[0])
             result = StripeApplied("ignored")
             if price is not None:
                 c.execute(
-                    f"UPDATE {q['user_plans']} SET price_amount = ?, price_currency = ?, "
-                    "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE stripe_price_id = ?",
+                    sql["update_price"],
                     (
                         None if price.price_amount is None else str(price.price_amount),
                         price.price_currency,
@@ -1490,71 +1154,40 @@ class SQLiteStore(Store):
                 result = self._stripe_subscription(c, subscription)
             if event_id is not None:
                 c.execute(
-                    f"INSERT INTO {q['stripe_events']} (event_id, event_type, created, action, "
-                    "user_id, processed_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    sql["stripe_apply_record"],
                     (event_id, event_type, _ts(created), result.action, result.user_id, _ts(now)),
                 )
             return result
 
     def _stripe_link(self, c: sqlite3.Connection, link: StripeLink) -> StripeApplied:
-        q = self._q
+        sql = self._sql
         user_id = link.user_id
         if user_id is None:
-            rows = c.execute(
-                f"SELECT id FROM {q['profiles']} WHERE lower(email) = lower(?) LIMIT 2",
-                (link.email or "",),
-            ).fetchall()
+            rows = c.execute(sql["stripe_apply_link_email"], (link.email or "",)).fetchall()
             if not link.email or len(rows) != 1:
                 return StripeApplied("ignored")
             user_id = rows[0][0]
-        known = c.execute(
-            f"SELECT order_key FROM {q['stripe_customers']} WHERE customer_id = ?",
-            (link.customer_id,),
-        ).fetchone()
+        known = c.execute(sql["stripe_apply_link_known"], (link.customer_id,)).fetchone()
         if known is not None and known[0] >= link.order_key:
             return StripeApplied("stale", user_id)
-        c.execute(
-            f"INSERT INTO {q['stripe_customers']} (customer_id, user_id, order_key) "
-            "VALUES (?, ?, ?) ON CONFLICT (customer_id) DO UPDATE SET "
-            "user_id = excluded.user_id, order_key = excluded.order_key",
-            (link.customer_id, user_id, link.order_key),
-        )
-        c.execute(
-            f"INSERT INTO {q['profiles']} (id, email) VALUES (?, ?) ON CONFLICT (id) DO UPDATE "
-            "SET email = COALESCE(email, excluded.email)",
-            (user_id, link.email),
-        )
+        c.execute(sql["stripe_apply_link_customer"], (link.customer_id, user_id, link.order_key))
+        c.execute(sql["stripe_apply_link_profile"], (user_id, link.email))
         self._stripe_refresh(c, user_id)
         return StripeApplied("applied", user_id)
 
     def _stripe_subscription(self, c: sqlite3.Connection, sub: StripeSubscription) -> StripeApplied:
-        q = self._q
-        old = c.execute(
-            f"SELECT order_key, current_period_end FROM {q['stripe_subscriptions']} "
-            "WHERE subscription_id = ?",
-            (sub.subscription_id,),
-        ).fetchone()
+        sql = self._sql
+        old = c.execute(sql["stripe_apply_sub_old"], (sub.subscription_id,)).fetchone()
         new_end = _ts_or_none(sub.current_period_end)
         if old is not None and (
             old[0] >= sub.order_key
             or (sub.period_guard and old[1] is not None and (new_end is None or old[1] > new_end))
         ):
             if sub.started is not None:
-                c.execute(
-                    f"UPDATE {q['stripe_subscriptions']} SET started = ? "
-                    "WHERE subscription_id = ? AND started IS NULL",
-                    (_ts(sub.started), sub.subscription_id),
-                )
+                c.execute(sql["stripe_apply_sub_started"], (_ts(sub.started), sub.subscription_id))
             return StripeApplied("stale", self._stripe_user(c, sub.customer_id))
         c.execute(
-            f"INSERT INTO {q['stripe_subscriptions']} (subscription_id, customer_id, order_key, "
-            "started, ended, plan, status, current_period_start, current_period_end) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscription_id) DO UPDATE SET "
-            "customer_id = excluded.customer_id, order_key = excluded.order_key, "
-            "started = COALESCE(excluded.started, started), ended = excluded.ended, "
-            "plan = excluded.plan, "
-            "status = excluded.status, current_period_start = excluded.current_period_start, "
-            "current_period_end = excluded.current_period_end",
+            sql["stripe_apply_sub_upsert"],
             (
                 sub.subscription_id,
                 sub.customer_id,
@@ -1569,106 +1202,54 @@ class SQLiteStore(Store):
         )
         user_id = self._stripe_user(c, sub.customer_id)
         if user_id is None:
-            row = c.execute(
-                f"SELECT id FROM {q['profiles']} WHERE stripe_customer_id = ? ORDER BY id LIMIT 1",
-                (sub.customer_id,),
-            ).fetchone()
+            row = c.execute(sql["stripe_apply_sub_profile"], (sub.customer_id,)).fetchone()
             if row is None:
                 return StripeApplied("pending")
             user_id = row[0]
-            c.execute(
-                f"INSERT INTO {q['stripe_customers']} (customer_id, user_id, order_key) "
-                "VALUES (?, ?, '')",
-                (sub.customer_id, user_id),
-            )
+            c.execute(sql["stripe_apply_sub_customer"], (sub.customer_id, user_id))
         self._stripe_refresh(c, user_id)
         return StripeApplied("applied", user_id)
 
     def _stripe_user(self, c: sqlite3.Connection, customer_id: str) -> str | None:
-        row = c.execute(
-            f"SELECT user_id FROM {self._q['stripe_customers']} WHERE customer_id = ?",
-            (customer_id,),
-        ).fetchone()
+        row = c.execute(self._sql["stripe_apply_user"], (customer_id,)).fetchone()
         return None if row is None else str(row[0])
 
     def _stripe_refresh(self, c: sqlite3.Connection, user_id: str) -> None:
-        q = self._q
-        c.execute(
-            f"INSERT INTO {q['profiles']} (id) VALUES (?) ON CONFLICT (id) DO NOTHING", (user_id,)
-        )
-        best = c.execute(
-            f"SELECT s.customer_id, s.plan, s.status, s.current_period_start, "
-            f"s.current_period_end FROM {q['stripe_subscriptions']} s "
-            f"JOIN {q['stripe_customers']} k ON k.customer_id = s.customer_id "
-            "WHERE k.user_id = ? "
-            "ORDER BY s.ended ASC, s.started DESC, s.subscription_id DESC LIMIT 1",
-            (user_id,),
-        ).fetchone()
+        sql = self._sql
+        c.execute(sql["stripe_refresh_profile"], (user_id,))
+        best = c.execute(sql["stripe_refresh_best"], (user_id,)).fetchone()
         if best is not None:
-            c.execute(
-                f"UPDATE {q['profiles']} SET stripe_customer_id = ?, plan = ?, "
-                "subscription_status = ?, current_period_start = ?, current_period_end = ?, "
-                "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = ?",
-                (*best, user_id),
-            )
+            c.execute(sql["stripe_refresh_set"], (*best, user_id))
             return
-        c.execute(
-            f"UPDATE {q['profiles']} SET stripe_customer_id = (SELECT customer_id FROM "
-            f"{q['stripe_customers']} WHERE user_id = ? ORDER BY order_key DESC, "
-            "customer_id DESC LIMIT 1), updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') "
-            "WHERE id = ?",
-            (user_id, user_id),
-        )
+        c.execute(sql["stripe_refresh_customer"], (user_id, user_id))
 
     def stripe_export_batch(
         self, *, meter: str, feature_name: str | None, limit: int
     ) -> tuple[int, list[tuple[UsageEvent, str | None]]]:
-        q = self._q
-        cols = ", ".join(f"e.{col.strip()}" for col in self._sql_event_cols.split(","))
-        where, params = "e.id > ?", []
-        if feature_name is not None:
-            where += " AND e.feature_name = ?"
-            params.append(feature_name)
+        sql = self._sql
         with self._tx("stripe_export_batch", self.tables.stripe_exports, write=False) as c:
-            row = c.execute(
-                f"SELECT last_event_id FROM {q['stripe_exports']} WHERE meter = ?", (meter,)
-            ).fetchone()
+            row = c.execute(sql["stripe_cursor"], (meter,)).fetchone()
             cursor = int(row[0]) if row else 0
-            rows = c.execute(
-                f"SELECT {cols}, p.stripe_customer_id FROM {q['usage_events']} e "
-                f"LEFT JOIN {q['profiles']} p ON p.id = e.user_id WHERE {where} "
-                "ORDER BY e.id LIMIT ?",
-                (cursor, *params, limit),
-            ).fetchall()
+            if feature_name is None:
+                rows = c.execute(sql["stripe_batch"], (cursor, limit)).fetchall()
+            else:
+                rows = c.execute(
+                    sql["stripe_batch_of_feature"], (cursor, feature_name, limit)
+                ).fetchall()
         return cursor, [(self._event(r[:-1]), r[-1]) for r in rows]
 
     def advance_stripe_cursor(self, *, meter: str, event_id: int) -> int:
-        q = self._q
+        sql = self._sql
         with self._tx("advance_stripe_cursor", self.tables.stripe_exports) as c:
-            c.execute(
-                f"INSERT INTO {q['stripe_exports']} (meter, last_event_id) VALUES (?, ?) "
-                "ON CONFLICT (meter) DO UPDATE SET "
-                "last_event_id = max(last_event_id, excluded.last_event_id)",
-                (meter, event_id),
-            )
-            row = c.execute(
-                f"SELECT last_event_id FROM {q['stripe_exports']} WHERE meter = ?", (meter,)
-            ).fetchone()
+            c.execute(sql["stripe_cursor_advance"], (meter, event_id))
+            row = c.execute(sql["stripe_cursor"], (meter,)).fetchone()
         return int(row[0])
 
     def pending_stripe_subscriptions(self, *, limit: int) -> list[StripeSubscription]:
-        q = self._q
         with self._tx(
             "pending_stripe_subscriptions", self.tables.stripe_subscriptions, write=False
         ) as c:
-            rows = c.execute(
-                "SELECT subscription_id, customer_id, order_key, started, ended, plan, status, "
-                f"current_period_start, current_period_end FROM {q['stripe_subscriptions']} s "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {q['stripe_customers']} k "
-                "WHERE k.customer_id = s.customer_id) "
-                "ORDER BY started IS NULL, started DESC, subscription_id LIMIT ?",
-                (limit,),
-            ).fetchall()
+            rows = c.execute(self._sql["stripe_pending"], (limit,)).fetchall()
         return [
             StripeSubscription(
                 subscription_id=r[0],

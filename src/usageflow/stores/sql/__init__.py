@@ -1,8 +1,11 @@
-"""The PostgreSQL schema and functions, and the translation shared by the stores that call them.
+"""The SQL of the stores: PostgreSQL's schema and functions, SQLite's schema and statements, and
+the translation shared by the stores that call the PostgreSQL functions.
 
 ``postgres.sql`` holds the schema and one SQL function per store operation. :func:`render`
 substitutes the configured table names (quoted identifiers, validated by
 :class:`~usageflow.stores.base.Tables`) and the derived function and index names.
+``sqlite.sql`` holds SQLite's schema and the statements of the SQLite store, named and laid out
+as their PostgreSQL twins; :func:`sqlite_statements` renders them with the same substitution.
 
 Both :class:`~usageflow.stores.postgres.PostgresStore` (psycopg, one ``SELECT fn(...)``) and
 :class:`~usageflow.stores.supabase.SupabaseStore` (one PostgREST ``rpc()``) make every store
@@ -14,6 +17,8 @@ here, as plain functions with no I/O: :func:`encode` and :func:`decode`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -41,6 +46,8 @@ __all__ = [
     "encode",
     "function_name",
     "render",
+    "render_sqlite",
+    "sqlite_statements",
 ]
 
 #: Bumped whenever postgres.sql changes in a way that needs re-running.
@@ -185,15 +192,26 @@ def function_name(tables: Tables, suffix: str) -> str:
     return f"{tables.usage_events}_{suffix}"
 
 
+def _table_names(tables: Tables) -> dict[str, str]:
+    """The placeholders of the tables, shared by postgres.sql and sqlite.sql: name -> table."""
+    return {
+        "plans": tables.user_plans,
+        "limits": tables.usage_feature_limits,
+        "events": tables.usage_events,
+        "adjustments": tables.user_limit_adjustments,
+        "profiles": tables.profiles,
+        "counters": tables.counters,
+        "holds": tables.holds,
+        "stripe_events": tables.stripe_events,
+        "stripe_subs": tables.stripe_subscriptions,
+        "stripe_cust": tables.stripe_customers,
+        "stripe_export": tables.stripe_exports,
+    }
+
+
 def _names(tables: Tables) -> dict[str, str]:
     names = {
-        "plans": quote(tables.user_plans),
-        "limits": quote(tables.usage_feature_limits),
-        "events": quote(tables.usage_events),
-        "adjustments": quote(tables.user_limit_adjustments),
-        "profiles": quote(tables.profiles),
-        "counters": quote(tables.counters),
-        "holds": quote(tables.holds),
+        **{key: quote(table) for key, table in _table_names(tables).items()},
         "ix_key": quote(f"{tables.usage_events}_key_idx"),
         "ix_user": quote(f"{tables.usage_events}_user_idx"),
         "ix_adj": quote(f"{tables.usage_events}_adj_idx"),
@@ -201,10 +219,6 @@ def _names(tables: Tables) -> dict[str, str]:
         "ix_settled": quote(f"{tables.usage_events}_settled_idx"),
         "ix_idem": quote(f"{tables.usage_events}_idem_idx"),
         "ix_hold_idem": quote(f"{tables.usage_events}_hold_idem_idx"),
-        "stripe_events": quote(tables.stripe_events),
-        "stripe_subs": quote(tables.stripe_subscriptions),
-        "stripe_cust": quote(tables.stripe_customers),
-        "stripe_export": quote(tables.stripe_exports),
         "ix_subs": quote(f"{tables.usage_events}_subs_idx"),
         "ix_cust": quote(f"{tables.usage_events}_cust_idx"),
         "events_literal": literal(tables.usage_events),
@@ -257,6 +271,84 @@ def render(tables: Tables) -> str:
     }
     template = resources.files(__name__).joinpath("postgres.sql").read_text(encoding="utf-8")
     return _substitute(template, names)
+
+
+# -- SQLite's statements ----------------------------------------------------------------------
+_NAME_LINE = re.compile(r"-- name: ([a-z][a-z0-9_]*)")
+
+#: The indexes sqlite.sql names: placeholder ``idx_<table placeholder>_<suffix>``, index
+#: ``idx_<table>_<suffix>``.
+_SQLITE_INDEXES = (
+    ("events", "idem"),
+    ("events", "user_feature"),
+    ("events", "timestamp"),
+    ("events", "type"),
+    ("adjustments", "user"),
+    ("adjustments", "dates"),
+    ("profiles", "email"),
+    ("profiles", "customer"),
+    ("holds", "active"),
+    ("holds", "settled"),
+    ("holds", "key"),
+    ("holds", "idem"),
+    ("stripe_subs", "customer"),
+    ("stripe_cust", "user"),
+)
+
+
+@functools.cache
+def _sqlite_templates() -> dict[str, str]:
+    """sqlite.sql's blocks by name, in file order, parsed once: each block's text runs from its
+    first to its last line that is not a comment, without a final ``;``."""
+    text = resources.files(__name__).joinpath("sqlite.sql").read_text(encoding="utf-8")
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None  # the header, before the first name, is no block
+    for line in text.splitlines():
+        match = _NAME_LINE.fullmatch(line.rstrip())
+        if match is not None:
+            if match[1] in blocks:
+                raise ValueError(f"sqlite.sql: the name {match[1]} is used twice")
+            current = blocks[match[1]] = []
+        elif current is not None:
+            current.append(line.rstrip())
+    templates = {}
+    for name, lines in blocks.items():
+        code = [i for i, line in enumerate(lines) if line and not line.lstrip().startswith("--")]
+        if not code:
+            raise ValueError(f"sqlite.sql: {name} has no SQL")
+        body = "\n".join(lines[code[0] : code[-1] + 1])
+        templates[name] = body[:-1] if body.endswith(";") else body
+    return templates
+
+
+def _sqlite_names(tables: Tables, overrides: Mapping[str, str]) -> dict[str, str]:
+    table_names = {**_table_names(tables), "schema": tables.schema, **overrides}
+    names = {key: quote(table) for key, table in table_names.items()}
+    names["holds_v3"] = quote(f"{tables.holds}_v3")
+    names["events_v4"] = quote(f"{tables.usage_events}_v4")
+    for key, suffix in _SQLITE_INDEXES:
+        names[f"idx_{key}_{suffix}"] = quote(f"idx_{table_names[key]}_{suffix}")
+    return names
+
+
+def render_sqlite(tables: Tables, **overrides: str) -> dict[str, str]:
+    """sqlite.sql's statements for these table names, by name: each ``@x@`` replaced by the
+    quoted name of a table or index or, when ``x`` names none, by the text of the block ``x``
+    defined before (``overrides``: placeholder -> another table name, e.g. a table created
+    under a temporary name)."""
+    names = _sqlite_names(tables, overrides)
+    statements: dict[str, str] = {}
+    for name, template in _sqlite_templates().items():
+        statements[name] = _substitute(template, {**statements, **names})
+    return statements
+
+
+@functools.lru_cache(maxsize=16)
+def sqlite_statements(tables: Tables) -> Mapping[str, str]:
+    """sqlite.sql's statements for these table names (:func:`render_sqlite`), rendered once
+    per set of names: the store runs these very strings, which SQLite's statement cache (keyed
+    by text) then finds without formatting anything per call."""
+    return render_sqlite(tables)
 
 
 # -- values in and out ---------------------------------------------------------------------------
