@@ -508,22 +508,30 @@ $fn$;
 
 -- Recorded usage in a window, from the (locked) counters row and one index seek.
 CREATE OR REPLACE FUNCTION @fn_used@(c @counters@, p_window_start TIMESTAMPTZ) RETURNS NUMERIC
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $fn$
-    SELECT CASE
-        WHEN c.user_id IS NULL THEN 0
-        WHEN c.last_reset_at IS NOT NULL
-             AND (p_window_start IS NULL OR c.last_reset_at >= p_window_start)
-            THEN c.total::NUMERIC - c.reset_base
-        WHEN p_window_start IS NULL THEN c.total
-        -- every event is before the window: the prefix is the total
-        WHEN c.last_ts IS NULL OR c.last_ts < p_window_start THEN 0
-        ELSE c.total::NUMERIC - coalesce((
-            SELECT e.running_total FROM @events@ e
-            WHERE e.user_id = c.user_id AND e.feature_name = c.feature_name
-              AND e."timestamp" < p_window_start
-            ORDER BY e."timestamp" DESC, e.id DESC LIMIT 1), 0)
-    END
+DECLARE
+    v_prefix BIGINT;
+BEGIN
+    IF c.user_id IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF c.last_reset_at IS NOT NULL
+       AND (p_window_start IS NULL OR c.last_reset_at >= p_window_start) THEN
+        RETURN c.total::NUMERIC - c.reset_base;
+    END IF;
+    IF p_window_start IS NULL THEN
+        RETURN c.total;
+    END IF;
+    IF c.last_ts IS NULL OR c.last_ts < p_window_start THEN
+        RETURN 0;  -- every event is before the window: the prefix is the total
+    END IF;
+    SELECT e.running_total INTO v_prefix FROM @events@ e
+    WHERE e.user_id = c.user_id AND e.feature_name = c.feature_name
+      AND e."timestamp" < p_window_start
+    ORDER BY e."timestamp" DESC, e.id DESC LIMIT 1;
+    RETURN c.total::NUMERIC - coalesce(v_prefix, 0);
+END
 $fn$;
 
 -- Lock (creating if needed) the counters row of a key: every writer of a key goes through it.
