@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 from usageflow.context import current_user_id
 from usageflow.errors import config_error, invalid
 from usageflow.flow import AsyncUsageFlow, UsageFlow
-from usageflow.integrations._http import Meter as RouteMeter
+from usageflow.integrations._http import Meter
 from usageflow.integrations._lifecycle import Metering, Policy
 
 __all__ = [
@@ -282,9 +282,7 @@ class TokenMeter:
         holds its estimate (``settle="hold"``) and commits what the API reported."""
         found = self._meterings.get(feature_name)
         if found is None:
-            found = Metering(
-                RouteMeter(feature_name, settle="hold"), Policy(reservation_ttl=self.ttl)
-            )
+            found = Metering(Meter(feature_name, settle="hold"), Policy(reservation_ttl=self.ttl))
             self._meterings[feature_name] = found
         return found
 
