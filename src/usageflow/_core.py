@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple, Protocol, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from usageflow import _validate as v
 from usageflow.cache import MISSING, Catalog, PlanCache, _Missing
@@ -56,7 +55,7 @@ from usageflow.periods import (
     system_clock,
     window_for,
 )
-from usageflow.quota import Quota, decision, plan_for, quota_for, usage_of
+from usageflow.quota import Quota, decision, find_plan, plan_for, quota_for, usage_of
 from usageflow.stores.base import (
     INT64_MAX,
     PROFILE_FIELDS,
@@ -65,6 +64,7 @@ from usageflow.stores.base import (
     ResetInfo,
     StripeSubscription,
 )
+from usageflow.stripe.prices import payment_link, price_amount, upgrade_target
 
 logger = logging.getLogger("usageflow")
 
@@ -93,11 +93,6 @@ def new_reservation_id() -> str:
 
 Op = Generator["StoreCall | Effect", Any, T]
 
-#: Currencies Stripe amounts are not in cents for (https://docs.stripe.com/currencies).
-ZERO_DECIMAL_CURRENCIES = frozenset(
-    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv"}
-    | {"xaf", "xof", "xpf"}
-)
 _SECRET_WORDS = ("key", "secret", "token", "password", "authorization", "signature")
 
 
@@ -149,13 +144,7 @@ def resolved_plan(catalog: Catalog, chosen: object, user_id: str) -> Plan | None
     """The plan a ``plan_resolver`` answer names (``None``: the free plan)."""
     if chosen is None:
         return catalog.free_plan
-    found: Plan | None = None
-    if isinstance(chosen, Plan):
-        found = catalog.plans.get(chosen.id)
-    elif isinstance(chosen, int) and not isinstance(chosen, bool):
-        found = catalog.plans.get(chosen)
-    elif isinstance(chosen, str):
-        found = catalog.by_price.get(chosen)
+    found = find_plan(catalog, chosen)
     if found is None:
         raise limit_error(
             "plan_resolver returned a plan that does not exist "
@@ -217,23 +206,6 @@ class Options:
     debug: bool = False
     reservation_ttl: float = 300.0
     plan_resolver: PlanResolver | None = None
-
-
-def _price_amount(price: Mapping[str, Any]) -> Decimal | None:
-    currency = str(price.get("currency") or "").lower()
-    raw = price.get("unit_amount_decimal")
-    if raw is None:
-        raw = price.get("unit_amount")
-    if raw is None:
-        return None
-    try:
-        amount = Decimal(str(raw))
-    except InvalidOperation:
-        raise invalid("price unit_amount must be a number", field="price") from None
-    if not amount.is_finite():
-        raise invalid("price unit_amount must be a number", field="price")
-    major = amount if currency in ZERO_DECIMAL_CURRENCIES else amount / 100
-    return major.quantize(Decimal("0.01"))
 
 
 def as_mapping(obj: object, field: str) -> Mapping[str, Any]:
@@ -753,7 +725,9 @@ class Core:
             current = yield from self._user_plan(user_id, catalog, profile)
             target = upgrade_target(catalog, current, feature_name)
         else:
-            target = _find_plan(catalog, plan)
+            target = find_plan(catalog, plan)
+            if target is None:
+                raise no_such_plan(plan)
         if target is None or not target.payment_link_url:
             return None
         return payment_link(target.payment_link_url, user_id, profile.email if profile else None)
@@ -835,18 +809,12 @@ class Core:
     ) -> Op[Profile]:
         user_id = v.name(user_id, "user_id")
         catalog = yield from self._catalog()
-        if plan is None:
-            price_id = None
-        elif isinstance(plan, Plan):
-            price_id = _price_of(catalog.plans.get(plan.id))
-        elif isinstance(plan, int) and not isinstance(plan, bool):
-            price_id = _price_of(catalog.plans.get(plan))
-        elif isinstance(plan, str):
-            if plan not in catalog.by_price:
-                raise invalid(f"no plan sold at price {plan!r}", field="plan")
-            price_id = plan
-        else:
-            raise invalid("plan must be a Plan, a plan id, a stripe_price_id or None", field="plan")
+        price_id = None
+        if plan is not None:
+            found = find_plan(catalog, plan)
+            if found is None:
+                raise no_such_plan(plan)
+            price_id = _price_of(found)
         fields: dict[str, Any] = {"plan": price_id}
         if subscription_status is not None:
             fields["subscription_status"] = v.name(subscription_status, "subscription_status")
@@ -911,7 +879,7 @@ class Core:
         changed: int = yield call(
             "update_price",
             stripe_price_id=price_id,
-            price_amount=_price_amount(data),
+            price_amount=price_amount(data),
             price_currency=str(currency).lower() if currency else None,
         )
         self.cache.invalidate_plans()
@@ -966,68 +934,16 @@ class Core:
         return ok
 
 
-def _find_plan(catalog: Catalog, plan: object) -> Plan:
-    found: Plan | None = None
-    if isinstance(plan, Plan):
-        found = catalog.plans.get(plan.id)
-    elif isinstance(plan, int) and not isinstance(plan, bool):
-        found = catalog.plans.get(plan)
-    elif isinstance(plan, str):
-        found = catalog.by_price.get(plan)
-    else:
-        raise invalid("plan must be a Plan, a plan id or a stripe_price_id", field="plan")
-    if found is None:
-        raise invalid("no such plan", field="plan")
-    return found
+def no_such_plan(ref: object) -> UsageFlowError:
+    """The ``USAGE_INVALID_PARAMS`` of a ``plan`` argument that names no plan."""
+    if isinstance(ref, str):
+        return invalid(f"no plan sold at price {ref!r}", field="plan")
+    if isinstance(ref, (Plan, int)) and not isinstance(ref, bool):
+        return invalid("no such plan", field="plan")
+    return invalid("plan must be a Plan, a plan id or a stripe_price_id", field="plan")
 
 
-def _limit_rank(plan: Plan | None, feature_name: str | None) -> float:
-    if plan is None:
-        return -1.0
-    if feature_name is None:
-        return float(plan.price_amount or 0)
-    row = plan.limits.get(feature_name)
-    if row is None:
-        return 0.0
-    return float("inf") if row.limit_value == -1 else float(row.limit_value)
-
-
-def upgrade_target(catalog: Catalog, current: Plan | None, feature_name: str | None) -> Plan | None:
-    """The cheapest plan sold through a Payment Link that gives more of ``feature_name`` than
-    ``current`` (or, without a feature, that costs more)."""
-    floor = _limit_rank(current, feature_name)
-    candidates = [
-        p
-        for p in catalog.plans.values()
-        if p.payment_link_url
-        and (current is None or p.id != current.id)
-        and _limit_rank(p, feature_name) > floor
-    ]
-    if not candidates:
-        return None
-    return min(
-        candidates,
-        key=lambda p: (p.price_amount is None, p.price_amount or Decimal(0), p.id),
-    )
-
-
-def payment_link(url: str, user_id: str, email: str | None) -> str:
-    """A Payment Link that maps the purchase back to the user: ``client_reference_id`` (and
-    ``prefilled_email`` when known) appended to its query string."""
-    parts = urlsplit(url)
-    query = [(k, val) for k, val in parse_qsl(parts.query) if k not in _LINK_PARAMS]
-    query.append(("client_reference_id", user_id))
-    if email:
-        query.append(("prefilled_email", email))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-_LINK_PARAMS = ("client_reference_id", "prefilled_email")
-
-
-def _price_of(plan: Plan | None) -> str | None:
-    if plan is None:
-        raise invalid("no such plan", field="plan")
+def _price_of(plan: Plan) -> str | None:
     if plan.stripe_price_id is None and not plan.is_free:
         raise invalid(
             "a plan is assigned by its stripe_price_id; give this plan one "

@@ -16,9 +16,8 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, TypeVar
 
-from usageflow import _log, _stripe
+from usageflow import _log
 from usageflow._core import Core, Op, Options, PlanResolver, StoreCall, redact
-from usageflow._stripe import ExportResult, PlanSyncResult, ReconcileResult, WebhookResult
 from usageflow.cache import PlanCache
 from usageflow.errors import UsageFlowError, config_error, reservation_error
 from usageflow.models import (
@@ -38,6 +37,9 @@ from usageflow.models import (
 from usageflow.periods import Clock
 from usageflow.stores import open_store, redact_url
 from usageflow.stores.base import AsyncStore, Store, Tables
+from usageflow.stripe import api as stripe_api
+from usageflow.stripe import webhooks as stripe_webhooks
+from usageflow.stripe.results import ExportResult, PlanSyncResult, ReconcileResult, WebhookResult
 
 __all__ = ["AsyncReservation", "AsyncUsageFlow", "Reservation", "UsageFlow"]
 
@@ -449,7 +451,7 @@ class UsageFlow(_Base):
         """Verify a Stripe webhook (the raw body and the ``Stripe-Signature`` header) and apply
         its event once and in order; a bad signature or body raises and writes nothing."""
         return self._run(
-            _stripe.handle_webhook(
+            stripe_webhooks.handle_webhook(
                 self.core, raw_body, signature, self.stripe_webhook_secret, tolerance
             )
         )
@@ -457,12 +459,16 @@ class UsageFlow(_Base):
     def sync_plans_from_stripe(self, *, client: Any = None) -> PlanSyncResult:
         """Create or update plans from the active recurring prices in Stripe, their Payment
         Links and ``usageflow:<feature>`` product metadata."""
-        return _stripe.run_with_client(self, lambda c: _stripe.sync_plans(self.core, c), client)
+        return stripe_api.run_with_client(
+            self, lambda c: stripe_api.sync_plans(self.core, c), client
+        )
 
     def reconcile(self, *, client: Any = None) -> ReconcileResult:
         """Re-read subscriptions (and completed checkouts) from Stripe and repair what lost
         webhooks missed; never overwrites a newer state."""
-        return _stripe.run_with_client(self, lambda c: _stripe.reconcile(self.core, c), client)
+        return stripe_api.run_with_client(
+            self, lambda c: stripe_api.reconcile(self.core, c), client
+        )
 
     def export_usage_to_stripe(
         self,
@@ -477,9 +483,9 @@ class UsageFlow(_Base):
     ) -> ExportResult:
         """Send usage recorded since the last export to a Stripe Billing Meter (one meter
         event per ledger event, its id as Stripe's ``identifier``)."""
-        return _stripe.run_with_client(
+        return stripe_api.run_with_client(
             self,
-            lambda c: _stripe.export_usage(
+            lambda c: stripe_api.export_usage(
                 self.core,
                 event_name,
                 feature_name,
@@ -762,19 +768,19 @@ class AsyncUsageFlow(_Base):
         self, raw_body: bytes | str, signature: str | None, *, tolerance: int = 300
     ) -> WebhookResult:
         return await self._run(
-            _stripe.handle_webhook(
+            stripe_webhooks.handle_webhook(
                 self.core, raw_body, signature, self.stripe_webhook_secret, tolerance
             )
         )
 
     async def sync_plans_from_stripe(self, *, client: Any = None) -> PlanSyncResult:
-        return await _stripe.arun_with_client(
-            self, lambda c: _stripe.sync_plans(self.core, c), client
+        return await stripe_api.arun_with_client(
+            self, lambda c: stripe_api.sync_plans(self.core, c), client
         )
 
     async def reconcile(self, *, client: Any = None) -> ReconcileResult:
-        return await _stripe.arun_with_client(
-            self, lambda c: _stripe.reconcile(self.core, c), client
+        return await stripe_api.arun_with_client(
+            self, lambda c: stripe_api.reconcile(self.core, c), client
         )
 
     async def export_usage_to_stripe(
@@ -788,9 +794,9 @@ class AsyncUsageFlow(_Base):
         identifier_prefix: str = "usageflow-",
         client: Any = None,
     ) -> ExportResult:
-        return await _stripe.arun_with_client(
+        return await stripe_api.arun_with_client(
             self,
-            lambda c: _stripe.export_usage(
+            lambda c: stripe_api.export_usage(
                 self.core,
                 event_name,
                 feature_name,

@@ -14,10 +14,31 @@ from usageflow.models import Decision, LimitAdjustment, Plan, Profile, Usage
 from usageflow.periods import PERIODS, Period, Window, to_utc, window_for
 from usageflow.stores.base import Charge
 
-__all__ = ["ENDED_STATUSES", "Quota", "decision", "plan_for", "quota_for", "usage_of"]
+__all__ = [
+    "ENDED_STATUSES",
+    "Quota",
+    "decision",
+    "find_plan",
+    "plan_for",
+    "quota_for",
+    "usage_of",
+]
 
 #: Subscription statuses after which a profile's plan no longer applies.
 ENDED_STATUSES = frozenset({"canceled", "unpaid", "incomplete_expired", "paused"})
+
+
+def find_plan(catalog: Catalog, ref: object) -> Plan | None:
+    """The catalog's plan that ``ref`` names: a :class:`Plan` (found again by its id, so the
+    current copy), a plan id or a ``stripe_price_id``. ``None`` when no plan has that name, or
+    when ``ref`` is none of these (each caller says what that means for it)."""
+    if isinstance(ref, Plan):
+        return catalog.plans.get(ref.id)
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        return catalog.plans.get(ref)
+    if isinstance(ref, str):
+        return catalog.by_price.get(ref)
+    return None
 
 
 def plan_for(catalog: Catalog, profile: Profile | None) -> Plan | None:

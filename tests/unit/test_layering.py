@@ -4,7 +4,8 @@
   (``usageflow.stores`` or anything under it): they meter through the flow;
 * the core (everything outside ``usageflow/integrations/``) imports no web framework and no
   adapter, with one exception: ``usageflow/__init__.py`` re-exports ``metered`` from
-  ``usageflow.integrations.metered``, which itself imports no framework.
+  ``usageflow.integrations.metered``, which itself imports no framework;
+* only ``usageflow/stripe/`` and the adapters import the ``stripe`` library.
 
 Every import counts: at module level, inside functions, and under ``if TYPE_CHECKING:``.
 """
@@ -28,6 +29,10 @@ FRAMEWORKS = frozenset({"starlette", "fastapi", "flask", "werkzeug", "django", "
 ALLOWED_CORE_IMPORTS = {("usageflow", "usageflow.integrations.metered")}
 
 
+def _under(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
 @dataclass(frozen=True)
 class Module:
     name: str
@@ -36,9 +41,11 @@ class Module:
 
     @property
     def in_integrations(self) -> bool:
-        return self.name == "usageflow.integrations" or self.name.startswith(
-            "usageflow.integrations."
-        )
+        return _under(self.name, "usageflow.integrations")
+
+    @property
+    def in_stripe_package(self) -> bool:
+        return _under(self.name, "usageflow.stripe")
 
 
 def _modules() -> list[Module]:
@@ -73,10 +80,6 @@ def imports_of(module: Module) -> set[str]:
             names.add(source)
             names.update(f"{source}.{alias.name}" for alias in node.names if alias.name != "*")
     return names
-
-
-def _under(name: str, package: str) -> bool:
-    return name == package or name.startswith(package + ".")
 
 
 def _framework(name: str) -> bool:
@@ -114,6 +117,40 @@ def test_the_core_imports_no_framework_and_no_adapter(module: Module) -> None:
         and not any(_under(name, permitted) for permitted in allowed)
     )
     assert adapters == [], f"{module.name} imports {adapters}"
+
+
+@pytest.mark.parametrize(
+    "module",
+    [m for m in MODULES if not m.in_integrations and not m.in_stripe_package],
+    ids=lambda m: m.name,
+)
+def test_only_the_stripe_package_and_the_adapters_import_the_stripe_library(
+    module: Module,
+) -> None:
+    """What Stripe touches lives in ``usageflow/stripe/`` (the web endpoints in
+    ``integrations/``); the rest of the core never imports the library."""
+    imported = sorted(name for name in imports_of(module) if _under(name, "stripe"))
+    assert imported == [], f"{module.name} imports {imported}"
+
+
+def test_the_stripe_package_imports_the_library_by_its_absolute_name() -> None:
+    """Inside ``usageflow/stripe/`` the name ``stripe`` is the library: the modules that use it
+    import ``stripe`` itself (a relative import would resolve to this package instead), and
+    the package's own modules are named ``usageflow.stripe.*`` by the reader, never
+    ``stripe``."""
+    package = [m for m in MODULES if m.in_stripe_package]
+    assert {m.name for m in package} >= {
+        "usageflow.stripe",
+        "usageflow.stripe.api",
+        "usageflow.stripe.events",
+        "usageflow.stripe.prices",
+    }
+    users = {m.name for m in package if "stripe" in imports_of(m)}
+    assert users == {"usageflow.stripe.api", "usageflow.stripe.events"}
+    for module in package:
+        tree = ast.parse(module.path.read_text(encoding="utf-8"))
+        relative = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+        assert relative == [], f"{module.name} uses a relative import"
 
 
 def test_the_package_re_exports_metered_and_metered_imports_no_framework() -> None:

@@ -1,4 +1,4 @@
-"""Meter the tokens of an ``anthropic.Anthropic`` or ``anthropic.AsyncAnthropic`` client.
+"""TokenMeter the tokens of an ``anthropic.Anthropic`` or ``anthropic.AsyncAnthropic`` client.
 
 Usage::
 
@@ -22,26 +22,27 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from usageflow.errors import config_error, missing_dependency
+from usageflow.errors import missing_dependency
 from usageflow.flow import AsyncUsageFlow, UsageFlow
 from usageflow.integrations._llm import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     Api,
     AsyncMeteredStream,
     AsyncSettler,
+    ClientKind,
     Estimate,
     FeatureName,
-    Meter,
     StreamTally,
     SyncMeteredStream,
     SyncSettler,
+    TokenMeter,
     Tokens,
     UserId,
     Weights,
-    patch_copy,
     patch_method,
     run_async,
     run_sync,
+    wrap_client,
 )
 
 try:
@@ -60,7 +61,6 @@ __all__ = ["wrap_anthropic"]
 _T = TypeVar("_T")
 _SyncClientT = TypeVar("_SyncClientT", bound=anthropic.Anthropic)
 _AsyncClientT = TypeVar("_AsyncClientT", bound=anthropic.AsyncAnthropic)
-_METER_ATTRIBUTE = "_usageflow_meter"
 _FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -157,7 +157,7 @@ def _ameter_message_stream(
 
 
 class _MeteredMessageStreamManager(MessageStreamManager[Any]):
-    def __init__(self, meter: Meter, factory: Any, kwargs: dict[str, Any]) -> None:
+    def __init__(self, meter: TokenMeter, factory: Any, kwargs: dict[str, Any]) -> None:
         self._usageflow = (meter, factory, kwargs)
         self._usageflow_stream: MessageStream[Any] | None = None
 
@@ -190,7 +190,7 @@ class _MeteredMessageStreamManager(MessageStreamManager[Any]):
 
 
 class _AsyncMeteredMessageStreamManager(AsyncMessageStreamManager[Any]):
-    def __init__(self, meter: Meter, factory: Any, kwargs: dict[str, Any]) -> None:
+    def __init__(self, meter: TokenMeter, factory: Any, kwargs: dict[str, Any]) -> None:
         self._usageflow = (meter, factory, kwargs)
         self._usageflow_stream: AsyncMessageStream[Any] | None = None
 
@@ -222,7 +222,7 @@ class _AsyncMeteredMessageStreamManager(AsyncMessageStreamManager[Any]):
             await self._usageflow_stream.close()
 
 
-def _patch_stream_helper(messages: Any, meter: Meter, is_async: bool) -> None:
+def _patch_stream_helper(messages: Any, meter: TokenMeter, is_async: bool) -> None:
     factory = messages.stream
     manager = _AsyncMeteredMessageStreamManager if is_async else _MeteredMessageStreamManager
 
@@ -233,16 +233,18 @@ def _patch_stream_helper(messages: Any, meter: Meter, is_async: bool) -> None:
     messages.stream = stream
 
 
-def _install(client: anthropic.Anthropic | anthropic.AsyncAnthropic, meter: Meter) -> None:
-    is_async = isinstance(client, anthropic.AsyncAnthropic)
-    setattr(client, _METER_ATTRIBUTE, meter)
+def _install(
+    client: anthropic.Anthropic | anthropic.AsyncAnthropic, meter: TokenMeter, is_async: bool
+) -> None:
     messages = client.messages
     stream_type = anthropic.AsyncStream if is_async else anthropic.Stream
     metered = _AsyncMeteredStream if is_async else _MeteredStream
     for name in ("create", "parse"):
         patch_method(messages, name, meter, _MESSAGES, stream_type, metered, is_async)
     _patch_stream_helper(messages, meter, is_async)
-    patch_copy(client, lambda copied: _install(copied, meter))
+
+
+_ANTHROPIC = ClientKind("wrap_anthropic", anthropic.Anthropic, anthropic.AsyncAnthropic, _install)
 
 
 @overload
@@ -284,32 +286,20 @@ def wrap_anthropic(
     estimate: Estimate | None = None,
     ttl: float | None = None,
 ) -> anthropic.Anthropic | anthropic.AsyncAnthropic:
-    """Meter ``client``'s tokens in ``flow`` and return it (metered in place).
+    """TokenMeter ``client``'s tokens in ``flow`` and return it (metered in place).
 
     The arguments are those of :func:`usageflow.integrations.openai.wrap_openai`. Anthropic
     requires ``max_tokens`` on every request, so the reservation is the prompt estimate plus it;
     ``default_max_tokens`` only applies when a request omits it.
     """
-    if isinstance(client, anthropic.AsyncAnthropic):
-        is_async = True
-    elif isinstance(client, anthropic.Anthropic):
-        is_async = False
-    else:
-        raise config_error(
-            "wrap_anthropic needs an anthropic.Anthropic or anthropic.AsyncAnthropic, "
-            f"not {type(client).__name__}"
-        )
-    if getattr(client, _METER_ATTRIBUTE, None) is not None:
-        raise config_error("this client is already metered; wrap a fresh client")
-    meter = Meter(
+    return wrap_client(
+        client,
         flow,
         feature_name,
+        _ANTHROPIC,
         user_id=user_id,
         weights=weights,
         default_max_tokens=default_max_tokens,
         estimate=estimate,
         ttl=ttl,
-        is_async=is_async,
     )
-    _install(client, meter)
-    return client

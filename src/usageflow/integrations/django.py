@@ -64,7 +64,6 @@ with requires("django"):
     from django.views.decorators.http import require_POST
 
 from usageflow._core import Op
-from usageflow._stripe import DEFAULT_TOLERANCE
 from usageflow.context import current_user_id
 from usageflow.errors import UsageFlowError, config_error
 from usageflow.flow import AsyncUsageFlow, UsageFlow
@@ -105,6 +104,7 @@ from usageflow.integrations.stripe import (
     read_limited,
 )
 from usageflow.integrations.stripe import too_large as too_large_answer
+from usageflow.stripe.events import DEFAULT_TOLERANCE
 
 __all__ = [
     "Meter",

@@ -200,7 +200,7 @@ def _wrap_sync_stream(result: Any, finish: Callable[[bool], None]) -> Any:
     return result
 
 
-class _Handler:
+class _Decoration:
     """What the sync and async wrappers of one decorated handler share: its meter, and how to
     find the flow, the policy and the user of the call being served."""
 
@@ -302,7 +302,7 @@ def metered(
         check_flow(flow)
     if user_id is not None and not callable(user_id):
         raise config_error("user_id must be a function of the handler's arguments")
-    handler = _Handler(meter, flow, user_id, check_reservation_ttl(reservation_ttl))
+    handler = _Decoration(meter, flow, user_id, check_reservation_ttl(reservation_ttl))
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if not callable(fn):
@@ -317,7 +317,7 @@ def metered(
     return decorate
 
 
-def _async_wrapper(fn: Callable[..., Any], handler: _Handler) -> Callable[..., Any]:
+def _async_wrapper(fn: Callable[..., Any], handler: _Decoration) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         if handler.feature in active_features.get():
@@ -365,7 +365,7 @@ def _async_wrapper(fn: Callable[..., Any], handler: _Handler) -> Callable[..., A
     return wrapper
 
 
-def _sync_wrapper(fn: Callable[P, R], handler: _Handler) -> Callable[P, R]:
+def _sync_wrapper(fn: Callable[P, R], handler: _Decoration) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if handler.feature in active_features.get():
@@ -418,7 +418,7 @@ def _defer_to_stream(
     stream: tuple[str, Any],
     result: Any,
     flow: AnyFlow,
-    handler: _Handler,
+    handler: _Decoration,
     metering: Metering,
     ticket: Ticket,
     status: int,

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar, overload
 
-from usageflow.errors import config_error, missing_dependency
+from usageflow.errors import missing_dependency
 from usageflow.flow import AsyncUsageFlow, UsageFlow
 from usageflow.integrations._llm import (
     DEFAULT_MAX_OUTPUT_TOKENS,
@@ -30,19 +30,20 @@ from usageflow.integrations._llm import (
     AsyncClosingManager,
     AsyncMeteredStream,
     AsyncSettler,
+    ClientKind,
     ClosingManager,
     Estimate,
     FeatureName,
-    Meter,
     StreamTally,
     SyncMeteredStream,
     SyncSettler,
+    TokenMeter,
     Tokens,
     UserId,
     Weights,
-    patch_copy,
     patch_helper,
     patch_method,
+    wrap_client,
 )
 
 try:
@@ -63,7 +64,6 @@ __all__ = ["wrap_openai"]
 _T = TypeVar("_T")
 _SyncClientT = TypeVar("_SyncClientT", bound=openai.OpenAI)
 _AsyncClientT = TypeVar("_AsyncClientT", bound=openai.AsyncOpenAI)
-_METER_ATTRIBUTE = "_usageflow_meter"
 
 
 def _int(value: object) -> int | None:
@@ -214,9 +214,7 @@ class _AsyncMeteredStream(AsyncMeteredStream[_T], openai.AsyncStream[_T]):
         self._meter_stream(inner, settler)
 
 
-def _install(client: openai.OpenAI | openai.AsyncOpenAI, meter: Meter) -> None:
-    is_async = isinstance(client, openai.AsyncOpenAI)
-    setattr(client, _METER_ATTRIBUTE, meter)
+def _install(client: openai.OpenAI | openai.AsyncOpenAI, meter: TokenMeter, is_async: bool) -> None:
     stream_type = openai.AsyncStream if is_async else openai.Stream
     metered = _AsyncMeteredStream if is_async else _MeteredStream
     for resource, api in ((client.chat.completions, _CHAT), (client.responses, _RESPONSES)):
@@ -229,7 +227,9 @@ def _install(client: openai.OpenAI | openai.AsyncOpenAI, meter: Meter) -> None:
     else:
         patch_helper(client.chat.completions, "stream", _ChatStreamManager)
         patch_helper(client.responses, "stream", _ResponseStreamManager)
-    patch_copy(client, lambda copied: _install(copied, meter))
+
+
+_OPENAI = ClientKind("wrap_openai", openai.OpenAI, openai.AsyncOpenAI, _install)
 
 
 @overload
@@ -280,27 +280,17 @@ def wrap_openai(
     longest prefix, else ``"*"``) to credits per 1,000 tokens; without one a token is a credit.
     ``default_max_tokens`` is the output reserved when a request sets no cap; ``estimate`` a
     function of the request's arguments returning its prompt tokens (default: the heuristic of
-    :mod:`usageflow.integrations._llm`); ``ttl`` how long a hold lives (default: the flow's).
+    :mod:`usageflow.integrations._llm.decisions`); ``ttl`` how long a hold lives (default: the
+    flow's).
     """
-    if isinstance(client, openai.AsyncOpenAI):
-        is_async = True
-    elif isinstance(client, openai.OpenAI):
-        is_async = False
-    else:
-        raise config_error(
-            f"wrap_openai needs an openai.OpenAI or openai.AsyncOpenAI, not {type(client).__name__}"
-        )
-    if getattr(client, _METER_ATTRIBUTE, None) is not None:
-        raise config_error("this client is already metered; wrap a fresh client")
-    meter = Meter(
+    return wrap_client(
+        client,
         flow,
         feature_name,
+        _OPENAI,
         user_id=user_id,
         weights=weights,
         default_max_tokens=default_max_tokens,
         estimate=estimate,
         ttl=ttl,
-        is_async=is_async,
     )
-    _install(client, meter)
-    return client

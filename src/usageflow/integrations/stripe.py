@@ -32,8 +32,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from usageflow._stripe import (
-    DEFAULT_TOLERANCE,
+from usageflow.errors import ErrorCodes, UsageFlowError, config_error
+from usageflow.stripe.events import DEFAULT_TOLERANCE
+from usageflow.stripe.results import (
     ExportResult,
     PlanSyncResult,
     ReconcileResult,
@@ -41,7 +42,6 @@ from usageflow._stripe import (
     WebhookReason,
     WebhookResult,
 )
-from usageflow.errors import ErrorCodes, UsageFlowError, config_error
 
 if TYPE_CHECKING:
     from flask import Blueprint

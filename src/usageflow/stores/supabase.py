@@ -140,8 +140,8 @@ def _parameters(cls: Any) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1)
 def _ssl_context() -> Any:
-    """One TLS context per process: building one (loading the CA bundle) costs ~70 ms, too
-    much to pay for every client."""
+    """One TLS context per process: building one loads the CA bundle, too slow to repeat for
+    every client (docs/benchmarks.md)."""
     import httpx
 
     return httpx.create_ssl_context()

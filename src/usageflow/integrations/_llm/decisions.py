@@ -1,4 +1,4 @@
-"""Token metering for LLM clients: every decision, written once for sync and async.
+"""Token metering for LLM clients: the decisions, written once for sync and async.
 
 The provider modules (:mod:`usageflow.integrations.openai`, :mod:`usageflow.integrations.anthropic`)
 only know where a client keeps its methods and how its objects spell usage; this module decides
@@ -22,37 +22,18 @@ records what the API reports.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
-import logging
 import math
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Generator,
-    Iterator,
-    Mapping,
-)
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from types import TracebackType
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 
 from usageflow.context import current_user_id
 from usageflow.errors import config_error, invalid
 from usageflow.flow import AsyncUsageFlow, UsageFlow
-from usageflow.integrations._http import Meter as RouteMeter
-from usageflow.integrations._lifecycle import (
-    Metering,
-    Policy,
-    Refusal,
-    Ticket,
-    drive_async,
-    drive_sync,
-)
+from usageflow.integrations._http import Meter
+from usageflow.integrations._lifecycle import Metering, Policy
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -60,25 +41,17 @@ __all__ = [
     "TOKENS_PER_MESSAGE",
     "TOKENS_PER_REPLY",
     "Api",
-    "AsyncClosingManager",
-    "AsyncMeteredStream",
-    "Call",
-    "ClosingManager",
-    "Meter",
-    "SyncMeteredStream",
+    "Estimate",
+    "FeatureName",
+    "LLMCall",
     "StreamTally",
+    "TokenMeter",
     "Tokens",
+    "UserId",
+    "Weights",
     "estimate_prompt_tokens",
     "estimate_text_tokens",
-    "patch_copy",
-    "patch_helper",
-    "patch_method",
-    "run_async",
-    "run_sync",
 ]
-
-logger = logging.getLogger("usageflow")
-T = TypeVar("T")
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
@@ -213,7 +186,7 @@ class StreamTally:
 
 # -- the meter ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Call:
+class LLMCall:
     """One metered call, planned before the request is sent."""
 
     api: str
@@ -244,7 +217,7 @@ def _weight(value: object, model: str) -> Decimal:
     return weight
 
 
-class Meter:
+class TokenMeter:
     """The configuration of a wrapped client and every metering decision.
 
     ``feature_name`` is a string or a function of the model name; ``user_id`` a string, a
@@ -302,16 +275,14 @@ class Meter:
         self._meterings: dict[str, Metering] = {}
 
     def __repr__(self) -> str:
-        return f"<Meter feature_name={self.feature_name!r} flow={type(self.flow).__name__}>"
+        return f"<TokenMeter feature_name={self.feature_name!r} flow={type(self.flow).__name__}>"
 
     def metering(self, feature_name: str) -> Metering:
         """The metering lifecycle of one feature (the one the HTTP adapters run): every call
         holds its estimate (``settle="hold"``) and commits what the API reported."""
         found = self._meterings.get(feature_name)
         if found is None:
-            found = Metering(
-                RouteMeter(feature_name, settle="hold"), Policy(reservation_ttl=self.ttl)
-            )
+            found = Metering(Meter(feature_name, settle="hold"), Policy(reservation_ttl=self.ttl))
             self._meterings[feature_name] = found
         return found
 
@@ -354,7 +325,7 @@ class Meter:
             return tokens
         return math.ceil(weight * tokens / 1000)
 
-    def plan(self, api: Api, kwargs: Mapping[str, Any]) -> Call:
+    def plan(self, api: Api, kwargs: Mapping[str, Any]) -> LLMCall:
         """Everything decided before the request: who, which feature, how much to hold."""
         request = dict(kwargs)
         for key in _MATERIALIZE:  # a generator of messages must survive being read twice
@@ -382,7 +353,7 @@ class Meter:
             output *= choices
         hide_usage = api.prepare(request, stream)
         credits = max(1, self.credits(model, prompt + output))
-        return Call(
+        return LLMCall(
             api=api.name,
             user_id=user_id,
             feature_name=feature,
@@ -397,7 +368,7 @@ class Meter:
 
     def settlement(
         self,
-        call: Call,
+        call: LLMCall,
         tokens: Tokens,
         *,
         model: str | None,
@@ -421,7 +392,7 @@ class Meter:
         return self.credits(call.model, tokens.total), metadata
 
     def result_settlement(
-        self, api: Api, call: Call, result: Any, request_id: str | None
+        self, api: Api, call: LLMCall, result: Any, request_id: str | None
     ) -> tuple[int, dict[str, Any]]:
         """Settle a complete result; one without usage is charged the whole estimate."""
         tokens = api.reported(result)
@@ -441,7 +412,7 @@ class Meter:
         )
 
     def stream_settlement(
-        self, api: Api, call: Call, tally: StreamTally, completed: bool, request_id: str | None
+        self, api: Api, call: LLMCall, tally: StreamTally, completed: bool, request_id: str | None
     ) -> tuple[int, dict[str, Any]] | None:
         """Settle a stream that ended (``completed``) or stopped: the reported usage when the
         stream carried it, else the prompt (reported or estimated) plus the output received,
@@ -469,403 +440,3 @@ class Meter:
             request_id=request_id,
             stream_completed=completed or tally.usage_final,
         )
-
-
-# -- the I/O shells -------------------------------------------------------------------------------
-class _Settler:
-    """What a streamed call's settler keeps: its ticket and the tally of what was received.
-    The subclasses settle it exactly once, in threads or on an event loop."""
-
-    def __init__(
-        self, meter: Meter, api: Api, call: Call, ticket: Ticket, request_id: str | None
-    ) -> None:
-        self.meter = meter
-        self.api = api
-        self.call = call
-        self.ticket = ticket
-        self.request_id = request_id
-        self.tally = StreamTally(hide_usage=call.hide_usage)
-        self.done = False
-
-    def observe(self, item: Any) -> bool:
-        self.tally.items += 1
-        return self.api.observe(self.tally, item)
-
-
-class SyncSettler(_Settler):
-    """Settles one streamed call's reservation exactly once (threads)."""
-
-    def finish(self, completed: bool) -> None:
-        if self.done:
-            return
-        self.done = True
-        outcome = self.meter.stream_settlement(
-            self.api, self.call, self.tally, completed, self.request_id
-        )
-        settle_sync(self.meter, self.ticket, outcome)
-
-    def finish_quietly(self) -> None:
-        """Settle from a finalizer: errors are logged, never raised."""
-        try:
-            self.finish(completed=False)
-        except Exception:
-            logger.exception("usageflow: could not settle an abandoned %s stream", self.call.api)
-
-
-class AsyncSettler(_Settler):
-    """The asyncio twin of :class:`SyncSettler`."""
-
-    async def finish(self, completed: bool) -> None:
-        if self.done:
-            return
-        self.done = True
-        outcome = self.meter.stream_settlement(
-            self.api, self.call, self.tally, completed, self.request_id
-        )
-        await settle_async(self.meter, self.ticket, outcome)
-
-    async def finish_quietly(self) -> None:
-        try:
-            await self.finish(completed=False)
-        except Exception:
-            logger.exception("usageflow: could not settle an abandoned %s stream", self.call.api)
-
-
-def _finish(
-    meter: Meter, ticket: Ticket, outcome: tuple[int, dict[str, Any]] | None
-) -> Generator[Any, Any, int]:
-    """The lifecycle's settlement of a call: commit ``outcome`` (credits, metadata) or release
-    (None). The call has happened by now, so a store failure is logged, not raised: the
-    caller keeps the answer it paid for, and the hold expires by itself after its ttl."""
-    metering = meter.metering(ticket.meter.feature)
-    if outcome is None:
-        return (yield from metering.finish(meter.flow.core, ticket, None))
-    credits, metadata = outcome
-    return (yield from metering.finish(meter.flow.core, ticket, 200, lambda: credits, metadata))
-
-
-def settle_sync(meter: Meter, ticket: Ticket, outcome: tuple[int, dict[str, Any]] | None) -> None:
-    """Settle a call's ticket from sync code (see :func:`_finish`)."""
-    drive_sync(meter.flow, _finish(meter, ticket, outcome))
-
-
-async def settle_async(
-    meter: Meter, ticket: Ticket, outcome: tuple[int, dict[str, Any]] | None
-) -> None:
-    """The asyncio twin of :func:`settle_sync`, shielded from the caller's cancellation (a
-    client that disconnects from a streaming endpoint still gets its ``CancelledError``;
-    the ledger still gets the settlement)."""
-    await drive_async(meter.flow, _finish(meter, ticket, outcome), shielded=True)
-
-
-def _admitted(admission: object) -> Ticket:
-    if isinstance(admission, Refusal):
-        raise admission.error
-    assert isinstance(admission, Ticket)  # no fail_open here: a store failure refuses
-    return admission
-
-
-def reserve_sync(meter: Meter, call: Call) -> Ticket:
-    """Hold the call's estimate through the lifecycle, or raise its refusal (no request)."""
-    metering = meter.metering(call.feature_name)
-    steps = metering.admit(meter.flow.core, call.user_id, call.credits)
-    return _admitted(drive_sync(meter.flow, steps))
-
-
-async def reserve_async(meter: Meter, call: Call) -> Ticket:
-    """The asyncio twin of :func:`reserve_sync`."""
-    metering = meter.metering(call.feature_name)
-    steps = metering.admit(meter.flow.core, call.user_id, call.credits)
-    return _admitted(await drive_async(meter.flow, steps))
-
-
-def _request_id(api: Api, result: Any) -> str | None:
-    response = getattr(result, "response", None) or getattr(result, "http_response", None)
-    headers = getattr(response, "headers", None)
-    value = headers.get(api.request_id_header) if headers is not None else None
-    return value if isinstance(value, str) else None
-
-
-def _is_raw(result: Any) -> bool:
-    """A raw response (``with_raw_response`` / ``with_streaming_response`` reached through the
-    metered method): its ``parse()`` gives the result and caches it for the caller. A raw
-    *stream* is settled on the estimate, its events being read by the caller alone."""
-    return callable(getattr(result, "parse", None)) and hasattr(result, "http_response")
-
-
-def run_sync(
-    meter: Meter,
-    api: Api,
-    method: Callable[..., Any],
-    kwargs: Mapping[str, Any],
-    stream_type: type,
-    metered: Callable[[Any, SyncSettler], Any],
-) -> Any:
-    """Reserve, call ``method``, then commit (or hand the stream to ``metered``); release when
-    the call raises."""
-    call = meter.plan(api, kwargs)
-    ticket = reserve_sync(meter, call)
-    try:
-        result = method(**call.request)
-    except BaseException:
-        settle_sync(meter, ticket, None)
-        raise
-    if call.stream and isinstance(result, stream_type):
-        return metered(result, SyncSettler(meter, api, call, ticket, _request_id(api, result)))
-    complete = result
-    if _is_raw(result):
-        try:
-            complete = None if call.stream else result.parse()
-        except Exception:
-            complete = None
-    settle_sync(
-        meter, ticket, meter.result_settlement(api, call, complete, _request_id(api, result))
-    )
-    return result
-
-
-async def run_async(
-    meter: Meter,
-    api: Api,
-    method: Callable[..., Awaitable[Any]],
-    kwargs: Mapping[str, Any],
-    stream_type: type,
-    metered: Callable[[Any, AsyncSettler], Any],
-) -> Any:
-    """The asyncio twin of :func:`run_sync`."""
-    call = meter.plan(api, kwargs)
-    ticket = await reserve_async(meter, call)
-    try:
-        result = await method(**call.request)
-    except BaseException:
-        await settle_async(meter, ticket, None)
-        raise
-    if call.stream and isinstance(result, stream_type):
-        settler = AsyncSettler(meter, api, call, ticket, _request_id(api, result))
-        return metered(result, settler)
-    complete = result
-    if _is_raw(result):
-        try:
-            complete = None if call.stream else result.parse()
-            if inspect.isawaitable(complete):
-                complete = await complete
-        except Exception:
-            complete = None
-    settlement = meter.result_settlement(api, call, complete, _request_id(api, result))
-    await settle_async(meter, ticket, settlement)
-    return result
-
-
-class SyncMeteredStream(Generic[T]):
-    """A client stream that settles its reservation when it ends, breaks or is closed.
-
-    Mixed into a subclass of the client's own ``Stream`` so that ``isinstance`` checks, iteration
-    and ``with`` behave as before; every public method is defined here, so nothing depends on the
-    client's private attributes.
-    """
-
-    response: Any
-
-    def _meter_stream(self, inner: Any, settler: SyncSettler) -> None:
-        self.response = inner.response
-        self._usageflow_inner = inner
-        self._usageflow_settler = settler
-        self._usageflow_items = self._usageflow_run()
-
-    def _usageflow_run(self) -> Generator[T, None, None]:
-        settler = self._usageflow_settler
-        try:
-            for item in self._usageflow_inner:
-                if settler.observe(item):
-                    yield item
-        except GeneratorExit:  # dropped unfinished: garbage collection or close()
-            settler.finish_quietly()
-            raise
-        except BaseException:  # the connection broke or the API sent an error mid-stream
-            settler.finish(completed=False)
-            raise
-        settler.finish(completed=True)
-
-    def __next__(self) -> T:
-        return next(self._usageflow_items)
-
-    def __iter__(self) -> Iterator[T]:
-        return self
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the response; a stream closed before its end is settled on what arrived."""
-        try:
-            self._usageflow_inner.close()
-        finally:
-            self._usageflow_settler.finish(completed=False)
-            self._usageflow_items.close()
-
-
-class AsyncMeteredStream(Generic[T]):
-    """The asyncio twin of :class:`SyncMeteredStream`."""
-
-    response: Any
-
-    def _meter_stream(self, inner: Any, settler: AsyncSettler) -> None:
-        self.response = inner.response
-        self._usageflow_inner = inner
-        self._usageflow_settler = settler
-        self._usageflow_items = self._usageflow_run()
-
-    async def _usageflow_run(self) -> AsyncGenerator[T, None]:
-        settler = self._usageflow_settler
-        try:
-            async for item in self._usageflow_inner:
-                if settler.observe(item):
-                    yield item
-        except GeneratorExit:
-            await settler.finish_quietly()
-            raise
-        except BaseException:
-            await settler.finish(completed=False)
-            raise
-        await settler.finish(completed=True)
-
-    async def __anext__(self) -> T:
-        return await self._usageflow_items.__anext__()
-
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self
-
-    async def __aenter__(self) -> Any:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the response; a stream closed before its end is settled on what arrived."""
-        try:
-            await self._usageflow_inner.close()
-        finally:
-            await self._usageflow_settler.finish(completed=False)
-            await self._usageflow_items.aclose()
-
-    async def aclose(self) -> None:
-        await self.close()
-
-
-def patch_method(
-    resource: object,
-    name: str,
-    meter: Meter,
-    api: Api,
-    stream_type: type,
-    metered: Callable[[Any, Any], Any],
-    is_async: bool,
-) -> None:
-    """Replace ``resource.<name>`` (a keyword-only client method) on this instance by its
-    metered twin; the client's class is untouched."""
-    original = getattr(resource, name)
-    if is_async:
-
-        @functools.wraps(original)
-        async def ametered(**kwargs: Any) -> Any:
-            return await run_async(meter, api, original, kwargs, stream_type, metered)
-
-        setattr(resource, name, ametered)
-    else:
-
-        @functools.wraps(original)
-        def smetered(**kwargs: Any) -> Any:
-            return run_sync(meter, api, original, kwargs, stream_type, metered)
-
-        setattr(resource, name, smetered)
-
-
-def patch_copy(client: Any, install: Callable[[Any], None]) -> None:
-    """Make ``client.copy()`` / ``client.with_options()`` return clients metered the same way."""
-    original = client.copy
-
-    @functools.wraps(original)
-    def copy(*args: Any, **kwargs: Any) -> Any:
-        copied = original(*args, **kwargs)
-        install(copied)
-        return copied
-
-    for attribute in ("copy", "with_options"):
-        setattr(client, attribute, copy)
-
-
-class ClosingManager:
-    """Mixed into a client's stream-helper manager (``with client.x.stream(...) as s``), whose
-    own exit closes only the HTTP response: this exit also closes the metered stream the helper
-    reads (its ``_raw_stream``), so that leaving the block early settles at once."""
-
-    def __init__(self, inner: Any) -> None:
-        self._usageflow_inner = inner
-        self._usageflow_stream: Any = None
-
-    def __enter__(self) -> Any:
-        self._usageflow_stream = self._usageflow_inner.__enter__()
-        return self._usageflow_stream
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        try:
-            self._usageflow_inner.__exit__(exc_type, exc, exc_tb)
-        finally:
-            raw = getattr(self._usageflow_stream, "_raw_stream", None)
-            if isinstance(raw, SyncMeteredStream):
-                raw.close()
-
-
-class AsyncClosingManager:
-    """The asyncio twin of :class:`ClosingManager`."""
-
-    def __init__(self, inner: Any) -> None:
-        self._usageflow_inner = inner
-        self._usageflow_stream: Any = None
-
-    async def __aenter__(self) -> Any:
-        self._usageflow_stream = await self._usageflow_inner.__aenter__()
-        return self._usageflow_stream
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        try:
-            await self._usageflow_inner.__aexit__(exc_type, exc, exc_tb)
-        finally:
-            raw = getattr(self._usageflow_stream, "_raw_stream", None)
-            if isinstance(raw, AsyncMeteredStream):
-                await raw.close()
-
-
-def patch_helper(resource: object, name: str, manager: Callable[[Any], Any]) -> None:
-    """Wrap the manager ``resource.<name>(...)`` returns (a stream helper) in ``manager``."""
-    original = getattr(resource, name)
-
-    @functools.wraps(original)
-    def helper(*args: Any, **kwargs: Any) -> Any:
-        return manager(original(*args, **kwargs))
-
-    setattr(resource, name, helper)
