@@ -47,7 +47,7 @@ def _what(error: ErrorDetails) -> str:
     if kind == "value_error":  # raised by a validator of ours: its message is ours
         return str(ctx.get("error", error["msg"]))
     if kind == "bool_type":
-        return "must be true or false"
+        return "must be a bool (true or false)"
     if kind in {"int_type", "int_parsing", "int_from_float"}:
         return "must be an integer"
     if kind in {"float_type", "float_parsing", "decimal_type", "decimal_parsing"}:

@@ -5,10 +5,11 @@ the plans file (``USAGE_INVALID_PARAMS``), the flows' options and the route tabl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from usageflow import ErrorCodes, UsageFlow, UsageFlowError
+from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError
 from usageflow.plans_file import load_plans
 
 GOOD = '[[plans]]\nname = "Free"\nis_free = true\nlimits = { exports = 10 }\n'
@@ -43,7 +44,7 @@ GOOD = '[[plans]]\nname = "Free"\nis_free = true\nlimits = { exports = 10 }\n'
         ),
         ('name = "Pro"\nprice_amount = nan', "plans[1].price_amount must be a finite number"),
         ('name = "Pro"\nprice_amount = true', "plans[1].price_amount must be a number"),
-        ('name = "Pro"\nis_free = "yes"', "plans[1].is_free must be true or false"),
+        ('name = "Pro"\nis_free = "yes"', "plans[1].is_free must be a bool (true or false)"),
         ('name = "  "', "plans[1].name must not be blank"),
         ("is_free = false", "plans[1].name is required"),
         ('name = "Pro"\nstripe_price_id = 5', "plans[1].stripe_price_id must be a string"),
@@ -75,3 +76,55 @@ def test_a_good_plans_file_loads_every_form_of_limit(tmp_path: Path) -> None:
     limits = {f: (row.limit_value, row.period) for f, row in pro.limits.items()}
     assert limits == {"exports": (100, "day"), "chats": (-1, "current_month"), "calls": (-1, "day")}
     assert load_plans(flow, text)[1].id == pro.id  # loading twice changes nothing more
+
+
+@pytest.mark.parametrize("flow_class", [UsageFlow, AsyncUsageFlow])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cache_tll": 5}, "unknown option 'cache_tll' (did you mean 'cache_ttl'?)"),
+        ({"colour": 1, "size": 2}, "unknown options 'colour', 'size'"),
+        ({"cache_ttl": "30"}, "cache_ttl must be a non-negative number of seconds"),
+        ({"cache_ttl": float("nan")}, "cache_ttl must be a non-negative number of seconds"),
+        ({"reservation_ttl": True}, "reservation_ttl must be a positive number of seconds"),
+        ({"reservation_ttl": float("inf")}, "reservation_ttl must be a positive number of seconds"),
+        ({"debug": 1}, "debug must be a bool"),
+        ({"enable_user_adjustments": "yes"}, "enable_user_adjustments must be a bool"),
+        ({"clock": "now"}, "clock must be a function"),
+        ({"plan_resolver": 3}, "plan_resolver must be a function"),
+        ({"profiles_table": None}, "profiles_table must be a string"),
+    ],
+)
+def test_bad_flow_options_are_config_errors_naming_the_option(
+    tmp_path: Path,
+    flow_class: type[UsageFlow | AsyncUsageFlow],
+    options: dict[str, Any],
+    message: str,
+) -> None:
+    db = tmp_path / "never.db"
+    with pytest.raises(UsageFlowError) as caught:
+        flow_class(f"sqlite:///{db}", **options)
+    assert caught.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+    assert message in caught.value.message
+    assert not db.exists()  # refused before the store is opened
+
+
+def test_refused_options_never_repeat_a_secret(tmp_path: Path) -> None:
+    secrets = ["hunter2", "sk_live_SECRET", "whsec_SECRET", "eyJSECRET"]
+    with pytest.raises(UsageFlowError) as caught:
+        UsageFlow(
+            "postgresql://app:hunter2@127.0.0.1:1/db",
+            stripe_api_key=b"sk_live_SECRET",  # type: ignore[arg-type]
+            stripe_webhook_secret=["whsec_SECRET"],  # type: ignore[arg-type]
+            supabase_key=("eyJSECRET",),  # type: ignore[arg-type]
+            stripe_secret_key="sk_live_SECRET",  # type: ignore[call-arg]
+            cache_ttl="hunter2",  # type: ignore[arg-type]
+        )
+    err = caught.value
+    assert err.code is ErrorCodes.USAGE_CONFIG_ERROR
+    for field in ("stripe_api_key", "stripe_webhook_secret", "supabase_key", "cache_ttl"):
+        assert field in err.message
+    assert "unknown option 'stripe_secret_key'" in err.message
+    shown = f"{err} {err!r} {err.details} {err.__cause__!r} {err.__context__!r}"
+    for secret in secrets:
+        assert secret not in shown
