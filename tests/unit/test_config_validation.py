@@ -128,3 +128,76 @@ def test_refused_options_never_repeat_a_secret(tmp_path: Path) -> None:
     shown = f"{err} {err!r} {err.details} {err.__cause__!r} {err.__context__!r}"
     for secret in secrets:
         assert secret not in shown
+
+
+ROUTE_ERRORS = [
+    ({"PSOT /v1/exports": "exports"}, "route 'PSOT /v1/exports': 'PSOT' is not an HTTP method"),
+    (
+        {"/v1/exports": {"feature": "exports", "credits": 0}},
+        "route '/v1/exports': credits must be between 1 and",
+    ),
+    (
+        {"/v1/exports": {"feature": "exports", "credits": 2.5}},
+        "credits must be an int or a callable, not float",
+    ),
+    (
+        {"/v1/exports": {"feature": "exports", "credits": True}},
+        "credits must be an int or a callable, not bool",
+    ),
+    (
+        {"/v1/exports": {"feature": "exports", "credits": 2, "reserve": 3}},
+        "reserve is only for callable credits",
+    ),
+    (
+        {"/v1/exports": {"feature": "exports", "cost": 2}},
+        "route '/v1/exports': unknown route option 'cost'",
+    ),
+    ({"/v1/exports": {"credits": 2}}, "route '/v1/exports': feature is required"),
+    (
+        {"/v1/exports": {"feature": "exports", "settle": "later"}},
+        "settle must be 'charge' or 'hold'",
+    ),
+    ({"/v1/exports": {"feature": "exports", "fail_open": "no"}}, "fail_open must be a bool"),
+    ({"/v1/exports": 7}, "route '/v1/exports': a route value must be a feature name"),
+]
+
+
+@pytest.mark.parametrize(("routes", "message"), ROUTE_ERRORS)
+def test_starlette_route_tables_refuse_bad_entries_naming_the_route(
+    tmp_path: Path, routes: dict[str, object], message: str
+) -> None:
+    from starlette.applications import Starlette
+
+    from usageflow.integrations.starlette import UsageFlowMiddleware
+
+    flow = AsyncUsageFlow(f"sqlite:///{tmp_path / 'r.db'}")
+    with pytest.raises(UsageFlowError) as caught:
+        UsageFlowMiddleware(Starlette(), flow=flow, routes=routes)
+    assert caught.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+    assert message in caught.value.message
+
+
+@pytest.mark.parametrize(("routes", "message"), ROUTE_ERRORS)
+def test_flask_route_tables_refuse_bad_entries_naming_the_route(
+    tmp_path: Path, routes: dict[str, object], message: str
+) -> None:
+    from flask import Flask
+
+    from usageflow.integrations.flask import UsageFlowFlask
+
+    flow = UsageFlow(f"sqlite:///{tmp_path / 'r.db'}")
+    with pytest.raises(UsageFlowError) as caught:
+        UsageFlowFlask(Flask(__name__), flow=flow, routes=routes)
+    assert caught.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+    assert message in caught.value.message
+
+
+def test_a_decorated_function_is_refused_with_the_same_messages(tmp_path: Path) -> None:
+    from usageflow import metered
+
+    flow = UsageFlow(f"sqlite:///{tmp_path / 'r.db'}")
+    with pytest.raises(UsageFlowError, match="credits must be between 1 and") as caught:
+        metered("exports", credits=-1, flow=flow)
+    assert caught.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+    with pytest.raises(UsageFlowError, match="feature must be at most 255 printable characters"):
+        metered("bad\nname", flow=flow)
