@@ -4,15 +4,22 @@ Plans change rarely and are loaded whole; a user's profile and adjustments are c
 With warm entries a quota decision needs no read before its one atomic store call. Writes made
 through this UsageFlow instance invalidate at once; writes made elsewhere (another server, SQL)
 are seen within ``ttl`` seconds. ``ttl=0`` turns caching off.
+
+Profiles and adjustments are ``cachetools.TTLCache`` maps (least recently used dropped first
+beyond ``maxsize``). A ``TTLCache`` is not thread-safe, reads included (a read moves the entry
+in the LRU order and may expire it), so every access holds the cache's lock. The catalog is
+one value, kept as an ``(expires at, catalog)`` pair that is read and replaced atomically.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
+
+from cachetools import TTLCache
 
 from usageflow.models import LimitAdjustment, Plan, Profile
 
@@ -25,54 +32,6 @@ class _Missing:
 
 
 MISSING: Final = _Missing()
-
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class _TTLMap(Generic[K, V]):
-    """A dict whose entries expire ``ttl`` seconds after they were put, at most ``maxsize``
-    of them. Reads take no lock (one dict lookup, one clock read: this is on every decision);
-    writes happen under the owner's lock. The TTL is the same for every entry, so insertion
-    order is expiry order and eviction pops from the front."""
-
-    __slots__ = ("_data", "_timer", "maxsize", "ttl")
-
-    def __init__(self, ttl: float, maxsize: int, timer: Callable[[], float]) -> None:
-        self.ttl = ttl
-        self.maxsize = maxsize
-        self._timer = timer
-        self._data: dict[K, tuple[float, V]] = {}
-
-    def get(self, key: K, default: Any = None) -> Any:
-        entry = self._data.get(key)
-        if entry is None or entry[0] <= self._timer():
-            return default
-        return entry[1]
-
-    def put(self, key: K, value: V) -> None:
-        data = self._data
-        now = self._timer()
-        data.pop(key, None)  # re-inserted at the end, where the newest expiry belongs
-        data[key] = (now + self.ttl, value)
-        while data:
-            first = next(iter(data))
-            if len(data) <= self.maxsize and data[first][0] > now:
-                break
-            del data[first]
-
-    def pop(self, key: K) -> None:
-        self._data.pop(key, None)
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(list(self._data))  # a copy: callers pop while they iterate
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 @dataclass(frozen=True)
@@ -95,7 +54,10 @@ class Catalog:
 
 
 class PlanCache:
-    """Thread-safe TTL cache; safe to share between threads and the event loop."""
+    """Thread-safe TTL cache; safe to share between threads and the event loop.
+
+    ``timer`` is the clock the TTLs are measured on (``time.monotonic``; tests pass their own).
+    """
 
     def __init__(
         self, ttl: float, maxsize: int = 100_000, timer: Callable[[], float] = time.monotonic
@@ -104,12 +66,14 @@ class PlanCache:
         self._lock = threading.Lock()
         self._timer = timer
         self._catalog: tuple[float, Catalog] | None = None  # (expires at, catalog)
-        self._profiles: _TTLMap[str, Profile | None] = _TTLMap(ttl, maxsize, timer)
-        self._adjustments: _TTLMap[tuple[str, str], tuple[LimitAdjustment, ...]] = _TTLMap(
-            ttl, maxsize, timer
+        # With ttl=0 nothing is stored; a TTLCache still needs a positive ttl to be built.
+        self._profiles: TTLCache[str, Profile | None] = TTLCache(maxsize, ttl or 1, timer)
+        self._adjustments: TTLCache[tuple[str, str], tuple[LimitAdjustment, ...]] = TTLCache(
+            maxsize, ttl or 1, timer
         )
 
     def catalog(self) -> Catalog | None:
+        """Every plan, or ``None`` when not cached (or expired)."""
         entry = self._catalog  # one atomic read: no lock needed
         if entry is None or entry[0] <= self._timer():
             return None
@@ -122,19 +86,30 @@ class PlanCache:
         return catalog
 
     def profile(self, user_id: str) -> Profile | _Missing | None:
+        """The cached profile (``None``: the user has none), or ``MISSING`` when not cached."""
         if not self.ttl:
             return MISSING
-        return self._profiles.get(user_id, MISSING)  # type: ignore[no-any-return]
+        # One lookup that raises on a miss: ``get`` would read the clock twice.
+        with self._lock:
+            try:
+                return self._profiles[user_id]
+            except KeyError:
+                return MISSING
 
     def put_profile(self, user_id: str, profile: Profile | None) -> None:
         if self.ttl:
             with self._lock:
-                self._profiles.put(user_id, profile)
+                self._profiles[user_id] = profile
 
     def adjustments(self, user_id: str, feature_name: str) -> tuple[LimitAdjustment, ...] | None:
+        """The cached adjustments of a user's feature, or ``None`` when not cached."""
         if not self.ttl:
             return None
-        return self._adjustments.get((user_id, feature_name))  # type: ignore[no-any-return]
+        with self._lock:
+            try:
+                return self._adjustments[(user_id, feature_name)]
+            except KeyError:
+                return None
 
     def put_adjustments(
         self, user_id: str, feature_name: str, rows: Iterable[LimitAdjustment]
@@ -142,7 +117,7 @@ class PlanCache:
         value = tuple(rows)
         if self.ttl:
             with self._lock:
-                self._adjustments.put((user_id, feature_name), value)
+                self._adjustments[(user_id, feature_name)] = value
         return value
 
     def invalidate_plans(self) -> None:
@@ -150,9 +125,10 @@ class PlanCache:
 
     def invalidate_user(self, user_id: str) -> None:
         with self._lock:
-            self._profiles.pop(user_id)
-            for key in [k for k in self._adjustments if k[0] == user_id]:
-                self._adjustments.pop(key)
+            self._profiles.pop(user_id, None)
+            adjustments = self._adjustments
+            for key in [k for k in adjustments if k[0] == user_id]:
+                adjustments.pop(key, None)
 
     def clear(self) -> None:
         self._catalog = None
@@ -161,5 +137,6 @@ class PlanCache:
             self._adjustments.clear()
 
     def stats(self) -> dict[str, Any]:
+        """How many profiles and adjustment lists are cached (expired entries not counted)."""
         with self._lock:
             return {"profiles": len(self._profiles), "adjustments": len(self._adjustments)}

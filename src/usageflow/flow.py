@@ -9,14 +9,18 @@ never waits on I/O; see docs/stores.md).
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
+
+from pydantic import BaseModel, ConfigDict, PlainValidator
 
 from usageflow import _log
+from usageflow._config import validate
 from usageflow._core import Core, Op, Options, PlanResolver, StoreCall, redact
 from usageflow.cache import PlanCache
 from usageflow.errors import UsageFlowError, config_error, reservation_error
@@ -77,6 +81,52 @@ def _build_store(
     return open_store(store, tables)
 
 
+def _seconds(*, positive: bool) -> PlainValidator:
+    """A number of seconds (``int`` or ``float``, not ``bool``), finite, positive or not
+    negative."""
+    wanted = "a positive" if positive else "a non-negative"
+
+    def check(value: object) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+            or (positive and value == 0)
+        ):
+            raise ValueError(f"must be {wanted} number of seconds")
+        return float(value)
+
+    return PlainValidator(check)
+
+
+class _FlowOptions(BaseModel):
+    """The keyword options of :class:`UsageFlow` and :class:`AsyncUsageFlow` (``store`` aside:
+    a URL or a store object, checked when the store is opened)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+
+    supabase_url: str | None = None
+    supabase_key: str | None = None
+    manual_stripe_integration: bool = False
+    enable_user_adjustments: bool = False
+    debug: bool = False
+    user_plans_table: str = "user_plans"
+    usage_events_table: str = "usage_events"
+    usage_feature_limits_table: str = "usage_feature_limits"
+    user_limit_adjustments_table: str = "user_limit_adjustments"
+    profiles_table: str = "profiles"
+    cache_ttl: Annotated[float, _seconds(positive=False)] = 30.0
+    reservation_ttl: Annotated[float, _seconds(positive=True)] = 300.0
+    clock: Callable[[], datetime] | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_key: str | None = None
+    plan_resolver: Callable[[str], Any] | None = None
+
+
+_OPTION_NAMES = frozenset(_FlowOptions.model_fields)
+
+
 class _Base:
     """Configuration shared by both flows."""
 
@@ -103,48 +153,37 @@ class _Base:
         stripe_webhook_secret: str | None = None,
         stripe_api_key: str | None = None,
         plan_resolver: PlanResolver | None = None,
+        **unknown: NoReturn,
     ) -> None:
-        for flag_name, flag in (
-            ("manual_stripe_integration", manual_stripe_integration),
-            ("enable_user_adjustments", enable_user_adjustments),
-            ("debug", debug),
-        ):
-            if not isinstance(flag, bool):
-                raise config_error(f"{flag_name} must be a bool")
-        for number_name, number in (("cache_ttl", cache_ttl), ("reservation_ttl", reservation_ttl)):
-            if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0:
-                raise config_error(f"{number_name} must be a non-negative number of seconds")
-        if reservation_ttl <= 0:
-            raise config_error("reservation_ttl must be positive")
-        if clock is not None and not callable(clock):
-            raise config_error("clock must be a callable returning a datetime")
-        if plan_resolver is not None and not callable(plan_resolver):
-            raise config_error("plan_resolver must be a function of the user id")
+        # Every option is checked before anything is opened; an unknown one (a typo) is a
+        # USAGE_CONFIG_ERROR naming the closest option, not a TypeError.
+        given = {name: value for name, value in locals().items() if name in _OPTION_NAMES}
+        opts = validate(_FlowOptions, {**given, **unknown}, config_error, unknown="unknown option")
         tables = Tables(
-            user_plans=user_plans_table,
-            usage_events=usage_events_table,
-            usage_feature_limits=usage_feature_limits_table,
-            user_limit_adjustments=user_limit_adjustments_table,
-            profiles=profiles_table,
+            user_plans=opts.user_plans_table,
+            usage_events=opts.usage_events_table,
+            usage_feature_limits=opts.usage_feature_limits_table,
+            user_limit_adjustments=opts.user_limit_adjustments_table,
+            profiles=opts.profiles_table,
         )
         self.tables = tables
         self.store = _build_store(
-            store, supabase_url, supabase_key, tables, custom_tables=tables != Tables()
+            store, opts.supabase_url, opts.supabase_key, tables, custom_tables=tables != Tables()
         )
         self.options = Options(
-            manual_stripe_integration=manual_stripe_integration,
-            enable_user_adjustments=enable_user_adjustments,
-            debug=debug,
-            reservation_ttl=float(reservation_ttl),
-            plan_resolver=plan_resolver,
+            manual_stripe_integration=opts.manual_stripe_integration,
+            enable_user_adjustments=opts.enable_user_adjustments,
+            debug=opts.debug,
+            reservation_ttl=opts.reservation_ttl,
+            plan_resolver=opts.plan_resolver,
         )
-        self.stripe_webhook_secret = stripe_webhook_secret or os.environ.get(
+        self.stripe_webhook_secret = opts.stripe_webhook_secret or os.environ.get(
             "STRIPE_WEBHOOK_SECRET"
         )
-        self.stripe_api_key = stripe_api_key
-        self.cache = PlanCache(float(cache_ttl))
-        self.core = Core(self.options, self.cache, clock)
-        if debug:
+        self.stripe_api_key = opts.stripe_api_key
+        self.cache = PlanCache(opts.cache_ttl)
+        self.core = Core(self.options, self.cache, opts.clock)
+        if opts.debug:
             _log.debug(
                 "usageflow: store=%s tables=%s",
                 redact_url(getattr(self.store, "url", type(self.store).__name__)),

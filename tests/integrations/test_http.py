@@ -105,7 +105,7 @@ def test_meter_validation() -> None:
         Meter("bad\nname")
     with pytest.raises(UsageFlowError, match="charge_if"):
         Meter("x", charge_if=400)  # type: ignore[arg-type]
-    with pytest.raises(UsageFlowError, match="needs a 'feature'"):
+    with pytest.raises(UsageFlowError, match="feature is required"):
         Meter.of({"credits": 2})
 
 

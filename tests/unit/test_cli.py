@@ -72,10 +72,10 @@ def test_migrate_load_list_and_usage(tmp_path: Path, capsys: pytest.CaptureFixtu
     ("text", "fragment"),
     [
         ("nonsense", "not valid TOML"),
-        ("[[plans]]\nis_free = true", "needs a name"),
-        ('[[plans]]\nname = "A"\nlimits = { x = "many" }', "limit_value must be an int"),
+        ("[[plans]]\nis_free = true", "plans[2].name is required"),
+        ('[[plans]]\nname = "A"\nlimits = { x = "many" }', "plans[2].limits.x.limit must be an"),
         ('[[plans]]\nname = "A"\nlimits = { x = { limit = 1, period = "year" } }', "period"),
-        ('[[plans]]\nname = "A"\ncolour = "red"', "unknown keys"),
+        ('[[plans]]\nname = "A"\ncolour = "red"', "plans[2] has unknown key 'colour'"),
     ],
 )
 def test_bad_plans_files_write_nothing(

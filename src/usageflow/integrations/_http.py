@@ -24,8 +24,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
+from pydantic import BaseModel, ConfigDict, PlainValidator, model_validator
+
+from usageflow._config import validate
 from usageflow.errors import ErrorCodes, UsageFlowError, config_error
 from usageflow.flow import AsyncUsageFlow, UsageFlow
 from usageflow.models import INT64_MAX, Decision
@@ -85,30 +88,7 @@ class Meter:
     settle: Literal["charge", "hold"] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.feature, str) or not self.feature.strip():
-            raise config_error("a metered feature name must be a non-empty string")
-        if len(self.feature) > 255 or not self.feature.isprintable():
-            raise config_error(
-                f"feature name {self.feature!r} must be at most 255 printable characters"
-            )
-        if callable(self.credits):
-            if self.reserve is not None:
-                _check_credits(self.reserve, "reserve")
-        else:
-            _check_credits(self.credits, "credits")
-            if self.reserve is not None:
-                raise config_error("reserve is only for callable credits")
-        if self.fail_open is not None and not isinstance(self.fail_open, bool):
-            raise config_error("fail_open must be a bool")
-        if self.charge_if is not None and not callable(self.charge_if):
-            raise config_error("charge_if must be a callable taking the status code")
-        if self.settle not in (None, "charge", "hold"):
-            raise config_error(f"settle must be 'charge' or 'hold', not {self.settle!r}")
-        if self.settle == "charge" and callable(self.credits):
-            raise config_error(
-                f"{self.feature!r}: settle='charge' needs a fixed number of credits; credits "
-                "computed from the response are reserved first (settle='hold')"
-            )
+        validate(_MeterSpec, self.__dict__, config_error, unknown="unknown route option")
 
     @property
     def settle_mode(self) -> Literal["charge", "hold"]:
@@ -125,37 +105,69 @@ class Meter:
         return self.reserve or 1
 
     @classmethod
-    def of(cls, spec: object) -> Meter:
-        """A :class:`Meter` from a feature name, a ``Meter`` or a dict of its fields."""
-        if isinstance(spec, Meter):
-            return spec
-        if isinstance(spec, str):
-            return cls(spec)
-        if isinstance(spec, Mapping):
-            unknown = set(spec) - {
-                "feature",
-                "credits",
-                "reserve",
-                "fail_open",
-                "charge_if",
-                "settle",
-            }
-            if unknown:
-                raise config_error(f"unknown route option(s): {', '.join(sorted(unknown))}")
-            if "feature" not in spec:
-                raise config_error("a route spec needs a 'feature'")
-            return cls(**spec)
-        raise config_error(
-            "a route value must be a feature name, a Meter or a dict such as "
-            "{'feature': 'exports', 'credits': 2}"
-        )
+    def of(cls, spec: object, route: object = None) -> Meter:
+        """A :class:`Meter` from a feature name, a ``Meter`` or a dict of its fields; with
+        ``route`` (its key in a route table), an error names that route."""
+        try:
+            if isinstance(spec, Meter):
+                return spec
+            if isinstance(spec, str):
+                return cls(spec)
+            if isinstance(spec, Mapping):
+                fields = validate(_MeterSpec, spec, config_error, unknown="unknown route option")
+                return cls(**{name: getattr(fields, name) for name in fields.model_fields_set})
+            raise config_error(
+                "a route value must be a feature name, a Meter or a dict such as "
+                "{'feature': 'exports', 'credits': 2}"
+            )
+        except UsageFlowError as err:
+            if route is None:
+                raise
+            raise config_error(f"route {route!r}: {err.message}") from None
 
 
-def _check_credits(value: object, name: str) -> None:
+def _feature(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    if len(value) > 255 or not value.isprintable():
+        raise ValueError("must be at most 255 printable characters")
+    return value
+
+
+def _credits(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise config_error(f"{name} must be an int or a callable, not {type(value).__name__}")
+        raise ValueError(f"must be an int or a callable, not {type(value).__name__}")
     if not 1 <= value <= INT64_MAX:
-        raise config_error(f"{name} must be between 1 and {INT64_MAX}")
+        raise ValueError(f"must be between 1 and {INT64_MAX}")
+    return value
+
+
+def _credits_or_function(value: object) -> int | Callable[..., Any]:
+    return value if callable(value) else _credits(value)
+
+
+class _MeterSpec(BaseModel):
+    """The fields of a :class:`Meter`, as a route table's dict value gives them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+
+    feature: Annotated[str, PlainValidator(_feature)]
+    credits: Annotated[int | Callable[..., Any], PlainValidator(_credits_or_function)] = 1
+    reserve: Annotated[int, PlainValidator(_credits)] | None = None
+    fail_open: bool | None = None
+    charge_if: Callable[[int], bool] | None = None
+    settle: Literal["charge", "hold"] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _MeterSpec:
+        if self.reserve is not None and not callable(self.credits):
+            raise ValueError("reserve is only for callable credits")
+        if self.settle == "charge" and callable(self.credits):
+            raise ValueError(
+                f"{self.feature!r}: settle='charge' needs a fixed number of credits; credits "
+                "computed from the response are reserved first (settle='hold')"
+            )
+        return self
 
 
 _CONVERTORS: Final = {
@@ -218,7 +230,7 @@ class RouteTable:
         self._dynamic: list[_Route] = []
         order: list[_Route] = []
         for key, spec in routes.items():
-            route = self._compile(key, Meter.of(spec))
+            route = self._compile(key, Meter.of(spec, key))
             order.append(route)
             if route.regex is None:
                 self._static.setdefault(route.pattern, []).append((route.method, route.meter))

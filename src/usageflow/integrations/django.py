@@ -229,7 +229,7 @@ def _route_key(index: int, key: object, spec: object) -> _RouteKey:
         raise config_error(
             f"route key {key!r} must be a URL pattern name or a path such as 'POST /v1/exports'"
         )
-    meter = Meter.of(spec)
+    meter = Meter.of(spec, key)
     text = key.strip()
     parts = text.split(None, 1)
     target = parts[-1]

@@ -107,7 +107,7 @@ def _route_keys(routes: Mapping[str, object] | None) -> list[_RouteKey]:
     keys = []
     for key, spec in routes.items():
         method, rule = split_route_key(key)
-        keys.append(_RouteKey(str(key), method, rule, Meter.of(spec)))
+        keys.append(_RouteKey(str(key), method, rule, Meter.of(spec, key)))
     return keys
 
 
