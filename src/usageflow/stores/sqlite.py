@@ -1242,24 +1242,37 @@ class SQLiteStore(Store):
                     return Charge(
                         True, used, held, replayed=True, reservation_id=row[0], first_credits=row[1]
                     )
-            # A reused reservation id (74 random bits a millisecond) fails the primary key:
-            # nothing written.
+            # A reused reservation id is refused as PostgreSQL refuses it, whether or not the
+            # credits fit; the id is looked up only when the insert fails or nothing fits, so
+            # a reservation that goes through pays no extra seek.
             if not fits(used, held, credits, limit):
+                self._refuse_reused_id(c, reservation_id)
                 return Charge(False, used, held)
-            c.execute(
-                f"INSERT INTO {q['holds']} (id, user_id, feature_name, credits, status, "
-                "created_at, expires_at, idempotency_key) VALUES (?, ?, ?, ?, 'held', ?, ?, ?)",
-                (
-                    reservation_id,
-                    user_id,
-                    feature_name,
-                    credits,
-                    _ts(now),
-                    _ts(expires_at),
-                    idempotency_key,
-                ),
-            )
+            try:
+                c.execute(
+                    f"INSERT INTO {q['holds']} (id, user_id, feature_name, credits, status, "
+                    "created_at, expires_at, idempotency_key) VALUES (?, ?, ?, ?, 'held', ?, ?, ?)",
+                    (
+                        reservation_id,
+                        user_id,
+                        feature_name,
+                        credits,
+                        _ts(now),
+                        _ts(expires_at),
+                        idempotency_key,
+                    ),
+                )
+            except sqlite3.IntegrityError:  # SQLite undid the statement: nothing written
+                self._refuse_reused_id(c, reservation_id)
+                raise
             return Charge(True, used, held + credits, reservation_id=reservation_id)
+
+    def _refuse_reused_id(self, c: sqlite3.Connection, reservation_id: str) -> None:
+        """Raise ``USAGE_INVALID_PARAMS`` when a hold with this id exists."""
+        if c.execute(
+            f"SELECT 1 FROM {self._q['holds']} WHERE id = ?", (reservation_id,)
+        ).fetchone():
+            raise invalid("reservation id already used", reservation_id=reservation_id)
 
     @_group_committed
     def settle(
