@@ -461,9 +461,9 @@ def _reading_flow(args: argparse.Namespace) -> UsageFlow:
     is their error saying to run ``usageflow migrate``.
     """
     flow = UsageFlow(args.store or None, **_tables(args))
-    from usageflow.stores.sqlite import SQLiteStore
+    from usageflow.stores.sqlite import MemoryStore, SQLiteStore
 
-    if isinstance(flow.store, SQLiteStore):
+    if isinstance(flow.store, SQLiteStore) and not isinstance(flow.store, MemoryStore):
         flow.store.auto_migrate = False
         try:
             _check_sqlite(flow.store, _store_url(args))

@@ -308,3 +308,46 @@ def test_holds_past_64_bits_on_an_unlimited_feature_are_summed_exactly(flow: Any
     first.release()
     second.release()
     assert flow.fetch_usage("u1", "exports").current == 1
+
+
+def test_a_reused_reservation_id_is_refused_as_invalid_input(flow: Any, clock: FakeClock) -> None:
+    """The core makes reservation ids; a store handed one already used refuses it the same way
+    everywhere, whether or not the credits would fit and whoever asks: invalid input, with
+    nothing written (not a store failure)."""
+    setup_plans(flow)
+    held = flow.reserve("u1", "api", 2)
+    released = flow.reserve("u1", "api", 1)
+    released.release()
+    before = hold_rows(flow.store)
+
+    def reserve_again(reservation_id: str, user_id: str, credits: int) -> Any:
+        kwargs = {
+            "reservation_id": reservation_id,
+            "user_id": user_id,
+            "feature_name": "api",
+            "credits": credits,
+            "limit": 10,
+            "window_start": None,
+            "now": clock(),
+            "expires_at": clock() + timedelta(minutes=5),
+            "idempotency_key": None,
+        }
+        if hasattr(flow, "_flow"):  # the async API: through the store's async face
+            return flow._loop.run_until_complete(flow._flow.astore.call("reserve", kwargs))
+        return flow.store.reserve(**kwargs)
+
+    for reservation_id, user_id, credits in (
+        (held.id, "u1", 1),  # would fit
+        (held.id, "u1", 50),  # would not fit
+        (released.id, "u1", 1),  # released, still kept
+        (held.id, "u2", 1),  # ids are not scoped to a user
+    ):
+        with pytest.raises(UsageFlowError) as err:
+            reserve_again(reservation_id, user_id, credits)
+        assert err.value.code is ErrorCodes.USAGE_INVALID_PARAMS
+        assert err.value.message == "reservation id already used"
+        assert err.value.details["reservation_id"] == reservation_id
+    assert hold_rows(flow.store) == before
+    assert flow.fetch_usage("u1", "api").current == 2
+    assert held.commit().credits_used == 2
+    assert flow.get_total_usage("u1", "api") == 2

@@ -114,16 +114,16 @@ STORES["supabase"] = (supabase_store, _pg_reason)
 
 
 def hold_rows(store: Store) -> dict[str, str]:
-    """The holds a store keeps, id -> status, read from its real table (or, in memory, its
-    dict): what the holds-pruning tests look at, since no public API lists holds."""
-    from usageflow.stores.memory import MemoryStore
+    """The holds a store keeps, id -> status, read from its real table: what the holds-pruning
+    tests look at, since no public API lists holds."""
     from usageflow.stores.postgres import PostgresStore
-    from usageflow.stores.sqlite import SQLiteStore
+    from usageflow.stores.sqlite import MemoryStore, SQLiteStore
     from usageflow.stores.supabase import SupabaseStore
 
-    if isinstance(store, MemoryStore):
-        return {h.id: h.status for h in store._holds.values()}
     sql = f'SELECT id, status FROM "{store.tables.holds}"'
+    if isinstance(store, MemoryStore):  # its database lives in its one connection
+        with store._tx("hold_rows", store.tables.holds, write=False) as c:
+            return dict(c.execute(sql).fetchall())
     if isinstance(store, SQLiteStore):
         import sqlite3
 

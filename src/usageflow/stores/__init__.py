@@ -1,7 +1,7 @@
 """Stores, selected by URL.
 
 ===========================  ================================================================
-``memory://``                in-process, for tests and demos
+``memory://``                SQLite on a private in-memory database, for tests and demos
 ``sqlite:///relative.db``    the embedded default (``sqlite:////abs/path.db`` for absolute)
 ``postgresql://…``           PostgreSQL with psycopg 3 (``pip install 'usageflow[postgres]'``)
 ===========================  ================================================================
@@ -21,7 +21,7 @@ from usageflow.stores.base import AsyncStore, Store, Tables
 __all__ = ["AsyncStore", "Store", "Tables", "open_store", "redact_url"]
 
 _SCHEMES: dict[str, str] = {
-    "memory": "usageflow.stores.memory:MemoryStore",
+    "memory": "usageflow.stores.sqlite:MemoryStore",
     "sqlite": "usageflow.stores.sqlite:SQLiteStore",
     "postgresql": "usageflow.stores.postgres:PostgresStore",
     "postgres": "usageflow.stores.postgres:PostgresStore",

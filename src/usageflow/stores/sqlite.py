@@ -47,7 +47,7 @@ from usageflow.stores.base import (
 )
 from usageflow.stores.sql import render_sqlite, sqlite_statements
 
-__all__ = ["SQLiteStore"]
+__all__ = ["MemoryStore", "SQLiteStore"]
 
 SCHEMA_VERSION = 4
 
@@ -954,21 +954,34 @@ class SQLiteStore(Store):
                     return Charge(
                         True, used, held, replayed=True, reservation_id=row[0], first_credits=row[1]
                     )
+            # A reused reservation id is refused as PostgreSQL refuses it, whether or not the
+            # credits fit; the id is looked up only when the insert fails or nothing fits, so
+            # a reservation that goes through pays no extra seek.
             if not fits(used, held, credits, limit):
+                self._refuse_reused_id(c, reservation_id)
                 return Charge(False, used, held)
-            c.execute(
-                sql["reserve"],
-                (
-                    reservation_id,
-                    user_id,
-                    feature_name,
-                    credits,
-                    _ts(now),
-                    _ts(expires_at),
-                    idempotency_key,
-                ),
-            )
+            try:
+                c.execute(
+                    sql["reserve"],
+                    (
+                        reservation_id,
+                        user_id,
+                        feature_name,
+                        credits,
+                        _ts(now),
+                        _ts(expires_at),
+                        idempotency_key,
+                    ),
+                )
+            except sqlite3.IntegrityError:  # SQLite undid the statement: nothing written
+                self._refuse_reused_id(c, reservation_id)
+                raise
             return Charge(True, used, held + credits, reservation_id=reservation_id)
+
+    def _refuse_reused_id(self, c: sqlite3.Connection, reservation_id: str) -> None:
+        """Raise ``USAGE_INVALID_PARAMS`` when a hold with this id exists."""
+        if c.execute(self._sql["reserve_id_used"], (reservation_id,)).fetchone():
+            raise invalid("reservation id already used", reservation_id=reservation_id)
 
     @_group_committed
     def settle(
@@ -1264,3 +1277,128 @@ class SQLiteStore(Store):
             )
             for r in rows
         ]
+
+
+class MemoryStore(SQLiteStore):
+    """``memory://``: the SQLite store on a private in-memory database, for tests and demos.
+
+    The same schema and the same statements as a file, so the rules are written once. One
+    connection, opened with the store and migrated at once, holds the database; calls from
+    every thread take turns on it behind one lock (a write is a few page updates in RAM, no
+    I/O). Two stores never share data, and the data is gone when the store closes: a call
+    after :meth:`close` is refused with ``USAGE_CONFIG_ERROR``.
+
+    Nothing here blocks on I/O, so the async API calls it inline on the event loop
+    (``blocking = False``): no worker threads, no group commit, no WAL (memory databases have
+    none), no checkpoints.
+    """
+
+    schemes: ClassVar[tuple[str, ...]] = ("memory",)
+    blocking: ClassVar[bool] = False
+
+    # Straight to the transaction: group commit only pays when commits wait for a disk.
+    charge = SQLiteStore.charge.__wrapped__  # type: ignore[attr-defined]
+    reserve = SQLiteStore.reserve.__wrapped__  # type: ignore[attr-defined]
+    settle = SQLiteStore.settle.__wrapped__  # type: ignore[attr-defined]
+
+    def __init__(self, tables: Tables | None = None) -> None:
+        super().__init__(":memory:", tables)
+        self.url = "memory://"
+        self._lock = threading.Lock()
+        try:
+            conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise self._error(exc, "connect", None) from None
+        self._conn: sqlite3.Connection | None = conn
+        self._migrate(conn)
+
+    @classmethod
+    def from_url(cls, url: str, tables: Tables | None = None) -> MemoryStore:
+        return cls(tables)
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore {'closed' if self._conn is None else 'open'}>"
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            raise config_error("this memory:// store is closed; its data went with it")
+        return conn
+
+    @contextmanager
+    def _tx(
+        self, operation: str, table: str, *, write: bool = True, savepoint: bool = True
+    ) -> Iterator[sqlite3.Connection]:
+        """The lock for the whole call; a transaction for writes only (a call that fails
+        leaves nothing written). Reads need none: no other call runs meanwhile."""
+        with self._lock:
+            conn = self._connection()
+            if not write:
+                try:
+                    yield conn
+                except sqlite3.Error as exc:
+                    raise self._error(exc, operation, table) from None
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise self._error(exc, operation, table) from None
+
+    def _error(self, exc: BaseException, operation: str, table: str | None) -> UsageFlowError:
+        return config_error(
+            f"sqlite (memory) {operation} failed: {exc}",
+            original_error=str(exc),
+            table=table,
+            operation=operation,
+        )
+
+    def migrate(self) -> int:
+        """Migrated when opened: the schema version."""
+        with self._lock:
+            self._connection()
+        return SCHEMA_VERSION
+
+    def nowait_methods(self) -> frozenset[str]:
+        return frozenset()
+
+    def batch_methods(self) -> frozenset[str]:
+        return frozenset()
+
+    def call_nowait(self, method: str, kwargs: dict[str, Any]) -> Any:
+        return getattr(self, method)(**kwargs)
+
+    def run_batch(
+        self, calls: Sequence[tuple[str, dict[str, Any]]], *, nowait: bool = False
+    ) -> list[tuple[bool, Any]]:
+        """Each call in its own transaction, in order (nothing is saved by sharing one)."""
+        results: list[tuple[bool, Any]] = []
+        for method, kwargs in calls:
+            try:
+                results.append((True, getattr(self, method)(**kwargs)))
+            except Exception as exc:
+                results.append((False, exc))
+        return results
+
+    def upkeep(self) -> Callable[[], None] | None:
+        return None
+
+    def checkpoint(self) -> None:
+        """Nothing to do: a memory database has no WAL."""
+
+    def close(self) -> None:
+        """Close the connection; the database, and all its data, go with it."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()

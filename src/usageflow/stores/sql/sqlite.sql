@@ -300,6 +300,11 @@ WHERE user_id = ? AND feature_name = ? AND status = 'held' AND expires_at <= ?;
 -- name: reserve_replay
 SELECT id, credits FROM @holds@ WHERE idempotency_key = ? AND user_id = ? AND feature_name = ?;
 
+-- name: reserve_id_used
+-- Whether a hold has this id: asked only when nothing fits or the insert failed, so that a
+-- reused id is refused as PostgreSQL refuses it.
+SELECT 1 FROM @holds@ WHERE id = ?;
+
 -- name: reserve
 -- A reused reservation id (74 random bits a millisecond) fails the primary key: nothing
 -- written.
