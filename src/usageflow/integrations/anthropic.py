@@ -1,4 +1,4 @@
-"""TokenMeter the tokens of an ``anthropic.Anthropic`` or ``anthropic.AsyncAnthropic`` client.
+"""Meter the tokens of an ``anthropic.Anthropic`` or ``anthropic.AsyncAnthropic`` client.
 
 Usage::
 
@@ -286,7 +286,7 @@ def wrap_anthropic(
     estimate: Estimate | None = None,
     ttl: float | None = None,
 ) -> anthropic.Anthropic | anthropic.AsyncAnthropic:
-    """TokenMeter ``client``'s tokens in ``flow`` and return it (metered in place).
+    """Meter ``client``'s tokens in ``flow`` and return it (metered in place).
 
     The arguments are those of :func:`usageflow.integrations.openai.wrap_openai`. Anthropic
     requires ``max_tokens`` on every request, so the reservation is the prompt estimate plus it;
