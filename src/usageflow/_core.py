@@ -9,7 +9,6 @@ and arithmetic happen here, identically for both drivers.
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -65,8 +64,6 @@ from usageflow.stores.base import (
     StripeSubscription,
 )
 from usageflow.stripe.prices import payment_link, price_amount, upgrade_target
-
-logger = logging.getLogger("usageflow")
 
 T = TypeVar("T")
 

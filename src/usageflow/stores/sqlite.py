@@ -45,12 +45,9 @@ from usageflow.stores.base import (
     fits,
     window_used,
 )
-from usageflow.stores.sql import render_sqlite, sqlite_statements
+from usageflow.stores.sql import SCHEMA_VERSION, render_sqlite, sqlite_statements
 
-__all__ = ["MemoryStore", "SQLiteStore"]
-
-SCHEMA_VERSION = 4
-
+__all__ = ["SCHEMA_VERSION", "MemoryStore", "SQLiteStore"]
 
 _EXACT_FLOAT = 2**53  # every integer below it is a float exactly
 

@@ -50,7 +50,8 @@ __all__ = [
     "sqlite_statements",
 ]
 
-#: Bumped whenever postgres.sql changes in a way that needs re-running.
+#: The schema's version, one for every engine: bumped whenever postgres.sql or sqlite.sql
+#: changes in a way that needs ``migrate()`` to run again.
 SCHEMA_VERSION = 4
 
 #: The SQLSTATE with which the migration refuses to adopt a table holding a row usageflow
