@@ -5,6 +5,7 @@ payloads signed exactly as Stripe signs them.
 >>> clock = FakeClock(datetime(2024, 1, 31, tzinfo=timezone.utc))
 >>> flow = UsageFlow("memory://", clock=clock)  # doctest: +SKIP
 >>> clock.advance(days=1)
+datetime.datetime(2024, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
 """
 
 from __future__ import annotations
