@@ -1,9 +1,10 @@
 """Every UsageFlow operation, written once, as a generator that yields the store calls it needs.
 
 This is the "sans-I/O" core: an operation never touches a database itself. It yields a
-:class:`StoreCall`, and the driver (``UsageFlow`` for threads, ``AsyncUsageFlow`` for asyncio)
-performs it and sends the result back. All validation, plan resolution, periods, adjustments
-and arithmetic happen here, identically for both drivers.
+:class:`~usageflow.ops.StoreCall` (``charge = yield from ops.charge(...)``), and the driver
+(``UsageFlow`` for threads, ``AsyncUsageFlow`` for asyncio) performs it and sends the result
+back. All validation, plan resolution, periods, adjustments and arithmetic happen here,
+identically for both drivers.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from usageflow import _validate as v
+from usageflow import ops
 from usageflow.cache import MISSING, Catalog, PlanCache, _Missing
 from usageflow.errors import (
     UsageFlowError,
@@ -28,6 +30,7 @@ from usageflow.errors import (
     limit_error,
 )
 from usageflow.models import (
+    INT64_MAX,
     Decision,
     FeatureLimit,
     FeatureUsage,
@@ -44,6 +47,11 @@ from usageflow.models import (
     UserOverview,
     UserUsage,
 )
+from usageflow.ops import (
+    PROFILE_FIELDS,
+    HourlyTotal,
+    StoreCall,
+)
 from usageflow.periods import (
     Clock,
     GroupBy,
@@ -55,14 +63,6 @@ from usageflow.periods import (
     window_for,
 )
 from usageflow.quota import Quota, decision, find_plan, plan_for, quota_for, usage_of
-from usageflow.stores.base import (
-    INT64_MAX,
-    PROFILE_FIELDS,
-    Charge,
-    HourlyTotal,
-    ResetInfo,
-    StripeSubscription,
-)
 from usageflow.stripe.prices import payment_link, price_amount, upgrade_target
 
 T = TypeVar("T")
@@ -88,16 +88,9 @@ def new_reservation_id() -> str:
     return f"{value:032x}"
 
 
-Op = Generator["StoreCall | Effect", Any, T]
+Op = Generator["StoreCall[Any] | Effect", Any, T]
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "authorization", "signature")
-
-
-class StoreCall(NamedTuple):
-    """One store operation: a :class:`~usageflow.stores.base.Store` method and its kwargs."""
-
-    method: str
-    kwargs: dict[str, Any]
 
 
 class Effect(Protocol):
@@ -182,10 +175,6 @@ def same_request(
         )
 
 
-def call(method: str, **kwargs: Any) -> StoreCall:
-    return StoreCall(method, kwargs)
-
-
 def redact(values: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``values`` fit for a log line: anything that looks like a secret is masked."""
     return {
@@ -234,14 +223,14 @@ class Core:
     def _catalog(self) -> Op[Catalog]:
         catalog = self.cache.catalog()
         if catalog is None:
-            plans = yield call("load_catalog")
+            plans = yield from ops.load_catalog()
             catalog = self.cache.put_catalog(plans)
         return catalog
 
     def _profile(self, user_id: str) -> Op[Profile | None]:
         profile = self.cache.profile(user_id)
         if profile is MISSING:
-            profile = yield call("get_profile", user_id=user_id)
+            profile = yield from ops.get_profile(user_id=user_id)
             self.cache.put_profile(user_id, profile)
         assert not isinstance(profile, _Missing)
         return profile
@@ -292,8 +281,7 @@ class Core:
         """The user's adjustments of a feature that end after ``now`` (from the cache)."""
         cached = self.cache.adjustments(user_id, feature_name)
         if cached is None:
-            rows = yield call(
-                "get_limit_adjustments",
+            rows = yield from ops.get_limit_adjustments(
                 user_id=user_id,
                 feature_name=feature_name,
                 ending_after=now,
@@ -328,8 +316,7 @@ class Core:
         key = v.optional_key(idempotency_key)
         now = self.now()
         quota = yield from self._quota(user_id, feature_name, now)
-        charge: Charge = yield call(
-            "charge",
+        charge = yield from ops.charge(
             user_id=user_id,
             feature_name=feature_name,
             credits=credits,
@@ -357,8 +344,7 @@ class Core:
         chosen = v.period(period, allow_none=True)
         now = self.now()
         quota = yield from self._quota(user_id, feature_name, now, chosen)
-        used, held = yield call(
-            "usage",
+        used, held = yield from ops.usage(
             user_id=user_id,
             feature_name=feature_name,
             window_start=quota.window.start,
@@ -383,8 +369,7 @@ class Core:
         quota = yield from self._quota(user_id, feature_name, now)
         reservation_id = new_reservation_id()
         expires_at = now + timedelta(seconds=seconds)
-        charge: Charge = yield call(
-            "reserve",
+        charge = yield from ops.reserve(
             reservation_id=reservation_id,
             user_id=user_id,
             feature_name=feature_name,
@@ -410,8 +395,8 @@ class Core:
             credits = v.integer(credits, "actual_credits", minimum=0)
         meta = v.metadata(metadata)
         now = self.now()
-        event: UsageEvent | None = yield call(
-            "settle", reservation_id=reservation_id, credits=credits, now=now, metadata=meta
+        event = yield from ops.settle(
+            reservation_id=reservation_id, credits=credits, now=now, metadata=meta
         )
         return event
 
@@ -471,8 +456,7 @@ class Core:
         meta = v.metadata(metadata)
         key = v.optional_key(idempotency_key)
         now = self.now()
-        charge: Charge = yield call(
-            "charge",
+        charge = yield from ops.charge(
             user_id=user_id,
             feature_name=feature_name,
             credits=credits,
@@ -504,8 +488,7 @@ class Core:
         # The usage the reset zeroes is measured over the feature's own window.
         quota = quota_for(plan, feature_name, profile, (), now) if plan else None
         start = quota.window.start if quota else window_for(Period.CURRENT_MONTH, now).start
-        event: UsageEvent = yield call(
-            "reset",
+        event = yield from ops.reset(
             user_id=user_id,
             feature_name=feature_name,
             window_start=start,
@@ -527,17 +510,15 @@ class Core:
             row = plan.limits.get(feature_name) if plan else None
             chosen = Period(row.period) if row else Period.CURRENT_MONTH
         start = yield from self._window_start(user_id, chosen, now)
-        used, _held = yield call(
-            "usage", user_id=user_id, feature_name=feature_name, window_start=start, now=now
+        used, _held = yield from ops.usage(
+            user_id=user_id, feature_name=feature_name, window_start=start, now=now
         )
         return max(int(used), 0)
 
     def get_usage_since_reset(self, user_id: str, feature_name: str) -> Op[UsageSinceReset]:
         user_id = v.name(user_id, "user_id")
         feature_name = v.name(feature_name, "feature_name")
-        info: ResetInfo = yield call(
-            "usage_since_reset", user_id=user_id, feature_name=feature_name
-        )
+        info = yield from ops.usage_since_reset(user_id=user_id, feature_name=feature_name)
         return UsageSinceReset(
             total=info.total,
             last_reset_date=info.last_reset_at,
@@ -558,8 +539,7 @@ class Core:
             starts[user] = yield from self._window_start(user, chosen, now)
         known = [s for s in starts.values() if s is not None]
         earliest = None if len(known) < len(starts) else min(known)
-        rows: list[HourlyTotal] = yield call(
-            "hourly_totals",
+        rows = yield from ops.hourly_totals(
             user_ids=users,
             feature_names=features,
             start=earliest,
@@ -591,18 +571,14 @@ class Core:
         if feature_name is not None:
             feature_name = v.name(feature_name, "feature_name")
         limit = v.integer(limit, "limit", minimum=1, maximum=10_000)
-        events: list[UsageEvent] = yield call(
-            "list_events", user_id=user_id, feature_name=feature_name, limit=limit
-        )
+        events = yield from ops.list_events(user_id=user_id, feature_name=feature_name, limit=limit)
         return events
 
     def list_recent_events(self, feature_name: str | None, limit: int) -> Op[list[UsageEvent]]:
         if feature_name is not None:
             feature_name = v.name(feature_name, "feature_name")
         limit = v.integer(limit, "limit", minimum=1, maximum=10_000)
-        events: list[UsageEvent] = yield call(
-            "list_recent_events", feature_name=feature_name, limit=limit
-        )
+        events = yield from ops.list_recent_events(feature_name=feature_name, limit=limit)
         return events
 
     def top_users(
@@ -641,9 +617,7 @@ class Core:
                     field="period",
                 )
             start = window_for(chosen, now).start
-        rows: list[tuple[str, int]] = yield call(
-            "top_usage", feature_name=feature_name, window_start=start, limit=limit
-        )
+        rows = yield from ops.top_usage(feature_name=feature_name, window_start=start, limit=limit)
         return TopUsers(
             feature_name=feature_name,
             period=None if chosen is None else chosen.value,
@@ -664,8 +638,7 @@ class Core:
             if self.options.enable_user_adjustments and row.limit_value != -1:
                 adjustments = yield from self._adjustments(user_id, feature_name, now)
             quota = quota_for(plan, feature_name, profile, adjustments, now)
-            used, held = yield call(
-                "usage",
+            used, held = yield from ops.usage(
                 user_id=user_id,
                 feature_name=feature_name,
                 window_start=quota.window.start,
@@ -756,8 +729,7 @@ class Core:
             raise invalid("is_free must be a bool", field="is_free")
         amount = _decimal(price_amount)
         parsed = _limits(limits or {})
-        plan: Plan = yield call(
-            "upsert_plan",
+        plan = yield from ops.upsert_plan(
             name=name,
             stripe_price_id=stripe_price_id,
             price_amount=amount,
@@ -766,8 +738,7 @@ class Core:
             payment_link_url=payment_link_url,
         )
         for feature, (value, per) in parsed.items():
-            yield call(
-                "set_feature_limit",
+            yield from ops.set_feature_limit(
                 plan_id=plan.id,
                 feature_name=feature,
                 limit_value=value,
@@ -785,8 +756,7 @@ class Core:
         limit_value = v.integer(limit_value, "limit_value", minimum=-1, maximum=INT64_MAX)
         chosen = v.period(period)
         assert chosen is not None
-        row: FeatureLimit = yield call(
-            "set_feature_limit",
+        row = yield from ops.set_feature_limit(
             plan_id=plan_id,
             feature_name=feature_name,
             limit_value=limit_value,
@@ -842,18 +812,18 @@ class Core:
                 checked[field] = v.moment(value, field)
             else:
                 checked[field] = v.name(value, field)
-        profile: Profile = yield call("upsert_profile", user_id=user_id, fields=checked)
+        profile = yield from ops.upsert_profile(user_id=user_id, fields=checked)
         self.cache.invalidate_user(user_id)
         return profile
 
     def get_profile(self, user_id: str) -> Op[Profile | None]:
         user_id = v.name(user_id, "user_id")
-        profile: Profile | None = yield call("get_profile", user_id=user_id)
+        profile = yield from ops.get_profile(user_id=user_id)
         return profile
 
     def list_pending_stripe_subscriptions(self, limit: int) -> Op[list[PendingSubscription]]:
         limit = v.integer(limit, "limit", minimum=1, maximum=1000)
-        rows: list[StripeSubscription] = yield call("pending_stripe_subscriptions", limit=limit)
+        rows = yield from ops.pending_stripe_subscriptions(limit=limit)
         return [
             PendingSubscription(
                 subscription_id=s.subscription_id,
@@ -873,8 +843,7 @@ class Core:
         if not isinstance(price_id, str) or not price_id:
             raise invalid("price must have a string id", field="price")
         currency = data.get("currency")
-        changed: int = yield call(
-            "update_price",
+        changed = yield from ops.update_price(
             stripe_price_id=price_id,
             price_amount=price_amount(data),
             price_currency=str(currency).lower() if currency else None,
@@ -908,8 +877,7 @@ class Core:
         if start >= end:
             raise adjustment_error("start_date must be before end_date")
         meta = v.metadata(metadata)
-        row: LimitAdjustment = yield call(
-            "add_limit_adjustment",
+        row = yield from ops.add_limit_adjustment(
             user_id=user_id,
             feature_name=feature_name,
             amount=amount,
@@ -922,12 +890,12 @@ class Core:
         return row
 
     def migrate(self) -> Op[int]:
-        version: int = yield call("migrate")
+        version = yield from ops.migrate()
         self.cache.clear()
         return version
 
     def connection_check(self) -> Op[bool]:
-        ok: bool = yield call("connection_check")
+        ok = yield from ops.connection_check()
         return ok
 
 
@@ -1019,7 +987,6 @@ __all__ = [
     "PlanResolver",
     "StoreCall",
     "as_mapping",
-    "call",
     "config_error",
     "redact",
 ]

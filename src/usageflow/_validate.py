@@ -9,8 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from usageflow.errors import invalid
+from usageflow.models import INT64_MAX
 from usageflow.periods import GroupBy, Period, to_utc
-from usageflow.stores.base import INT64_MAX
 
 MAX_ID_LENGTH = 255
 MAX_METADATA_BYTES = 64 * 1024

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, PlainValidator
 
 from usageflow import _log
 from usageflow._config import validate
-from usageflow._core import Core, Op, Options, PlanResolver, StoreCall, redact
+from usageflow._core import Core, Op, Options, PlanResolver, redact
 from usageflow.cache import PlanCache
 from usageflow.errors import UsageFlowError, config_error, reservation_error
 from usageflow.models import (
@@ -38,6 +38,7 @@ from usageflow.models import (
     UsageStats,
     UserOverview,
 )
+from usageflow.ops import StoreCall
 from usageflow.periods import Clock
 from usageflow.stores import open_store, redact_url
 from usageflow.stores.base import AsyncStore, Store, Tables
@@ -181,6 +182,12 @@ class _Base:
             "STRIPE_WEBHOOK_SECRET"
         )
         self.stripe_api_key = opts.stripe_api_key
+        if (opts.stripe_webhook_secret or opts.stripe_api_key) and not self.store.stripe:
+            raise config_error(
+                f"{type(self.store).__name__} does not keep Stripe's state (its `stripe` is "
+                "false), so Stripe webhooks and API calls could not be applied: use a store "
+                "that does (SQLite, PostgreSQL, Supabase) or leave the Stripe options out"
+            )
         self.cache = PlanCache(opts.cache_ttl)
         self.core = Core(self.options, self.cache, opts.clock)
         if opts.debug:
@@ -193,7 +200,7 @@ class _Base:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} store={type(self.store).__name__}>"
 
-    def _log(self, call: StoreCall) -> None:
+    def _log(self, call: StoreCall[Any]) -> None:
         if self.options.debug:
             _log.debug("usageflow store.%s %s", call.method, redact(call.kwargs))
 
@@ -214,7 +221,7 @@ class UsageFlow(_Base):
                 try:
                     if isinstance(step, StoreCall):
                         self._log(step)
-                        result = getattr(store, step.method)(**step.kwargs)
+                        result = store.call(step)
                     else:
                         result = step.run(self)
                 except BaseException as exc:
@@ -568,7 +575,7 @@ class AsyncUsageFlow(_Base):
                 try:
                     if isinstance(step, StoreCall):
                         self._log(step)
-                        result = await call(step.method, step.kwargs)
+                        result = await call(step)
                     else:
                         result = await step.arun(self)
                 except BaseException as exc:

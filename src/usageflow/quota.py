@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 from usageflow.cache import Catalog
 from usageflow.models import Decision, LimitAdjustment, Plan, Profile, Usage
+from usageflow.ops import Charge
 from usageflow.periods import PERIODS, Period, Window, to_utc, window_for
-from usageflow.stores.base import Charge
 
 __all__ = [
     "ENDED_STATUSES",

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from tests.support.stores import STORES
-from usageflow import AsyncUsageFlow, UsageFlow, metered
+from usageflow import AsyncUsageFlow, UsageFlow, metered, ops
 from usageflow.integrations.flask import UsageFlowFlask
 from usageflow.integrations.starlette import UsageFlowMiddleware
 from usageflow.stores.base import Store
@@ -127,7 +127,7 @@ def _race(way_in: str, store: Store, paths: list[str]) -> list[int]:
 def _usage(store: Store) -> int:
     """The user's usage through the public API; the counters agree with the ledger."""
     current = UsageFlow(store, cache_ttl=0).fetch_usage(USER, FEATURE).current
-    assert store.ledger_check(user_id=USER, feature_name=FEATURE) == (current, current)
+    assert store.call(ops.ledger_check(user_id=USER, feature_name=FEATURE)) == (current, current)
     return current
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.processes import race_processes
-from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError
+from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError, ops
 from usageflow.stores.base import Store
 
 LIMIT = 100
@@ -37,7 +37,7 @@ def test_32_threads_consume_exactly_the_limit(store: Store) -> None:
     allowed = _hammer(32, 8, lambda: flow.consume("u1", "race").allowed)
     assert allowed == LIMIT
     assert flow.get_total_usage("u1", "race") == LIMIT
-    assert store.ledger_check(user_id="u1", feature_name="race") == (LIMIT, LIMIT)
+    assert store.call(ops.ledger_check(user_id="u1", feature_name="race")) == (LIMIT, LIMIT)
     assert len(flow.list_events("u1", "race", limit=1000)) == LIMIT
 
 
@@ -63,7 +63,7 @@ def test_threads_mixing_reserve_commit_release(store: Store) -> None:
     _hammer(16, 12, work)
     usage = flow.fetch_usage("u1", "race")
     assert usage.current == total[0] <= LIMIT
-    assert store.ledger_check(user_id="u1", feature_name="race") == (total[0], total[0])
+    assert store.call(ops.ledger_check(user_id="u1", feature_name="race")) == (total[0], total[0])
 
 
 def test_threads_committing_one_reservation_record_it_once(store: Store) -> None:
@@ -95,7 +95,10 @@ def test_threads_committing_one_reservation_record_it_once(store: Store) -> None
             assert sum(not c.replayed for c in commits) == 1
             expected += 2
         assert flow.get_total_usage("u1", "race") == expected
-        assert store.ledger_check(user_id="u1", feature_name="race") == (expected, expected)
+        assert store.call(ops.ledger_check(user_id="u1", feature_name="race")) == (
+            expected,
+            expected,
+        )
 
 
 def test_async_tasks_consume_exactly_the_limit(store: Store) -> None:
@@ -106,7 +109,7 @@ def test_async_tasks_consume_exactly_the_limit(store: Store) -> None:
         return [d.allowed for d in decisions]
 
     assert sum(asyncio.run(main())) == LIMIT
-    assert store.ledger_check(user_id="u1", feature_name="race") == (LIMIT, LIMIT)
+    assert store.call(ops.ledger_check(user_id="u1", feature_name="race")) == (LIMIT, LIMIT)
 
 
 def test_idempotent_retries_from_threads_record_once(store: Store) -> None:
@@ -142,7 +145,7 @@ def test_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     assert sum(r[1] for r in results) == 25
     assert flow.get_total_usage("u1", "race") == LIMIT
     assert flow.get_total_usage("u1", "keys") == 25
-    assert flow.store.ledger_check(user_id="u1", feature_name="race") == (LIMIT, LIMIT)
+    assert flow.store.call(ops.ledger_check(user_id="u1", feature_name="race")) == (LIMIT, LIMIT)
     flow.close()
 
 
@@ -200,7 +203,7 @@ def test_threads_waiting_for_the_lock_are_written_in_one_transaction(tmp_path: P
     blocker.close()
     frames = (wal.stat().st_size - before) / (4096 + 24)
     assert allowed == 9
-    assert flow.store.ledger_check(user_id="u1", feature_name="race") == (10, 10)
+    assert flow.store.call(ops.ledger_check(user_id="u1", feature_name="race")) == (10, 10)
     # 16 transactions of their own wrote 63 frames; the two shared ones write about 15.
     assert frames < 30, frames
     flow.close()

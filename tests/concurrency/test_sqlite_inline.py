@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.support.processes import race_processes
-from usageflow import AsyncUsageFlow, UsageFlow
+from usageflow import AsyncUsageFlow, UsageFlow, ops
 
 LIMIT = 100
 
@@ -64,7 +64,7 @@ def test_normal_decides_on_the_loop_without_threads(tmp_path: Path) -> None:
         return _names(executor)
 
     assert asyncio.run(main()) == []
-    assert setup.store.ledger_check(user_id="u1", feature_name="exports") == (5, 5)  # type: ignore[attr-defined]
+    assert setup.store.call(ops.ledger_check(user_id="u1", feature_name="exports")) == (5, 5)  # type: ignore[attr-defined]
     setup.close()
 
 
@@ -132,7 +132,7 @@ def test_a_taken_lock_sends_one_call_to_a_thread_and_the_loop_keeps_running(
     # One decision waited in a thread; the others waited for it, then ran on the loop.
     assert threaded == ["run_batch"]
     assert setup.get_total_usage("u1", "exports") == 21
-    assert setup.store.ledger_check(user_id="u1", feature_name="exports") == (21, 21)  # type: ignore[attr-defined]
+    assert setup.store.call(ops.ledger_check(user_id="u1", feature_name="exports")) == (21, 21)  # type: ignore[attr-defined]
     setup.close()
 
 
@@ -184,7 +184,10 @@ def test_event_loops_in_four_processes_take_exactly_the_limit(
     assert time.monotonic() - started < 120
     assert sum(allowed) == LIMIT
     assert setup.get_total_usage("u1", "exports") == LIMIT
-    assert setup.store.ledger_check(user_id="u1", feature_name="exports") == (LIMIT, LIMIT)  # type: ignore[attr-defined]
+    assert setup.store.call(ops.ledger_check(user_id="u1", feature_name="exports")) == (
+        LIMIT,
+        LIMIT,
+    )  # type: ignore[attr-defined]
     setup.close()
 
 
@@ -208,7 +211,7 @@ def test_concurrent_decisions_share_transactions(tmp_path: Path) -> None:
     assert allowed == 25
     assert set(threaded) == {"run_batch"}
     assert len(threaded) <= 3  # one per turn of the loop, not one per decision
-    assert setup.store.ledger_check(user_id="u1", feature_name="exports") == (25, 25)  # type: ignore[attr-defined]
+    assert setup.store.call(ops.ledger_check(user_id="u1", feature_name="exports")) == (25, 25)  # type: ignore[attr-defined]
     setup.close()
 
 
@@ -262,6 +265,8 @@ def test_a_failing_call_in_a_batch_leaves_no_trace_and_spares_the_others(
     assert isinstance(results[2][1], UsageFlowError)
     assert isinstance(results[3][1], UsageFlowError)
     assert results[4][1].used == 4 and results[4][1].held == 3  # saw the calls before it
-    assert store.usage(user_id="u1", feature_name="exports", window_start=None, now=now) == (4, 3)
-    assert store.ledger_check(user_id="u1", feature_name="exports") == (4, 4)  # type: ignore[attr-defined]
+    assert store.call(
+        ops.usage(user_id="u1", feature_name="exports", window_start=None, now=now)
+    ) == (4, 3)
+    assert store.call(ops.ledger_check(user_id="u1", feature_name="exports")) == (4, 4)  # type: ignore[attr-defined]
     store.close()

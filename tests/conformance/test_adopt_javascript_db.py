@@ -32,7 +32,7 @@ from tests.support.js_schema import (
 )
 from tests.support.postgres import fresh_schema, store_url
 from tests.support.stores import postgres_url
-from usageflow import ErrorCodes, UsageFlow, UsageFlowError
+from usageflow import ErrorCodes, UsageFlow, UsageFlowError, ops
 from usageflow.testing import FakeClock
 
 DIALECTS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -114,7 +114,7 @@ def test_every_number_is_the_same_after_adoption(js: JSDatabase) -> None:
     assert (after.total, after.last_reset_date, after.pre_reset_total) == since_reset
     for user in USERS:
         for feature in FEATURES:
-            counter, ledger = flow.store.ledger_check(user_id=user, feature_name=feature)
+            counter, ledger = flow.store.call(ops.ledger_check(user_id=user, feature_name=feature))
             assert counter == ledger, (user, feature)
     flow.close()
 

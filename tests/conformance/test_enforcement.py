@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from usageflow import ErrorCodes, UsageFlowError
+from usageflow import ErrorCodes, UsageFlowError, ops
 
 
 def setup_plans(flow: Any) -> None:
@@ -39,7 +39,7 @@ def test_consume_allows_exactly_the_limit(flow: Any) -> None:
     assert last.event_id is not None
     denied = decisions[3]
     assert denied.event_id is None and denied.current == 3 and denied.remaining == 0
-    assert flow.store.ledger_check(user_id="u1", feature_name="exports") == (3, 3)
+    assert flow.store.call(ops.ledger_check(user_id="u1", feature_name="exports")) == (3, 3)
     assert flow.get_total_usage("u1", "exports") == 3
 
 

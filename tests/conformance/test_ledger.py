@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conformance.test_enforcement import setup_plans
-from usageflow import ErrorCodes, UsageFlowError
+from usageflow import ErrorCodes, UsageFlowError, ops
 from usageflow.testing import FakeClock
 
 UTC = timezone.utc
@@ -44,7 +44,7 @@ def test_idempotency_key_records_once_and_returns_the_first(flow: Any) -> None:
     assert decision.allowed and replay.allowed and replay.replayed
     assert replay.event_id == decision.event_id
     assert flow.get_total_usage("u1", "api") == 6
-    assert flow.store.ledger_check(user_id="u1", feature_name="api") == (6, 6)
+    assert flow.store.call(ops.ledger_check(user_id="u1", feature_name="api")) == (6, 6)
 
 
 def test_idempotency_keys_are_scoped_to_the_user_and_feature(flow: Any) -> None:
@@ -60,7 +60,7 @@ def test_idempotency_keys_are_scoped_to_the_user_and_feature(flow: Any) -> None:
     assert flow.get_total_usage("alice", "exports") == 1
     recorded = flow.increment_usage("mallory", "api", credits_used=5, idempotency_key="req-1")
     assert recorded.replayed and recorded.id == mallory.event_id
-    assert flow.store.ledger_check(user_id="mallory", feature_name="api") == (5, 5)
+    assert flow.store.call(ops.ledger_check(user_id="mallory", feature_name="api")) == (5, 5)
 
 
 def test_reusing_a_key_with_other_arguments_is_an_idempotency_error(flow: Any) -> None:
@@ -86,7 +86,7 @@ def test_reusing_a_key_with_other_arguments_is_an_idempotency_error(flow: Any) -
         assert info.value.details["idempotency_key"] == "req-1"
         assert info.value.details["first"] == {"kind": "usage", "credits": 2}
     assert flow.get_total_usage("u1", "api") == 2
-    assert flow.store.ledger_check(user_id="u1", feature_name="api") == (2, 2)
+    assert flow.store.call(ops.ledger_check(user_id="u1", feature_name="api")) == (2, 2)
     flow.reserve("u1", "api", 4, idempotency_key="job-1")
     assert flow.reserve("u1", "api", 4, idempotency_key="job-1").decision.replayed
     with pytest.raises(UsageFlowError) as info:
@@ -129,7 +129,7 @@ def test_adjust_usage_sign_rule(flow: Any) -> None:
     flow.adjust_usage("u1", "api", amount=-50, metadata={"reason": "goodwill"})
     usage = flow.fetch_usage("u1", "api")
     assert usage.current == 0 and usage.remaining == 10
-    assert flow.store.ledger_check(user_id="u1", feature_name="api") == (-45, -45)
+    assert flow.store.call(ops.ledger_check(user_id="u1", feature_name="api")) == (-45, -45)
 
 
 def test_adjust_usage_requires_a_reason_and_a_nonzero_int(flow: Any) -> None:
@@ -259,7 +259,7 @@ def test_reset_zeroes_the_window_and_keeps_the_events(flow: Any, clock: FakeCloc
     assert flow.get_usage_stats("u1", "exports").total == 5
     clock.set(datetime(2024, 2, 10, tzinfo=UTC))
     assert flow.fetch_usage("u1", "exports").current == 0
-    assert flow.store.ledger_check(user_id="u1", feature_name="exports") == (5, 5)
+    assert flow.store.call(ops.ledger_check(user_id="u1", feature_name="exports")) == (5, 5)
 
 
 def test_usage_stats_by_day_hour_week_month(flow: Any, clock: FakeClock) -> None:

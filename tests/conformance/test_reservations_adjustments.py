@@ -9,7 +9,7 @@ import pytest
 
 from tests.conformance.test_enforcement import setup_plans
 from tests.support.stores import hold_rows
-from usageflow import ErrorCodes, UsageFlowError
+from usageflow import ErrorCodes, UsageFlowError, ops
 from usageflow.testing import FakeClock
 
 UTC = timezone.utc
@@ -32,7 +32,7 @@ def test_held_credits_count_as_used(flow: Any) -> None:
     assert event.credits_used == 2 and event.metadata == {"pages": 2}
     usage = flow.fetch_usage("u1", "api")
     assert usage.current == 2 and usage.remaining == 8
-    assert flow.store.ledger_check(user_id="u1", feature_name="api") == (2, 2)
+    assert flow.store.call(ops.ledger_check(user_id="u1", feature_name="api")) == (2, 2)
 
 
 def test_release_gives_credits_back(flow: Any) -> None:
@@ -126,7 +126,7 @@ def test_a_committed_hold_leaves_no_row_and_its_event_answers_again(flow: Any) -
     assert "released" in err.value.message
     assert flow.get_total_usage("u1", "api") == 3
     assert flow.fetch_usage("u1", "api").current == 4  # and the open hold
-    assert flow.store.ledger_check(user_id="u1", feature_name="api") == (3, 3)
+    assert flow.store.call(ops.ledger_check(user_id="u1", feature_name="api")) == (3, 3)
 
 
 def test_settled_and_expired_holds_are_deleted_a_day_after_their_expiry(
@@ -333,8 +333,8 @@ def test_a_reused_reservation_id_is_refused_as_invalid_input(flow: Any, clock: F
             "idempotency_key": None,
         }
         if hasattr(flow, "_flow"):  # the async API: through the store's async face
-            return flow._loop.run_until_complete(flow._flow.astore.call("reserve", kwargs))
-        return flow.store.reserve(**kwargs)
+            return flow._loop.run_until_complete(flow._flow.astore.call(ops.reserve(**kwargs)))
+        return flow.store.call(ops.reserve(**kwargs))
 
     for reservation_id, user_id, credits in (
         (held.id, "u1", 1),  # would fit

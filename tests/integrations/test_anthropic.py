@@ -29,7 +29,7 @@ from tests.support.llm_server import (
     LLMServer,
     prompt_tokens,
 )
-from usageflow import AsyncUsageFlow, ErrorCodes, UsageEvent, UsageFlow, UsageFlowError
+from usageflow import AsyncUsageFlow, ErrorCodes, UsageEvent, UsageFlow, UsageFlowError, ops
 from usageflow.integrations._llm import estimate_prompt_tokens
 from usageflow.integrations.anthropic import wrap_anthropic
 
@@ -316,7 +316,10 @@ def test_concurrent_messages_never_commit_more_than_the_budget(store_url: str) -
         assert len(server.requests) == FITTING_CALLS
         events = flow.list_events(USER, FEATURE, limit=CONCURRENT_CALLS)
         assert sum(e.credits_used or 0 for e in events) == budget
-        assert flow.store.ledger_check(user_id=USER, feature_name=FEATURE) == (budget, budget)
+        assert flow.store.call(ops.ledger_check(user_id=USER, feature_name=FEATURE)) == (
+            budget,
+            budget,
+        )
 
 
 # -- asyncio --------------------------------------------------------------------------------------
@@ -430,4 +433,7 @@ async def test_async_concurrent_messages_never_commit_more_than_the_budget(
 
             assert outcomes.count("done") == FITTING_CALLS
             assert len(server.requests) == FITTING_CALLS
-            assert flow.store.ledger_check(user_id=USER, feature_name=FEATURE) == (budget, budget)
+            assert flow.store.call(ops.ledger_check(user_id=USER, feature_name=FEATURE)) == (
+                budget,
+                budget,
+            )

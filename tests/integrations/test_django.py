@@ -82,7 +82,7 @@ from tests.integrations.conftest import (  # noqa: E402
     setup_plans,
 )
 from tests.support.stripe_events import SECRET, T0, Events  # noqa: E402
-from usageflow import AsyncUsageFlow, UsageFlow, UsageFlowError, metered  # noqa: E402
+from usageflow import AsyncUsageFlow, UsageFlow, UsageFlowError, metered, ops  # noqa: E402
 from usageflow.context import current_user_id  # noqa: E402
 from usageflow.integrations import django as uf_django  # noqa: E402
 from usageflow.integrations.django import (  # noqa: E402
@@ -254,7 +254,7 @@ def usageflow(flow: UsageFlow, **options: Any) -> Any:
 
 
 def used(reader: UsageFlow, user: str, feature: str) -> int:
-    total, ledger = reader.store.ledger_check(user_id=user, feature_name=feature)
+    total, ledger = reader.store.call(ops.ledger_check(user_id=user, feature_name=feature))
     assert total == ledger
     assert reader.get_total_usage(user, feature) == total
     return total

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from tests.integrations.conftest import RESET_SECONDS, DeadSQLite
-from usageflow import AsyncUsageFlow, Decision, UsageFlow, UsageFlowError, metered
+from usageflow import AsyncUsageFlow, Decision, UsageFlow, UsageFlowError, metered, ops
 from usageflow.context import current_user_id
 from usageflow.integrations.fastapi import MeteringError, meter, metering_error_handler
 from usageflow.integrations.starlette import UsageFlowMiddleware
@@ -71,7 +71,7 @@ def build(flow: Any, *, middleware: bool = True) -> FastAPI:
 
 
 def used(reader: UsageFlow, user: str, feature: str) -> int:
-    total, ledger = reader.store.ledger_check(user_id=user, feature_name=feature)
+    total, ledger = reader.store.call(ops.ledger_check(user_id=user, feature_name=feature))
     assert total == ledger
     return total
 

@@ -11,7 +11,7 @@ import pytest
 from flask import Flask, abort, g, request
 
 from tests.integrations.conftest import PAYMENT_LINK, RESET_SECONDS, DeadSQLite
-from usageflow import AsyncUsageFlow, UsageFlow, UsageFlowError, metered
+from usageflow import AsyncUsageFlow, UsageFlow, UsageFlowError, metered, ops
 from usageflow.context import current_user_id
 from usageflow.integrations.flask import UsageFlowFlask
 from usageflow.testing import FakeClock
@@ -59,7 +59,7 @@ def create_app(flow: UsageFlow | None, **config: Any) -> Flask:
 
 
 def used(reader: UsageFlow, user: str, feature: str) -> int:
-    total, ledger = reader.store.ledger_check(user_id=user, feature_name=feature)
+    total, ledger = reader.store.call(ops.ledger_check(user_id=user, feature_name=feature))
     assert total == ledger
     return total
 

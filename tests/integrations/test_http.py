@@ -18,7 +18,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from tests.integrations.conftest import setup_plans
-from usageflow import AsyncUsageFlow, Decision, UsageFlow, UsageFlowError, metered
+from usageflow import AsyncUsageFlow, Decision, UsageFlow, UsageFlowError, metered, ops
 from usageflow.context import current_user_id
 from usageflow.integrations._http import Meter, RouteTable, quota_headers, route_path
 from usageflow.integrations.metered import MeteringError
@@ -158,7 +158,7 @@ def test_metered_plain_async_function_with_explicit_user(clock: FakeClock) -> No
         return results
 
     assert asyncio.run(main()) == [2, 3, 402]
-    assert store.ledger_check(user_id="u9", feature_name="chat") == (5, 5)
+    assert store.call(ops.ledger_check(user_id="u9", feature_name="chat")) == (5, 5)
 
 
 def test_sync_function_with_async_flow_outside_a_worker_thread_is_a_clear_error(

@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from flask import Flask, Response, request
 
-from usageflow import UsageFlow, metered
+from usageflow import UsageFlow, metered, ops
 from usageflow.integrations.flask import UsageFlowFlask
 from usageflow.integrations.starlette import UsageFlowMiddleware
 from usageflow.testing import FakeClock
@@ -26,7 +26,7 @@ U1 = {"x-user": "u1"}
 
 
 def used(reader: UsageFlow, user: str, feature: str) -> int:
-    total, ledger = reader.store.ledger_check(user_id=user, feature_name=feature)
+    total, ledger = reader.store.call(ops.ledger_check(user_id=user, feature_name=feature))
     assert total == ledger
     return total
 

@@ -26,7 +26,7 @@ import pytest_asyncio
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support.llm_server import REPLY, LLMServer, prompt_tokens
-from usageflow import AsyncUsageFlow, ErrorCodes, UsageEvent, UsageFlow, UsageFlowError
+from usageflow import AsyncUsageFlow, ErrorCodes, UsageEvent, UsageFlow, UsageFlowError, ops
 from usageflow.context import current_user_id
 from usageflow.integrations._llm import estimate_prompt_tokens
 from usageflow.integrations.openai import wrap_openai
@@ -537,7 +537,10 @@ def test_concurrent_completions_never_commit_more_than_the_budget(store_url: str
         events = flow.list_events(USER, FEATURE, limit=CONCURRENT_CALLS)
         committed = sum(e.credits_used or 0 for e in events)
         assert committed == sum(r.usage["total_tokens"] for r in server.requests) == budget
-        assert flow.store.ledger_check(user_id=USER, feature_name=FEATURE) == (budget, budget)
+        assert flow.store.call(ops.ledger_check(user_id=USER, feature_name=FEATURE)) == (
+            budget,
+            budget,
+        )
         assert flow.fetch_usage(USER, FEATURE).current == budget
 
 
@@ -695,7 +698,10 @@ async def test_async_concurrent_completions_never_commit_more_than_the_budget(
             assert len(server.requests) == FITTING_CALLS
             events = await flow.list_events(USER, FEATURE, limit=CONCURRENT_CALLS)
             assert sum(e.credits_used or 0 for e in events) == budget
-            assert flow.store.ledger_check(user_id=USER, feature_name=FEATURE) == (budget, budget)
+            assert flow.store.call(ops.ledger_check(user_id=USER, feature_name=FEATURE)) == (
+                budget,
+                budget,
+            )
 
 
 @pytest.mark.asyncio

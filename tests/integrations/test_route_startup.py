@@ -24,7 +24,7 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from usageflow import ErrorCodes, UsageFlow, UsageFlowError, metered
+from usageflow import ErrorCodes, UsageFlow, UsageFlowError, metered, ops
 from usageflow.integrations.flask import UsageFlowFlask
 from usageflow.integrations.starlette import MeterStats, UsageFlowMiddleware
 
@@ -38,7 +38,10 @@ def user_header(connection: HTTPConnection) -> str | None:
 def usage(reader: UsageFlow, feature: str, user: str = "u1") -> int:
     """The user's usage through the public API; the counters agree with the ledger."""
     current = reader.fetch_usage(user, feature).current
-    assert reader.store.ledger_check(user_id=user, feature_name=feature) == (current, current)
+    assert reader.store.call(ops.ledger_check(user_id=user, feature_name=feature)) == (
+        current,
+        current,
+    )
     return current
 
 

@@ -20,10 +20,10 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 from tests.integrations.conftest import PAYMENT_LINK, RESET_SECONDS, DeadSQLite
-from usageflow import AsyncUsageFlow, UsageFlow, UsageFlowError, metered
+from usageflow import AsyncUsageFlow, UsageFlow, UsageFlowError, metered, ops
 from usageflow.context import current_user_id
 from usageflow.integrations.starlette import Meter, MeterStats, UsageFlowMiddleware
-from usageflow.stores.base import INT64_MAX
+from usageflow.models import INT64_MAX
 from usageflow.testing import FakeClock
 
 
@@ -112,7 +112,7 @@ def make_app(flow: Any, routes: dict[str, Any] | None = None, **options: Any) ->
 
 
 def used(reader: UsageFlow, user: str, feature: str) -> int:
-    total, ledger = reader.store.ledger_check(user_id=user, feature_name=feature)
+    total, ledger = reader.store.call(ops.ledger_check(user_id=user, feature_name=feature))
     assert total == ledger
     return total
 

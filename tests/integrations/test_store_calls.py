@@ -47,7 +47,7 @@ from tests.postgres._proxy import PgProxy
 from tests.support.postgres import fresh_schema, store_url
 from tests.support.postgrest import PostgrestStandIn, running
 from tests.support.stores import hold_rows, postgres_url
-from usageflow import AsyncUsageFlow, UsageFlow, metered
+from usageflow import AsyncUsageFlow, UsageFlow, metered, ops
 from usageflow.integrations.flask import UsageFlowFlask
 from usageflow.integrations.starlette import UsageFlowMiddleware
 from usageflow.stores.base import Store
@@ -294,7 +294,10 @@ def _measure(counted: Counted, adapter: str, clock: FakeClock, path: str) -> tup
 def _usage(counted: Counted, clock: FakeClock) -> int:
     """The user's usage, read through the public API, and the counters == ledger check."""
     current = UsageFlow(counted.store, clock=clock, cache_ttl=0).fetch_usage(USER, FEATURE).current
-    assert counted.store.ledger_check(user_id=USER, feature_name=FEATURE) == (current, current)
+    assert counted.store.call(ops.ledger_check(user_id=USER, feature_name=FEATURE)) == (
+        current,
+        current,
+    )
     return current
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.stripe_events import SECRET, T0, Events, deliver
-from usageflow import UsageFlow
+from usageflow import UsageFlow, ops
 from usageflow.errors import ErrorCodes, UsageFlowError
 from usageflow.stores.base import Tables
 from usageflow.stores.sqlite import SCHEMA_VERSION
@@ -104,7 +104,9 @@ def test_upgrade_from_schema_2_drops_the_committed_holds_it_kept(tmp_path: Path)
     } <= set(schema)
     again = flow.reserve("u1", "api", 1, idempotency_key="job-1")
     assert again.id == keyed.id and again.decision.replayed
-    replayed = flow.store.settle(reservation_id=plain.id, credits=2, now=T0, metadata=None)
+    replayed = flow.store.call(
+        ops.settle(reservation_id=plain.id, credits=2, now=T0, metadata=None)
+    )
     assert replayed is not None and replayed.replayed and replayed.id == event.id
     assert flow.get_total_usage("u1", "api") == 3
     flow.close()

@@ -9,12 +9,9 @@ from decimal import Decimal
 
 import pytest
 
-from usageflow.stores.base import (
-    Store,
-    StripeLink,
-    StripePrice,
-    StripeSubscription,
-)
+from usageflow import ops
+from usageflow.ops import StripeLink, StripePrice, StripeSubscription
+from usageflow.stores.base import Store
 
 NOW = datetime(2024, 1, 15, 12, tzinfo=timezone.utc)
 
@@ -51,8 +48,8 @@ def sub(
 
 
 def apply(store: Store, event_id: str | None, **changes: object) -> tuple[str, str | None]:
-    result = store.apply_stripe_event(
-        event_id=event_id, event_type="t", created=NOW, now=NOW, **changes
+    result = store.call(
+        ops.apply_stripe_event(event_id=event_id, event_type="t", created=NOW, now=NOW, **changes)
     )
     return result.action, result.user_id
 
@@ -64,7 +61,7 @@ def link(customer: str, user: str | None, key: str, email: str | None = None) ->
 def test_an_event_id_is_processed_once(s: Store) -> None:
     assert apply(s, "evt_1", link=link("cus_1", "u1", "1")) == ("applied", "u1")
     assert apply(s, "evt_1", link=link("cus_2", "u2", "2")) == ("duplicate", "u1")
-    assert s.get_profile(user_id="u2") is None
+    assert s.call(ops.get_profile(user_id="u2")) is None
     assert apply(s, "evt_2") == ("ignored", None)
     assert apply(s, "evt_2") == ("duplicate", None)
     # Without an event id nothing is recorded: never a duplicate.
@@ -73,34 +70,36 @@ def test_an_event_id_is_processed_once(s: Store) -> None:
 
 
 def test_price_changes_update_the_plan(s: Store) -> None:
-    s.upsert_plan(
-        name="Pro",
-        stripe_price_id="price_a",
-        price_amount=Decimal("10.00"),
-        price_currency="usd",
-        is_free=False,
-        payment_link_url=None,
+    s.call(
+        ops.upsert_plan(
+            name="Pro",
+            stripe_price_id="price_a",
+            price_amount=Decimal("10.00"),
+            price_currency="usd",
+            is_free=False,
+            payment_link_url=None,
+        )
     )
     change = StripePrice("price_a", Decimal("12.50"), "eur")
     assert apply(s, "evt_p", price=change) == ("applied", None)
-    plan = next(p for p in s.load_catalog() if p.stripe_price_id == "price_a")
+    plan = next(p for p in s.call(ops.load_catalog()) if p.stripe_price_id == "price_a")
     assert (plan.price_amount, plan.price_currency) == (Decimal("12.50"), "eur")
 
 
 def test_links_by_id_or_single_email(s: Store) -> None:
-    s.upsert_profile(user_id="e1", fields={"email": "Ada@Example.com"})
-    s.upsert_profile(user_id="e2", fields={"email": "twin@example.com"})
-    s.upsert_profile(user_id="e3", fields={"email": "twin@example.com"})
+    s.call(ops.upsert_profile(user_id="e1", fields={"email": "Ada@Example.com"}))
+    s.call(ops.upsert_profile(user_id="e2", fields={"email": "twin@example.com"}))
+    s.call(ops.upsert_profile(user_id="e3", fields={"email": "twin@example.com"}))
     assert apply(s, "a", link=link("cus_a", None, "1", "ada@EXAMPLE.com")) == ("applied", "e1")
     assert apply(s, "b", link=link("cus_b", None, "1", "twin@example.com")) == ("ignored", None)
     assert apply(s, "c", link=link("cus_c", None, "1", None)) == ("ignored", None)
     assert apply(s, "d", link=link("cus_d", "new", "1", "new@example.com")) == ("applied", "new")
-    profile = s.get_profile(user_id="new")
+    profile = s.call(ops.get_profile(user_id="new"))
     assert profile is not None
     assert (profile.email, profile.stripe_customer_id) == ("new@example.com", "cus_d")
     # An email never replaces one the profile has.
     apply(s, "e", link=link("cus_e", "e1", "2", "other@example.com"))
-    profile = s.get_profile(user_id="e1")
+    profile = s.call(ops.get_profile(user_id="e1"))
     assert profile is not None and profile.email == "Ada@Example.com"
 
 
@@ -113,7 +112,7 @@ def test_subscription_ordering_and_guard(s: Store) -> None:
     assert apply(s, "4", subscription=sub("0|6", plan="price_c", end=later_end))[0] == "applied"
     # period_guard: a newer key with an earlier period end is stale.
     assert apply(s, "5", subscription=sub("0|7", plan="price_d", guard=True))[0] == "stale"
-    profile = s.get_profile(user_id="u1")
+    profile = s.call(ops.get_profile(user_id="u1"))
     assert profile is not None
     assert (profile.plan, profile.current_period_end) == ("price_c", later_end)
     assert profile.stripe_customer_id == "cus_1"
@@ -121,9 +120,9 @@ def test_subscription_ordering_and_guard(s: Store) -> None:
 
 def test_pending_until_linked_then_applied(s: Store) -> None:
     assert apply(s, "1", subscription=sub("0|1", customer="cus_p")) == ("pending", None)
-    assert s.get_profile(user_id="up") is None
+    assert s.call(ops.get_profile(user_id="up")) is None
     assert apply(s, "2", link=link("cus_p", "up", "1")) == ("applied", "up")
-    profile = s.get_profile(user_id="up")
+    profile = s.call(ops.get_profile(user_id="up"))
     assert profile is not None and (profile.plan, profile.subscription_status) == (
         "price_a",
         "active",
@@ -131,8 +130,8 @@ def test_pending_until_linked_then_applied(s: Store) -> None:
 
 
 def test_found_through_profiles_stripe_customer_id(s: Store) -> None:
-    s.upsert_profile(user_id="z2", fields={"stripe_customer_id": "cus_z"})
-    s.upsert_profile(user_id="z1", fields={"stripe_customer_id": "cus_z"})
+    s.call(ops.upsert_profile(user_id="z2", fields={"stripe_customer_id": "cus_z"}))
+    s.call(ops.upsert_profile(user_id="z1", fields={"stripe_customer_id": "cus_z"}))
     assert apply(s, "1", subscription=sub("0|1", customer="cus_z")) == ("applied", "z1")
 
 
@@ -143,13 +142,13 @@ def test_the_live_subscription_that_started_last_is_shown(s: Store) -> None:
     apply(s, "1", subscription=sub("0|1", sub_id="sub_old", plan="price_old"))
     apply(s, "2", subscription=sub("0|1", sub_id="sub_new", customer="cus_2", started=later))
     apply(s, "3", subscription=sub("1|2", sub_id="sub_old", status="canceled", ended=True))
-    profile = s.get_profile(user_id="u1")
+    profile = s.call(ops.get_profile(user_id="u1"))
     assert profile is not None
     assert (profile.plan, profile.stripe_customer_id) == ("price_a", "cus_2")
     # When every subscription has ended, the one that started last is shown (ended).
     apply(s, "4", subscription=sub("1|3", sub_id="sub_new", customer="cus_2", started=later,
                                    status="canceled", ended=True))  # fmt: skip
-    profile = s.get_profile(user_id="u1")
+    profile = s.call(ops.get_profile(user_id="u1"))
     assert profile is not None
     assert (profile.subscription_status, profile.stripe_customer_id) == ("canceled", "cus_2")
 
@@ -161,42 +160,46 @@ def test_a_missing_start_is_kept_from_a_subscription_event(s: Store) -> None:
     # An invoice-only state (no start) loses to one with a start...
     apply(s, "1", subscription=sub("0|5", sub_id="sub_x", plan="price_x", started=None))
     apply(s, "2", subscription=sub("0|1", sub_id="sub_y", customer="cus_2", plan="price_y"))
-    assert s.get_profile(user_id="u1").plan == "price_y"  # type: ignore[union-attr]
+    assert s.call(ops.get_profile(user_id="u1")).plan == "price_y"  # type: ignore[union-attr]
     # ...until a stale subscription event of it still fills the start in.
     apply(s, "3", subscription=sub("0|2", sub_id="sub_x", plan="price_x", started=later))
     apply(s, "4", subscription=sub("0|2", sub_id="sub_y", customer="cus_2", plan="price_y"))
-    assert s.get_profile(user_id="u1").plan == "price_x"  # type: ignore[union-attr]
+    assert s.call(ops.get_profile(user_id="u1")).plan == "price_x"  # type: ignore[union-attr]
 
 
 def test_links_order_per_customer(s: Store) -> None:
     assert apply(s, "1", link=link("cus_1", "b", "2")) == ("applied", "b")
     assert apply(s, "2", link=link("cus_1", "a", "1")) == ("stale", "a")
-    assert s.get_profile(user_id="a") is None
+    assert s.call(ops.get_profile(user_id="a")) is None
 
 
 def test_export_batches_and_cursor(s: Store) -> None:
-    s.upsert_profile(user_id="u1", fields={"stripe_customer_id": "cus_1"})
+    s.call(ops.upsert_profile(user_id="u1", fields={"stripe_customer_id": "cus_1"}))
     ids = []
     for n in range(5):
-        charge = s.charge(
-            user_id="u1" if n % 2 == 0 else "u2",
-            feature_name="tokens" if n < 4 else "other",
-            credits=n + 1,
-            event_type="usage",
-            limit=None,
-            window_start=None,
-            now=NOW + timedelta(seconds=n),
-            metadata=None,
-            idempotency_key=None,
+        charge = s.call(
+            ops.charge(
+                user_id="u1" if n % 2 == 0 else "u2",
+                feature_name="tokens" if n < 4 else "other",
+                credits=n + 1,
+                event_type="usage",
+                limit=None,
+                window_start=None,
+                now=NOW + timedelta(seconds=n),
+                metadata=None,
+                idempotency_key=None,
+            )
         )
         assert charge.event is not None
         ids.append(charge.event.id)
-    cursor, rows = s.stripe_export_batch(meter="m", feature_name="tokens", limit=3)
+    cursor, rows = s.call(ops.stripe_export_batch(meter="m", feature_name="tokens", limit=3))
     assert cursor == 0
     assert [(e.id, c) for e, c in rows] == [(ids[0], "cus_1"), (ids[1], None), (ids[2], "cus_1")]
-    assert s.advance_stripe_cursor(meter="m", event_id=ids[2]) == ids[2]
-    assert s.advance_stripe_cursor(meter="m", event_id=ids[0]) == ids[2]  # never backwards
-    cursor, rows = s.stripe_export_batch(meter="m", feature_name="tokens", limit=3)
+    assert s.call(ops.advance_stripe_cursor(meter="m", event_id=ids[2])) == ids[2]
+    assert (
+        s.call(ops.advance_stripe_cursor(meter="m", event_id=ids[0])) == ids[2]
+    )  # never backwards
+    cursor, rows = s.call(ops.stripe_export_batch(meter="m", feature_name="tokens", limit=3))
     assert (cursor, [e.id for e, _ in rows]) == (ids[2], [ids[3]])
-    _, rows = s.stripe_export_batch(meter="other", feature_name=None, limit=10)
+    _, rows = s.call(ops.stripe_export_batch(meter="other", feature_name=None, limit=10))
     assert [e.id for e, _ in rows] == ids

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from tests.integrations.conftest import PAYMENT_LINK, setup_plans
-from usageflow import AsyncUsageFlow, UsageFlow
+from usageflow import AsyncUsageFlow, UsageFlow, ops
 from usageflow.integrations.starlette import Meter, UsageFlowMiddleware
 from usageflow.testing import FakeClock
 
@@ -100,8 +100,8 @@ def test_quota_over_real_http(server: tuple[str, UsageFlow]) -> None:
         r = client.get("/v1/stream", headers=auth)
         assert r.text == "0123456789" * 5
         assert client.get("/docs").status_code == 200  # unmetered
-    assert reader.store.ledger_check(user_id="u1", feature_name="exports") == (3, 3)
-    assert reader.store.ledger_check(user_id="u1", feature_name="tokens") == (50, 50)
+    assert reader.store.call(ops.ledger_check(user_id="u1", feature_name="exports")) == (3, 3)
+    assert reader.store.call(ops.ledger_check(user_id="u1", feature_name="tokens")) == (50, 50)
 
 
 @pytest.mark.asyncio
@@ -116,4 +116,4 @@ async def test_concurrent_clients_over_real_http(server: tuple[str, UsageFlow]) 
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == 3
     assert statuses.count(402) == 37
-    assert reader.store.ledger_check(user_id="racer", feature_name="exports") == (3, 3)
+    assert reader.store.call(ops.ledger_check(user_id="racer", feature_name="exports")) == (3, 3)

@@ -15,7 +15,7 @@ import pytest
 from tests.postgres._proxy import PgProxy
 from tests.postgres.conftest import via_proxy
 from tests.support.postgrest import PostgrestStandIn
-from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError
+from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError, ops
 from usageflow.stores.postgres import PostgresStore
 from usageflow.stores.supabase import SupabaseStore
 
@@ -59,7 +59,7 @@ def test_killed_then_restarted_database(
         except UsageFlowError:
             assert time.monotonic() < deadline, "the store did not recover"
             time.sleep(0.2)
-    assert pg_store.ledger_check(user_id="u1", feature_name="api") == (2, 2)
+    assert pg_store.call(ops.ledger_check(user_id="u1", feature_name="api")) == (2, 2)
     store.close()
 
 
@@ -68,14 +68,14 @@ def test_unreachable_and_silent_servers_time_out(pg_url: str, schema: str) -> No
     port = dead.port
     dead.kill()
     store = PostgresStore(via_proxy(pg_url, dead, schema, **FAST))
-    _fails_fast(lambda: store.load_catalog(), within=4)
+    _fails_fast(lambda: store.call(ops.load_catalog()), within=4)
     store.close()
     assert port
 
     silent = PgProxy(("127.0.0.1", 9))
     silent.mode = "silent"  # accepts, never answers: only the timeouts end the wait
     store = PostgresStore(via_proxy(pg_url, silent, schema, **FAST))
-    _fails_fast(lambda: store.load_catalog(), within=5)
+    _fails_fast(lambda: store.call(ops.load_catalog()), within=5)
     store.close()
     silent.kill()
 
@@ -92,7 +92,7 @@ def test_stalled_connection_is_cut_at_the_query_timeout(
     _fails_fast(lambda: flow.consume("u1", "api"), within=3)
     proxy.mode = "forward"
     assert flow.consume("u1", "api").allowed
-    total, ledger = pg_store.ledger_check(user_id="u1", feature_name="api")
+    total, ledger = pg_store.call(ops.ledger_check(user_id="u1", feature_name="api"))
     assert total == ledger and total in (2, 3)  # the cut call may have committed
     store.close()
 
@@ -128,11 +128,11 @@ def test_restart_mid_run_leaves_nothing_half_written(
         for f in futures:
             f.result(timeout=30)
     assert failed[0] > 0 and ok[0] > 0
-    total, ledger = pg_store.ledger_check(user_id="u1", feature_name="api")
+    total, ledger = pg_store.call(ops.ledger_check(user_id="u1", feature_name="api"))
     assert total == ledger  # the counter always agrees with the ledger
     # Every acknowledged charge is recorded; a call cut mid-flight may or may not be.
     assert ok[0] <= total <= ok[0] + failed[0]
-    events = pg_store.list_events(user_id="u1", feature_name="api", limit=10_000)
+    events = pg_store.call(ops.list_events(user_id="u1", feature_name="api", limit=10_000))
     assert len(events) == total
     store.close()
 
@@ -157,7 +157,7 @@ def test_async_face_fails_fast_and_recovers(
             assert (await flow.consume("u1", "api")).allowed
 
     asyncio.run(main())
-    assert pg_store.ledger_check(user_id="u1", feature_name="api") == (2, 2)
+    assert pg_store.call(ops.ledger_check(user_id="u1", feature_name="api")) == (2, 2)
     store.close()
 
 

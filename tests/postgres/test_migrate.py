@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.support.postgres import store_url
-from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError
+from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError, ops
 from usageflow.stores import open_store
 from usageflow.stores.base import Tables
 from usageflow.stores.postgres import PostgresStore
@@ -75,7 +75,7 @@ def test_password_never_in_errors_or_repr(pg_url: str, schema: str) -> None:
     )
     assert "s3cr3t-pw" not in repr(store) + store.url
     with pytest.raises(UsageFlowError) as caught:
-        store.load_catalog()
+        store.call(ops.load_catalog())
     assert "s3cr3t-pw" not in str(caught.value) + repr(caught.value.details)
     store.close()
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.support.postgres import store_url
-from usageflow import UsageFlow, UsageFlowError
+from usageflow import UsageFlow, UsageFlowError, ops
 from usageflow.stores.postgres import PostgresStore
 
 LIMIT = 500
@@ -83,8 +83,10 @@ def test_processes_consume_exactly_the_limit(
 ) -> None:
     results = _race(pg_url, schema, "consume")
     assert sum(a for a, _ in results) == LIMIT  # 640 attempts, exactly 500 allowed
-    assert pg_store.ledger_check(user_id="u1", feature_name="race") == (LIMIT, LIMIT)
-    assert len(pg_store.list_events(user_id="u1", feature_name="race", limit=1000)) == LIMIT
+    assert pg_store.call(ops.ledger_check(user_id="u1", feature_name="race")) == (LIMIT, LIMIT)
+    assert (
+        len(pg_store.call(ops.list_events(user_id="u1", feature_name="race", limit=1000))) == LIMIT
+    )
 
 
 @pytest.mark.slow
@@ -94,8 +96,13 @@ def test_processes_mixing_reserve_commit_release(
     results = _race(pg_url, schema, "mixed")
     recorded = sum(a + c for a, c in results)
     assert 0 < recorded <= LIMIT
-    assert pg_store.ledger_check(user_id="u1", feature_name="race") == (recorded, recorded)
-    used, held = pg_store.usage(user_id="u1", feature_name="race", window_start=None, now=_now())
+    assert pg_store.call(ops.ledger_check(user_id="u1", feature_name="race")) == (
+        recorded,
+        recorded,
+    )
+    used, held = pg_store.call(
+        ops.usage(user_id="u1", feature_name="race", window_start=None, now=_now())
+    )
     assert (used, held) == (recorded, 0)  # every hold was committed or released
 
 
@@ -104,8 +111,8 @@ def test_duplicate_idempotency_keys_from_processes_record_once(
     pg_url: str, schema: str, pg_store: PostgresStore
 ) -> None:
     _race(pg_url, schema, "retries")  # 4 x 16 x 20 calls, 20 distinct keys
-    assert pg_store.ledger_check(user_id="u1", feature_name="keyed") == (KEYS, KEYS)
-    events = pg_store.list_events(user_id="u1", feature_name="keyed", limit=1000)
+    assert pg_store.call(ops.ledger_check(user_id="u1", feature_name="keyed")) == (KEYS, KEYS)
+    events = pg_store.call(ops.list_events(user_id="u1", feature_name="keyed", limit=1000))
     assert sorted(e.idempotency_key or "" for e in events) == sorted(f"k{k}" for k in range(KEYS))
 
 

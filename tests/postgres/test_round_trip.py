@@ -9,7 +9,7 @@ from typing import Any
 from tests.postgres._proxy import PgProxy
 from tests.postgres.conftest import via_proxy
 from tests.support.postgrest import PostgrestStandIn
-from usageflow import AsyncUsageFlow, UsageFlow
+from usageflow import AsyncUsageFlow, UsageFlow, ops
 from usageflow.stores.postgres import PostgresStore
 from usageflow.stores.supabase import SupabaseStore
 
@@ -126,4 +126,4 @@ def test_cost_does_not_grow_with_history(pg_store: PostgresStore, pg_url: str) -
 
     small, large = timed("u1"), timed("u2")
     assert large < small * 3 + 0.002, (small, large)
-    assert pg_store.ledger_check(user_id="u2", feature_name="api") == (50030, 50030)
+    assert pg_store.call(ops.ledger_check(user_id="u2", feature_name="api")) == (50030, 50030)

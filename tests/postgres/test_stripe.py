@@ -17,8 +17,9 @@ from tests.postgres._proxy import PgProxy
 from tests.postgres.conftest import via_proxy
 from tests.support.postgres import store_url
 from tests.support.postgrest import PostgrestStandIn
-from usageflow import ErrorCodes, UsageFlowError
-from usageflow.stores.base import StripeApplied, StripeLink, StripeSubscription, Tables
+from usageflow import ErrorCodes, UsageFlowError, ops
+from usageflow.ops import StripeApplied, StripeLink, StripeSubscription
+from usageflow.stores.base import Tables
 from usageflow.stores.postgres import PostgresStore
 from usageflow.stores.sql import SCHEMA_VERSION, function_name
 from usageflow.stores.supabase import SupabaseStore
@@ -44,8 +45,8 @@ def _sub(
 
 
 def _apply(store: Any, event_id: str | None, **changes: Any) -> StripeApplied:
-    result: StripeApplied = store.apply_stripe_event(
-        event_id=event_id, event_type="t", created=NOW, now=NOW, **changes
+    result: StripeApplied = store.call(
+        ops.apply_stripe_event(event_id=event_id, event_type="t", created=NOW, now=NOW, **changes)
     )
     return result
 
@@ -86,7 +87,7 @@ def test_a_link_racing_a_subscription_of_its_customer(store: PostgresStore) -> N
         customer, user = f"cus_{n}", f"u{n}"
         link, sub = StripeLink(customer, user, None, "1"), _sub(f"sub_{n}", customer, "0|1")
         _race(store, (f"l{n}", {"link": link}), (f"s{n}", {"subscription": sub}))
-        profile = store.get_profile(user_id=user)
+        profile = store.call(ops.get_profile(user_id=user))
         assert profile is not None
         assert (profile.plan, profile.subscription_status) == ("price_a", "active"), n
 
@@ -115,7 +116,7 @@ def test_subscriptions_of_two_customers_of_one_user_racing(
         old = _sub(f"sa{n}", f"a{n}", "0|1", plan="price_old")
         new = _sub(f"sb{n}", f"b{n}", "0|1", started=NOW + timedelta(days=1), plan="price_new")
         _race(store, (f"a{n}", {"subscription": old}), (f"b{n}", {"subscription": new}))
-        profile = store.get_profile(user_id=user)
+        profile = store.call(ops.get_profile(user_id=user))
         assert profile is not None
         assert (profile.plan, profile.stripe_customer_id) == ("price_new", f"b{n}"), n
 
@@ -125,23 +126,25 @@ def test_racing_states_of_one_subscription_keep_the_newest(store: PostgresStore)
     states = [_sub("sub_1", "cus_1", f"0|{k:02d}", plan=f"price_{k:02d}") for k in range(THREADS)]
     results = _race(store, *[(s.order_key, {"subscription": s}) for s in states])
     assert {r.action for r in results} <= {"applied", "stale"}
-    profile = store.get_profile(user_id="u1")
+    profile = store.call(ops.get_profile(user_id="u1"))
     assert profile is not None and profile.plan == f"price_{THREADS - 1:02d}"
 
 
 def test_upgrade_from_schema_1(pg_url: str, schema: str, store: PostgresStore) -> None:
     """A version-1 database (no Stripe tables or functions) is upgraded in place by migrate,
     its data kept; running it again changes nothing."""
-    store.charge(
-        user_id="u1",
-        feature_name="api",
-        credits=3,
-        event_type="usage",
-        limit=None,
-        window_start=None,
-        now=NOW,
-        metadata=None,
-        idempotency_key=None,
+    store.call(
+        ops.charge(
+            user_id="u1",
+            feature_name="api",
+            credits=3,
+            event_type="usage",
+            limit=None,
+            window_start=None,
+            now=NOW,
+            metadata=None,
+            idempotency_key=None,
+        )
     )
     t = Tables()
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -157,12 +160,15 @@ def test_upgrade_from_schema_1(pg_url: str, schema: str, store: PostgresStore) -
             conn.execute(f'DROP TABLE "{table}"')
         conn.execute("UPDATE usageflow_schema SET version = 1")
     with pytest.raises(UsageFlowError):
-        store.advance_stripe_cursor(meter="m", event_id=1)
+        store.call(ops.advance_stripe_cursor(meter="m", event_id=1))
     assert store.migrate() == SCHEMA_VERSION == 4
     assert _apply(store, "evt_1", link=StripeLink("cus_1", "u1", None, "1")).action == "applied"
     assert store.migrate() == SCHEMA_VERSION  # idempotent: the event is still known
     assert _apply(store, "evt_1").action == "duplicate"
-    assert store.stripe_export_batch(meter="m", feature_name=None, limit=10)[1][0][1] == "cus_1"
+    assert (
+        store.call(ops.stripe_export_batch(meter="m", feature_name=None, limit=10))[1][0][1]
+        == "cus_1"
+    )
     with psycopg.connect(pg_url) as conn:
         row = conn.execute(f'SELECT version FROM "{schema}".usageflow_schema').fetchone()
     assert row == (SCHEMA_VERSION,)
@@ -176,8 +182,8 @@ def test_longest_table_names(pg_url: str, schema: str) -> None:
     s.migrate()
     assert _apply(s, "e1", link=StripeLink("cus_1", "u1", None, "1")).action == "applied"
     assert _apply(s, "e2", subscription=_sub("sub_1", "cus_1", "0|1")).action == "applied"
-    assert s.advance_stripe_cursor(meter="m" * 200, event_id=7) == 7
-    assert s.stripe_export_batch(meter="m" * 200, feature_name=None, limit=5) == (7, [])
+    assert s.call(ops.advance_stripe_cursor(meter="m" * 200, event_id=7)) == 7
+    assert s.call(ops.stripe_export_batch(meter="m" * 200, feature_name=None, limit=5)) == (7, [])
     with psycopg.connect(pg_url) as conn:
         names = {
             r[0]
@@ -196,8 +202,8 @@ def _stripe_calls(store: Any) -> list[Callable[[], Any]]:
         lambda: _apply(store, "e1", link=StripeLink("cus_1", "u1", None, "1")),
         lambda: _apply(store, "e2", subscription=_sub("sub_1", "cus_1", "0|1")),
         lambda: _apply(store, "e2"),  # duplicate
-        lambda: store.stripe_export_batch(meter="m", feature_name="api", limit=10),
-        lambda: store.advance_stripe_cursor(meter="m", event_id=3),
+        lambda: store.call(ops.stripe_export_batch(meter="m", feature_name="api", limit=10)),
+        lambda: store.call(ops.advance_stripe_cursor(meter="m", event_id=3)),
     ]
 
 
@@ -219,7 +225,7 @@ def test_each_stripe_method_is_one_rpc(postgrest: PostgrestStandIn, schema: str)
         before = postgrest.calls
         call()
         assert postgrest.calls - before == 1
-    profile = store.get_profile(user_id="u1")
+    profile = store.call(ops.get_profile(user_id="u1"))
     assert profile is not None and profile.plan == "price_a"
     store.close()
 
@@ -230,12 +236,12 @@ def test_driver_errors_name_the_stripe_tables(pg_url: str, schema: str) -> None:
     for call, table, operation in (
         (lambda: _apply(store, "e1"), t.stripe_events, "apply_stripe_event"),
         (
-            lambda: store.stripe_export_batch(meter="m", feature_name=None, limit=1),
+            lambda: store.call(ops.stripe_export_batch(meter="m", feature_name=None, limit=1)),
             t.stripe_exports,
             "stripe_export_batch",
         ),
         (
-            lambda: store.advance_stripe_cursor(meter="m", event_id=1),
+            lambda: store.call(ops.advance_stripe_cursor(meter="m", event_id=1)),
             t.stripe_exports,
             "advance_stripe_cursor",
         ),

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.postgres import store_url
 from tests.support.postgrest import PostgrestStandIn
-from usageflow import ErrorCodes, UsageFlow, UsageFlowError
+from usageflow import ErrorCodes, UsageFlow, UsageFlowError, ops
 from usageflow.stores.base import Store
 from usageflow.stores.postgres import PostgresStore
 from usageflow.stores.supabase import SupabaseStore
@@ -52,4 +52,4 @@ def test_metadata_jsonb_cannot_hold_is_invalid_input(store: Store, bad: dict[str
     with pytest.raises(UsageFlowError) as caught:
         flow.increment_usage("u1", "api", metadata=bad)
     assert caught.value.code is ErrorCodes.USAGE_INVALID_PARAMS
-    assert store.ledger_check(user_id="u1", feature_name="api") == (0, 0)
+    assert store.call(ops.ledger_check(user_id="u1", feature_name="api")) == (0, 0)

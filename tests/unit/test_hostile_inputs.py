@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from usageflow import ErrorCodes, UsageFlow, UsageFlowError
+from usageflow import ErrorCodes, UsageFlow, UsageFlowError, ops
 from usageflow.testing import FakeClock
 
 hostile = st.one_of(
@@ -222,7 +222,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def counters_agree_with_the_ledger(self) -> None:
-        total, ledger = self.flow.store.ledger_check(user_id="u", feature_name="f")
+        total, ledger = self.flow.store.call(ops.ledger_check(user_id="u", feature_name="f"))
         assert total == ledger
 
     @invariant()

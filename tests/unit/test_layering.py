@@ -196,3 +196,68 @@ def test_the_import_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
         "usageflow.integrations",
         "usageflow.integrations._http",
     } <= found
+
+
+def _module_edges(module: Module, known: set[str]) -> set[str]:
+    """The modules of the package ``module`` imports by name: ``from x import y`` counts as
+    an import of ``x.y`` when that is a module, else of ``x``."""
+    tree = ast.parse(module.path.read_text(encoding="utf-8"), filename=str(module.path))
+    package = module.name if module.is_package else module.name.rpartition(".")[0]
+    edges: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            edges.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                sub = f"{source}.{alias.name}"
+                edges.add(sub if sub in known else source)
+    return {name for name in edges if name in known and name != module.name}
+
+
+STORE_MAY_IMPORT = ("usageflow.errors", "usageflow.models", "usageflow.ops")
+
+
+@pytest.mark.parametrize(
+    "module", [m for m in MODULES if _under(m.name, "usageflow.stores")], ids=lambda m: m.name
+)
+def test_stores_import_nothing_from_the_core_but_errors_models_and_the_operations(
+    module: Module,
+) -> None:
+    """A store knows the operations it runs (``usageflow.ops``), the values it answers with
+    and the errors it raises; nothing of the core's policy."""
+    known = {m.name for m in MODULES}
+    beyond = sorted(
+        name
+        for name in _module_edges(module, known)
+        if not _under(name, "usageflow.stores")
+        and not any(_under(name, allowed) for allowed in STORE_MAY_IMPORT)
+    )
+    assert beyond == [], f"{module.name} imports {beyond}"
+
+
+def test_no_module_imports_itself_back_through_a_cycle() -> None:
+    """The package's import graph (every import, wherever written) has no cycle."""
+    known = {m.name for m in MODULES}
+    graph = {m.name: _module_edges(m, known) for m in MODULES}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == [], "\n".join(" -> ".join(cycle) for cycle in cycles)

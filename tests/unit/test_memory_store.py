@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError
+from usageflow import AsyncUsageFlow, ErrorCodes, UsageFlow, UsageFlowError, ops
 from usageflow.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 
 
@@ -16,7 +16,7 @@ def test_memory_runs_the_sqlite_store_on_a_database_of_its_own() -> None:
     assert isinstance(first.store, SQLiteStore) and first.store.blocking is False
     first.create_plan("Free", is_free=True, limits={"x": 2})
     assert first.consume("u", "x").allowed
-    assert second.store.load_catalog() == [] and second.get_total_usage("u", "x") == 0
+    assert second.store.call(ops.load_catalog()) == [] and second.get_total_usage("u", "x") == 0
     assert first.store.migrate() == SCHEMA_VERSION  # migrated when opened; again is a no-op
     assert first.store.connection_check() is True
     with first.store._tx("test", "", write=False) as conn:  # the check wrote nothing
@@ -49,7 +49,7 @@ def test_threads_and_an_event_loop_share_one_memory_store() -> None:
         thread.join()
     assert 0 < allowed_async <= 40
     assert flow.get_total_usage("u", "x") == 150
-    assert flow.store.ledger_check(user_id="u", feature_name="x") == (150, 150)
+    assert flow.store.call(ops.ledger_check(user_id="u", feature_name="x")) == (150, 150)
 
 
 def test_a_closed_memory_store_refuses_calls_its_data_gone() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from usageflow import UsageFlow
+from usageflow import UsageFlow, ops
 from usageflow.stores.sqlite import SCHEMA_VERSION
 
 V3_EVENTS = """CREATE TABLE usage_events (
@@ -61,7 +61,7 @@ def test_upgrade_from_version_3_scopes_idempotency_keys(tmp_path: Path) -> None:
         assert flow.reserve("alice", "api", 2, idempotency_key="job-1").decision.replayed
         assert not flow.reserve("mallory", "api", 1, idempotency_key="job-1").decision.replayed
         assert flow.get_total_usage("alice", "api") == 3
-        assert flow.store.ledger_check(user_id="bob", feature_name="api") == (4, 4)
+        assert flow.store.call(ops.ledger_check(user_id="bob", feature_name="api")) == (4, 4)
     with sqlite3.connect(path) as conn:
         unique = [r for r in conn.execute("PRAGMA index_list(usage_events)") if r[3] == "u"]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}

@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
-from usageflow._core import Core, Op, StoreCall, quota_exhausted
+from usageflow._core import Core, Op, quota_exhausted
 from usageflow.errors import ErrorCodes, UsageFlowError, config_error
 from usageflow.flow import AsyncUsageFlow, UsageFlow
 from usageflow.integrations._http import (
@@ -57,6 +57,7 @@ from usageflow.integrations._http import (
     unauthenticated,
 )
 from usageflow.models import INT64_MAX, Decision
+from usageflow.ops import StoreCall
 
 __all__ = [
     "PASS",
@@ -156,7 +157,7 @@ async def drive_async(flow: AnyFlow, steps: Op[T], *, shielded: bool = False) ->
         try:
             if isinstance(step, StoreCall):
                 flow._log(step)
-                call = functools.partial(getattr(store, step.method), **step.kwargs)
+                call = functools.partial(store.call, step)
                 if store.blocking:
                     done_later = asyncio.get_running_loop().run_in_executor(None, call)
                     # A queued executor job is dropped when its future is cancelled: shield

@@ -7,24 +7,22 @@
 ===========================  ================================================================
 
 Supabase is selected with ``supabase_url=`` and ``supabase_key=`` on the flow.
-Drivers are imported only when a store that needs them is built.
+Drivers (psycopg, supabase) are imported only when a store that needs them is built.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from usageflow.errors import config_error
-from usageflow.stores._redact import redact_url
+from usageflow.stores import _redact
 from usageflow.stores.base import AsyncStore, Store, Tables
+from usageflow.stores.postgres import PostgresStore, display_url
+from usageflow.stores.sqlite import MemoryStore, SQLiteStore
 
 __all__ = ["AsyncStore", "Store", "Tables", "open_store", "redact_url"]
 
-_SCHEMES: dict[str, str] = {
-    "memory": "usageflow.stores.sqlite:MemoryStore",
-    "sqlite": "usageflow.stores.sqlite:SQLiteStore",
-    "postgresql": "usageflow.stores.postgres:PostgresStore",
-    "postgres": "usageflow.stores.postgres:PostgresStore",
+#: Each store class by the URL schemes it declares.
+_SCHEMES: dict[str, type[Store]] = {
+    scheme: cls for cls in (MemoryStore, SQLiteStore, PostgresStore) for scheme in cls.schemes
 }
 
 
@@ -36,13 +34,16 @@ def open_store(url: str, tables: Tables | None = None) -> Store:
             "'postgresql://user@host/db', or a Store object"
         )
     scheme = url.split("://", 1)[0].lower().split("+", 1)[0]
-    target = _SCHEMES.get(scheme)
-    if target is None:
+    cls = _SCHEMES.get(scheme)
+    if cls is None:
         raise config_error(
             f"unknown store scheme {scheme!r}; known: {', '.join(sorted(_SCHEMES))}",
             store=redact_url(url),
         )
-    module_name, cls_name = target.split(":")
-    module = importlib.import_module(module_name)
-    store: Store = getattr(module, cls_name).from_url(url, tables)
-    return store
+    return cls.from_url(url, tables)
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to show in a message or a log: every secret it may carry replaced by
+    ``***`` (a PostgreSQL URL read by libpq's rules; see :func:`_redact.redact_url`)."""
+    return _redact.redact_url(url, postgres=display_url)

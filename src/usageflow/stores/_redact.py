@@ -5,6 +5,7 @@ rules, :func:`usageflow.stores.postgres.display_url`), with the same parameter n
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 __all__ = ["credentials_end", "is_secret_param", "redact_url"]
 
@@ -68,20 +69,19 @@ def _redact_generic(scheme: str, rest: str) -> str:
     return f"{scheme}://{shown}"
 
 
-def redact_url(url: str) -> str:
+def redact_url(url: str, *, postgres: Callable[[str], str] | None = None) -> str:
     """``url`` fit to show in a message or a log: every secret it may carry replaced by
     ``***``. A password (also one holding unencoded ``/``, ``#``, ``?``), the values of secret
     parameters (``password=``, ``sslpassword=``, ``key=``, ``apikey=``, ``token=``,
     ``secret=``, ... in the query or the fragment) and Supabase keys anywhere; a URL whose
     ``@`` cannot be placed is shown as ``scheme://***``. Text that is not a URL (a libpq
-    keyword string, a class name) has its secret ``name=value`` pairs masked."""
+    keyword string, a class name) has its secret ``name=value`` pairs masked. A PostgreSQL
+    URL is shown by ``postgres`` (which reads it by libpq's rules) when given."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         shown = _PAIR.sub(lambda m: f"{m[1]}{m[2]}***" if is_secret_param(m[1]) else m[0], url)
-    elif scheme.lower().split("+", 1)[0] in ("postgresql", "postgres"):
-        from usageflow.stores.postgres import display_url
-
-        shown = display_url(url)
+    elif postgres is not None and scheme.lower().split("+", 1)[0] in ("postgresql", "postgres"):
+        shown = postgres(url)
     else:
         shown = _redact_generic(scheme, rest)
     return _KEYS.sub("***", shown)

@@ -48,18 +48,15 @@ from urllib.parse import quote as urlquote
 
 from usageflow.errors import UsageFlowError, config_error, missing_dependency
 from usageflow.stores._functions import TABLE_OF as _TABLE_OF
-from usageflow.stores._functions import FunctionStore
+from usageflow.stores._functions import AsyncFunctionStore, FunctionStore
 from usageflow.stores._redact import credentials_end, is_secret_param
 from usageflow.stores.base import (
-    AsyncStore,
     Tables,
 )
 from usageflow.stores.sql import (
     ADOPTION_REFUSED,
     API_FUNCTIONS,
     SCHEMA_VERSION,
-    decode,
-    encode,
     function_name,
     quote,
     render,
@@ -647,10 +644,6 @@ class PostgresStore(FunctionStore):
 
         threading.Thread(target=run, name="usageflow-pool-check", daemon=True).start()
 
-    def _invoke(self, operation: str, kwargs: Mapping[str, Any]) -> Any:
-        suffix, args = encode(operation, kwargs)
-        return decode(operation, self._rpc(operation, suffix, args))
-
     # -- lifecycle ----------------------------------------------------------------------------
     def migration_sql(self) -> str:
         """The full migration (schema, functions, grants) for this store's table names."""
@@ -777,7 +770,7 @@ class _AsyncPool:
         self.abandon()
 
 
-class AsyncPostgresStore(AsyncStore):
+class AsyncPostgresStore(AsyncFunctionStore):
     """The asyncio face of :class:`PostgresStore`: the same function calls over
     ``psycopg.AsyncConnection``, so the event loop never waits on the database."""
 
@@ -814,22 +807,14 @@ class AsyncPostgresStore(AsyncStore):
             raise _failure(self.settings, self.tables, exc, operation) from None
         return row[0] if row else None
 
-    async def call(self, method: str, kwargs: dict[str, Any]) -> Any:
-        """Run the store operation ``method`` (see :class:`~usageflow.stores.base.Store`)."""
-        if method == "migrate":
-            await self._execute("migrate", render(self.tables).encode(), None)
-            return SCHEMA_VERSION
-        if method == "connection_check":
-            return await self._execute("connection_check", "SELECT 1", ()) == 1
-        if method == "close":
-            await self.aclose()
-            return None
-        if method == "migration_sql":
-            return render(self.tables)
-        suffix, args = encode(method, kwargs)
-        return decode(method, await self.call_function(method, suffix, args))
+    async def migrate(self) -> int:
+        await self._execute("migrate", render(self.tables).encode(), None)
+        return SCHEMA_VERSION
 
-    async def call_function(self, operation: str, suffix: str, args: Mapping[str, Any]) -> Any:
+    async def connection_check(self) -> bool:
+        return bool(await self._execute("connection_check", "SELECT 1", ()) == 1)
+
+    async def _rpc(self, operation: str, suffix: str, args: Mapping[str, Any]) -> Any:
         params = self._calls.params(suffix, args, self._psycopg.types.json.Jsonb)
         return await self._execute(operation, self._calls.sql[suffix], params)
 

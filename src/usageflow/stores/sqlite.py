@@ -27,20 +27,24 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from usageflow.errors import UsageFlowError, config_error, invalid, reservation_error
 from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
-from usageflow.stores._sqlite_adopt import adopt
-from usageflow.stores.base import (
-    HOLD_GRACE,
+from usageflow.ops import (
     PROFILE_FIELDS,
     Charge,
     HourlyTotal,
     ResetInfo,
-    Store,
+    StoreCall,
     StripeApplied,
     StripeLink,
     StripePrice,
     StripeSubscription,
+)
+from usageflow.stores._sqlite_adopt import adopt
+from usageflow.stores._sqlite_async import SQLiteAsyncStore, WouldBlock
+from usageflow.stores.base import (
+    HOLD_GRACE,
+    AsyncStore,
+    Store,
     Tables,
-    WouldBlock,
     check_total,
     fits,
     window_used,
@@ -107,6 +111,7 @@ def schema_sql(t: Tables) -> str:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class _Slot:
@@ -143,9 +148,15 @@ class _RollBack(Exception):
 
 
 class SQLiteStore(Store):
-    """A SQLite database file shared by threads and processes."""
+    """A SQLite database file shared by threads and processes.
+
+    Each operation of :mod:`usageflow.ops` is the method of its name. For its event-loop face
+    (:class:`~usageflow.stores._sqlite_async.SQLiteAsyncStore`) it also offers the hooks of
+    :class:`~usageflow.stores._sqlite_async.Scheduled`: no-wait calls, batches, upkeep.
+    """
 
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+    stripe: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -260,6 +271,13 @@ class SQLiteStore(Store):
         with self._pool_lock:
             self._all.add(conn)
         return conn
+
+    def call(self, op: StoreCall[T]) -> T:
+        result: T = getattr(self, op.method)(**op.kwargs)
+        return result
+
+    def to_async(self) -> AsyncStore:
+        return SQLiteAsyncStore(self)
 
     # -- calls on an event loop ----------------------------------------------------------------
     #: Bounded operations (a few index seeks, one short transaction) worth trying inline.
@@ -1364,30 +1382,6 @@ class MemoryStore(SQLiteStore):
         with self._lock:
             self._connection()
         return SCHEMA_VERSION
-
-    def nowait_methods(self) -> frozenset[str]:
-        return frozenset()
-
-    def batch_methods(self) -> frozenset[str]:
-        return frozenset()
-
-    def call_nowait(self, method: str, kwargs: dict[str, Any]) -> Any:
-        return getattr(self, method)(**kwargs)
-
-    def run_batch(
-        self, calls: Sequence[tuple[str, dict[str, Any]]], *, nowait: bool = False
-    ) -> list[tuple[bool, Any]]:
-        """Each call in its own transaction, in order (nothing is saved by sharing one)."""
-        results: list[tuple[bool, Any]] = []
-        for method, kwargs in calls:
-            try:
-                results.append((True, getattr(self, method)(**kwargs)))
-            except Exception as exc:
-                results.append((False, exc))
-        return results
-
-    def upkeep(self) -> Callable[[], None] | None:
-        return None
 
     def checkpoint(self) -> None:
         """Nothing to do: a memory database has no WAL."""

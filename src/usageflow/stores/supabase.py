@@ -24,13 +24,12 @@ from typing import Any, ClassVar
 
 from usageflow.errors import UsageFlowError, config_error, missing_dependency
 from usageflow.stores._functions import TABLE_OF as _TABLE_OF
-from usageflow.stores._functions import FunctionStore
+from usageflow.stores._functions import AsyncFunctionStore, FunctionStore
 from usageflow.stores._redact import redact_url
 from usageflow.stores.base import (
-    AsyncStore,
     Tables,
 )
-from usageflow.stores.sql import SCHEMA_VERSION, decode, encode, function_name, render
+from usageflow.stores.sql import SCHEMA_VERSION, function_name, render
 
 __all__ = ["AsyncSupabaseStore", "SupabaseStore"]
 
@@ -214,10 +213,6 @@ class SupabaseStore(FunctionStore):
             raise self._settings.failure(exc, operation) from None
         return response.data
 
-    def _invoke(self, operation: str, kwargs: Mapping[str, Any]) -> Any:
-        suffix, args = encode(operation, kwargs)
-        return decode(operation, self._rpc(operation, suffix, args))
-
     # -- lifecycle ----------------------------------------------------------------------------
     def migration_sql(self) -> str:
         """The SQL to paste into the Supabase SQL editor (schema, functions, RLS, grants)."""
@@ -250,7 +245,7 @@ def _suffixes() -> tuple[str, ...]:
     return tuple(API_FUNCTIONS)
 
 
-class AsyncSupabaseStore(AsyncStore):
+class AsyncSupabaseStore(AsyncFunctionStore):
     """The asyncio face of :class:`SupabaseStore`: one awaited ``rpc()`` per operation, with
     the client of ``supabase.acreate_client`` (made on first use, in the running loop)."""
 
@@ -290,17 +285,12 @@ class AsyncSupabaseStore(AsyncStore):
             raise self._settings.failure(exc, operation) from None
         return response.data
 
-    async def call(self, method: str, kwargs: dict[str, Any]) -> Any:
-        """Run the store operation ``method`` (see :class:`~usageflow.stores.base.Store`)."""
-        if method == "migrate":
-            return self._settings.check_version(await self._rpc("migrate", "version", {}))
-        if method == "connection_check":
-            await self._rpc("connection_check", "version", {})
-            return True
-        if method == "migration_sql":
-            return render(self._settings.tables)
-        suffix, args = encode(method, kwargs)
-        return decode(method, await self._rpc(method, suffix, args))
+    async def migrate(self) -> int:
+        return self._settings.check_version(await self._rpc("migrate", "version", {}))
+
+    async def connection_check(self) -> bool:
+        await self._rpc("connection_check", "version", {})
+        return True
 
     async def aclose(self) -> None:
         http, self._http = self._http, None

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
-from usageflow import _log
-from usageflow._core import Core, Op, call
+from usageflow import _log, ops
+from usageflow._core import Core, Op
 from usageflow.errors import UsageFlowError, config_error, invalid, missing_dependency
 from usageflow.models import Plan
 from usageflow.stripe.events import Changes, decide, object_id, subscription_state
@@ -312,8 +312,8 @@ def export_usage(
     cursor = 0
     oldest = core.now() - METER_MAX_AGE
     while True:
-        cursor, rows = yield call(
-            "stripe_export_batch", meter=meter, feature_name=feature_name, limit=batch_size
+        cursor, rows = yield from ops.stripe_export_batch(
+            meter=meter, feature_name=feature_name, limit=batch_size
         )
         if not rows:
             break
@@ -341,11 +341,11 @@ def export_usage(
                 )
                 if isinstance(result, UsageFlowError):
                     if done > cursor:
-                        yield call("advance_stripe_cursor", meter=meter, event_id=done)
+                        yield from ops.advance_stripe_cursor(meter=meter, event_id=done)
                     raise result
                 sent += 1
             done = event.id
-        cursor = yield call("advance_stripe_cursor", meter=meter, event_id=done)
+        cursor = yield from ops.advance_stripe_cursor(meter=meter, event_id=done)
         if len(rows) < batch_size:
             break
     return ExportResult(

@@ -38,8 +38,8 @@ from usageflow.errors import (
     invalid,
     missing_dependency,
 )
+from usageflow.ops import StripeLink, StripePrice, StripeSubscription
 from usageflow.quota import ENDED_STATUSES
-from usageflow.stores.base import StripeLink, StripePrice, StripeSubscription
 from usageflow.stripe.prices import price_amount
 from usageflow.stripe.results import WebhookAction, WebhookReason
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from usageflow import _log
-from usageflow._core import Core, Op, call
-from usageflow.stores.base import StripeApplied
+from usageflow import _log, ops
+from usageflow._core import Core, Op
+from usageflow.ops import StripeApplied
 from usageflow.stripe.events import (
     DEFAULT_TOLERANCE,
     Changes,
@@ -33,8 +33,7 @@ def apply_changes(
     """Apply ``changes`` in one store call (``event_id`` ``None``: nothing recorded as
     processed, as for reconcile), then forget the cached plans or user they touched."""
     now = core.now()
-    applied: StripeApplied = yield call(
-        "apply_stripe_event",
+    applied = yield from ops.apply_stripe_event(
         event_id=event_id,
         event_type=kind,
         created=datetime.fromtimestamp(created, tz=timezone.utc),

@@ -27,15 +27,8 @@ from typing import Any
 
 from usageflow.errors import UsageFlowError, invalid, reservation_error
 from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
-from usageflow.stores.base import (
-    HOLD_GRACE,
-    Charge,
-    HourlyTotal,
-    ResetInfo,
-    StripeApplied,
-    StripeSubscription,
-    Tables,
-)
+from usageflow.ops import Charge, HourlyTotal, ResetInfo, StripeApplied, StripeSubscription
+from usageflow.stores.base import HOLD_GRACE, Tables
 
 __all__ = [
     "ADOPTION_REFUSED",

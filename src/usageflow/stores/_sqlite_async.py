@@ -1,37 +1,85 @@
-"""The async face of a synchronous store."""
+"""The asyncio face of the SQLite store: its calls scheduled around an event loop.
+
+The store offers the hooks of :class:`Scheduled`; this face decides when to use them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
-from usageflow.stores.base import AsyncStore, Store, WouldBlock
+from usageflow.ops import StoreCall
+from usageflow.stores.base import AsyncStore
 
 logger = logging.getLogger("usageflow")
 
+T = TypeVar("T")
 _Pending = tuple[str, dict[str, Any], "asyncio.Future[Any]"]
 
 
-class ThreadedAsyncStore(AsyncStore):
-    """Runs a store's calls in the default executor when they block, inline when they don't.
+class WouldBlock(Exception):
+    """Raised by :meth:`Scheduled.call_nowait` and :meth:`Scheduled.run_batch` when the call
+    would have to wait (a lock is taken): nothing was written, and the caller runs the call in
+    a worker thread instead."""
 
-    * A non-blocking store (memory) is called inline: it holds only a short in-process lock.
-    * A blocking store's :meth:`~Store.batch_methods` (SQLite's decisions) are **grouped**:
-      the decisions asked for during one turn of the event loop run one after the other in
-      one transaction (:meth:`~Store.run_batch`), so that concurrent requests share a commit
-      (an fsync, with ``synchronous=full``). Each still sees the ones before it, so limits stay
-      exact, and each caller gets its answer once the transaction is committed.
-    * A blocking store's :meth:`~Store.nowait_methods` are first tried inline with
-      :meth:`~Store.call_nowait` (SQLite with ``synchronous=normal``: a decision is a few index
-      seeks and a commit with no fsync, cheaper than the two thread switches it would take);
-      the same goes for the batches. When that would wait for a lock, the work goes to a
-      worker thread; while a batch waits there, the decisions that come meanwhile queue for
-      the next batch rather than follow it into threads.
+
+class Scheduled(Protocol):
+    """What the SQLite store offers its event-loop face."""
+
+    @property
+    def blocking(self) -> bool:
+        """False for ``memory://``: no call waits on I/O, so every call runs inline."""
+
+    def call(self, op: StoreCall[T]) -> T: ...
+
+    def close(self) -> None: ...
+
+    def nowait_methods(self) -> frozenset[str]:
+        """The operations :meth:`call_nowait` may run on an event loop."""
+
+    def call_nowait(self, method: str, kwargs: dict[str, Any]) -> Any:
+        """Run ``method`` at once if it need not wait for a lock or the disk, else raise
+        :class:`WouldBlock` having written nothing."""
+
+    def batch_methods(self) -> frozenset[str]:
+        """The writes :meth:`run_batch` may group into one transaction."""
+
+    def run_batch(
+        self, calls: Sequence[tuple[str, dict[str, Any]]], *, nowait: bool = False
+    ) -> list[tuple[bool, Any]]:
+        """Run ``calls`` one after the other in **one** transaction (group commit): each sees
+        the ones before it, and a call that fails leaves no trace and does not affect the
+        others. Returns ``(True, result)`` or ``(False, exception)`` per call, once the whole
+        transaction is committed; if the commit fails, raises and nothing is written. With
+        ``nowait``, raises :class:`WouldBlock` (nothing written) instead of waiting for a
+        lock."""
+
+    def upkeep(self) -> Callable[[], None] | None:
+        """Work owed by :meth:`call_nowait` calls (such as a WAL checkpoint), to be run in a
+        worker thread; ``None`` when nothing is due. Each piece is handed out once."""
+
+
+class SQLiteAsyncStore(AsyncStore):
+    """Runs the store's calls in the default executor when they block, inline when they don't.
+
+    * ``memory://`` (not ``blocking``) is called inline: it holds only a short in-process lock.
+    * The decisions (:meth:`~Scheduled.batch_methods`) are **grouped**: the decisions asked
+      for during one turn of the event loop run one after the other in one transaction
+      (:meth:`~Scheduled.run_batch`), so that concurrent requests share a commit (an fsync,
+      with ``synchronous=full``). Each still sees the ones before it, so limits stay exact,
+      and each caller gets its answer once the transaction is committed.
+    * :meth:`~Scheduled.nowait_methods` are first tried inline with
+      :meth:`~Scheduled.call_nowait` (``synchronous=normal``: a decision is a few index seeks
+      and a commit with no fsync, cheaper than the two thread switches it would take); the
+      same goes for the batches. When that would wait for a lock, the work goes to a worker
+      thread; while a batch waits there, the decisions that come meanwhile queue for the next
+      batch rather than follow it into threads.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Scheduled) -> None:
         self.store = store
         self.can_suspend = store.blocking
         self._nowait = store.nowait_methods() if store.blocking else frozenset()
@@ -41,22 +89,25 @@ class ThreadedAsyncStore(AsyncStore):
         self._queue_loop: asyncio.AbstractEventLoop | None = None
         self._batch_in_thread = False
 
-    async def call(self, method: str, kwargs: dict[str, Any]) -> Any:
+    async def call(self, op: StoreCall[T]) -> T:
         store = self.store
         if not store.blocking:  # the memory store: inline, one coroutine frame
-            return getattr(store, method)(**kwargs)
-        return await self._blocking_call(method, kwargs, False)
+            return store.call(op)
+        result: T = await self._blocking_call(op, False)
+        return result
 
-    async def call_shielded(self, method: str, kwargs: dict[str, Any]) -> Any:
+    async def call_shielded(self, op: StoreCall[T]) -> T:
         """Shielded without a task of its own: what a call waits for is a future (a batch
         slot, a worker thread), and only that wait is shielded; an inline call cannot be
         cancelled midway."""
         if not self.store.blocking:
-            return await self.call(method, kwargs)
-        return await self._blocking_call(method, kwargs, True)
+            return self.store.call(op)
+        result: T = await self._blocking_call(op, True)
+        return result
 
-    async def _blocking_call(self, method: str, kwargs: dict[str, Any], shield: bool) -> Any:
+    async def _blocking_call(self, op: StoreCall[Any], shield: bool) -> Any:
         store = self.store
+        method, kwargs = op.method, op.kwargs
         loop = asyncio.get_running_loop()
         if method in self._batched and self._queue_loop in (None, loop):
             return await self._wait(self._grouped(loop, method, kwargs), shield)
@@ -68,7 +119,7 @@ class ThreadedAsyncStore(AsyncStore):
             else:
                 self._start_upkeep(loop)
                 return result
-        work = loop.run_in_executor(None, functools.partial(getattr(store, method), **kwargs))
+        work = loop.run_in_executor(None, store.call, op)
         return await self._wait(work, shield)
 
     @staticmethod

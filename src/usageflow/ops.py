@@ -1,0 +1,470 @@
+"""The edge between the core and the stores: every store operation, declared once.
+
+An operation is a typed request, :class:`StoreCall[T] <StoreCall>`, made by one of the
+functions below. The core yields it and gets a ``T`` back::
+
+    charge = yield from ops.charge(user_id=..., feature_name=..., ...)   # a Charge
+
+a flow's driver hands it to its store (``store.call(op)`` / ``await astore.call(op)``), and
+mypy checks both what the core asks and what it gets. A store implements an operation under
+its name: the SQLite store as a method, the PostgreSQL and Supabase stores as the SQL function
+their one table (:data:`usageflow.stores.sql.OPERATIONS`) maps it to. Each function's
+docstring is the promise every store keeps; the conformance suite checks it.
+
+The values operations answer with live here too: they belong to neither side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar
+
+from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+
+__all__ = [
+    "OPERATIONS",
+    "PROFILE_FIELDS",
+    "STRIPE_OPERATIONS",
+    "Charge",
+    "HourlyTotal",
+    "ResetInfo",
+    "StoreCall",
+    "StripeApplied",
+    "StripeLink",
+    "StripePrice",
+    "StripeSubscription",
+]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class StoreCall(Generic[T]):
+    """One store operation: its name and keyword arguments; it answers a ``T``.
+
+    ``yield from`` it inside a core operation to yield it and get the store's answer back.
+    """
+
+    __slots__ = ("kwargs", "method")
+
+    def __init__(self, method: str, kwargs: dict[str, Any]) -> None:
+        self.method = method
+        self.kwargs = kwargs
+
+    def __iter__(self) -> Generator[StoreCall[T], Any, T]:
+        result: T = yield self
+        return result
+
+    def __repr__(self) -> str:
+        return f"StoreCall({self.method!r})"  # no arguments: they may hold user data
+
+
+#: The profile columns :func:`upsert_profile` may set.
+PROFILE_FIELDS = (
+    "email",
+    "plan",
+    "subscription_status",
+    "stripe_customer_id",
+    "current_period_start",
+    "current_period_end",
+)
+
+#: The name of every operation, in the order they are declared here.
+OPERATIONS: list[str] = []
+
+
+def _operation(fn: Callable[P, StoreCall[T]]) -> Callable[P, StoreCall[T]]:
+    OPERATIONS.append(fn.__name__)
+    return fn
+
+
+# -- the values operations answer with --------------------------------------------------------
+class Charge(NamedTuple):
+    """What a store did for a charge or a reservation (a named tuple: one is built per
+    decision, and a tuple is built in a third of a frozen dataclass's time).
+
+    ``used`` is the recorded usage in the window after the operation, ``held`` the credits held
+    by live reservations (this one included when it was granted). ``event`` is the ledger row
+    written (or, when ``replayed``, the one an idempotency key matched). ``reservation_id`` is
+    set for reservations; ``first_credits``, for a replayed one, is what its first request
+    held (so that a replay with other credits is refused).
+    """
+
+    allowed: bool
+    used: int
+    held: int
+    event: UsageEvent | None = None
+    replayed: bool = False
+    reservation_id: str | None = None
+    first_credits: int | None = None
+
+
+@dataclass(frozen=True)
+class ResetInfo:
+    total: int
+    last_reset_at: datetime | None
+    pre_reset_total: int
+
+
+@dataclass(frozen=True)
+class HourlyTotal:
+    user_id: str
+    feature_name: str
+    hour: datetime
+    total: int
+
+
+@dataclass(frozen=True)
+class StripePrice:
+    """A price change from a ``price.*`` event: what :func:`update_price` writes."""
+
+    stripe_price_id: str
+    price_amount: Decimal | None
+    price_currency: str | None
+
+
+@dataclass(frozen=True)
+class StripeLink:
+    """A Stripe customer to link to a user (from ``checkout.session.completed``).
+
+    ``user_id`` is the ``client_reference_id`` the app put on the Payment Link; without it the
+    user is the one profile whose ``email`` equals ``email`` (case-insensitively). ``order_key``
+    orders links of one customer: a link never replaces one with a greater or equal key.
+    """
+
+    customer_id: str
+    user_id: str | None
+    email: str | None
+    order_key: str
+
+
+@dataclass(frozen=True)
+class StripeSubscription:
+    """The state of one Stripe subscription as an event (or the API) shows it.
+
+    ``order_key`` is a string that sorts (bytewise) in the order the states happened; a state
+    never replaces one with a greater or equal key. With ``period_guard`` (``invoice.paid``,
+    which may be paid late for an old period) it also never replaces a state whose
+    ``current_period_end`` is later than its own. ``started`` is the subscription's own
+    ``created`` (``None`` when the event does not carry it: ``invoice.paid``) and ``ended`` is
+    true for statuses after which its plan no longer applies: both choose which of a user's
+    subscriptions the profile shows.
+    """
+
+    subscription_id: str
+    customer_id: str
+    order_key: str
+    started: datetime | None
+    ended: bool
+    plan: str
+    status: str
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    period_guard: bool = False
+
+
+@dataclass(frozen=True)
+class StripeApplied:
+    """What :func:`apply_stripe_event` did: ``action`` is ``applied``, ``duplicate`` (the
+    event id was processed before: nothing written), ``stale`` (an older state than the stored
+    one: only the event id recorded), ``pending`` (a subscription whose customer is linked to
+    no user yet: stored, applied when the customer is linked) or ``ignored``. ``user_id`` is
+    the user whose profile the event concerns, when known."""
+
+    action: str
+    user_id: str | None = None
+
+
+# -- plans, limits, profiles, adjustments -------------------------------------------------------
+@_operation
+def load_catalog() -> StoreCall[list[Plan]]:
+    """Every plan, with its feature limits."""
+    return StoreCall("load_catalog", {})
+
+
+@_operation
+def upsert_plan(
+    *,
+    name: str,
+    stripe_price_id: str | None,
+    price_amount: Decimal | None,
+    price_currency: str | None,
+    is_free: bool,
+    payment_link_url: str | None,
+) -> StoreCall[Plan]:
+    """Create a plan, or update the one with this ``stripe_price_id`` (or, when that is
+    ``None``, the price-less plan with this ``name``)."""
+    return StoreCall("upsert_plan", locals())
+
+
+@_operation
+def set_feature_limit(
+    *, plan_id: int, feature_name: str, limit_value: int, period: str
+) -> StoreCall[FeatureLimit]:
+    """Create or replace the limit of ``feature_name`` in a plan (unknown plan: error)."""
+    return StoreCall("set_feature_limit", locals())
+
+
+@_operation
+def update_price(
+    *, stripe_price_id: str, price_amount: Decimal | None, price_currency: str | None
+) -> StoreCall[int]:
+    """Set the price of the plan sold at ``stripe_price_id``; answer the rows changed."""
+    return StoreCall("update_price", locals())
+
+
+@_operation
+def get_profile(*, user_id: str) -> StoreCall[Profile | None]:
+    """The user's profile, ``None`` when there is none."""
+    return StoreCall("get_profile", locals())
+
+
+@_operation
+def upsert_profile(*, user_id: str, fields: dict[str, Any]) -> StoreCall[Profile]:
+    """Create the profile or set the given columns (a subset of :data:`PROFILE_FIELDS`)."""
+    return StoreCall("upsert_profile", locals())
+
+
+@_operation
+def add_limit_adjustment(
+    *,
+    user_id: str,
+    feature_name: str,
+    amount: int,
+    type: str,
+    start_date: datetime,
+    end_date: datetime,
+    metadata: dict[str, Any] | None,
+) -> StoreCall[LimitAdjustment]:
+    """Record a limit adjustment of the user's feature."""
+    return StoreCall("add_limit_adjustment", locals())
+
+
+@_operation
+def get_limit_adjustments(
+    *, user_id: str, feature_name: str, ending_after: datetime
+) -> StoreCall[list[LimitAdjustment]]:
+    """The user's adjustments of a feature that end after ``ending_after``."""
+    return StoreCall("get_limit_adjustments", locals())
+
+
+# -- the ledger -------------------------------------------------------------------------------
+@_operation
+def charge(
+    *,
+    user_id: str,
+    feature_name: str,
+    credits: int,
+    event_type: str,
+    limit: int | None,
+    window_start: datetime | None,
+    now: datetime,
+    metadata: dict[str, Any] | None,
+    idempotency_key: str | None,
+) -> StoreCall[Charge]:
+    """Atomically: if ``fits(used, held, credits, limit)``, append an event and bump the
+    counter. ``limit=None`` always records (tracking, refunds). A known idempotency key
+    records nothing and answers the earlier event with ``replayed=True``."""
+    return StoreCall("charge", locals())
+
+
+@_operation
+def reserve(
+    *,
+    reservation_id: str,
+    user_id: str,
+    feature_name: str,
+    credits: int,
+    limit: int | None,
+    window_start: datetime | None,
+    now: datetime,
+    expires_at: datetime,
+    idempotency_key: str | None,
+) -> StoreCall[Charge]:
+    """Atomically: if the credits fit, hold them until ``expires_at``. A reservation id
+    used before is invalid input (``USAGE_INVALID_PARAMS``) on every store."""
+    return StoreCall("reserve", locals())
+
+
+@_operation
+def settle(
+    *, reservation_id: str, credits: int | None, now: datetime, metadata: dict[str, Any] | None
+) -> StoreCall[UsageEvent | None]:
+    """Commit (``credits`` given: record them, free the hold) or release (``None``) a
+    reservation. Committing twice answers the first event; an expired hold still commits;
+    committing a released one, or an unknown id, is a ``USAGE_RESERVATION_ERROR``."""
+    return StoreCall("settle", locals())
+
+
+@_operation
+def usage(
+    *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime
+) -> StoreCall[tuple[int, int]]:
+    """``(recorded usage in the window, credits held now)``, read consistently."""
+    return StoreCall("usage", locals())
+
+
+@_operation
+def reset(
+    *,
+    user_id: str,
+    feature_name: str,
+    window_start: datetime | None,
+    now: datetime,
+    metadata: dict[str, Any] | None,
+) -> StoreCall[UsageEvent]:
+    """Record a reset event: usage in windows containing ``now`` restarts from zero. The
+    usage it zeroed is stored as ``metadata['pre_reset_total']``."""
+    return StoreCall("reset", locals())
+
+
+@_operation
+def usage_since_reset(*, user_id: str, feature_name: str) -> StoreCall[ResetInfo]:
+    """The key's total, its last reset and the usage that reset zeroed."""
+    return StoreCall("usage_since_reset", locals())
+
+
+@_operation
+def hourly_totals(
+    *,
+    user_ids: Sequence[str],
+    feature_names: Sequence[str],
+    start: datetime | None,
+    end: datetime,
+) -> StoreCall[list[HourlyTotal]]:
+    """Net credits per (user, feature, UTC hour) in ``[start, end)``, resets excluded,
+    in one query."""
+    return StoreCall("hourly_totals", locals())
+
+
+@_operation
+def list_events(
+    *, user_id: str, feature_name: str | None = None, limit: int = 100
+) -> StoreCall[list[UsageEvent]]:
+    """The user's most recent events, newest first."""
+    return StoreCall("list_events", locals())
+
+
+@_operation
+def ledger_check(*, user_id: str, feature_name: str) -> StoreCall[tuple[int, int]]:
+    """``(counter total, SUM of the ledger)`` of a key: equal in a healthy store."""
+    return StoreCall("ledger_check", locals())
+
+
+@_operation
+def top_usage(
+    *, feature_name: str, window_start: datetime | None, limit: int
+) -> StoreCall[list[tuple[str, int]]]:
+    """``(user_id, used)`` of the users with the most recorded usage of ``feature_name`` in
+    the window starting at ``window_start`` (``None``: lifetime), measured as :func:`usage`
+    measures it (holds left out), most first, ties by user id (bytewise); users whose usage
+    is zero or less are left out; at most ``limit`` rows. Read from the feature's counters
+    rows (one prefix seek each): the cost grows with the number of users of the feature,
+    not with the ledger."""
+    return StoreCall("top_usage", locals())
+
+
+@_operation
+def list_recent_events(*, feature_name: str | None, limit: int) -> StoreCall[list[UsageEvent]]:
+    """The most recent ledger events of every user (of ``feature_name`` when given), newest
+    (greatest id) first, at most ``limit``."""
+    return StoreCall("list_recent_events", locals())
+
+
+# -- Stripe (webhooks, reconcile, metered billing export) --------------------------------------
+@_operation
+def apply_stripe_event(
+    *,
+    event_id: str | None,
+    event_type: str,
+    created: datetime,
+    now: datetime,
+    price: StripePrice | None = None,
+    link: StripeLink | None = None,
+    subscription: StripeSubscription | None = None,
+) -> StoreCall[StripeApplied]:
+    """Apply what one Stripe event decided, atomically (all of it or nothing), once.
+
+    In one transaction:
+
+    1. ``event_id`` already in ``stripe_events``: answer ``duplicate`` with the user id
+       recorded then; write nothing. (``event_id=None``, used by reconcile, is never
+       recorded and never a duplicate.)
+    2. ``price``: as :func:`update_price` (plans keep their row when a price is deleted).
+    3. ``link``: the user is ``link.user_id`` (its profile created when missing) or the
+       single profile with ``lower(email) = lower(link.email)``; none or several: ``ignored``.
+       If ``stripe_customers`` holds the customer with an ``order_key`` >= the link's:
+       ``stale``. Else upsert ``(customer_id, user_id, order_key)``, set the profile's
+       ``email`` when it is NULL, and refresh the user's profile (below).
+    4. ``subscription``: if ``stripe_subscriptions`` holds it with ``order_key`` >= the new
+       one (or, with ``period_guard``, with a later ``current_period_end``): ``stale`` (but a
+       stored ``started`` that is NULL is still set from a non-NULL one). Else upsert the row,
+       keeping the stored ``started`` when the new one is NULL. The user is the customer's row
+       in ``stripe_customers``, else the profile whose ``stripe_customer_id`` is the customer
+       (then a customer row with ``order_key = ''`` is written); neither: ``pending``. Else
+       refresh the profile.
+    5. Record ``(event_id, event_type, created, action, user_id, now)`` in ``stripe_events``.
+
+    *Refresh the profile of user U* (the row is created when missing): among the
+    subscriptions of every customer linked to U, take the first by ``ended`` (false first),
+    ``started`` descending (NULL last), ``subscription_id`` descending, and set the profile's
+    ``stripe_customer_id``, ``plan``, ``subscription_status``, ``current_period_start`` and
+    ``current_period_end`` from it; with no subscription, set only ``stripe_customer_id`` to
+    U's customer with the greatest ``order_key``. The action is ``applied`` unless a step
+    above said otherwise.
+
+    Order keys and ids compare bytewise (in PostgreSQL: ``COLLATE "C"``). When several
+    profiles have the customer as ``stripe_customer_id``, the one with the lowest id wins.
+    """
+    return StoreCall("apply_stripe_event", locals())
+
+
+@_operation
+def stripe_export_batch(
+    *, meter: str, feature_name: str | None, limit: int
+) -> StoreCall[tuple[int, list[tuple[UsageEvent, str | None]]]]:
+    """``(cursor, rows)``: the meter's cursor in ``stripe_exports`` (0 when none) and up to
+    ``limit`` ledger events with ``id > cursor`` (of ``feature_name`` when given), by id
+    ascending, each with its user's ``profiles.stripe_customer_id`` (``None`` without)."""
+    return StoreCall("stripe_export_batch", locals())
+
+
+@_operation
+def advance_stripe_cursor(*, meter: str, event_id: int) -> StoreCall[int]:
+    """Set the meter's cursor to ``max(cursor, event_id)``; answer the new cursor."""
+    return StoreCall("advance_stripe_cursor", locals())
+
+
+@_operation
+def pending_stripe_subscriptions(*, limit: int) -> StoreCall[list[StripeSubscription]]:
+    """The subscriptions kept ``pending`` (see :func:`apply_stripe_event`): rows of
+    ``stripe_subscriptions`` whose customer has no row in ``stripe_customers``, ordered by
+    ``started`` descending (NULL last), then ``subscription_id`` (bytewise), at most
+    ``limit``. ``period_guard`` is always false."""
+    return StoreCall("pending_stripe_subscriptions", locals())
+
+
+#: The operations of Stripe's storage: a store offers all of them or none
+#: (:attr:`usageflow.stores.base.Store.stripe`).
+STRIPE_OPERATIONS = frozenset(
+    {
+        "apply_stripe_event",
+        "stripe_export_batch",
+        "advance_stripe_cursor",
+        "pending_stripe_subscriptions",
+    }
+)
+
+
+# -- lifecycle: every store runs these as its own methods ----------------------------------------
+def migrate() -> StoreCall[int]:
+    """Create or upgrade the schema, idempotently; answer the schema version."""
+    return StoreCall("migrate", {})
+
+
+def connection_check() -> StoreCall[bool]:
+    """True when the store answers a trivial query."""
+    return StoreCall("connection_check", {})
