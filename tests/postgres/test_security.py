@@ -23,8 +23,10 @@ from tests.support.postgres import store_url
 from tests.support.postgrest import PostgrestStandIn, make_key
 from usageflow import ErrorCodes, UsageFlow, UsageFlowError
 from usageflow.stores.base import Tables
-from usageflow.stores.sql import API_FUNCTIONS, SCHEMA_VERSION, function_name
+from usageflow.stores.sql import SCHEMA_VERSION, api_functions, function_name
 from usageflow.stores.supabase import SupabaseStore
+
+API_FUNCTIONS = api_functions()
 
 TABLES = Tables()
 TABLE_NAMES = [

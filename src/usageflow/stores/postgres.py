@@ -55,8 +55,8 @@ from usageflow.stores.base import (
 )
 from usageflow.stores.sql import (
     ADOPTION_REFUSED,
-    API_FUNCTIONS,
     SCHEMA_VERSION,
+    api_functions,
     function_name,
     quote,
     render,
@@ -473,7 +473,7 @@ class _Calls:
     def __init__(self, tables: Tables) -> None:
         self.sql: dict[str, str] = {}
         self.order: dict[str, tuple[str, ...]] = {}
-        for suffix, params in API_FUNCTIONS.items():
+        for suffix, params in api_functions().items():
             args = ", ".join(f"%s::{sql_type}" for _, sql_type in params)
             self.sql[suffix] = f"SELECT {quote(function_name(tables, suffix))}({args})"
             self.order[suffix] = tuple(name for name, _ in params)

@@ -240,9 +240,9 @@ class SupabaseStore(FunctionStore):
 
 
 def _suffixes() -> tuple[str, ...]:
-    from usageflow.stores.sql import API_FUNCTIONS
+    from usageflow.stores.sql import api_functions
 
-    return tuple(API_FUNCTIONS)
+    return tuple(api_functions())
 
 
 class AsyncSupabaseStore(AsyncFunctionStore):

@@ -32,11 +32,11 @@ from usageflow.stores.base import HOLD_GRACE, Tables
 
 __all__ = [
     "ADOPTION_REFUSED",
-    "API_FUNCTIONS",
     "OPERATIONS",
     "SCHEMA_VERSION",
     "decode",
     "encode",
+    "api_functions",
     "function_name",
     "render",
     "render_sqlite",
@@ -53,122 +53,38 @@ ADOPTION_REFUSED = "UF001"
 
 _TS = "timestamptz"
 
-#: The functions the stores call: name suffix -> ordered (parameter, SQL type).
-API_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
-    "charge": (
-        ("p_user_id", "text"),
-        ("p_feature_name", "text"),
-        ("p_credits", "bigint"),
-        ("p_event_type", "text"),
-        ("p_limit", "bigint"),
-        ("p_window_start", _TS),
-        ("p_now", _TS),
-        ("p_metadata", "jsonb"),
-        ("p_idempotency_key", "text"),
-    ),
-    "reserve": (
-        ("p_reservation_id", "text"),
-        ("p_user_id", "text"),
-        ("p_feature_name", "text"),
-        ("p_credits", "bigint"),
-        ("p_limit", "bigint"),
-        ("p_window_start", _TS),
-        ("p_now", _TS),
-        ("p_expires_at", _TS),
-        ("p_idempotency_key", "text"),
-    ),
-    "settle": (
-        ("p_reservation_id", "text"),
-        ("p_credits", "bigint"),
-        ("p_now", _TS),
-        ("p_metadata", "jsonb"),
-    ),
-    "usage": (
-        ("p_user_id", "text"),
-        ("p_feature_name", "text"),
-        ("p_window_start", _TS),
-        ("p_now", _TS),
-    ),
-    "reset": (
-        ("p_user_id", "text"),
-        ("p_feature_name", "text"),
-        ("p_window_start", _TS),
-        ("p_now", _TS),
-        ("p_metadata", "jsonb"),
-    ),
-    "since_reset": (("p_user_id", "text"), ("p_feature_name", "text")),
-    "hourly": (
-        ("p_user_ids", "text[]"),
-        ("p_feature_names", "text[]"),
-        ("p_start", _TS),
-        ("p_end", _TS),
-    ),
-    "events": (("p_user_id", "text"), ("p_feature_name", "text"), ("p_limit", "integer")),
-    "ledger_check": (("p_user_id", "text"), ("p_feature_name", "text")),
-    "top_users": (("p_feature_name", "text"), ("p_window_start", _TS), ("p_limit", "integer")),
-    "recent_events": (("p_feature_name", "text"), ("p_limit", "integer")),
-    "catalog": (),
-    "upsert_plan": (
-        ("p_name", "text"),
-        ("p_stripe_price_id", "text"),
-        ("p_price_amount", "numeric"),
-        ("p_price_currency", "text"),
-        ("p_is_free", "boolean"),
-        ("p_payment_link_url", "text"),
-    ),
-    "set_limit": (
-        ("p_plan_id", "bigint"),
-        ("p_feature_name", "text"),
-        ("p_limit_value", "bigint"),
-        ("p_period", "text"),
-    ),
-    "update_price": (
-        ("p_stripe_price_id", "text"),
-        ("p_price_amount", "numeric"),
-        ("p_price_currency", "text"),
-    ),
-    "get_profile": (("p_user_id", "text"),),
-    "upsert_profile": (("p_user_id", "text"), ("p_fields", "jsonb")),
-    "add_adjustment": (
-        ("p_user_id", "text"),
-        ("p_feature_name", "text"),
-        ("p_amount", "integer"),
-        ("p_type", "text"),
-        ("p_start_date", _TS),
-        ("p_end_date", _TS),
-        ("p_metadata", "jsonb"),
-    ),
-    "adjustments": (("p_user_id", "text"), ("p_feature_name", "text"), ("p_ending_after", _TS)),
-    "stripe_apply": (
-        ("p_event_id", "text"),
-        ("p_event_type", "text"),
-        ("p_created", _TS),
-        ("p_now", _TS),
-        ("p_price", "jsonb"),
-        ("p_link", "jsonb"),
-        ("p_subscription", "jsonb"),
-    ),
-    "stripe_batch": (("p_meter", "text"), ("p_feature_name", "text"), ("p_limit", "integer")),
-    "stripe_cursor": (("p_meter", "text"), ("p_event_id", "bigint")),
-    "stripe_pending": (("p_limit", "integer"),),
-    "version": (),
-}
+Signature = tuple[tuple[str, str], ...]
+_FUNCTION = re.compile(
+    r"CREATE OR REPLACE FUNCTION @fn_(\w+)@\((.*?)\)\s*RETURNS.*?(?=\$fn\$|\$\$)", re.S
+)
 
-#: Internal helpers: suffix -> argument types ("@x@" names a table's row type).
-_HELPERS: dict[str, tuple[str, ...]] = {
-    "us": (_TS,),
-    "event_json": ("@events@",),
-    "used": ("@counters@", _TS),
-    "lock": ("text", "text"),
-    "held": ("@counters@", _TS),
-    "prune_holds": ("text", "text", _TS),
-    "append": ("@counters@", "bigint", "text", _TS, "jsonb", "text"),
-    "overflows": ("bigint", "bigint"),
-    "plan_json": ("@plans@",),
-    "profile_json": ("@profiles@",),
-    "adj_json": ("@adjustments@",),
-    "stripe_refresh": ("text",),
-}
+
+@functools.cache
+def _signatures() -> tuple[dict[str, Signature], dict[str, Signature]]:
+    """The functions postgres.sql defines, read from it once: ``(api, helpers)``, each
+    name suffix -> its ordered ``(parameter, SQL type)``. The API functions are the
+    ``SECURITY DEFINER`` ones, which the stores call; the helpers are internal."""
+    api: dict[str, Signature] = {}
+    helpers: dict[str, Signature] = {}
+    for match in _FUNCTION.finditer(_template("postgres.sql")):
+        suffix, params, header = match[1], match[2], match[0]
+        signature = tuple(
+            (name, sql_type.strip().lower())
+            for name, _, sql_type in (p.strip().partition(" ") for p in params.split(","))
+            if name
+        )
+        (api if "SECURITY DEFINER" in header else helpers)[suffix] = signature
+    return api, helpers
+
+
+def api_functions() -> dict[str, Signature]:
+    """The functions the stores call: name suffix -> ordered ``(parameter, SQL type)``."""
+    return _signatures()[0]
+
+
+@functools.cache
+def _template(name: str) -> str:
+    return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 
 def quote(identifier: str) -> str:
@@ -221,7 +137,8 @@ def _names(tables: Tables) -> dict[str, str]:
         "adoption_refused": literal(ADOPTION_REFUSED),
         "hold_grace": f"interval '{int(HOLD_GRACE.total_seconds())} seconds'",
     }
-    for suffix in (*API_FUNCTIONS, *_HELPERS):
+    api, helpers = _signatures()
+    for suffix in (*api, *helpers):
         names[f"fn_{suffix}"] = quote(function_name(tables, suffix))
     return names
 
@@ -235,13 +152,14 @@ def _substitute(text: str, names: Mapping[str, str]) -> str:
 def render(tables: Tables) -> str:
     """The full migration SQL for these table names: one transaction, idempotent."""
     names = _names(tables)
+    api_signatures, helper_signatures = _signatures()
     api = [
         f"{names['fn_' + s]}({', '.join(t for _, t in params)})"
-        for s, params in API_FUNCTIONS.items()
+        for s, params in api_signatures.items()
     ]
     helpers = [
-        f"{names['fn_' + s]}({', '.join(_substitute(t, names) for t in types)})"
-        for s, types in _HELPERS.items()
+        f"{names['fn_' + s]}({', '.join(_substitute(t, names) for _, t in params)})"
+        for s, params in helper_signatures.items()
     ]
     table_names = [
         tables.user_plans,
@@ -263,8 +181,7 @@ def render(tables: Tables) -> str:
         "function_signatures": ", ".join(literal(f) for f in [*api, *helpers]),
         "api_function_signatures": ", ".join(literal(f) for f in api),
     }
-    template = resources.files(__name__).joinpath("postgres.sql").read_text(encoding="utf-8")
-    return _substitute(template, names)
+    return _substitute(_template("postgres.sql"), names)
 
 
 # -- SQLite's statements ----------------------------------------------------------------------
@@ -294,7 +211,7 @@ _SQLITE_INDEXES = (
 def _sqlite_templates() -> dict[str, str]:
     """sqlite.sql's blocks by name, in file order, parsed once: each block's text runs from its
     first to its last line that is not a comment, without a final ``;``."""
-    text = resources.files(__name__).joinpath("sqlite.sql").read_text(encoding="utf-8")
+    text = _template("sqlite.sql")
     blocks: dict[str, list[str]] = {}
     current: list[str] | None = None  # the header, before the first name, is no block
     for line in text.splitlines():
@@ -467,217 +384,66 @@ def _event_required(row: Mapping[str, Any]) -> UsageEvent:
 
 
 Args = dict[str, Any]
-Encoder = Callable[..., Args]
 Decoder = Callable[[Any], Any]
 
-#: Store method -> (function suffix, kwargs -> function arguments, JSON result -> value).
-OPERATIONS: dict[str, tuple[str, Encoder, Decoder]] = {
-    "charge": (
-        "charge",
-        lambda **k: {
-            "p_user_id": k["user_id"],
-            "p_feature_name": k["feature_name"],
-            "p_credits": k["credits"],
-            "p_event_type": k["event_type"],
-            "p_limit": k["limit"],
-            "p_window_start": k["window_start"],
-            "p_now": k["now"],
-            "p_metadata": k["metadata"],
-            "p_idempotency_key": k["idempotency_key"],
-        },
-        _charge,
-    ),
-    "reserve": (
-        "reserve",
-        lambda **k: {
-            "p_reservation_id": k["reservation_id"],
-            "p_user_id": k["user_id"],
-            "p_feature_name": k["feature_name"],
-            "p_credits": k["credits"],
-            "p_limit": k["limit"],
-            "p_window_start": k["window_start"],
-            "p_now": k["now"],
-            "p_expires_at": k["expires_at"],
-            "p_idempotency_key": k["idempotency_key"],
-        },
-        _charge,
-    ),
-    "settle": (
-        "settle",
-        lambda **k: {
-            "p_reservation_id": k["reservation_id"],
-            "p_credits": k["credits"],
-            "p_now": k["now"],
-            "p_metadata": k["metadata"],
-        },
-        _settled,
-    ),
-    "usage": (
-        "usage",
-        lambda **k: {
-            "p_user_id": k["user_id"],
-            "p_feature_name": k["feature_name"],
-            "p_window_start": k["window_start"],
-            "p_now": k["now"],
-        },
-        lambda r: (int(r[0]), int(r[1])),
-    ),
-    "reset": (
-        "reset",
-        lambda **k: {
-            "p_user_id": k["user_id"],
-            "p_feature_name": k["feature_name"],
-            "p_window_start": k["window_start"],
-            "p_now": k["now"],
-            "p_metadata": k["metadata"],
-        },
-        _event,
-    ),
+#: Store operation -> (function suffix, JSON result -> value). The function's parameters are
+#: the operation's keyword arguments prefixed ``p_``.
+OPERATIONS: dict[str, tuple[str, Decoder]] = {
+    "charge": ("charge", _charge),
+    "reserve": ("reserve", _charge),
+    "settle": ("settle", _settled),
+    "usage": ("usage", lambda r: (int(r[0]), int(r[1]))),
+    "reset": ("reset", _event),
     "usage_since_reset": (
         "since_reset",
-        lambda **k: {"p_user_id": k["user_id"], "p_feature_name": k["feature_name"]},
         lambda r: ResetInfo(int(r[0]), moment(r[1]), int(r[2])),
     ),
     "hourly_totals": (
         "hourly",
-        lambda **k: {
-            "p_user_ids": list(k["user_ids"]),
-            "p_feature_names": list(k["feature_names"]),
-            "p_start": k["start"],
-            "p_end": k["end"],
-        },
         lambda rows: sorted(
             (HourlyTotal(u, f, _EPOCH + timedelta(microseconds=h), int(t)) for u, f, h, t in rows),
             key=lambda h: (h.user_id, h.feature_name, h.hour),
         ),
     ),
-    "list_events": (
-        "events",
-        lambda **k: {
-            "p_user_id": k["user_id"],
-            "p_feature_name": k.get("feature_name"),
-            "p_limit": k.get("limit", 100),
-        },
-        lambda rows: [_event(r) for r in rows],
-    ),
-    "ledger_check": (
-        "ledger_check",
-        lambda **k: {"p_user_id": k["user_id"], "p_feature_name": k["feature_name"]},
-        lambda r: (int(r[0]), int(r[1])),
-    ),
-    "top_usage": (
-        "top_users",
-        lambda **k: {
-            "p_feature_name": k["feature_name"],
-            "p_window_start": k["window_start"],
-            "p_limit": k["limit"],
-        },
-        lambda rows: [(str(u), int(n)) for u, n in rows],
-    ),
-    "list_recent_events": (
-        "recent_events",
-        lambda **k: {"p_feature_name": k["feature_name"], "p_limit": k["limit"]},
-        lambda rows: [_event(r) for r in rows],
-    ),
-    "load_catalog": ("catalog", lambda **k: {}, lambda rows: [_plan(r) for r in rows]),
-    "upsert_plan": (
-        "upsert_plan",
-        lambda **k: {
-            "p_name": k["name"],
-            "p_stripe_price_id": k["stripe_price_id"],
-            "p_price_amount": k["price_amount"],
-            "p_price_currency": k["price_currency"],
-            "p_is_free": k["is_free"],
-            "p_payment_link_url": k["payment_link_url"],
-        },
-        _plan,
-    ),
-    "set_feature_limit": (
-        "set_limit",
-        lambda **k: {
-            "p_plan_id": k["plan_id"],
-            "p_feature_name": k["feature_name"],
-            "p_limit_value": k["limit_value"],
-            "p_period": k["period"],
-        },
-        lambda r: FeatureLimit(**r),
-    ),
-    "update_price": (
-        "update_price",
-        lambda **k: {
-            "p_stripe_price_id": k["stripe_price_id"],
-            "p_price_amount": k["price_amount"],
-            "p_price_currency": k["price_currency"],
-        },
-        int,
-    ),
-    "get_profile": ("get_profile", lambda **k: {"p_user_id": k["user_id"]}, _profile),
-    "upsert_profile": (
-        "upsert_profile",
-        lambda **k: {"p_user_id": k["user_id"], "p_fields": _profile_fields(k["fields"])},
-        _profile,
-    ),
-    "add_limit_adjustment": (
-        "add_adjustment",
-        lambda **k: {
-            "p_user_id": k["user_id"],
-            "p_feature_name": k["feature_name"],
-            "p_amount": k["amount"],
-            "p_type": k["type"],
-            "p_start_date": k["start_date"],
-            "p_end_date": k["end_date"],
-            "p_metadata": k["metadata"],
-        },
-        _adjustment,
-    ),
-    "apply_stripe_event": (
-        "stripe_apply",
-        lambda **k: {
-            "p_event_id": k["event_id"],
-            "p_event_type": k["event_type"],
-            "p_created": k["created"],
-            "p_now": k["now"],
-            "p_price": _plain(k.get("price")),
-            "p_link": _plain(k.get("link")),
-            "p_subscription": _plain(k.get("subscription")),
-        },
-        lambda r: StripeApplied(r["action"], r["user_id"]),
-    ),
-    "stripe_export_batch": (
-        "stripe_batch",
-        lambda **k: {
-            "p_meter": k["meter"],
-            "p_feature_name": k["feature_name"],
-            "p_limit": k["limit"],
-        },
-        _export_batch,
-    ),
-    "advance_stripe_cursor": (
-        "stripe_cursor",
-        lambda **k: {"p_meter": k["meter"], "p_event_id": k["event_id"]},
-        int,
-    ),
+    "list_events": ("events", lambda rows: [_event(r) for r in rows]),
+    "ledger_check": ("ledger_check", lambda r: (int(r[0]), int(r[1]))),
+    "top_usage": ("top_users", lambda rows: [(str(u), int(n)) for u, n in rows]),
+    "list_recent_events": ("recent_events", lambda rows: [_event(r) for r in rows]),
+    "load_catalog": ("catalog", lambda rows: [_plan(r) for r in rows]),
+    "upsert_plan": ("upsert_plan", _plan),
+    "set_feature_limit": ("set_limit", lambda r: FeatureLimit(**r)),
+    "update_price": ("update_price", int),
+    "get_profile": ("get_profile", _profile),
+    "upsert_profile": ("upsert_profile", _profile),
+    "add_limit_adjustment": ("add_adjustment", _adjustment),
+    "get_limit_adjustments": ("adjustments", lambda rows: [_adjustment(r) for r in rows]),
+    "apply_stripe_event": ("stripe_apply", lambda r: StripeApplied(r["action"], r["user_id"])),
+    "stripe_export_batch": ("stripe_batch", _export_batch),
+    "advance_stripe_cursor": ("stripe_cursor", int),
     "pending_stripe_subscriptions": (
         "stripe_pending",
-        lambda **k: {"p_limit": k["limit"]},
         lambda rows: [_subscription(r) for r in rows],
     ),
-    "get_limit_adjustments": (
-        "adjustments",
-        lambda **k: {
-            "p_user_id": k["user_id"],
-            "p_feature_name": k["feature_name"],
-            "p_ending_after": k["ending_after"],
-        },
-        lambda rows: [_adjustment(r) for r in rows],
-    ),
+}
+
+#: The arguments sent in another form than the operation's (the rest are sent as they are).
+_SENT_AS: dict[str, Callable[[Any], Any]] = {
+    "user_ids": list,
+    "feature_names": list,
+    "fields": _profile_fields,
+    "price": _plain,
+    "link": _plain,
+    "subscription": _plain,
 }
 
 
 def encode(method: str, kwargs: Mapping[str, Any]) -> tuple[str, Args]:
     """``(function suffix, arguments)`` of a store operation."""
-    suffix, enc, _dec = OPERATIONS[method]
-    args = enc(**kwargs)
+    suffix = OPERATIONS[method][0]
+    args = {
+        f"p_{name}": _SENT_AS[name](value) if name in _SENT_AS else value
+        for name, value in kwargs.items()
+    }
     metadata = args.get("p_metadata")
     if metadata is not None:
         _check_jsonb(metadata)
@@ -716,7 +482,7 @@ def decode(method: str, result: Any) -> Any:
     (``{"error": ...}``) is raised as the :class:`UsageFlowError` the memory store raises."""
     if isinstance(result, dict) and "error" in result:
         raise refusal(result)
-    return OPERATIONS[method][2](result)
+    return OPERATIONS[method][1](result)
 
 
 def refusal(result: Mapping[str, Any]) -> UsageFlowError:
