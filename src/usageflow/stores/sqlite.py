@@ -492,40 +492,56 @@ class SQLiteStore(Store):
                 raise self._error(exc, operation, table) from None
             return
         nowait = self._local.__dict__.get("nowait", False)
+        begin = "BEGIN IMMEDIATE" if write else self._READ_BEGIN
+        with self._turn(operation, table, write, nowait) as conn:
+            try:
+                if begin:
+                    conn.execute(begin)
+                try:
+                    yield conn
+                except BaseException:
+                    if begin:
+                        conn.execute("ROLLBACK")
+                    raise
+                if begin:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if nowait and _is_busy(exc):
+                    raise WouldBlock(operation) from None
+                raise self._error(exc, operation, table) from None
+        if write and nowait:
+            self._nowait_commits += 1
+
+    #: How a read begins: a deferred transaction, for a consistent view across statements.
+    _READ_BEGIN: ClassVar[str | None] = "BEGIN"
+
+    @contextmanager
+    def _turn(
+        self, operation: str, table: str, write: bool, nowait: bool
+    ) -> Iterator[sqlite3.Connection]:
+        """A connection of the pool, with this process's write lock for a write: its writers
+        queue on a lock, in order, rather than poll SQLite's busy handler (which sleeps for
+        milliseconds); other processes still meet at SQLite's lock."""
         conn = self._borrow()
         locked = False
         try:
             if write:
-                # This process's writers queue on a lock, in order, rather than poll SQLite's
-                # busy handler (which sleeps for milliseconds); other processes still meet
-                # at SQLite's lock.
                 locked = self._writer.acquire(
                     blocking=not nowait, timeout=-1 if nowait else self.timeout
                 )
                 if not locked:
                     if nowait:
                         raise WouldBlock(operation)
-                    raise sqlite3.OperationalError("database is locked (by this process)")
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if nowait and _is_busy(exc):
-                raise WouldBlock(operation) from None
-            raise self._error(exc, operation, table) from None
+                    busy = sqlite3.OperationalError("database is locked (by this process)")
+                    raise self._error(busy, operation, table)
+            yield conn
         finally:
             if locked:
                 self._writer.release()
             self._give_back(conn)
-        if write and self._local.__dict__.get("nowait"):
-            self._nowait_commits += 1
 
     # -- lifecycle --------------------------------------------------------------------------------
     def migrate(self) -> int:
@@ -1341,33 +1357,16 @@ class MemoryStore(SQLiteStore):
             raise config_error("this memory:// store is closed; its data went with it")
         return conn
 
+    #: Reads need no transaction: no other call runs meanwhile.
+    _READ_BEGIN: ClassVar[str | None] = None
+
     @contextmanager
-    def _tx(
-        self, operation: str, table: str, *, write: bool = True, savepoint: bool = True
+    def _turn(
+        self, operation: str, table: str, write: bool, nowait: bool
     ) -> Iterator[sqlite3.Connection]:
-        """The lock for the whole call; a transaction for writes only (a call that fails
-        leaves nothing written). Reads need none: no other call runs meanwhile."""
+        """The one connection, behind the lock, for the whole call."""
         with self._lock:
-            conn = self._connection()
-            if not write:
-                try:
-                    yield conn
-                except sqlite3.Error as exc:
-                    raise self._error(exc, operation, table) from None
-                return
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise self._error(exc, operation, table) from None
+            yield self._connection()
 
     def _error(self, exc: BaseException, operation: str, table: str | None) -> UsageFlowError:
         return config_error(
