@@ -11,6 +11,7 @@ from usageflow.errors import ErrorCodes, UsageFlowError
 from usageflow.flow import AsyncReservation, AsyncUsageFlow, Reservation, UsageFlow
 from usageflow.integrations.metered import metered
 from usageflow.models import (
+    Alert,
     Decision,
     FeatureLimit,
     FeatureUsage,
@@ -32,6 +33,7 @@ from usageflow.periods import GroupBy, Period
 __version__ = "0.1.0"
 
 __all__ = [
+    "Alert",
     "AsyncReservation",
     "AsyncUsageFlow",
     "Decision",

@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "Alert",
     "Decision",
     "FeatureLimit",
     "FeatureUsage",
@@ -86,6 +87,34 @@ class Decision(_Model):
     resets_at: datetime | None
     event_id: int | None = None
     replayed: bool = False
+    #: The alert thresholds (percent of ``limit``) this decision's charge crossed.
+    alerts: tuple[int, ...] = ()
+
+
+class Alert(_Model):
+    """A usage threshold crossed: recorded in the same atomic step as the charge that crossed
+    it, once per (user, feature, threshold, window), then delivered at least once.
+
+    ``threshold`` is a percent of ``limit``; ``usage`` is the user's usage of the feature in
+    the window right after the charge, ``limit`` the limit at that moment. ``window_start`` is
+    the start of the window the crossing happened in (``None`` for a lifetime limit; the
+    reset's time when the feature was reset within the window), ``resets_at`` when the window
+    ends (``None`` for lifetime and rolling windows). ``delivered_at`` is set once a handler
+    of :meth:`UsageFlow.deliver_alerts` returned for it; ``attempts`` counts the handler
+    calls that raised.
+    """
+
+    id: int
+    user_id: str
+    feature_name: str
+    threshold: int
+    usage: int
+    limit: int
+    window_start: datetime | None
+    resets_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None = None
+    attempts: int = 0
 
 
 class UsageEvent(_Model):
