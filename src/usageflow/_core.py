@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, TypeVar
 
+from usageflow import _log, ops
 from usageflow import _validate as v
-from usageflow import ops
 from usageflow.cache import MISSING, Catalog, PlanCache, _Missing
 from usageflow.errors import (
     UsageFlowError,
@@ -31,6 +31,7 @@ from usageflow.errors import (
 )
 from usageflow.models import (
     INT64_MAX,
+    Alert,
     Decision,
     FeatureLimit,
     FeatureUsage,
@@ -130,6 +131,26 @@ class ResolvePlan:
         return result
 
 
+@dataclass(frozen=True)
+class Deliver:
+    """Hand one alert to the app's handler (``deliver_alerts``)."""
+
+    handler: Callable[[Alert], object]
+    alert: Alert
+
+    def run(self, flow: Any) -> None:
+        result = self.handler(self.alert)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise config_error("an async alert handler needs AsyncUsageFlow")
+
+    async def arun(self, flow: Any) -> None:
+        result = self.handler(self.alert)
+        if inspect.isawaitable(result):
+            await result
+
+
 def resolved_plan(catalog: Catalog, chosen: object, user_id: str) -> Plan | None:
     """The plan a ``plan_resolver`` answer names (``None``: the free plan)."""
     if chosen is None:
@@ -224,7 +245,8 @@ class Core:
         catalog = self.cache.catalog()
         if catalog is None:
             plans = yield from ops.load_catalog()
-            catalog = self.cache.put_catalog(plans)
+            thresholds = yield from ops.load_alert_thresholds()
+            catalog = self.cache.put_catalog(plans, thresholds)
         return catalog
 
     def _profile(self, user_id: str) -> Op[Profile | None]:
@@ -273,7 +295,8 @@ class Core:
         row = plan.limits.get(feature_name)
         if self.options.enable_user_adjustments and row is not None and row.limit_value != -1:
             adjustments = yield from self._adjustments(user_id, feature_name, now)
-        return quota_for(plan, feature_name, profile, adjustments, now, period)
+        thresholds = catalog.alert_thresholds(feature_name, plan.id) if catalog.thresholds else ()
+        return quota_for(plan, feature_name, profile, adjustments, now, period, thresholds)
 
     def _adjustments(
         self, user_id: str, feature_name: str, now: datetime
@@ -326,6 +349,8 @@ class Core:
             now=now,
             metadata=meta,
             idempotency_key=key,
+            alert_thresholds=quota.alert_thresholds or None,
+            resets_at=quota.window.end,
         )
         if charge.replayed and key is not None and charge.event is not None:
             same_request(key, "usage", credits, charge.event.event_type, charge.event.credits_used)
@@ -888,6 +913,69 @@ class Core:
         )
         self.cache.invalidate_user(user_id)
         return row
+
+    # -- alerts ---------------------------------------------------------------------------------
+    def set_alert_thresholds(
+        self, feature_name: str, thresholds: object, plan_id: object
+    ) -> Op[list[int]]:
+        feature_name = v.name(feature_name, "feature_name")
+        values = v.thresholds(thresholds)
+        plan = None
+        if plan_id is not None:
+            plan = v.integer(plan_id, "plan_id", minimum=1)
+            catalog = yield from self._catalog()
+            if plan not in catalog.plans:
+                raise invalid(f"no plan has id {plan}", field="plan_id", plan_id=plan)
+        stored = yield from ops.set_alert_thresholds(
+            feature_name=feature_name, plan_id=plan, thresholds=values
+        )
+        self.cache.invalidate_plans()
+        return stored
+
+    def get_alert_thresholds(self, feature_name: str, plan_id: object) -> Op[list[int]]:
+        feature_name = v.name(feature_name, "feature_name")
+        catalog = yield from self._catalog()
+        if plan_id is None:
+            return list(catalog.thresholds.get((feature_name, None), ()))
+        return list(
+            catalog.alert_thresholds(feature_name, v.integer(plan_id, "plan_id", minimum=1))
+        )
+
+    def deliver_alerts(self, handler: object, limit: object, lease: object) -> Op[int]:
+        if not callable(handler):
+            raise invalid("handler must be a function taking an Alert", field="handler")
+        count = v.integer(limit, "limit", minimum=1, maximum=10_000)
+        seconds = v.seconds(lease, "lease")
+        now = self.now()
+        alerts = yield from ops.claim_alerts(
+            now=now, lease_until=now + timedelta(seconds=seconds), limit=count
+        )
+        delivered = 0
+        for alert in alerts:
+            try:
+                yield Deliver(handler, alert)
+            except Exception as exc:  # logged, not propagated: the alert is offered again
+                _log.logger.warning(
+                    "usageflow: alert %s (user %r, %s at %s%%) not delivered: %s: %s",
+                    alert.id,
+                    alert.user_id,
+                    alert.feature_name,
+                    alert.threshold,
+                    type(exc).__name__,
+                    exc,
+                )
+                yield from ops.finish_alert(alert_id=alert.id, delivered=False, now=self.now())
+                continue
+            yield from ops.finish_alert(alert_id=alert.id, delivered=True, now=self.now())
+            delivered += 1
+        return delivered
+
+    def list_alerts(self, user_id: object, undelivered: object, limit: object) -> Op[list[Alert]]:
+        user = None if user_id is None else v.name(user_id, "user_id")
+        if not isinstance(undelivered, bool):
+            raise invalid("undelivered must be True or False", field="undelivered")
+        count = v.integer(limit, "limit", minimum=1, maximum=10_000)
+        return (yield from ops.list_alerts(user_id=user, undelivered=undelivered, limit=count))
 
     def migrate(self) -> Op[int]:
         version = yield from ops.migrate()

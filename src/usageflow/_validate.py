@@ -159,3 +159,14 @@ def name_list(values: object, field: str) -> list[str]:
     if len(items) > 1000:
         raise invalid(f"{field} may hold at most 1000 entries", field=field)
     return list(dict.fromkeys(items))
+
+
+def thresholds(values: object) -> list[int]:
+    """Alert thresholds: a list of whole percents from 1 to 1000, answered sorted and
+    without repeats (``[]``: none)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise invalid(
+            "thresholds must be a list of percents, such as [80, 100]", field="thresholds"
+        )
+    found = {integer(value, "thresholds", minimum=1, maximum=1000) for value in values}
+    return sorted(found)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -34,23 +34,37 @@ class _Missing:
 MISSING: Final = _Missing()
 
 
+#: A set of alert thresholds: ``(feature_name, plan_id or None for every plan, thresholds)``.
+ThresholdRow = tuple[str, "int | None", "Sequence[int]"]
+
+
 @dataclass(frozen=True)
 class Catalog:
-    """Every plan, indexed for the hot path."""
+    """Every plan, indexed for the hot path, and the alert thresholds set on them."""
 
     plans: dict[int, Plan] = field(default_factory=dict)
     by_price: dict[str, Plan] = field(default_factory=dict)
     free_plan: Plan | None = None
+    thresholds: dict[tuple[str, int | None], tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, plans: Iterable[Plan]) -> Catalog:
+    def build(cls, plans: Iterable[Plan], thresholds: Iterable[ThresholdRow] = ()) -> Catalog:
         by_id = {p.id: p for p in plans}
         free = [p for p in by_id.values() if p.is_free]
         return cls(
             plans=by_id,
             by_price={p.stripe_price_id: p for p in by_id.values() if p.stripe_price_id},
             free_plan=min(free, key=lambda p: p.id) if free else None,
+            thresholds={(f, plan): tuple(ts) for f, plan, ts in thresholds if ts},
         )
+
+    def alert_thresholds(self, feature_name: str, plan_id: int) -> tuple[int, ...]:
+        """The thresholds of a feature on a plan: the plan's own, else those set for every
+        plan (empty: no alerts)."""
+        found = self.thresholds.get((feature_name, plan_id))
+        if found is None:
+            found = self.thresholds.get((feature_name, None), ())
+        return found
 
 
 class PlanCache:
@@ -79,8 +93,10 @@ class PlanCache:
             return None
         return entry[1]
 
-    def put_catalog(self, plans: Iterable[Plan]) -> Catalog:
-        catalog = Catalog.build(plans)
+    def put_catalog(
+        self, plans: Iterable[Plan], thresholds: Iterable[ThresholdRow] = ()
+    ) -> Catalog:
+        catalog = Catalog.build(plans, thresholds)
         if self.ttl:
             self._catalog = (self._timer() + self.ttl, catalog)
         return catalog

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
@@ -25,6 +25,7 @@ from usageflow._core import Core, Op, Options, PlanResolver, redact
 from usageflow.cache import PlanCache
 from usageflow.errors import UsageFlowError, config_error, reservation_error
 from usageflow.models import (
+    Alert,
     Decision,
     FeatureLimit,
     LimitAdjustment,
@@ -353,6 +354,37 @@ class UsageFlow(_Base):
         """The most recent ledger events of every user (of ``feature_name`` when given),
         newest first; ``limit`` is 1 to 10,000."""
         return self._run(self.core.list_recent_events(feature_name, limit))
+
+    # -- alerts ---------------------------------------------------------------------------------
+    def set_alert_thresholds(
+        self, feature_name: str, thresholds: Sequence[int], plan_id: int | None = None
+    ) -> list[int]:
+        """Set the alert thresholds of a feature (percents of its limit, whole numbers from 1
+        to 1000) for every plan, or for one plan (its own thresholds then replace those of
+        every plan); ``[]`` clears them. Answers the thresholds stored, sorted."""
+        return self._run(self.core.set_alert_thresholds(feature_name, thresholds, plan_id))
+
+    def get_alert_thresholds(self, feature_name: str, plan_id: int | None = None) -> list[int]:
+        """The thresholds set for every plan (``plan_id=None``), or those that apply on one
+        plan (its own, else those of every plan)."""
+        return self._run(self.core.get_alert_thresholds(feature_name, plan_id))
+
+    def deliver_alerts(
+        self, handler: Callable[[Alert], object], *, limit: int = 100, lease: float = 300.0
+    ) -> int:
+        """Call ``handler(alert)`` for up to ``limit`` undelivered alerts, oldest first (those
+        whose handler failed before come after the others), marking each delivered when the
+        handler returns; answers how many were delivered. A handler that raises is logged and
+        its alert is offered again at the next call. Each alert is leased for ``lease``
+        seconds while its handler runs, so concurrent callers never hand one alert out twice
+        at once (a caller that dies leaves it to be offered again when the lease ends)."""
+        return self._run(self.core.deliver_alerts(handler, limit, lease))
+
+    def list_alerts(
+        self, user_id: str | None = None, *, undelivered: bool = False, limit: int = 100
+    ) -> list[Alert]:
+        """The alerts recorded (of one user; only undelivered ones), newest first."""
+        return self._run(self.core.list_alerts(user_id, undelivered, limit))
 
     def top_users(
         self,
@@ -695,6 +727,27 @@ class AsyncUsageFlow(_Base):
         self, feature_name: str | None = None, limit: int = 100
     ) -> list[UsageEvent]:
         return await self._run(self.core.list_recent_events(feature_name, limit))
+
+    async def set_alert_thresholds(
+        self, feature_name: str, thresholds: Sequence[int], plan_id: int | None = None
+    ) -> list[int]:
+        return await self._run(self.core.set_alert_thresholds(feature_name, thresholds, plan_id))
+
+    async def get_alert_thresholds(
+        self, feature_name: str, plan_id: int | None = None
+    ) -> list[int]:
+        return await self._run(self.core.get_alert_thresholds(feature_name, plan_id))
+
+    async def deliver_alerts(
+        self, handler: Callable[[Alert], object], *, limit: int = 100, lease: float = 300.0
+    ) -> int:
+        """As :meth:`UsageFlow.deliver_alerts`; ``handler`` may be ``async``."""
+        return await self._run(self.core.deliver_alerts(handler, limit, lease))
+
+    async def list_alerts(
+        self, user_id: str | None = None, *, undelivered: bool = False, limit: int = 100
+    ) -> list[Alert]:
+        return await self._run(self.core.list_alerts(user_id, undelivered, limit))
 
     async def top_users(
         self,

@@ -22,7 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar
 
-from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.models import Alert, FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
 
 __all__ = [
     "OPERATIONS",
@@ -90,7 +90,8 @@ class Charge(NamedTuple):
     by live reservations (this one included when it was granted). ``event`` is the ledger row
     written (or, when ``replayed``, the one an idempotency key matched). ``reservation_id`` is
     set for reservations; ``first_credits``, for a replayed one, is what its first request
-    held (so that a replay with other credits is refused).
+    held (so that a replay with other credits is refused). ``alerts`` are the thresholds
+    whose alerts this charge recorded.
     """
 
     allowed: bool
@@ -100,6 +101,7 @@ class Charge(NamedTuple):
     replayed: bool = False
     reservation_id: str | None = None
     first_credits: int | None = None
+    alerts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -264,10 +266,18 @@ def charge(
     now: datetime,
     metadata: dict[str, Any] | None,
     idempotency_key: str | None,
+    alert_thresholds: Sequence[int] | None = None,
+    resets_at: datetime | None = None,
 ) -> StoreCall[Charge]:
     """Atomically: if ``fits(used, held, credits, limit)``, append an event and bump the
     counter. ``limit=None`` always records (tracking, refunds). A known idempotency key
-    records nothing and answers the earlier event with ``replayed=True``."""
+    records nothing and answers the earlier event with ``replayed=True``.
+
+    With ``alert_thresholds`` (percents of ``limit``), in the same transaction: for each
+    threshold ``t`` the charge crossed (``used * 100 < t * limit <= (used + credits) * 100``),
+    record an alert unless one for the same (user, feature, threshold) was recorded at or
+    after the start of the alert window: ``window_start``, or the key's last reset when that
+    is later (``None`` and no reset: ever). ``resets_at`` is stored with the alert."""
     return StoreCall("charge", locals())
 
 
@@ -372,6 +382,46 @@ def list_recent_events(*, feature_name: str | None, limit: int) -> StoreCall[lis
     """The most recent ledger events of every user (of ``feature_name`` when given), newest
     (greatest id) first, at most ``limit``."""
     return StoreCall("list_recent_events", locals())
+
+
+# -- alerts -----------------------------------------------------------------------------------
+@_operation
+def load_alert_thresholds() -> StoreCall[list[tuple[str, int | None, list[int]]]]:
+    """Every ``(feature_name, plan_id, thresholds)`` set (``plan_id`` ``None``: every plan)."""
+    return StoreCall("load_alert_thresholds", {})
+
+
+@_operation
+def set_alert_thresholds(
+    *, feature_name: str, plan_id: int | None, thresholds: list[int]
+) -> StoreCall[list[int]]:
+    """Replace the thresholds of a feature (of one plan, or of every plan when ``plan_id`` is
+    ``None``); ``[]`` removes them. Answers the thresholds stored."""
+    return StoreCall("set_alert_thresholds", locals())
+
+
+@_operation
+def claim_alerts(*, now: datetime, lease_until: datetime, limit: int) -> StoreCall[list[Alert]]:
+    """Lease up to ``limit`` undelivered alerts nobody holds a live lease on (lease expired or
+    none) until ``lease_until``, in one transaction: those never tried first, then by
+    ``attempts``, then by id. Concurrent callers never get the same alert while its lease
+    lasts."""
+    return StoreCall("claim_alerts", locals())
+
+
+@_operation
+def finish_alert(*, alert_id: int, delivered: bool, now: datetime) -> StoreCall[bool]:
+    """End the lease of an alert: ``delivered`` marks it delivered at ``now``; else its
+    ``attempts`` grows by one and it is offered again at the next claim. Answers whether the
+    alert exists and was not delivered before."""
+    return StoreCall("finish_alert", locals())
+
+
+@_operation
+def list_alerts(*, user_id: str | None, undelivered: bool, limit: int) -> StoreCall[list[Alert]]:
+    """The alerts (of ``user_id`` when given; only undelivered ones with ``undelivered``),
+    newest (greatest id) first, at most ``limit``."""
+    return StoreCall("list_alerts", locals())
 
 
 # -- Stripe (webhooks, reconcile, metered billing export) --------------------------------------

@@ -81,6 +81,8 @@ class Quota(NamedTuple):
     limit: int | None
     period: Period
     window: Window
+    #: The alert thresholds (percents of ``limit``) of the feature; empty when unlimited.
+    alert_thresholds: tuple[int, ...] = ()
 
     @property
     def is_unlimited(self) -> bool:
@@ -94,9 +96,11 @@ def quota_for(
     adjustments: Iterable[LimitAdjustment],
     now: datetime,
     period: Period | None = None,
+    alert_thresholds: tuple[int, ...] = (),
 ) -> Quota:
     """Limit and window of ``feature_name`` under ``plan``. A feature the plan does not list
-    has limit 0. ``period`` overrides the window (not the limit)."""
+    has limit 0. ``period`` overrides the window (not the limit). ``alert_thresholds`` are
+    kept only for a limit that is set."""
     row = plan.limits.get(feature_name)
     limit_period = PERIODS[row.period] if row is not None else Period.CURRENT_MONTH
     window_period = period or limit_period
@@ -113,7 +117,9 @@ def quota_for(
         limit = None
     else:
         limit = max(0, row.limit_value + adjustment_total(adjustments, window, now))
-    return Quota(plan, feature_name, limit, window_period, window)
+    if limit is None or row is None:
+        return Quota(plan, feature_name, limit, window_period, window)
+    return Quota(plan, feature_name, limit, window_period, window, alert_thresholds)
 
 
 def usage_of(quota: Quota, used: int, held: int) -> Usage:
@@ -142,4 +148,5 @@ def decision(quota: Quota, credits: int, charge: Charge) -> Decision:
         resets_at=quota.window.end,
         event_id=charge.event.id if charge.event else None,
         replayed=charge.replayed,
+        alerts=charge.alerts,
     )

@@ -42,10 +42,13 @@ TABLE_NAMES = [
     TABLES.stripe_subscriptions,
     TABLES.stripe_customers,
     TABLES.stripe_exports,
+    TABLES.alerts,
+    TABLES.alert_rules,
 ]
 _SAMPLE = {
     "text": "x",
     "text[]": ["x"],
+    "integer[]": [80],
     "bigint": 1,
     "integer": 1,
     "numeric": "1.00",
@@ -215,7 +218,8 @@ def test_api_roles_hold_no_privilege_on_anything_the_migration_creates(
             (project,),
         ).fetchall()
         assert dict(kinds)["r"] == len(TABLE_NAMES)
-        assert dict(kinds)["S"] == 4  # the id sequences of plans, limits, events, adjustments
+        # the id sequences of plans, limits, events, adjustments and alerts
+        assert dict(kinds)["S"] == 5
         held = _held(conn, role, project)
     assert held == [("schema", project, "USAGE")]
 

@@ -20,6 +20,7 @@ import usageflow
 from tests.support.stripe_events import MONTH, SECRET, T0, Events, deliver
 from usageflow import UsageFlow
 from usageflow.cli import main
+from usageflow.stores.sql import SCHEMA_VERSION
 
 UTC = timezone.utc
 
@@ -45,7 +46,7 @@ def test_migrate_load_list_and_usage(tmp_path: Path, capsys: pytest.CaptureFixtu
     plans = tmp_path / "plans.toml"
     plans.write_text(PLANS)
     assert main(["migrate", "--store", url]) == 0
-    assert json.loads(capsys.readouterr().out) == {"schema_version": 4}
+    assert json.loads(capsys.readouterr().out) == {"schema_version": SCHEMA_VERSION}
     assert main(["plans", "load", str(plans), "--store", url]) == 0
     assert main(["plans", "load", str(plans), "--store", url]) == 0  # idempotent
     capsys.readouterr()
@@ -197,7 +198,8 @@ def test_version(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 def test_python_m_usageflow_loads_the_example_plans_and_reads_them(tmp_path: Path) -> None:
     """The real process: ``python -m usageflow``, output parsed as a script would."""
     plans = str(ROOT / "examples" / "plans.toml")
-    assert _run(["migrate"], tmp_path, check=True).stdout.strip() == '{\n  "schema_version": 4\n}'
+    expected = json.dumps({"schema_version": SCHEMA_VERSION}, indent=2)
+    assert _run(["migrate"], tmp_path, check=True).stdout.strip() == expected
     _run(["plans", "load", plans], tmp_path, check=True)
     listed = json.loads(_run(["plans", "list"], tmp_path, check=True).stdout)
     by_name = {p["name"]: p for p in listed["plans"]}
@@ -290,7 +292,7 @@ def test_read_commands_refuse_an_older_schema(
         conn.commit()
     capsys.readouterr()
     assert main(["user", "alice", "--store", url]) == 1
-    assert "is version 2, older than this usageflow's (4)" in _error(capsys)
+    assert f"is version 2, older than this usageflow's ({SCHEMA_VERSION})" in _error(capsys)
     assert main(["migrate", "--store", url]) == 0
     capsys.readouterr()
     assert main(["user", "alice", "--store", url]) == 0

@@ -16,10 +16,16 @@ from usageflow.stores.sql import render_sqlite, sqlite_statements
 
 _SQL = resources.files("usageflow.stores.sql")
 #: Blocks that are parts of statements, not statements.
-_FRAGMENTS = {"event_columns", "hourly_since", "upsert_profile_update", "upsert_profile_keep"}
+_FRAGMENTS = {
+    "event_columns",
+    "alert_columns",
+    "hourly_since",
+    "upsert_profile_update",
+    "upsert_profile_keep",
+}
 #: SQLite statements with no PostgreSQL function of their name (PostgreSQL reads the counters
 #: row inside each function; a fragment).
-_UNPAIRED = {"counter", "event_columns"}
+_UNPAIRED = {"counter", "event_columns", "alert_columns"}
 
 
 def _layout(name: str) -> list[tuple[str, str]]:
@@ -49,6 +55,7 @@ def test_sqlite_sql_has_postgres_sections_and_names_in_the_same_order() -> None:
         "The operations",
         "Plans, limits, profiles, adjustments",
         "Stripe",
+        "Alerts",
     ]
 
     functions = [t for k, t in pg if k == "name"]

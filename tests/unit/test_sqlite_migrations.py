@@ -51,7 +51,7 @@ def test_upgrade_from_version_3_scopes_idempotency_keys(tmp_path: Path) -> None:
         before = flow.list_events("alice") + flow.list_events("bob")
     _downgrade_to_version_3(path)
     with UsageFlow(url) as flow:
-        assert flow.migrate() == SCHEMA_VERSION == 4
+        assert flow.migrate() == SCHEMA_VERSION == 5
         assert flow.migrate() == SCHEMA_VERSION  # idempotent
         assert flow.list_events("alice") + flow.list_events("bob") == before
         replay = flow.consume("alice", "api", 3, idempotency_key="req-1")

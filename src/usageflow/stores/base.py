@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import ClassVar, TypeVar
@@ -85,6 +86,8 @@ class Tables:
             self.stripe_subscriptions,
             self.stripe_customers,
             self.stripe_exports,
+            self.alerts,
+            self.alert_rules,
         }
         for field, value in self.__dict__.items():
             if value in derived:
@@ -122,6 +125,16 @@ class Tables:
         return f"{self.usage_events}_stripe_cust"
 
     @property
+    def alerts(self) -> str:
+        """Usage alerts: thresholds crossed, recorded with the charge, then delivered."""
+        return f"{self.usage_events}_alerts"
+
+    @property
+    def alert_rules(self) -> str:
+        """Alert thresholds per feature (and plan)."""
+        return f"{self.usage_events}_alert_rules"
+
+    @property
     def stripe_exports(self) -> str:
         """Per Stripe meter: the last usage event id exported to it."""
         return f"{self.usage_events}_stripe_export"
@@ -143,6 +156,20 @@ def window_used(
     if last_reset_at is not None and (window_start is None or last_reset_at >= window_start):
         return total - reset_base
     return total - prefix_before_start
+
+
+def alert_window(window_start: datetime | None, last_reset_at: datetime | None) -> datetime | None:
+    """The start of the window a threshold is crossed once in: the key's last reset when it
+    falls in the limit's window, else the window's start (``None``: ever)."""
+    if last_reset_at is not None and (window_start is None or last_reset_at >= window_start):
+        return last_reset_at
+    return window_start
+
+
+def crossed(thresholds: Sequence[int], before: int, after: int, limit: int) -> list[int]:
+    """The thresholds (percents of ``limit``) that usage going from ``before`` to ``after``
+    reached: below before, at or above after."""
+    return [t for t in thresholds if before * 100 < t * limit <= after * 100]
 
 
 def check_total(total: int, credits: int) -> None:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from usageflow.errors import UsageFlowError, config_error, invalid, reservation_error
-from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.models import Alert, FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
 from usageflow.ops import (
     PROFILE_FIELDS,
     Charge,
@@ -45,7 +45,9 @@ from usageflow.stores.base import (
     AsyncStore,
     Store,
     Tables,
+    alert_window,
     check_total,
+    crossed,
     fits,
     window_used,
 )
@@ -283,7 +285,7 @@ class SQLiteStore(Store):
     #: Bounded operations (a few index seeks, one short transaction) worth trying inline.
     NOWAIT: ClassVar[frozenset[str]] = frozenset(
         {"charge", "reserve", "settle", "usage", "get_profile", "load_catalog"}
-        | {"get_limit_adjustments"}
+        | {"get_limit_adjustments", "load_alert_thresholds"}
     )
     #: Commits made without waiting after which a WAL checkpoint is owed. A checkpoint copies
     #: each page once however often it changed, and decisions keep changing the same few
@@ -924,6 +926,8 @@ class SQLiteStore(Store):
         now: datetime,
         metadata: dict[str, Any] | None,
         idempotency_key: str | None,
+        alert_thresholds: Sequence[int] | None = None,
+        resets_at: datetime | None = None,
     ) -> Charge:
         with self._tx("charge", self.tables.usage_events) as c:
             first = (
@@ -953,7 +957,55 @@ class SQLiteStore(Store):
                 metadata,
                 idempotency_key,
             )
-            return Charge(True, used + credits, held, event)
+            if not alert_thresholds or limit is None:
+                return Charge(True, used + credits, held, event)
+            last_reset = _dt(counter[2])
+            alerts = self._record_alerts(
+                c,
+                user_id,
+                feature_name,
+                alert_thresholds,
+                (used, used + credits, limit),
+                alert_window(window_start, last_reset),
+                resets_at,
+                event.timestamp,
+            )
+            return Charge(True, used + credits, held, event, alerts=alerts)
+
+    def _record_alerts(
+        self,
+        c: sqlite3.Connection,
+        user_id: str,
+        feature_name: str,
+        thresholds: Sequence[int],
+        usage: tuple[int, int, int],
+        window: datetime | None,
+        resets_at: datetime | None,
+        now: datetime,
+    ) -> tuple[int, ...]:
+        """The alerts of the thresholds a charge crossed (``usage``: before, after, limit),
+        each unless it already has one in the window (``None``: ever)."""
+        sql = self._sql
+        since = "" if window is None else _ts(window)
+        recorded = []
+        for threshold in crossed(thresholds, *usage):
+            if c.execute(sql["alerts_seen"], (user_id, feature_name, threshold, since)).fetchone():
+                continue
+            c.execute(
+                sql["alerts_record"],
+                (
+                    user_id,
+                    feature_name,
+                    threshold,
+                    usage[1],
+                    usage[2],
+                    _ts_or_none(window),
+                    _ts_or_none(resets_at),
+                    _ts(now),
+                ),
+            )
+            recorded.append(threshold)
+        return tuple(recorded)
 
     @_group_committed
     def reserve(
@@ -1308,6 +1360,61 @@ class SQLiteStore(Store):
             )
             for r in rows
         ]
+
+    # -- alerts -----------------------------------------------------------------------------------
+    def load_alert_thresholds(self) -> list[tuple[str, int | None, list[int]]]:
+        with self._tx("load_alert_thresholds", self.tables.alert_rules, write=False) as c:
+            rows = c.execute(self._sql["alert_thresholds"]).fetchall()
+        return [
+            (feature, plan or None, json.loads(thresholds)) for feature, plan, thresholds in rows
+        ]
+
+    def set_alert_thresholds(
+        self, *, feature_name: str, plan_id: int | None, thresholds: list[int]
+    ) -> list[int]:
+        sql = self._sql
+        with self._tx("set_alert_thresholds", self.tables.alert_rules) as c:
+            if thresholds:
+                c.execute(
+                    sql["set_alert_thresholds"],
+                    (feature_name, plan_id or 0, json.dumps(thresholds)),
+                )
+            else:
+                c.execute(sql["set_alert_thresholds_clear"], (feature_name, plan_id or 0))
+        return thresholds
+
+    def claim_alerts(self, *, now: datetime, lease_until: datetime, limit: int) -> list[Alert]:
+        sql = self._sql
+        with self._tx("claim_alerts", self.tables.alerts) as c:
+            rows = c.execute(sql["claim_alerts"], (_ts(now), limit)).fetchall()
+            c.executemany(sql["claim_alerts_lease"], [(_ts(lease_until), r[0]) for r in rows])
+        return [_alert(r) for r in rows]
+
+    def finish_alert(self, *, alert_id: int, delivered: bool, now: datetime) -> bool:
+        with self._tx("finish_alert", self.tables.alerts) as c:
+            cur = c.execute(self._sql["finish_alert"], (delivered, _ts(now), alert_id))
+        return cur.rowcount == 1
+
+    def list_alerts(self, *, user_id: str | None, undelivered: bool, limit: int) -> list[Alert]:
+        with self._tx("list_alerts", self.tables.alerts, write=False) as c:
+            rows = c.execute(self._sql["list_alerts"], (user_id, undelivered, limit)).fetchall()
+        return [_alert(r) for r in rows]
+
+
+def _alert(row: Sequence[Any]) -> Alert:
+    return Alert(
+        id=row[0],
+        user_id=row[1],
+        feature_name=row[2],
+        threshold=row[3],
+        usage=row[4],
+        limit=row[5],
+        window_start=_dt(row[6]),
+        resets_at=_dt(row[7]),
+        created_at=datetime.fromisoformat(row[8]).replace(tzinfo=timezone.utc),
+        delivered_at=_dt(row[9]),
+        attempts=row[10],
+    )
 
 
 class MemoryStore(SQLiteStore):

@@ -26,7 +26,7 @@ from importlib import resources
 from typing import Any
 
 from usageflow.errors import UsageFlowError, invalid, reservation_error
-from usageflow.models import FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.models import Alert, FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
 from usageflow.ops import Charge, HourlyTotal, ResetInfo, StripeApplied, StripeSubscription
 from usageflow.stores.base import HOLD_GRACE, Tables
 
@@ -45,7 +45,7 @@ __all__ = [
 
 #: The schema's version, one for every engine: bumped whenever postgres.sql or sqlite.sql
 #: changes in a way that needs ``migrate()`` to run again.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: The SQLSTATE with which the migration refuses to adopt a table holding a row usageflow
 #: cannot accept (its message names the row, its diagnostics the table).
@@ -116,6 +116,8 @@ def _table_names(tables: Tables) -> dict[str, str]:
         "stripe_subs": tables.stripe_subscriptions,
         "stripe_cust": tables.stripe_customers,
         "stripe_export": tables.stripe_exports,
+        "alerts": tables.alerts,
+        "alert_rules": tables.alert_rules,
     }
 
 
@@ -131,6 +133,8 @@ def _names(tables: Tables) -> dict[str, str]:
         "ix_hold_idem": quote(f"{tables.usage_events}_hold_idem_idx"),
         "ix_subs": quote(f"{tables.usage_events}_subs_idx"),
         "ix_cust": quote(f"{tables.usage_events}_cust_idx"),
+        "ix_alerts_key": quote(f"{tables.usage_events}_alerts_key_idx"),
+        "ix_alerts_pending": quote(f"{tables.usage_events}_alerts_pending_idx"),
         "events_literal": literal(tables.usage_events),
         "holds_literal": literal(tables.holds),
         "version": str(SCHEMA_VERSION),
@@ -174,6 +178,8 @@ def render(tables: Tables) -> str:
         tables.stripe_subscriptions,
         tables.stripe_customers,
         tables.stripe_exports,
+        tables.alerts,
+        tables.alert_rules,
     ]
     names = {
         **names,
@@ -204,6 +210,8 @@ _SQLITE_INDEXES = (
     ("holds", "idem"),
     ("stripe_subs", "customer"),
     ("stripe_cust", "user"),
+    ("alerts", "key"),
+    ("alerts", "pending"),
 )
 
 
@@ -337,6 +345,25 @@ def _charge(row: Mapping[str, Any]) -> Charge:
         replayed=bool(row.get("replayed", False)),
         reservation_id=row.get("reservation_id"),
         first_credits=row.get("first_credits"),
+        alerts=tuple(row.get("alerts") or ()),
+    )
+
+
+def _alert(row: Mapping[str, Any]) -> Alert:
+    created = moment(row["created_at"])
+    assert created is not None
+    return Alert(
+        id=row["id"],
+        user_id=row["user_id"],
+        feature_name=row["feature_name"],
+        threshold=row["threshold"],
+        usage=row["usage"],
+        limit=row["limit"],
+        window_start=moment(row["window_start"]),
+        resets_at=moment(row["resets_at"]),
+        created_at=created,
+        delivered_at=moment(row["delivered_at"]),
+        attempts=row["attempts"],
     )
 
 
@@ -424,12 +451,21 @@ OPERATIONS: dict[str, tuple[str, Decoder]] = {
         "stripe_pending",
         lambda rows: [_subscription(r) for r in rows],
     ),
+    "load_alert_thresholds": (
+        "alert_thresholds",
+        lambda rows: [(f, plan, [int(t) for t in ts]) for f, plan, ts in rows],
+    ),
+    "set_alert_thresholds": ("set_alert_thresholds", lambda r: [int(t) for t in r]),
+    "claim_alerts": ("claim_alerts", lambda rows: [_alert(r) for r in rows]),
+    "finish_alert": ("finish_alert", bool),
+    "list_alerts": ("list_alerts", lambda rows: [_alert(r) for r in rows]),
 }
 
 #: The arguments sent in another form than the operation's (the rest are sent as they are).
 _SENT_AS: dict[str, Callable[[Any], Any]] = {
     "user_ids": list,
     "feature_names": list,
+    "alert_thresholds": lambda value: None if value is None else list(value),
     "fields": _profile_fields,
     "price": _plain,
     "link": _plain,

@@ -188,6 +188,30 @@ CREATE TABLE IF NOT EXISTS @stripe_export@ (
     meter TEXT PRIMARY KEY,
     last_event_id INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS @alert_rules@ (
+    feature_name TEXT NOT NULL,
+    plan_id INTEGER NOT NULL DEFAULT 0, -- 0: every plan
+    thresholds TEXT NOT NULL,           -- a JSON array of percents
+    PRIMARY KEY (feature_name, plan_id)
+);
+CREATE TABLE IF NOT EXISTS @alerts@ (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    feature_name TEXT NOT NULL,
+    threshold INTEGER NOT NULL,
+    usage INTEGER NOT NULL,
+    limit_value INTEGER NOT NULL,
+    window_start TIMESTAMP,
+    resets_at TIMESTAMP,
+    created_at TIMESTAMP NOT NULL,
+    delivered_at TIMESTAMP,
+    leased_until TIMESTAMP,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS @idx_alerts_key@
+    ON @alerts@ (user_id, feature_name, threshold, created_at);
+CREATE INDEX IF NOT EXISTS @idx_alerts_pending@ ON @alerts@ (attempts, id)
+    WHERE delivered_at IS NULL;
 
 -- name: table_exists
 SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?;
@@ -567,3 +591,48 @@ SELECT subscription_id, customer_id, order_key, started, ended, plan, status,
 FROM @stripe_subs@ s
 WHERE NOT EXISTS (SELECT 1 FROM @stripe_cust@ k WHERE k.customer_id = s.customer_id)
 ORDER BY started IS NULL, started DESC, subscription_id LIMIT ?;
+
+-- ------------------------------------------------------------------------------------------
+-- Alerts: thresholds crossed, recorded by the charge that crossed them, then delivered.
+
+-- name: alerts_seen
+-- Has the threshold an alert in the window (from ?4; '' when the window is "ever")?
+SELECT 1 FROM @alerts@
+WHERE user_id = ? AND feature_name = ? AND threshold = ? AND created_at >= ? LIMIT 1;
+
+-- name: alerts_record
+INSERT INTO @alerts@ (user_id, feature_name, threshold, usage, limit_value, window_start,
+                      resets_at, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: alert_columns
+id, user_id, feature_name, threshold, usage, limit_value, window_start, resets_at, created_at,
+delivered_at, attempts
+
+-- name: alert_thresholds
+SELECT feature_name, plan_id, thresholds FROM @alert_rules@ ORDER BY feature_name, plan_id;
+
+-- name: set_alert_thresholds
+INSERT INTO @alert_rules@ (feature_name, plan_id, thresholds) VALUES (?, ?, ?)
+ON CONFLICT (feature_name, plan_id) DO UPDATE SET thresholds = excluded.thresholds;
+
+-- name: set_alert_thresholds_clear
+DELETE FROM @alert_rules@ WHERE feature_name = ? AND plan_id = ?;
+
+-- name: claim_alerts
+SELECT @alert_columns@ FROM @alerts@
+WHERE delivered_at IS NULL AND (leased_until IS NULL OR leased_until <= ?)
+ORDER BY attempts, id LIMIT ?;
+
+-- name: claim_alerts_lease
+UPDATE @alerts@ SET leased_until = ? WHERE id = ?;
+
+-- name: finish_alert
+UPDATE @alerts@ SET delivered_at = CASE WHEN ?1 THEN ?2 END,
+    attempts = attempts + CASE WHEN ?1 THEN 0 ELSE 1 END, leased_until = NULL
+WHERE id = ?3 AND delivered_at IS NULL;
+
+-- name: list_alerts
+SELECT @alert_columns@ FROM @alerts@
+WHERE (?1 IS NULL OR user_id = ?1) AND (NOT ?2 OR delivered_at IS NULL)
+ORDER BY id DESC LIMIT ?3;
