@@ -404,6 +404,8 @@ class Core:
             now=now,
             expires_at=expires_at,
             idempotency_key=key,
+            alert_thresholds=quota.alert_thresholds or None,
+            resets_at=quota.window.end,
         )
         if charge.replayed and key is not None:
             same_request(key, "reservation", credits, "reservation", charge.first_credits)

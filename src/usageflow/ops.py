@@ -293,9 +293,13 @@ def reserve(
     now: datetime,
     expires_at: datetime,
     idempotency_key: str | None,
+    alert_thresholds: Sequence[int] | None = None,
+    resets_at: datetime | None = None,
 ) -> StoreCall[Charge]:
     """Atomically: if the credits fit, hold them until ``expires_at``. A reservation id
-    used before is invalid input (``USAGE_INVALID_PARAMS``) on every store."""
+    used before is invalid input (``USAGE_INVALID_PARAMS``) on every store. The hold keeps
+    ``alert_thresholds`` (with ``limit``, ``window_start`` and ``resets_at``): its commit
+    records alerts as :func:`charge` does, measured in that window."""
     return StoreCall("reserve", locals())
 
 

@@ -174,3 +174,19 @@ def test_delivery_and_listing_check_their_arguments(flow: Any) -> None:
         with pytest.raises(UsageFlowError) as caught:
             call()
         assert caught.value.code is ErrorCodes.USAGE_INVALID_PARAMS
+
+
+def test_a_committed_reservation_records_the_alerts_its_credits_cross(flow: Any) -> None:
+    _plans(flow)
+    flow.set_alert_thresholds("exports", [50, 80, 100])
+    held = flow.reserve("u1", "exports", 9)
+    assert _thresholds(flow) == []  # held credits are not usage
+    flow.reserve("u1", "exports", 1).release()
+    assert _thresholds(flow) == []
+    held.commit(7)  # 0% -> 70%
+    assert _thresholds(flow) == [50]
+    assert flow.list_alerts()[0].usage == 7
+    with flow.reserve("u1", "exports", 3) as more:
+        more.commit(3)  # 70% -> 100%
+    assert _thresholds(flow) == [50, 80, 100]
+    assert [(a.usage, a.limit) for a in flow.list_alerts()][:2] == [(10, 10), (10, 10)]

@@ -26,6 +26,8 @@ _FRAGMENTS = {
 #: SQLite statements with no PostgreSQL function of their name (PostgreSQL reads the counters
 #: row inside each function; a fragment).
 _UNPAIRED = {"counter", "event_columns", "alert_columns"}
+#: Upgrades of older files (tests/unit/test_sqlite_migrations.py runs them).
+_UPGRADES = {"holds_alert_column"}
 
 
 def _layout(name: str) -> list[tuple[str, str]]:
@@ -112,6 +114,8 @@ def test_every_statement_prepares_on_a_migrated_database(tmp_path: Path) -> None
         checked = 0
         for name, template in statements.items():
             if name in _FRAGMENTS or ";" in template:  # parts, and scripts (run by migrate)
+                continue
+            if name in _UPGRADES:  # DDL for older files: the column exists here
                 continue
             text = template.format(**fields[name]) if name in fields else template
             assert "{" not in text, name

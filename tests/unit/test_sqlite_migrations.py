@@ -69,3 +69,37 @@ def test_upgrade_from_version_3_scopes_idempotency_keys(tmp_path: Path) -> None:
     assert unique == []
     assert {"idx_usage_events_idem", "idx_usage_events_holds_idem"} <= indexes
     assert "idx_usage_events_holds_key" not in indexes
+
+
+def test_upgrade_from_version_4_adds_the_holds_alert_column(tmp_path: Path) -> None:
+    """Version 5 keeps, on a hold, the alert thresholds its commit is measured against: a
+    version 4 file gets the column, and its holds still commit (without alerts)."""
+    path = tmp_path / "usage.db"
+    url = f"sqlite:///{path}"
+    with UsageFlow(url) as flow:
+        flow.create_plan("Free", is_free=True, limits={"api": 10})
+        flow.set_alert_thresholds("api", [50])
+        old_hold = flow.reserve("alice", "api", 6)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE usage_events_holds SET alert = NULL")
+        conn.execute("ALTER TABLE usage_events_holds DROP COLUMN alert")
+        conn.execute("UPDATE usageflow_schema SET version = 4")
+    conn.close()
+    with UsageFlow(url) as flow:
+        assert flow.migrate() == SCHEMA_VERSION == 5
+        flow.get_plans()
+        assert flow.consume("bob", "api", 5).alerts == (50,)
+        flow.store.call(
+            ops.settle(
+                reservation_id=old_hold.id, credits=6, now=old_hold.expires_at, metadata=None
+            )
+        )
+        assert flow.get_total_usage("alice", "api") == 6
+        assert [a.user_id for a in flow.list_alerts()] == ["bob"]  # held before version 5
+        held = flow.reserve("carol", "api", 5)
+        held.commit(5)
+        assert [a.user_id for a in flow.list_alerts()] == ["carol", "bob"]
+    with sqlite3.connect(path) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(usage_events_holds)")}
+    conn.close()
+    assert "alert" in columns

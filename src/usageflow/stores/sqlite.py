@@ -572,6 +572,10 @@ class SQLiteStore(Store):
                     self._rebuild_holds(conn)
                 if 0 < version < 4:
                     self._rebuild_events(conn)
+                if 0 < version < 5:
+                    columns = {row[1] for row in conn.execute(sql["holds_columns"])}
+                    if "alert" not in columns:
+                        conn.execute(sql["holds_alert_column"])
                 if version < SCHEMA_VERSION:
                     _run_script(conn, sql["schema"])
                     conn.execute(
@@ -1020,6 +1024,8 @@ class SQLiteStore(Store):
         now: datetime,
         expires_at: datetime,
         idempotency_key: str | None,
+        alert_thresholds: Sequence[int] | None = None,
+        resets_at: datetime | None = None,
     ) -> Charge:
         sql = self._sql
         # No savepoint in a batch: the insert of the hold is the one write (marking expired
@@ -1054,6 +1060,7 @@ class SQLiteStore(Store):
                         _ts(now),
                         _ts(expires_at),
                         idempotency_key,
+                        _hold_alert(alert_thresholds, limit, window_start, resets_at),
                     ),
                 )
             except sqlite3.IntegrityError:  # SQLite undid the statement: nothing written
@@ -1084,7 +1091,7 @@ class SQLiteStore(Store):
                 if event is None and row is None:
                     raise reservation_error("no such reservation", reservation_id=reservation_id)
                 return event
-            user_id, feature_name, status, hold_key = row[:4]
+            user_id, feature_name, status, hold_key, alert = row[:5]
             if credits is None:
                 c.execute(sql["settle_release"], (reservation_id,))
                 self._prune_holds(c, user_id, feature_name, now)
@@ -1094,10 +1101,25 @@ class SQLiteStore(Store):
                     "reservation was released; it cannot be committed",
                     reservation_id=reservation_id,
                 )
-            counter = self._NO_COUNTER if row[4] is None else row[4:]
+            counter = self._NO_COUNTER if row[5] is None else row[5:]
+            if alert is not None:  # the commit is measured as a charge against the thresholds
+                rule = json.loads(alert)
+                window = _dt(rule["window_start"])
+                used = self._state(c, user_id, feature_name, window, now)[1]
             event = self._append(
                 c, counter, user_id, feature_name, credits, "usage", now, metadata, key
             )
+            if alert is not None:
+                self._record_alerts(
+                    c,
+                    user_id,
+                    feature_name,
+                    rule["thresholds"],
+                    (used, used + credits, rule["limit"]),
+                    alert_window(window, _dt(counter[2])),
+                    _dt(rule["resets_at"]),
+                    event.timestamp,
+                )
             if hold_key is None:
                 c.execute(sql["settle_delete"], (reservation_id,))
             else:
@@ -1399,6 +1421,24 @@ class SQLiteStore(Store):
         with self._tx("list_alerts", self.tables.alerts, write=False) as c:
             rows = c.execute(self._sql["list_alerts"], (user_id, undelivered, limit)).fetchall()
         return [_alert(r) for r in rows]
+
+
+def _hold_alert(
+    thresholds: Sequence[int] | None,
+    limit: int | None,
+    window_start: datetime | None,
+    resets_at: datetime | None,
+) -> str | None:
+    """What a hold keeps for its commit to be measured against the alert thresholds."""
+    if not thresholds or limit is None:
+        return None
+    rule = {
+        "thresholds": list(thresholds),
+        "limit": limit,
+        "window_start": _ts_or_none(window_start),
+        "resets_at": _ts_or_none(resets_at),
+    }
+    return json.dumps(rule, separators=(",", ":"))
 
 
 def _alert(row: Sequence[Any]) -> Alert:

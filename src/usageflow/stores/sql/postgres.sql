@@ -117,8 +117,10 @@ CREATE TABLE IF NOT EXISTS @holds@ (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     expires_at TIMESTAMPTZ NOT NULL,
     idempotency_key TEXT,  -- unique per (user, feature): @ix_hold_idem@, below
-    event_id BIGINT
+    event_id BIGINT,
+    alert JSONB  -- the alert thresholds its commit is measured against (version 5)
 );
+ALTER TABLE @holds@ ADD COLUMN IF NOT EXISTS alert JSONB;
 CREATE INDEX IF NOT EXISTS @ix_hold@
     ON @holds@ (user_id, feature_name, expires_at) WHERE status = 'held';
 -- Settled or expired holds kept for a grace period (see @fn_prune_holds@).
@@ -735,7 +737,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION @fn_reserve@(
     p_reservation_id TEXT, p_user_id TEXT, p_feature_name TEXT, p_credits BIGINT,
     p_limit BIGINT, p_window_start TIMESTAMPTZ, p_now TIMESTAMPTZ, p_expires_at TIMESTAMPTZ,
-    p_idempotency_key TEXT
+    p_idempotency_key TEXT, p_alert_thresholds INTEGER[], p_resets_at TIMESTAMPTZ
 ) RETURNS JSONB
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path FROM CURRENT
@@ -772,9 +774,13 @@ BEGIN
         RETURN jsonb_build_object('allowed', false, 'used', v_used, 'held', v_held);
     END IF;
     INSERT INTO @holds@ (id, user_id, feature_name, credits, expires_at, idempotency_key,
-                         created_at)
+                         created_at, alert)
     VALUES (p_reservation_id, p_user_id, p_feature_name, p_credits, p_expires_at,
-            p_idempotency_key, p_now)
+            p_idempotency_key, p_now,
+            CASE WHEN p_alert_thresholds IS NOT NULL AND p_limit IS NOT NULL
+                 THEN jsonb_build_object('thresholds', to_jsonb(p_alert_thresholds),
+                     'limit', p_limit, 'window_start', p_window_start,
+                     'resets_at', p_resets_at) END)
     ON CONFLICT DO NOTHING
     RETURNING id INTO v_id;
     IF v_id IS NULL THEN  -- raced: the key (or the id) was taken meanwhile
@@ -804,6 +810,8 @@ DECLARE
     h @holds@;
     c @counters@;
     e @events@;
+    v_window TIMESTAMPTZ;
+    v_before NUMERIC;
 BEGIN
     SELECT * INTO h FROM @holds@ WHERE id = p_reservation_id;
     IF FOUND THEN
@@ -850,9 +858,22 @@ BEGIN
             'message', 'this charge would overflow the usage counter (64-bit)',
             'details', jsonb_build_object('credits', p_credits));
     END IF;
+    IF h.alert IS NOT NULL THEN  -- the commit is measured as a charge against the thresholds
+        v_window := (h.alert->>'window_start')::TIMESTAMPTZ;
+        v_before := @fn_used@(c, v_window);
+    END IF;
     e := @fn_append@(c, p_credits, 'usage', p_now, p_metadata, 'reservation:' || h.id);
     IF e.id IS NULL THEN  -- someone recorded a charge under this very key: keep both
         e := @fn_append@(c, p_credits, 'usage', p_now, p_metadata, NULL);
+    END IF;
+    IF h.alert IS NOT NULL THEN
+        PERFORM @fn_alerts@(h.user_id, h.feature_name,
+            ARRAY(SELECT jsonb_array_elements_text(h.alert->'thresholds')::INTEGER),
+            v_before, v_before + p_credits, (h.alert->>'limit')::BIGINT,
+            CASE WHEN c.last_reset_at IS NOT NULL
+                      AND (v_window IS NULL OR c.last_reset_at >= v_window)
+                 THEN c.last_reset_at ELSE v_window END,
+            (h.alert->>'resets_at')::TIMESTAMPTZ, e."timestamp");
     END IF;
     IF h.idempotency_key IS NULL AND e.idempotency_key IS NOT NULL THEN
         DELETE FROM @holds@ WHERE id = h.id;  -- the event, keyed by the reservation, answers

@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS @holds@ (
     created_at TIMESTAMP NOT NULL,
     expires_at TIMESTAMP NOT NULL,
     idempotency_key TEXT,
-    event_id INTEGER
+    event_id INTEGER,
+    alert TEXT -- the alert thresholds its commit is measured against, as JSON (version 5)
 ) WITHOUT ROWID;
 
 -- name: schema
@@ -229,6 +230,13 @@ FROM @holds@ WHERE NOT (status = 'committed' AND idempotency_key IS NULL);
 DROP TABLE @holds@;
 ALTER TABLE @holds_v3@ RENAME TO @holds@;
 
+-- name: holds_alert_column
+-- Version 5's column of the holds table, on an older one.
+ALTER TABLE @holds@ ADD COLUMN alert TEXT;
+
+-- name: holds_columns
+PRAGMA table_info(@holds@);
+
 -- name: events_indexes
 -- The ledger's indexes; a unique one ('u') made by a column constraint of versions 1-3 means
 -- the ledger must be rebuilt.
@@ -333,12 +341,12 @@ SELECT 1 FROM @holds@ WHERE id = ?;
 -- A reused reservation id (74 random bits a millisecond) fails the primary key: nothing
 -- written.
 INSERT INTO @holds@ (id, user_id, feature_name, credits, status, created_at, expires_at,
-    idempotency_key)
-VALUES (?, ?, ?, ?, 'held', ?, ?, ?);
+    idempotency_key, alert)
+VALUES (?, ?, ?, ?, 'held', ?, ?, ?, ?);
 
 -- name: settle_hold
 -- The hold and the counters row of its key.
-SELECT h.user_id, h.feature_name, h.status, h.idempotency_key, c.total, c.last_ts,
+SELECT h.user_id, h.feature_name, h.status, h.idempotency_key, h.alert, c.total, c.last_ts,
     c.last_reset_at, c.reset_base, c.reset_pre_total
 FROM @holds@ h LEFT JOIN @counters@ c
     ON c.user_id = h.user_id AND c.feature_name = h.feature_name
