@@ -400,7 +400,8 @@ def quota_headers(
     ``RateLimit-Policy: "<feature>";q=<limit>`` and ``RateLimit: "<feature>";r=<remaining>``
     with ``;t=<seconds until the window resets>`` when the window has an end, and, when
     ``refused``, ``Retry-After`` (same seconds). ``refund`` credits are added back to
-    ``remaining`` (credits given back because the response is not charged).
+    ``remaining`` (credits given back because the response is not charged). When the charge
+    crossed alert thresholds, ``UsageFlow-Alert`` (:func:`alert_field`).
     """
     fields = _quota_fields(decision, now, refused, refund)
     if fields is None:
@@ -409,7 +410,17 @@ def quota_headers(
     headers = [("ratelimit-policy", policy), ("ratelimit", field)]
     if retry is not None:
         headers.append(("retry-after", retry))
+    if decision.alerts:
+        headers.append(("usageflow-alert", alert_field(decision)))
     return headers
+
+
+def alert_field(decision: Decision) -> str:
+    """``UsageFlow-Alert``: the thresholds this request's charge crossed, a list of
+    ``"<feature>";threshold=<percent>`` (a structured field, RFC 8941), so that a front end
+    can show a banner without polling."""
+    name = _sf_string(decision.feature_name)
+    return ", ".join(f"{name};threshold={t}" for t in decision.alerts)
 
 
 def quota_header_bytes(
@@ -423,6 +434,8 @@ def quota_header_bytes(
     headers = [(b"ratelimit-policy", policy.encode()), (b"ratelimit", field.encode())]
     if retry is not None:
         headers.append((b"retry-after", retry.encode()))
+    if decision.alerts:
+        headers.append((b"usageflow-alert", alert_field(decision).encode()))
     return headers
 
 
