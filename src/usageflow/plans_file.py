@@ -13,7 +13,10 @@
     price_amount = "19.00"
     price_currency = "usd"
     payment_link_url = "https://buy.stripe.com/test_123"
-    limits = { exports = 1000, api_calls = -1 }
+    limits = { exports = { limit = 1000, alert_thresholds = [90] }, api_calls = -1 }
+
+    [alerts]            # alert thresholds (percents of the limit) of every plan
+    exports = [80, 100]
 
 The whole file is checked before anything is written; loading it twice changes nothing more.
 The format is documented in docs/cli.md, with a complete example in examples/plans.toml.
@@ -26,7 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, RootModel
 
 from usageflow._config import validate
 from usageflow.errors import invalid
@@ -64,13 +67,18 @@ def _limit_table(value: object) -> object:
 _Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_printable)]
 
 
+_Thresholds = list[Annotated[int, Field(ge=1, le=1000)]]
+
+
 class _Limit(BaseModel):
-    """One feature's limit: ``limit`` (``-1`` or absent: unlimited) per ``period``."""
+    """One feature's limit: ``limit`` (``-1`` or absent: unlimited) per ``period``, and the
+    plan's own alert thresholds of the feature."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     limit: Annotated[int, Field(ge=-1, le=INT64_MAX)] | None = None
     period: Annotated[Period, Field(strict=False)] = Period.CURRENT_MONTH
+    alert_thresholds: _Thresholds | None = None
 
 
 class _PlanEntry(BaseModel):
@@ -90,6 +98,14 @@ class _PlanEntry(BaseModel):
         default_factory=dict
     )
 
+    def alert_thresholds(self) -> dict[str, list[int]]:
+        """The plan's own alert thresholds, by feature."""
+        return {
+            feature: spec.alert_thresholds
+            for feature, spec in self.limits.items()
+            if spec.alert_thresholds is not None
+        }
+
     def create_plan_kwargs(self) -> dict[str, Any]:
         """The keys the file set, as :meth:`UsageFlow.create_plan` takes them."""
         kwargs = self.model_dump(exclude_unset=True, exclude={"limits"})
@@ -101,13 +117,30 @@ class _PlanEntry(BaseModel):
         return kwargs
 
 
-def parse_plans(text: str) -> list[dict[str, Any]]:
+class _Alerts(RootModel[dict[_Name, _Thresholds]]):
+    """The ``[alerts]`` table: feature -> thresholds of every plan."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class PlansFile(BaseModel):
+    """A checked plans file: the plans (as :meth:`UsageFlow.create_plan` takes them, with
+    their own alert thresholds) and the alert thresholds of every plan."""
+
+    plans: list[tuple[dict[str, Any], dict[str, list[int]]]]
+    alerts: dict[str, list[int]]
+
+
+def parse_plans(text: str) -> PlansFile:
     """Parse and check a plans file; raises ``USAGE_INVALID_PARAMS`` naming the bad entry
     and key (``plans[1].limits.exports.period must be ...``)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise invalid(f"plans file is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"plans", "alerts"})
+    if unknown:
+        raise invalid(f"plans file has unknown tables {unknown}: it holds [[plans]] and [alerts]")
     plans = data.get("plans")
     if not isinstance(plans, list) or not plans:
         raise invalid("plans file needs at least one [[plans]] table")
@@ -122,15 +155,27 @@ def parse_plans(text: str) -> list[dict[str, Any]]:
         if key in seen:
             raise invalid(f"{where} repeats plan {entry.name!r}")
         seen.add(key)
-        parsed.append(entry.create_plan_kwargs())
-    return parsed
+        parsed.append((entry.create_plan_kwargs(), entry.alert_thresholds()))
+    alerts = data.get("alerts", {})
+    if not isinstance(alerts, dict):
+        raise invalid("alerts must be a table: feature = [80, 100]")
+    every = validate(_Alerts, alerts, invalid, prefix="alerts")
+    return PlansFile(plans=parsed, alerts=every.root)
 
 
 def load_plans(flow: UsageFlow, source: str | Path) -> list[Plan]:
-    """Create or update every plan in a TOML file (a path, or the TOML text itself)."""
+    """Create or update every plan in a TOML file (a path, or the TOML text itself), and
+    set the alert thresholds it gives (a feature the file gives none for keeps its own)."""
     text = Path(source).read_text() if isinstance(source, Path) else source
+    checked = parse_plans(text)
     created = []
-    for plan in parse_plans(text):
+    for kwargs, thresholds in checked.plans:
+        plan = dict(kwargs)
         name = plan.pop("name")
-        created.append(flow.create_plan(name, **plan))
+        made = flow.create_plan(name, **plan)
+        for feature, values in thresholds.items():
+            flow.set_alert_thresholds(feature, values, plan_id=made.id)
+        created.append(made)
+    for feature, values in checked.alerts.items():
+        flow.set_alert_thresholds(feature, values)
     return created

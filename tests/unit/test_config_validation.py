@@ -48,6 +48,13 @@ GOOD = '[[plans]]\nname = "Free"\nis_free = true\nlimits = { exports = 10 }\n'
         ('name = "  "', "plans[1].name must not be blank"),
         ("is_free = false", "plans[1].name is required"),
         ('name = "Pro"\nstripe_price_id = 5', "plans[1].stripe_price_id must be a string"),
+        (
+            'name = "Pro"\nlimits = { exports = { limit = 5, alert_thresholds = [0] } }',
+            "plans[1].limits.exports.alert_thresholds[0] must be at least 1",
+        ),
+        ('name = "Pro"\n[alerts]\nexports = [1001]', "alerts.exports[0] must be at most 1000"),
+        ('name = "Pro"\n[alerts]\nexports = "80"', "alerts.exports must be a list"),
+        ('name = "Pro"\n[alert]\nexports = [80]', "plans file has unknown tables ['alert']"),
     ],
 )
 def test_a_bad_plans_file_is_refused_naming_the_key_and_writes_nothing(
@@ -201,3 +208,17 @@ def test_a_decorated_function_is_refused_with_the_same_messages(tmp_path: Path) 
     assert caught.value.code is ErrorCodes.USAGE_CONFIG_ERROR
     with pytest.raises(UsageFlowError, match="feature must be at most 255 printable characters"):
         metered("bad\nname", flow=flow)
+
+
+def test_a_plans_file_sets_alert_thresholds_of_every_plan_and_of_one(tmp_path: Path) -> None:
+    flow = UsageFlow(f"sqlite:///{tmp_path / 'plans.db'}")
+    text = (
+        '[[plans]]\nname = "Free"\nis_free = true\n'
+        "limits = { exports = { limit = 10, alert_thresholds = [90, 50] }, api = 5 }\n"
+        "[alerts]\nexports = [100, 80]\napi = [50]\n"
+    )
+    (free,) = load_plans(flow, text)
+    assert flow.get_alert_thresholds("exports") == [80, 100]
+    assert flow.get_alert_thresholds("exports", plan_id=free.id) == [50, 90]
+    assert flow.get_alert_thresholds("api", plan_id=free.id) == [50]
+    assert flow.consume("u1", "exports", 9).alerts == (50, 90)
