@@ -9,6 +9,7 @@ never waits on I/O; see docs/stores.md).
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -378,6 +379,10 @@ class UsageFlow(_Base):
         its alert is offered again at the next call. Each alert is leased for ``lease``
         seconds while its handler runs, so concurrent callers never hand one alert out twice
         at once (a caller that dies leaves it to be offered again when the lease ends)."""
+        if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004 - an object with an async __call__
+        ):
+            raise config_error("an async alert handler needs AsyncUsageFlow")
         return self._run(self.core.deliver_alerts(handler, limit, lease))
 
     def list_alerts(

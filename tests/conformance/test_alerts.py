@@ -190,3 +190,24 @@ def test_a_committed_reservation_records_the_alerts_its_credits_cross(flow: Any)
         more.commit(3)  # 70% -> 100%
     assert _thresholds(flow) == [50, 80, 100]
     assert [(a.usage, a.limit) for a in flow.list_alerts()][:2] == [(10, 10), (10, 10)]
+
+
+def test_an_async_handler_runs_on_the_async_flow_and_is_refused_by_the_sync_one(
+    flow: Any, api: str
+) -> None:
+    _plans(flow)
+    flow.set_alert_thresholds("exports", [50])
+    flow.consume("u1", "exports", 5)
+    got: list[int] = []
+
+    async def handler(alert: Alert) -> None:
+        got.append(alert.threshold)
+
+    if api == "async":
+        assert flow.deliver_alerts(handler) == 1 and got == [50]
+        return
+    with pytest.raises(UsageFlowError) as caught:
+        flow.deliver_alerts(handler)
+    assert caught.value.code is ErrorCodes.USAGE_CONFIG_ERROR
+    assert "AsyncUsageFlow" in caught.value.message
+    assert len(flow.list_alerts(undelivered=True)) == 1 and got == []
