@@ -61,15 +61,16 @@ def _modules() -> list[Module]:
 MODULES = _modules()
 
 
-def imports_of(module: Module) -> set[str]:
-    """The absolute names of every module ``module`` imports, wherever the import is written
-    (relative imports resolved; ``from x import y`` gives ``x`` and ``x.y``)."""
+def _import_statements(module: Module) -> list[tuple[str, list[str]]]:
+    """Every import statement of ``module``, wherever it is written, as ``(source, names)``:
+    ``import x.y`` is ``("x.y", [])``; ``from x import a, b`` is ``("x", ["a", "b"])``, with
+    relative sources resolved."""
     tree = ast.parse(module.path.read_text(encoding="utf-8"), filename=str(module.path))
     package = module.name if module.is_package else module.name.rpartition(".")[0]
-    names: set[str] = set()
+    found: list[tuple[str, list[str]]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
+            found.extend((alias.name, []) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 parts = package.split(".")
@@ -77,8 +78,17 @@ def imports_of(module: Module) -> set[str]:
                 source = f"{base}.{node.module}" if node.module else base
             else:
                 source = node.module or ""
-            names.add(source)
-            names.update(f"{source}.{alias.name}" for alias in node.names if alias.name != "*")
+            found.append((source, [a.name for a in node.names if a.name != "*"]))
+    return found
+
+
+def imports_of(module: Module) -> set[str]:
+    """The absolute names of every module ``module`` imports, wherever the import is written
+    (relative imports resolved; ``from x import y`` gives ``x`` and ``x.y``)."""
+    names: set[str] = set()
+    for source, imported in _import_statements(module):
+        names.add(source)
+        names.update(f"{source}.{name}" for name in imported)
     return names
 
 
@@ -201,22 +211,13 @@ def test_the_import_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
 def _module_edges(module: Module, known: set[str]) -> set[str]:
     """The modules of the package ``module`` imports by name: ``from x import y`` counts as
     an import of ``x.y`` when that is a module, else of ``x``."""
-    tree = ast.parse(module.path.read_text(encoding="utf-8"), filename=str(module.path))
-    package = module.name if module.is_package else module.name.rpartition(".")[0]
     edges: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            edges.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                source = f"{base}.{node.module}" if node.module else base
-            else:
-                source = node.module or ""
-            for alias in node.names:
-                sub = f"{source}.{alias.name}"
-                edges.add(sub if sub in known else source)
+    for source, imported in _import_statements(module):
+        if not imported:
+            edges.add(source)
+        for name in imported:
+            sub = f"{source}.{name}"
+            edges.add(sub if sub in known else source)
     return {name for name in edges if name in known and name != module.name}
 
 
