@@ -495,55 +495,55 @@ class SQLiteStore(Store):
             return
         nowait = self._local.__dict__.get("nowait", False)
         begin = "BEGIN IMMEDIATE" if write else self._READ_BEGIN
-        with self._turn(operation, table, write, nowait) as conn:
+        conn, locked = self._take_turn(operation, table, write, nowait)
+        try:
+            if begin:
+                conn.execute(begin)
             try:
+                yield conn
+            except BaseException:
                 if begin:
-                    conn.execute(begin)
-                try:
-                    yield conn
-                except BaseException:
-                    if begin:
-                        conn.execute("ROLLBACK")
-                    raise
-                if begin:
-                    conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                if nowait and _is_busy(exc):
-                    raise WouldBlock(operation) from None
-                raise self._error(exc, operation, table) from None
+                    conn.execute("ROLLBACK")
+                raise
+            if begin:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if nowait and _is_busy(exc):
+                raise WouldBlock(operation) from None
+            raise self._error(exc, operation, table) from None
+        finally:
+            self._end_turn(conn, locked)
         if write and nowait:
             self._nowait_commits += 1
 
     #: How a read begins: a deferred transaction, for a consistent view across statements.
     _READ_BEGIN: ClassVar[str | None] = "BEGIN"
 
-    @contextmanager
-    def _turn(
+    def _take_turn(
         self, operation: str, table: str, write: bool, nowait: bool
-    ) -> Iterator[sqlite3.Connection]:
-        """A connection of the pool, with this process's write lock for a write: its writers
-        queue on a lock, in order, rather than poll SQLite's busy handler (which sleeps for
-        milliseconds); other processes still meet at SQLite's lock."""
+    ) -> tuple[sqlite3.Connection, bool]:
+        """A connection of the pool, with this process's write lock for a write (``(conn,
+        locked)``; :meth:`_end_turn` gives both back): its writers queue on a lock, in order,
+        rather than poll SQLite's busy handler (which sleeps for milliseconds); other
+        processes still meet at SQLite's lock."""
         conn = self._borrow()
-        locked = False
-        try:
-            if write:
-                locked = self._writer.acquire(
-                    blocking=not nowait, timeout=-1 if nowait else self.timeout
-                )
-                if not locked:
-                    if nowait:
-                        raise WouldBlock(operation)
-                    busy = sqlite3.OperationalError("database is locked (by this process)")
-                    raise self._error(busy, operation, table)
-            yield conn
-        finally:
-            if locked:
-                self._writer.release()
-            self._give_back(conn)
+        if not write:
+            return conn, False
+        if self._writer.acquire(blocking=not nowait, timeout=-1 if nowait else self.timeout):
+            return conn, True
+        self._give_back(conn)
+        if nowait:
+            raise WouldBlock(operation)
+        busy = sqlite3.OperationalError("database is locked (by this process)")
+        raise self._error(busy, operation, table)
+
+    def _end_turn(self, conn: sqlite3.Connection, locked: bool) -> None:
+        if locked:
+            self._writer.release()
+        self._give_back(conn)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def migrate(self) -> int:
@@ -1507,13 +1507,19 @@ class MemoryStore(SQLiteStore):
     #: Reads need no transaction: no other call runs meanwhile.
     _READ_BEGIN: ClassVar[str | None] = None
 
-    @contextmanager
-    def _turn(
+    def _take_turn(
         self, operation: str, table: str, write: bool, nowait: bool
-    ) -> Iterator[sqlite3.Connection]:
+    ) -> tuple[sqlite3.Connection, bool]:
         """The one connection, behind the lock, for the whole call."""
-        with self._lock:
-            yield self._connection()
+        self._lock.acquire()
+        try:
+            return self._connection(), True
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _end_turn(self, conn: sqlite3.Connection, locked: bool) -> None:
+        self._lock.release()
 
     def _error(self, exc: BaseException, operation: str, table: str | None) -> UsageFlowError:
         return config_error(
