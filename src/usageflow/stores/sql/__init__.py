@@ -133,6 +133,7 @@ def _names(tables: Tables) -> dict[str, str]:
         "ix_hold_idem": quote(f"{tables.usage_events}_hold_idem_idx"),
         "ix_subs": quote(f"{tables.usage_events}_subs_idx"),
         "ix_cust": quote(f"{tables.usage_events}_cust_idx"),
+        "ix_counters_feature": quote(f"{tables.usage_events}_counters_feature_idx"),
         "ix_alerts_key": quote(f"{tables.usage_events}_alerts_key_idx"),
         "ix_alerts_pending": quote(f"{tables.usage_events}_alerts_pending_idx"),
         "events_literal": literal(tables.usage_events),
@@ -210,6 +211,7 @@ _SQLITE_INDEXES = (
     ("holds", "idem"),
     ("stripe_subs", "customer"),
     ("stripe_cust", "user"),
+    ("counters", "feature"),
     ("alerts", "key"),
     ("alerts", "pending"),
 )

@@ -106,6 +106,9 @@ CREATE TABLE IF NOT EXISTS @counters@ (
     active_holds INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, feature_name)
 ) WITH (fillfactor = 70);
+-- The listings of a feature (top_users) read its counters rows, not every key's; no column
+-- a decision updates is indexed, so its updates stay HOT.
+CREATE INDEX IF NOT EXISTS @ix_counters_feature@ ON @counters@ (feature_name);
 
 CREATE TABLE IF NOT EXISTS @holds@ (
     id TEXT PRIMARY KEY,

@@ -150,6 +150,8 @@ CREATE TABLE IF NOT EXISTS @counters@ (
     open_holds INTEGER NOT NULL DEFAULT 0, -- unused since version 3 (holds are read directly)
     PRIMARY KEY (user_id, feature_name)
 ) WITHOUT ROWID;
+-- The listings of a feature (top_users) read its counters rows, not every key's.
+CREATE INDEX IF NOT EXISTS @idx_counters_feature@ ON @counters@ (feature_name);
 @holds_table@;
 CREATE INDEX IF NOT EXISTS @idx_holds_active@
     ON @holds@ (user_id, feature_name, expires_at) WHERE status = 'held';
