@@ -8,15 +8,17 @@
     usageflow top FEATURE [--limit N] [--period PERIOD | --since DATE]
     usageflow events [--user USER_ID] [--feature FEATURE] [--limit N]
     usageflow pending [--limit N]
+    usageflow alerts list [--user USER_ID] [--undelivered] [--limit N]
+    usageflow alerts deliver --webhook URL [--secret-env NAME] [--limit N]
 
 Every command takes ``--store URL`` (default ``$USAGEFLOW_STORE``, then
 ``sqlite:///usageflow.db``), the flow's table-name options (``--usage-events-table NAME``,
 ...), and ``--json`` or ``--table``: one JSON document, or an aligned table. The default is a
 table when standard output is a terminal and JSON otherwise (pipes, files, scripts).
 
-``migrate``, ``plans load`` and ``plans sync-stripe`` write (and create an SQLite file);
-every other command only reads and creates nothing. Errors go to standard error: exit
-status 1 for a ``UsageFlowError``, 2 for a bad command line.
+``migrate``, ``plans load``, ``plans sync-stripe`` and ``alerts deliver`` write (and create
+an SQLite file); every other command only reads and creates nothing. Errors go to standard
+error: exit status 1 for a ``UsageFlowError``, 2 for a bad command line.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from usageflow import __version__
 from usageflow.errors import UsageFlowError, config_error
 from usageflow.flow import DEFAULT_STORE, UsageFlow
 from usageflow.models import (
+    Alert,
     PendingSubscription,
     Plan,
     Profile,
@@ -167,6 +170,29 @@ def _parser() -> argparse.ArgumentParser:
         help="Stripe subscriptions waiting for their customer to be linked to a user",
     )
     pending.add_argument("--limit", type=_positive, default=100, help="how many (default 100)")
+
+    alerts = sub.add_parser("alerts", help="usage alerts: list or deliver").add_subparsers(
+        dest="alerts_command", required=True, metavar="COMMAND"
+    )
+    listed = alerts.add_parser("list", parents=[common], help="the alerts recorded, newest first")
+    listed.add_argument("--user", metavar="USER_ID", help="only this user's")
+    listed.add_argument("--undelivered", action="store_true", help="only undelivered ones")
+    listed.add_argument("--limit", type=_positive, default=100, help="how many (default 100)")
+    deliver = alerts.add_parser(
+        "deliver",
+        parents=[common],
+        help="POST undelivered alerts to a webhook, signed (for cron)",
+    )
+    deliver.add_argument("--webhook", required=True, metavar="URL", help="where to POST them")
+    deliver.add_argument(
+        "--secret-env",
+        default="USAGEFLOW_ALERT_SECRET",
+        metavar="NAME",
+        help="the environment variable holding the signing secret (default USAGEFLOW_ALERT_SECRET)",
+    )
+    deliver.add_argument(
+        "--limit", type=_positive, default=100, help="how many at most (default 100)"
+    )
     return parser
 
 
@@ -402,6 +428,42 @@ def _events_output(events: Sequence[UsageEvent]) -> _Output:
     return _Output({"events": [_event_document(e) for e in events]}, _table(headers, rows))
 
 
+def _alerts_output(alerts: Sequence[Alert]) -> _Output:
+    rows = [
+        (
+            a.id,
+            a.created_at,
+            a.user_id,
+            a.feature_name,
+            a.threshold,
+            a.usage,
+            a.limit,
+            a.delivered_at,
+            a.attempts,
+        )
+        for a in alerts
+    ]
+    headers = ["ID", "TIME", "USER", "FEATURE", "%", "USAGE", "LIMIT", "DELIVERED", "ATTEMPTS"]
+    documents = [a.model_dump(mode="json") for a in alerts]
+    return _Output({"alerts": documents}, _table(headers, rows))
+
+
+def _deliver_alerts(args: argparse.Namespace, flow: UsageFlow) -> _Output:
+    from usageflow.alerts import webhook_sender
+
+    secret = os.environ.get(args.secret_env)
+    if not secret:
+        raise config_error(
+            f"alerts deliver signs with the secret in ${args.secret_env}, which is not set"
+        )
+    delivered = flow.deliver_alerts(webhook_sender(args.webhook, secret), limit=args.limit)
+    left = len(flow.list_alerts(undelivered=True, limit=10_000))
+    return _Output(
+        {"delivered": delivered, "undelivered": left},
+        f"{delivered} delivered, {left} undelivered",
+    )
+
+
 def _pending_output(pending: Sequence[PendingSubscription]) -> _Output:
     documents = [
         {
@@ -530,6 +592,8 @@ def _write_command(args: argparse.Namespace, flow: UsageFlow) -> _Output:
     if args.command == "migrate":
         version = flow.migrate()
         return _Output({"schema_version": version}, f"schema version {version}")
+    if args.command == "alerts":
+        return _deliver_alerts(args, flow)
     flow.migrate()
     if args.plans_command == "load":
         from usageflow.plans_file import load_plans
@@ -556,13 +620,18 @@ _READERS: dict[str, Callable[[argparse.Namespace, UsageFlow], _Output]] = {
         else f.list_recent_events(a.feature, a.limit)
     ),
     "pending": lambda a, f: _pending_output(f.list_pending_stripe_subscriptions(a.limit)),
+    "alerts list": lambda a, f: _alerts_output(
+        f.list_alerts(a.user, undelivered=a.undelivered, limit=a.limit)
+    ),
 }
 
 
 def _run(args: argparse.Namespace) -> _Output | str:
     if args.command == "migrate" and args.print_sql:
         return _migration_sql(args)
-    name = f"plans {args.plans_command}" if args.command == "plans" else args.command
+    name = args.command
+    if args.command in ("plans", "alerts"):
+        name = f"{args.command} {getattr(args, args.command + '_command')}"
     reader = _READERS.get(name)
     if reader is None:
         with UsageFlow(args.store or None, **_tables(args)) as flow:
