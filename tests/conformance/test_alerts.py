@@ -211,3 +211,13 @@ def test_an_async_handler_runs_on_the_async_flow_and_is_refused_by_the_sync_one(
     assert caught.value.code is ErrorCodes.USAGE_CONFIG_ERROR
     assert "AsyncUsageFlow" in caught.value.message
     assert len(flow.list_alerts(undelivered=True)) == 1 and got == []
+
+
+def test_an_upgrade_within_the_window_does_not_re_fire(flow: Any) -> None:
+    _plans(flow)
+    flow.set_alert_thresholds("exports", [80, 100])
+    assert flow.consume("u1", "exports", 10).alerts == (80, 100)
+    flow.assign_plan("u1", "price_pro")  # 10 of 100 now
+    assert flow.consume("u1", "exports", 80).alerts == ()  # 90%: crossed in this window
+    assert flow.fetch_usage("u1", "exports").limit == 100
+    assert _thresholds(flow) == [80, 100]
