@@ -65,7 +65,10 @@ def test_upgrade_from_schema_2_drops_the_committed_holds_it_kept(tmp_path: Path)
     keyed.commit()
     flow.close()
     conn = sqlite3.connect(path)
-    kept = conn.execute("SELECT * FROM usage_events_holds").fetchall()
+    kept = conn.execute(
+        "SELECT id, user_id, feature_name, credits, status, created_at, expires_at, "
+        "idempotency_key, event_id FROM usage_events_holds"
+    ).fetchall()
     # Version 2's holds table (a rowid table, a UNIQUE key column), with the committed hold
     # it kept beside the keyed one.
     conn.execute("DROP TABLE usage_events_holds")
