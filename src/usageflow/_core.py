@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, TypeVar
 
-from usageflow import _log, ops
+from usageflow import _log, _observe, ops
 from usageflow import _validate as v
 from usageflow.cache import MISSING, Catalog, PlanCache, _Missing
 from usageflow.errors import (
@@ -952,7 +952,7 @@ class Core:
         alerts = yield from ops.claim_alerts(
             now=now, lease_until=now + timedelta(seconds=seconds), limit=count
         )
-        delivered = 0
+        delivered = failed = 0
         for alert in alerts:
             try:
                 yield Deliver(handler, alert)
@@ -967,9 +967,12 @@ class Core:
                     exc,
                 )
                 yield from ops.finish_alert(alert_id=alert.id, delivered=False, now=self.now())
+                failed += 1
                 continue
             yield from ops.finish_alert(alert_id=alert.id, delivered=True, now=self.now())
             delivered += 1
+        for observer in _observe.observers:
+            observer.alerts(delivered, failed)
         return delivered
 
     def list_alerts(self, user_id: object, undelivered: object, limit: object) -> Op[list[Alert]]:

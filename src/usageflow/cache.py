@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from cachetools import TTLCache
 
+from usageflow import _observe
 from usageflow.models import LimitAdjustment, Plan, Profile
 
 __all__ = ["MISSING", "Catalog", "PlanCache"]
@@ -90,7 +91,11 @@ class PlanCache:
         """Every plan, or ``None`` when not cached (or expired)."""
         entry = self._catalog  # one atomic read: no lock needed
         if entry is None or entry[0] <= self._timer():
+            if _observe.observers:
+                _observe.cache_read(False)
             return None
+        if _observe.observers:
+            _observe.cache_read(True)
         return entry[1]
 
     def put_catalog(
@@ -106,11 +111,15 @@ class PlanCache:
         if not self.ttl:
             return MISSING
         # One lookup that raises on a miss: ``get`` would read the clock twice.
+        profile: Profile | _Missing | None
         with self._lock:
             try:
-                return self._profiles[user_id]
+                profile = self._profiles[user_id]
             except KeyError:
-                return MISSING
+                profile = MISSING
+        if _observe.observers:
+            _observe.cache_read(profile is not MISSING)
+        return profile
 
     def put_profile(self, user_id: str, profile: Profile | None) -> None:
         if self.ttl:
@@ -122,10 +131,10 @@ class PlanCache:
         if not self.ttl:
             return None
         with self._lock:
-            try:
-                return self._adjustments[(user_id, feature_name)]
-            except KeyError:
-                return None
+            found = self._adjustments.get((user_id, feature_name))
+        if _observe.observers:
+            _observe.cache_read(found is not None)
+        return found
 
     def put_adjustments(
         self, user_id: str, feature_name: str, rows: Iterable[LimitAdjustment]

@@ -20,7 +20,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ConfigDict, PlainValidator
 
-from usageflow import _log
+from usageflow import _log, _observe
 from usageflow._config import validate
 from usageflow._core import Core, Op, Options, PlanResolver, redact
 from usageflow.cache import PlanCache
@@ -223,7 +223,10 @@ class UsageFlow(_Base):
                 try:
                     if isinstance(step, StoreCall):
                         self._log(step)
-                        result = store.call(step)
+                        if _observe.observers:
+                            result = _observe.timed(store.call, step)
+                        else:
+                            result = store.call(step)
                     else:
                         result = step.run(self)
                 except BaseException as exc:
@@ -612,7 +615,10 @@ class AsyncUsageFlow(_Base):
                 try:
                     if isinstance(step, StoreCall):
                         self._log(step)
-                        result = await call(step)
+                        if _observe.observers:
+                            result = await _observe.timed_async(call(step), step.method)
+                        else:
+                            result = await call(step)
                     else:
                         result = await step.arun(self)
                 except BaseException as exc:

@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
+from usageflow import _observe
 from usageflow._core import Core, Op, quota_exhausted
 from usageflow.errors import ErrorCodes, UsageFlowError, config_error
 from usageflow.flow import AsyncUsageFlow, UsageFlow
@@ -162,7 +163,13 @@ async def drive_async(flow: AnyFlow, steps: Op[T], *, shielded: bool = False) ->
                     done_later = asyncio.get_running_loop().run_in_executor(None, call)
                     # A queued executor job is dropped when its future is cancelled: shield
                     # the settling of a served request so that it still runs.
-                    sent = await (asyncio.shield(done_later) if shielded else done_later)
+                    pending = asyncio.shield(done_later) if shielded else done_later
+                    if _observe.observers:
+                        sent = await _observe.timed_async(pending, step.method)
+                    else:
+                        sent = await pending
+                elif _observe.observers:
+                    sent = _observe.timed(store.call, step)
                 else:
                     sent = call()
             else:
@@ -219,6 +226,14 @@ class MeterStats:
 
 
 _PROBLEM_COUNTER: Final = {402: "refused", 401: "unauthenticated", 400: "invalid"}
+#: The decision outcome observers are told of a refusal, by its status (401 and 400 decide
+#: nothing: there is no user to decide for).
+_REFUSAL_OUTCOME: Final = {402: "refused", 503: "store_error"}
+
+
+def _decided(feature: str, outcome: str) -> None:
+    for observer in _observe.observers:
+        observer.decision(feature, outcome)
 
 
 # -- policy, binding --------------------------------------------------------------------------
@@ -382,6 +397,8 @@ class Metering:
     def refuse(self, problem: Problem, exc: UsageFlowError, url: str | None = None) -> Refusal:
         """A refusal, counted."""
         self._count(_PROBLEM_COUNTER.get(problem.status, "failed_closed"))
+        if _observe.observers and problem.status in _REFUSAL_OUTCOME:
+            _decided(self.meter.feature, _REFUSAL_OUTCOME[problem.status])
         details = {**exc.details, "upgrade_url": url} if url else exc.details
         return Refusal(problem, MeteringError(exc.code, exc.message, details, problem))
 
@@ -429,6 +446,8 @@ class Metering:
             if exc.is_store_failure:
                 if self.fail_open:
                     self._count("failed_open")
+                    if _observe.observers:
+                        _decided(feature, "failed_open")
                     logger.warning(
                         "usageflow: store failed, %r let through unmetered (fail_open): %s",
                         feature,
@@ -446,6 +465,8 @@ class Metering:
             return self.refuse(problem_for(exc, feature, core.now(), url), exc, url)
         if self.stats is not None:
             self.stats.add("allowed")
+        if _observe.observers:
+            _decided(feature, "allowed")
         return Ticket(meter, self.charge_if, user, decision, held, reservation_id)
 
     def finish(
@@ -498,6 +519,8 @@ class Metering:
                 )
         except UsageFlowError as exc:
             self._count("settle_errors")
+            for observer in _observe.observers:
+                observer.settle_error(feature)
             logger.error(
                 "usageflow: could not %s %s credits of %r: %s",
                 "commit" if amount else "give back",

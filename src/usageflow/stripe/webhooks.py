@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from usageflow import _log, ops
+from usageflow import _log, _observe, ops
 from usageflow._core import Core, Op
 from usageflow.ops import StripeApplied
 from usageflow.stripe.events import (
@@ -90,6 +90,8 @@ def handle_webhook(
         logger.warning(
             "%s", warning, extra={"stripe_price_id": unsold, "stripe_event_id": event["id"]}
         )
+    for observer in _observe.observers:
+        observer.webhook(action)
     return WebhookResult(
         event_id=event["id"],
         type=kind,
