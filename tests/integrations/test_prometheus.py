@@ -137,8 +137,9 @@ def test_flask_decisions_are_counted(tmp_path: Path, registry: CollectorRegistry
 
     client = app.test_client()
     assert [client.post("/export", headers=U1).status_code for _ in range(2)] == [200, 402]
-    assert observer.decisions.labels("exports", "allowed")._value.get() == 1
-    assert observer.decisions.labels("exports", "refused")._value.get() == 1
+    sample = registry.get_sample_value
+    assert sample("usageflow_decisions_total", {"feature": "exports", "outcome": "allowed"}) == 1
+    assert sample("usageflow_decisions_total", {"feature": "exports", "outcome": "refused"}) == 1
     unregister(observer)
     client.post("/export", headers=U1)  # no longer observed: nothing moves, nothing breaks
     assert _observe.observers == () or observer not in _observe.observers
