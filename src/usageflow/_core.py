@@ -40,6 +40,7 @@ from usageflow.models import (
     PeriodTotal,
     Plan,
     Profile,
+    StripeEventRecord,
     TopUsers,
     Usage,
     UsageEvent,
@@ -915,6 +916,18 @@ class Core:
         )
         self.cache.invalidate_user(user_id)
         return row
+
+    def recent_stripe_events(self, limit: object) -> Op[list[StripeEventRecord]]:
+        count = v.integer(limit, "limit", minimum=1, maximum=1000)
+        return (yield from ops.recent_stripe_events(limit=count))
+
+    def list_limit_adjustments(self, user_id: str, feature_name: str) -> Op[list[LimitAdjustment]]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        rows = yield from ops.get_limit_adjustments(
+            user_id=user_id, feature_name=feature_name, ending_after=self.now()
+        )
+        return list(rows)
 
     # -- alerts ---------------------------------------------------------------------------------
     def set_alert_thresholds(

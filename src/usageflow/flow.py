@@ -33,6 +33,7 @@ from usageflow.models import (
     PendingSubscription,
     Plan,
     Profile,
+    StripeEventRecord,
     TopUsers,
     Usage,
     UsageEvent,
@@ -358,6 +359,14 @@ class UsageFlow(_Base):
         """The most recent ledger events of every user (of ``feature_name`` when given),
         newest first; ``limit`` is 1 to 10,000."""
         return self._run(self.core.list_recent_events(feature_name, limit))
+
+    def recent_stripe_events(self, limit: int = 50) -> list[StripeEventRecord]:
+        """The Stripe webhook events processed most recently, with what was done with each."""
+        return self._run(self.core.recent_stripe_events(limit))
+
+    def list_limit_adjustments(self, user_id: str, feature_name: str) -> list[LimitAdjustment]:
+        """A user's limit adjustments of a feature that have not ended yet."""
+        return self._run(self.core.list_limit_adjustments(user_id, feature_name))
 
     # -- alerts ---------------------------------------------------------------------------------
     def set_alert_thresholds(
@@ -738,6 +747,14 @@ class AsyncUsageFlow(_Base):
         self, feature_name: str | None = None, limit: int = 100
     ) -> list[UsageEvent]:
         return await self._run(self.core.list_recent_events(feature_name, limit))
+
+    async def recent_stripe_events(self, limit: int = 50) -> list[StripeEventRecord]:
+        return await self._run(self.core.recent_stripe_events(limit))
+
+    async def list_limit_adjustments(
+        self, user_id: str, feature_name: str
+    ) -> list[LimitAdjustment]:
+        return await self._run(self.core.list_limit_adjustments(user_id, feature_name))
 
     async def set_alert_thresholds(
         self, feature_name: str, thresholds: Sequence[int], plan_id: int | None = None

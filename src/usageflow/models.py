@@ -15,6 +15,7 @@ __all__ = [
     "FeatureUsage",
     "LimitAdjustment",
     "PendingSubscription",
+    "StripeEventRecord",
     "PeriodTotal",
     "Plan",
     "Profile",
@@ -115,6 +116,19 @@ class Alert(_Model):
     created_at: datetime
     delivered_at: datetime | None = None
     attempts: int = 0
+
+
+class StripeEventRecord(_Model):
+    """A Stripe webhook event as it was processed: ``action`` is what was done with it
+    (``applied``, ``pending``, ``ignored``, or ``stale``: an older state than the stored
+    one), ``user_id`` the user it concerned, when known."""
+
+    event_id: str
+    type: str
+    created: datetime
+    action: str
+    user_id: str | None
+    processed_at: datetime
 
 
 class UsageEvent(_Model):

@@ -22,7 +22,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar
 
-from usageflow.models import Alert, FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.models import (
+    Alert,
+    FeatureLimit,
+    LimitAdjustment,
+    Plan,
+    Profile,
+    StripeEventRecord,
+    UsageEvent,
+)
 
 __all__ = [
     "OPERATIONS",
@@ -501,6 +509,13 @@ def pending_stripe_subscriptions(*, limit: int) -> StoreCall[list[StripeSubscrip
     return StoreCall("pending_stripe_subscriptions", locals())
 
 
+@_operation
+def recent_stripe_events(*, limit: int) -> StoreCall[list[StripeEventRecord]]:
+    """The Stripe events recorded in ``stripe_events``, most recently processed first
+    (then by event id, bytewise), at most ``limit``."""
+    return StoreCall("recent_stripe_events", locals())
+
+
 #: The operations of Stripe's storage: a store offers all of them or none
 #: (:attr:`usageflow.stores.base.Store.stripe`).
 STRIPE_OPERATIONS = frozenset(
@@ -509,6 +524,7 @@ STRIPE_OPERATIONS = frozenset(
         "stripe_export_batch",
         "advance_stripe_cursor",
         "pending_stripe_subscriptions",
+        "recent_stripe_events",
     }
 )
 

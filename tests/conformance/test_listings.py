@@ -241,3 +241,25 @@ def test_pending_stripe_subscriptions(make_flow: Any) -> None:
     assert [p.subscription_id for p in flow.list_pending_stripe_subscriptions()] == ["sub_8"]
     for limit in (0, 1001, None):
         _invalid(lambda limit=limit: flow.list_pending_stripe_subscriptions(limit))
+
+
+def test_recent_stripe_events_and_a_users_adjustments(make_flow: Any, clock: FakeClock) -> None:
+    flow = make_flow(stripe_webhook_secret=SECRET, enable_user_adjustments=True)
+    setup_plans(flow)
+    assert flow.recent_stripe_events() == []
+    events = Events()
+    checkout = events.checkout("cus_1", T0, client_reference_id="u1")
+    deliver(flow, checkout)
+    deliver(flow, checkout)  # the same event again: a duplicate, recorded once
+    recorded = flow.recent_stripe_events()
+    assert [(e.type, e.action, e.user_id) for e in recorded] == [
+        ("checkout.session.completed", "applied", "u1")
+    ]
+    now = clock()
+    flow.add_limit_adjustment("u1", "exports", 5, "one_time", now, now + timedelta(days=2))
+    flow.add_limit_adjustment(
+        "u1", "exports", 7, "recurring", now - timedelta(days=9), now - timedelta(days=1)
+    )
+    assert [a.amount for a in flow.list_limit_adjustments("u1", "exports")] == [5]
+    assert flow.list_limit_adjustments("u1", "api") == []
+    assert "limit" in _invalid(lambda: flow.recent_stripe_events(0))

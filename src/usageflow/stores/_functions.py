@@ -35,6 +35,7 @@ TABLE_OF: dict[str, str] = {
     "top_usage": "counters",
     "apply_stripe_event": "stripe_events",
     "pending_stripe_subscriptions": "stripe_subscriptions",
+    "recent_stripe_events": "stripe_events",
     "stripe_export_batch": "stripe_exports",
     "advance_stripe_cursor": "stripe_exports",
 }

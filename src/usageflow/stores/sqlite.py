@@ -26,7 +26,15 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from usageflow.errors import UsageFlowError, config_error, invalid, reservation_error
-from usageflow.models import Alert, FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.models import (
+    Alert,
+    FeatureLimit,
+    LimitAdjustment,
+    Plan,
+    Profile,
+    StripeEventRecord,
+    UsageEvent,
+)
 from usageflow.ops import (
     PROFILE_FIELDS,
     Charge,
@@ -71,6 +79,11 @@ def _ts_or_none(value: datetime | None) -> str | None:
 def _dt(value: str | None) -> datetime | None:
     if value is None:
         return None
+    return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+
+def _at(value: str) -> datetime:
+    """A time that is never NULL (a NOT NULL column)."""
     return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
 
 
@@ -1383,6 +1396,21 @@ class SQLiteStore(Store):
             for r in rows
         ]
 
+    def recent_stripe_events(self, *, limit: int) -> list[StripeEventRecord]:
+        with self._tx("recent_stripe_events", self.tables.stripe_events, write=False) as c:
+            rows = c.execute(self._sql["stripe_recent"], (limit,)).fetchall()
+        return [
+            StripeEventRecord(
+                event_id=r[0],
+                type=r[1],
+                created=_at(r[2]),
+                action=r[3],
+                user_id=r[4],
+                processed_at=_at(r[5]),
+            )
+            for r in rows
+        ]
+
     # -- alerts -----------------------------------------------------------------------------------
     def load_alert_thresholds(self) -> list[tuple[str, int | None, list[int]]]:
         with self._tx("load_alert_thresholds", self.tables.alert_rules, write=False) as c:
@@ -1451,7 +1479,7 @@ def _alert(row: Sequence[Any]) -> Alert:
         limit=row[5],
         window_start=_dt(row[6]),
         resets_at=_dt(row[7]),
-        created_at=datetime.fromisoformat(row[8]).replace(tzinfo=timezone.utc),
+        created_at=_at(row[8]),
         delivered_at=_dt(row[9]),
         attempts=row[10],
     )

@@ -26,7 +26,15 @@ from importlib import resources
 from typing import Any
 
 from usageflow.errors import UsageFlowError, invalid, reservation_error
-from usageflow.models import Alert, FeatureLimit, LimitAdjustment, Plan, Profile, UsageEvent
+from usageflow.models import (
+    Alert,
+    FeatureLimit,
+    LimitAdjustment,
+    Plan,
+    Profile,
+    StripeEventRecord,
+    UsageEvent,
+)
 from usageflow.ops import Charge, HourlyTotal, ResetInfo, StripeApplied, StripeSubscription
 from usageflow.stores.base import HOLD_GRACE, Tables
 
@@ -452,6 +460,20 @@ OPERATIONS: dict[str, tuple[str, Decoder]] = {
     "pending_stripe_subscriptions": (
         "stripe_pending",
         lambda rows: [_subscription(r) for r in rows],
+    ),
+    "recent_stripe_events": (
+        "stripe_recent",
+        lambda rows: [
+            StripeEventRecord(
+                event_id=r["event_id"],
+                type=r["type"],
+                created=_EPOCH + timedelta(microseconds=r["created"]),
+                action=r["action"],
+                user_id=r["user_id"],
+                processed_at=_EPOCH + timedelta(microseconds=r["processed_at"]),
+            )
+            for r in rows
+        ],
     ),
     "load_alert_thresholds": (
         "alert_thresholds",

@@ -1471,6 +1471,19 @@ AS $fn$
     SELECT to_jsonb((SELECT version FROM usageflow_schema WHERE name = @events_literal@))
 $fn$;
 
+-- The events processed most recently, with what was done with them.
+CREATE OR REPLACE FUNCTION @fn_stripe_recent@(p_limit INTEGER) RETURNS JSONB
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+        'event_id', t.event_id, 'type', t.event_type, 'created', @fn_us@(t.created),
+        'action', t.action, 'user_id', t.user_id, 'processed_at', @fn_us@(t.processed_at))
+        ORDER BY t.processed_at DESC, t.event_id COLLATE "C" DESC), '[]'::JSONB)
+    FROM (SELECT * FROM @stripe_events@ e
+          ORDER BY e.processed_at DESC, e.event_id COLLATE "C" DESC LIMIT p_limit) AS t
+$fn$;
+
 -- ------------------------------------------------------------------------------------------
 -- Alerts: thresholds crossed, recorded by the charge that crossed them, then delivered.
 

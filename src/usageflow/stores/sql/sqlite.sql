@@ -602,6 +602,10 @@ FROM @stripe_subs@ s
 WHERE NOT EXISTS (SELECT 1 FROM @stripe_cust@ k WHERE k.customer_id = s.customer_id)
 ORDER BY started IS NULL, started DESC, subscription_id LIMIT ?;
 
+-- name: stripe_recent
+SELECT event_id, event_type, created, action, user_id, processed_at FROM @stripe_events@
+ORDER BY processed_at DESC, event_id DESC LIMIT ?;
+
 -- ------------------------------------------------------------------------------------------
 -- Alerts: thresholds crossed, recorded by the charge that crossed them, then delivered.
 
