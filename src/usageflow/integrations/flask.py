@@ -42,11 +42,21 @@ from typing import Any
 from usageflow.integrations import requires
 
 with requires("flask"):
-    from flask import Flask, Response, current_app, g, has_request_context, request
+    from flask import (
+        Blueprint,
+        Flask,
+        Response,
+        current_app,
+        g,
+        has_request_context,
+        request,
+        url_for,
+    )
     from flask.globals import app_ctx
 
 from usageflow.errors import config_error
 from usageflow.flow import AsyncUsageFlow, UsageFlow
+from usageflow.integrations import _pages
 from usageflow.integrations._http import (
     PROBLEM_CONTENT_TYPE,
     ChargeIf,
@@ -54,6 +64,7 @@ from usageflow.integrations._http import (
     MeteringError,
     default_charge_if,
     headers_of,
+    normalize_user_id,
     split_route_key,
 )
 from usageflow.integrations._lifecycle import (
@@ -65,7 +76,7 @@ from usageflow.integrations._lifecycle import (
 )
 from usageflow.integrations.metered import metered
 
-__all__ = ["MeterStats", "MeteringError", "UsageFlowFlask"]
+__all__ = ["MeterStats", "MeteringError", "UsageFlowFlask", "admin_blueprint", "usage_blueprint"]
 
 logger = logging.getLogger("usageflow.integrations")
 
@@ -366,3 +377,83 @@ def _routed(
         return pick()(*args, **kwargs)
 
     return functools.wraps(view)(routed)
+
+
+# -- pages ----------------------------------------------------------------------------------------
+def _page_request(home: str) -> _pages.PageRequest:
+    base = url_for(home).rstrip("/")
+    form = request.form.to_dict() if request.method == "POST" else {}
+    return _pages.PageRequest(
+        request.method,
+        request.path[len(base) :] or "/",
+        request.args.to_dict(),
+        form,
+        dict(request.cookies),
+        base,
+    )
+
+
+def _page_response(page: _pages.PageResponse) -> Response:
+    response = Response(page.body, page.status, content_type=page.content_type)
+    for name, value in page.headers:
+        response.headers.add(name, value)
+    return response
+
+
+def _sync_flow(flow: object, what: str) -> UsageFlow:
+    if not isinstance(flow, UsageFlow):
+        raise config_error(f"{what} needs a UsageFlow (Flask views run in threads)")
+    return flow
+
+
+def usage_blueprint(
+    flow: UsageFlow, *, user_id: Callable[[], object], name: str = "usageflow_usage"
+) -> Blueprint:
+    """The signed-in user's usage page, to register:
+    ``app.register_blueprint(usage_blueprint(flow, user_id=...), url_prefix="/usage")``.
+    ``GET /`` is an HTML page, ``GET /usage.json`` the same data as JSON (docs/pages.md);
+    ``user_id()`` names the user of the request (as for :class:`UsageFlowFlask`), and a
+    request with none is answered 401."""
+    checked = _sync_flow(flow, "usage_blueprint")
+    if not callable(user_id):
+        raise config_error("usage_blueprint needs user_id=fn() naming the signed-in user")
+    blueprint = Blueprint(name, __name__)
+
+    def page() -> Response:
+        user = normalize_user_id(user_id())
+        built = _pages.usage_page(_page_request(f"{name}.home"), user)
+        return _page_response(_pages.drive_sync(checked, built))
+
+    blueprint.add_url_rule("/", "home", page)
+    blueprint.add_url_rule("/usage.json", "json", page)
+    return blueprint
+
+
+def admin_blueprint(
+    flow: UsageFlow,
+    *,
+    authorize: Callable[[], object] | None = None,
+    admin_id: Callable[[], object] | None = None,
+    name: str = "usageflow_admin",
+) -> Blueprint:
+    """The founder's admin page, to register under a prefix (``url_prefix="/admin"``).
+    ``authorize()`` must say whether the current request may see it: a refused request is
+    answered 403 before anything else is looked at, and leaving it out is a
+    ``USAGE_CONFIG_ERROR``. ``admin_id()`` names the admin in the metadata of what an action
+    records (default ``"admin"``)."""
+    checked = _sync_flow(flow, "admin_blueprint")
+    _pages.check_authorize(authorize)
+    assert authorize is not None
+    blueprint = Blueprint(name, __name__)
+
+    def page(action: str | None = None) -> Response:
+        if authorize() is not True:
+            return _page_response(_pages.forbidden())
+        admin = str(admin_id()) if admin_id is not None else "admin"
+        built = _pages.admin_page(_page_request(f"{name}.home"), admin)
+        return _page_response(_pages.drive_sync(checked, built))
+
+    blueprint.add_url_rule("/", "home", page)
+    blueprint.add_url_rule("/user", "user", page)
+    blueprint.add_url_rule("/user/<action>", "action", page, methods=["POST"])
+    return blueprint

@@ -34,19 +34,24 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from usageflow.integrations import requires
 
 with requires("starlette"):
     import anyio
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import Headers
     from starlette.exceptions import HTTPException
     from starlette.requests import HTTPConnection, Request
     from starlette.responses import Response
+    from starlette.routing import Route
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from usageflow.context import current_user_id
 from usageflow.errors import config_error
+from usageflow.integrations import _pages
 from usageflow.integrations._asgi_routes import check_route_keys
 from usageflow.integrations._http import (
     AnyFlow,
@@ -59,6 +64,7 @@ from usageflow.integrations._http import (
     check_flow,
     default_charge_if,
     headers_of,
+    normalize_user_id,
     quota_header_bytes,
     route_path,
 )
@@ -456,3 +462,80 @@ class UsageFlowMiddleware:
 def _connection(scope: Scope) -> HTTPConnection:
     """The request (HTTP) or connection (websocket) a user function is given."""
     return Request(scope) if scope["type"] == "http" else HTTPConnection(scope)
+
+
+# -- pages ----------------------------------------------------------------------------------------
+async def _page_request(request: Request) -> _pages.PageRequest:
+    form: dict[str, str] = {}
+    if request.method == "POST":
+        # The admin forms are url-encoded (no file): read with the standard library rather
+        # than Starlette's form parser, which needs python-multipart installed.
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    base = request.scope.get("root_path", "")
+    path = request.scope["path"][len(base) :] or "/"
+    return _pages.PageRequest(
+        request.method, path, dict(request.query_params), form, dict(request.cookies), base
+    )
+
+
+def _page_response(page: _pages.PageResponse) -> Response:
+    response = Response(page.body, page.status, media_type=page.content_type.split(";")[0])
+    for name, value in page.headers:
+        response.headers.append(name, value)
+    return response
+
+
+def usage_app(flow: AnyFlow, *, user_id: Callable[[Request], object]) -> Starlette:
+    """The signed-in user's usage page, to mount: ``app.mount("/usage", usage_app(flow,
+    user_id=...))``. ``GET /`` is an HTML page, ``GET /usage.json`` the same data as JSON
+    (docs/pages.md); ``user_id`` (sync or async, like the middleware's) names the user of a
+    request, and a request with none is answered 401."""
+    check_flow(flow)
+    if not callable(user_id):
+        raise config_error("usage_app needs user_id=fn(request) naming the signed-in user")
+
+    async def page(request: Request) -> Response:
+        raw = user_id(request)
+        if inspect.isawaitable(raw):
+            raw = await raw
+        user = normalize_user_id(raw)
+        built = _pages.usage_page(await _page_request(request), user)
+        return _page_response(await _pages.drive_async(flow, built, run_in_threadpool))
+
+    return Starlette(routes=[Route("/", page), Route("/usage.json", page)])
+
+
+def admin_app(
+    flow: AnyFlow,
+    *,
+    authorize: Callable[[Request], object] | None = None,
+    admin_id: Callable[[Request], object] | None = None,
+) -> Starlette:
+    """The founder's admin page, to mount: ``app.mount("/admin", admin_app(flow,
+    authorize=...))``. ``authorize(request)`` (sync or async) must say who may see it: a
+    request it refuses is answered 403 before anything else is looked at, and leaving it out
+    is a ``USAGE_CONFIG_ERROR``. ``admin_id(request)`` names the admin in the metadata of
+    what an action records (default ``"admin"``)."""
+    check_flow(flow)
+    _pages.check_authorize(authorize)
+    assert authorize is not None
+
+    async def page(request: Request) -> Response:
+        allowed = authorize(request)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if allowed is not True:
+            return _page_response(_pages.forbidden())
+        admin = admin_id(request) if admin_id is not None else "admin"
+        if inspect.isawaitable(admin):
+            admin = await admin
+        built = _pages.admin_page(await _page_request(request), str(admin))
+        return _page_response(await _pages.drive_async(flow, built, run_in_threadpool))
+
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/user", page),
+            Route("/user/{action}", page, methods=["POST"]),
+        ]
+    )
