@@ -205,7 +205,7 @@ def _feature_html(f: FeatureUsage, stats: UsageStats | None) -> str:
         out.append(_bar(used, f.held, limit, summary))
     out.append(f"<p class=period>{_period_text(f)}</p>")
     if stats is not None and stats.by_period:
-        out.append(_chart(f.feature_name, stats))
+        out.append(_chart(f.feature_name, stats, f.window_start, f.resets_at))
     out.append("</section>")
     return "".join(out)
 
@@ -230,19 +230,25 @@ def _period_text(f: FeatureUsage) -> str:
     return f"Period: {period}."
 
 
-def _chart(feature: str, stats: UsageStats) -> str:
-    """The window's daily usage as an inline SVG bar chart, with a text equivalent."""
-    days = stats.by_period
-    top = max([d.total for d in days] + [1])
+def _chart(feature: str, stats: UsageStats, start: datetime | None, end: datetime | None) -> str:
+    """The window's daily usage as an inline SVG bar chart (a slot for every day of a window
+    with an end, the days to come empty), with a text equivalent."""
+    totals = {d.date: d.total for d in stats.by_period}
+    dates = [d.date for d in stats.by_period]
+    if start is not None and end is not None:
+        first = start.astimezone(timezone.utc).date()
+        count = max((end.astimezone(timezone.utc).date() - first).days, 1)
+        dates = [(first + timedelta(days=i)).isoformat() for i in range(min(count, 400))]
+    top = max([*totals.values(), 1])
     width, height, gap = 600, 120, 2
-    step = width / len(days)
+    step = width / len(dates)
     bars = []
-    for i, day in enumerate(days):
-        h = max(day.total, 0) / top * (height - 20)
-        x = i * step
+    for i, date in enumerate(dates):
+        total = totals.get(date, 0)
+        h = max(total, 0) / top * (height - 20)
         bars.append(
-            f'<rect x="{x:.1f}" y="{height - h:.1f}" width="{max(step - gap, 1):.1f}" '
-            f'height="{h:.1f}"><title>{_e(day.date)}: {day.total:,}</title></rect>'
+            f'<rect x="{i * step:.1f}" y="{height - h:.1f}" width="{max(step - gap, 1):.1f}" '
+            f'height="{h:.1f}"><title>{_e(date)}: {total:,}</title></rect>'
         )
     label = f"Daily usage of {feature} this period: {stats.total:,} in all, at most {top:,} a day"
     return (
