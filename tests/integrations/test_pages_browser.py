@@ -31,6 +31,15 @@ pytestmark = pytest.mark.skipif(
 IMAGES = Path(__file__).parents[2] / "docs" / "img"
 
 
+def _no_axe_violations(page: object) -> None:
+    """axe-core (bundled by axe-playwright-python) finds no accessibility violation."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    violations = results.response["violations"]
+    assert violations == [], [(v["id"], v["help"]) for v in violations]
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, UsageFlow]]:
     flow = _flow(tmp_path)
@@ -97,6 +106,7 @@ def _check_usage_pages(browser: object, base: str) -> None:
         .get_attribute("href")
         .startswith("https://buy.stripe.com/test_pro?")
     )
+    _no_axe_violations(page)
     page.screenshot(path=str(IMAGES / "usage-light.png"), full_page=True)
     alice.close()
 
@@ -108,6 +118,7 @@ def _check_usage_pages(browser: object, base: str) -> None:
     page = dark.new_page()
     page.goto(f"{base}/usage/")
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(13, 17, 23)"
+    _no_axe_violations(page)
     page.screenshot(path=str(IMAGES / "usage-dark.png"), full_page=True)
     dark.close()
 
@@ -134,6 +145,7 @@ def _adjust_on_the_admin_page(browser: object, base: str) -> None:
     )
     page = admin.new_page()
     page.goto(f"{base}/admin/")
+    _no_axe_violations(page)
     page.get_by_label("User id").fill("alice")
     page.get_by_role("button", name="Open").click()
     assert page.get_by_role("heading", name="User alice").is_visible()
@@ -147,5 +159,16 @@ def _adjust_on_the_admin_page(browser: object, base: str) -> None:
     page.wait_for_url("**/admin/user?id=alice*")
     assert page.get_by_role("status").inner_text() == "exports limit raised by 5"
     assert page.get_by_text("+5 (one_time)").is_visible()
+    _no_axe_violations(page)
     page.screenshot(path=str(IMAGES / "admin-light.png"), full_page=True)
     admin.close()
+    dark = browser.new_context(  # type: ignore[attr-defined]
+        extra_http_headers={"x-admin": "yes", "x-user": "root"},
+        color_scheme="dark",
+        viewport={"width": 900, "height": 900},
+    )
+    page = dark.new_page()
+    page.goto(f"{base}/admin/user?id=alice")
+    _no_axe_violations(page)
+    page.screenshot(path=str(IMAGES / "admin-dark.png"), full_page=True)
+    dark.close()
