@@ -84,15 +84,25 @@ def month_start(now: datetime) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def library(url: str, threads: int, seconds: float) -> float:
+def library(url: str, threads: int, seconds: float, counted: list[int] | None = None) -> float:
+    """Decisions per second; ``counted`` gets how many were made, warm-ups included."""
     store = PostgresStore(url)
     flow = UsageFlow(store)
+    made = [0] * threads
+
+    def work(i: int) -> Callable[[], None]:
+        def step() -> None:
+            _check(flow.consume(f"lib{i % 100}", "api").allowed)
+            made[i] += 1
+
+        return step
+
     try:
-        return run_threads(
-            threads, seconds, lambda i: lambda: _check(flow.consume(f"lib{i}", "api").allowed)
-        )
+        return run_threads(threads, seconds, work)
     finally:
         store.close()
+        if counted is not None:
+            counted.append(sum(made))
 
 
 def raw(url: str, threads: int, seconds: float) -> float:
@@ -103,14 +113,27 @@ def raw(url: str, threads: int, seconds: float) -> float:
         conn = psycopg.connect(conninfo.conninfo, **conninfo.connect_kwargs())
         query = (
             'SELECT "usage_events_charge"(%s::text, %s::text, %s::bigint, %s::text, '
-            "%s::bigint, %s::timestamptz, %s::timestamptz, %s::jsonb, %s::text)"
+            "%s::bigint, %s::timestamptz, %s::timestamptz, %s::jsonb, %s::text, "
+            "%s::integer[], %s::timestamptz)"
         )
 
         def step() -> None:
             now = datetime.now(timezone.utc)
             row = conn.execute(
                 query,
-                (f"raw{i}", "api", 1, "usage", LIMIT, month_start(now), now, None, None),
+                (
+                    f"raw{i}",
+                    "api",
+                    1,
+                    "usage",
+                    LIMIT,
+                    month_start(now),
+                    now,
+                    None,
+                    None,
+                    None,
+                    None,
+                ),
             ).fetchone()
             assert row is not None
             assert row[0]["allowed"]
@@ -210,7 +233,7 @@ $fn$;
 
 PGBENCH_SCRIPTS = {
     "shipped": "SELECT {schema}.usage_events_charge('u' || :u, 'api', 1, 'usage', {limit}, "
-    "date_trunc('month', now()), now(), NULL, NULL);",
+    "date_trunc('month', now()), now(), NULL, NULL, NULL, NULL);",
     "minimal": "SELECT {schema}.bench_minimal_charge('u' || :u, 'api', 1, {limit}, now());",
 }
 
@@ -280,6 +303,32 @@ def pgbench_section(db_url: str, schema: str, seconds: float, rounds: int) -> No
         print(f"pgbench, 8 clients on {users} user(s): {tps:,.0f}/s, p99 {p99:.2f} ms")
 
 
+def client_section(db_url: str, url: str, schema: str, seconds: float, rounds: int) -> None:
+    """The library's ``consume`` against ``pgbench`` calling the same function, at 1 and 8
+    clients (threads), interleaved; and the library's client CPU per decision (this
+    process's CPU time over the decisions it made, PostgreSQL's own work excluded)."""
+    if shutil.which("pgbench") is None:
+        print("pgbench: not installed, the client comparison skipped")
+        return
+    script = PGBENCH_SCRIPTS["shipped"].format(schema=f'"{schema}"', limit=LIMIT)
+    for clients in (1, 8):
+        lib_best, bench_best, cpu = 0.0, 0.0, []
+        for _ in range(rounds):
+            bench_best = max(
+                bench_best, pgbench(db_url, script, clients, clients * 100, seconds)[0]
+            )
+            before = time.process_time()
+            counted: list[int] = []
+            rate = library(url, clients, seconds, counted)
+            cpu.append((time.process_time() - before) / max(sum(counted), 1) * 1e6)
+            lib_best = max(lib_best, rate)
+        print(
+            f"{clients} client(s): library consume {lib_best:,.0f}/s, pgbench {bench_best:,.0f}/s, "
+            f"ratio {lib_best / bench_best:.2f} (target >= 0.85); client CPU per decision "
+            f"{min(cpu):.0f} us (target <= 100)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -323,6 +372,7 @@ def main() -> None:
 
         supabase_path(db_url, schema, args.threads, args.seconds)
         pgbench_section(db_url, schema, args.seconds, args.rounds)
+        client_section(db_url, url, schema, args.seconds, args.rounds)
 
 
 if __name__ == "__main__":
