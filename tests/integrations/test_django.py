@@ -12,7 +12,6 @@ import asyncio
 import atexit
 import logging
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -24,7 +23,6 @@ from typing import Any
 import django
 import httpx
 import pytest
-import uvicorn
 from django.conf import settings
 
 _DB_DIR = tempfile.mkdtemp(prefix="usageflow-django-tests-")
@@ -81,6 +79,7 @@ from tests.integrations.conftest import (  # noqa: E402
     DeadSQLite,
     setup_plans,
 )
+from tests.support.servers import uvicorn_server  # noqa: E402
 from tests.support.stripe_events import SECRET, T0, Events  # noqa: E402
 from usageflow import AsyncUsageFlow, UsageFlow, UsageFlowError, metered, ops  # noqa: E402
 from usageflow.context import current_user_id  # noqa: E402
@@ -830,28 +829,11 @@ def asgi_server(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[str, UsageFl
     reader = UsageFlow(url, clock=clock, cache_ttl=0)
     setup_plans(reader.store, clock)
     flow = UsageFlow(url, clock=clock)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     with usageflow(flow):
-        app = get_asgi_application()
-        config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", ws="none", access_log=False
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
         try:
-            yield f"http://127.0.0.1:{port}", reader
+            with uvicorn_server(get_asgi_application(), lifespan="off") as base:
+                yield base, reader
         finally:
-            server.should_exit = True
-            thread.join(10)
-            sock.close()
             reader.close()
             flow.close()
 

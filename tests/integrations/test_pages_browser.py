@@ -7,17 +7,14 @@ page changing what the next metered request gets. Screenshots (light and dark) g
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.integrations.test_pages import _flow, starlette_app
+from tests.support.servers import uvicorn_server
 from usageflow import UsageFlow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -43,25 +40,10 @@ def _no_axe_violations(page: object) -> None:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, UsageFlow]]:
     flow = _flow(tmp_path)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        starlette_app(flow), log_level="warning", lifespan="on", ws="none", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", flow
+        with uvicorn_server(starlette_app(flow)) as base:
+            yield base, flow
     finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
         flow.close()
 
 

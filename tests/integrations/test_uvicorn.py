@@ -4,19 +4,16 @@ free port, driven by httpx over real HTTP, on an SQLite file."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from tests.integrations.conftest import PAYMENT_LINK, setup_plans
+from tests.support.servers import uvicorn_server
 from usageflow import AsyncUsageFlow, UsageFlow, ops
 from usageflow.integrations.starlette import Meter, UsageFlowMiddleware
 from usageflow.testing import FakeClock
@@ -60,26 +57,10 @@ def server(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[str, UsageFlow]]:
     reader = UsageFlow(url, clock=clock, cache_ttl=0)
     setup_plans(reader.store, clock)
     flow = AsyncUsageFlow(url, clock=clock)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        build_app(flow), log_level="warning", lifespan="on", ws="none", access_log=False
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}", reader
+        with uvicorn_server(build_app(flow)) as base:
+            yield base, reader
     finally:
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
         reader.close()
         flow.store.close()
 
