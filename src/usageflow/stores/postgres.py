@@ -317,48 +317,50 @@ class _Watchdog:
 
     The server's ``statement_timeout`` ends slow statements cleanly; this covers the cases it
     cannot: a server, pooler or network that stops answering. One daemon thread serves every
-    store of the process; registering a call costs a dict insert under a lock.
+    store of the process. It looks at the calls in flight every ``tick`` (a quarter of the
+    shortest deadline registered so far, at most a second) rather than being woken for each
+    call: registering a call is a dict insert under a lock, with no thread handoff, and a
+    stalled call is cut at most a tick after its deadline.
     """
 
+    MAX_TICK = 1.0
+
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._calls: dict[int, tuple[float, int]] = {}  # token -> (deadline, fd); FIFO
+        self._lock = threading.Lock()
+        self._calls: dict[int, tuple[float, int]] = {}  # token -> (deadline, fd)
         self._next = 0
+        self._tick = self.MAX_TICK
         self._thread: threading.Thread | None = None
 
     def watch(self, fd: int, seconds: float) -> int:
-        with self._cond:
+        with self._lock:
             self._next += 1
             token = self._next
-            was_empty = not self._calls
             self._calls[token] = (time.monotonic() + seconds, fd)
+            if seconds / 4 < self._tick:
+                self._tick = max(seconds / 4, 0.01)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="usageflow-watchdog", daemon=True
                 )
                 self._thread.start()
-            elif was_empty:
-                self._cond.notify()
         return token
 
     def done(self, token: int) -> None:
-        with self._cond:
+        with self._lock:
             self._calls.pop(token, None)
 
     def _run(self) -> None:
-        with self._cond:
-            while True:
-                if not self._calls:
-                    self._cond.wait()
-                    continue
-                now = time.monotonic()
+        while True:
+            time.sleep(self._tick)
+            now = time.monotonic()
+            # Under the lock, so that a call finishing meanwhile (done() waits) cannot hand
+            # its connection, and so its descriptor, to another call before the shutdown.
+            with self._lock:
                 expired = [t for t, (deadline, _fd) in self._calls.items() if deadline <= now]
                 for token in expired:
                     _deadline, fd = self._calls.pop(token)
                     _shutdown(fd)
-                if self._calls:
-                    earliest = min(deadline for deadline, _fd in self._calls.values())
-                    self._cond.wait(max(0.0, earliest - now))
 
 
 def _shutdown(fd: int) -> None:
