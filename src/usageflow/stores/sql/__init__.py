@@ -290,9 +290,11 @@ def moment(micros: int | None) -> datetime | None:
 
 
 def _event(row: Mapping[str, Any] | None, replayed: bool = False) -> UsageEvent | None:
+    """A ledger row as the functions return it (``event_json``): every field present and of
+    its type, so the model is built without validation (one per decision)."""
     if row is None:
         return None
-    return UsageEvent(
+    return UsageEvent._trusted(
         id=row["id"],
         user_id=row["user_id"],
         feature_name=row["feature_name"],
