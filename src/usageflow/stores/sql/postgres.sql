@@ -104,8 +104,12 @@ CREATE TABLE IF NOT EXISTS @counters@ (
     reset_base BIGINT NOT NULL DEFAULT 0,
     reset_pre_total NUMERIC NOT NULL DEFAULT 0,
     active_holds INTEGER NOT NULL DEFAULT 0,
+    win_start TIMESTAMPTZ,  -- a window start, and the running total before it (see @fn_used@)
+    win_base BIGINT,
     PRIMARY KEY (user_id, feature_name)
 ) WITH (fillfactor = 70);
+ALTER TABLE @counters@ ADD COLUMN IF NOT EXISTS win_start TIMESTAMPTZ,
+    ADD COLUMN IF NOT EXISTS win_base BIGINT;
 -- The listings of a feature (top_users) read its counters rows, not every key's; no column
 -- a decision updates is indexed, so its updates stay HOT.
 CREATE INDEX IF NOT EXISTS @ix_counters_feature@ ON @counters@ (feature_name);
@@ -537,7 +541,13 @@ AS $fn$
         'ts', @fn_us@(e."timestamp"), 'idempotency_key', e.idempotency_key)
 $fn$;
 
--- Recorded usage in a window, from the (locked) counters row and one index seek.
+-- Recorded usage in a window, from the (locked) counters row and at most one index seek.
+-- The running total before a window start never changes once events at or after it exist
+-- (a key's timestamps never go backwards, and every decision's window starts at or before
+-- its now): a charge keeps the one it measured in the row (win_start, win_base) with the
+-- event it appends, which is at or after that start, so the key's next decisions in the same
+-- window need no seek. (A reservation appends nothing, so it keeps nothing: an event of a
+-- server whose clock is behind could still land before the start.)
 CREATE OR REPLACE FUNCTION @fn_used@(c @counters@, p_window_start TIMESTAMPTZ) RETURNS NUMERIC
 LANGUAGE plpgsql STABLE
 AS $fn$
@@ -556,6 +566,9 @@ BEGIN
     END IF;
     IF c.last_ts IS NULL OR c.last_ts < p_window_start THEN
         RETURN 0;  -- every event is before the window: the prefix is the total
+    END IF;
+    IF c.win_start = p_window_start THEN
+        RETURN c.total::NUMERIC - c.win_base;
     END IF;
     SELECT e.running_total INTO v_prefix FROM @events@ e
     WHERE e.user_id = c.user_id AND e.feature_name = c.feature_name
@@ -721,7 +734,9 @@ BEGIN
         RETURN jsonb_build_object('allowed', true, 'used', v_used, 'held', v_held,
             'event', @fn_event_json@(e), 'replayed', true);
     END IF;
-    UPDATE @counters@ SET total = e.running_total, last_ts = v_ts
+    UPDATE @counters@ SET total = e.running_total, last_ts = v_ts,
+        win_start = coalesce(p_window_start, win_start),
+        win_base = CASE WHEN p_window_start IS NULL THEN win_base ELSE c.total - v_used END
     WHERE user_id = p_user_id AND feature_name = p_feature_name;
     IF p_alert_thresholds IS NOT NULL AND p_limit IS NOT NULL THEN
         RETURN jsonb_build_object('allowed', true, 'used', v_used + p_credits, 'held', v_held,
