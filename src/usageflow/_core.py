@@ -984,8 +984,7 @@ class Core:
                 continue
             yield from ops.finish_alert(alert_id=alert.id, delivered=True, now=self.now())
             delivered += 1
-        for observer in _observe.observers:
-            observer.alerts(delivered, failed)
+        _observe.notify("alerts", delivered, failed)
         return delivered
 
     def list_alerts(self, user_id: object, undelivered: object, limit: object) -> Op[list[Alert]]:

@@ -7,15 +7,17 @@ site costs one truthiness check of :data:`observers`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from usageflow.ops import StoreCall
 
-__all__ = ["Observer", "add", "observers", "remove", "timed", "timed_async"]
+__all__ = ["Observer", "add", "notify", "observers", "remove", "timed", "timed_async"]
 
 T = TypeVar("T")
+logger = logging.getLogger("usageflow")
 
 
 class Observer:
@@ -88,12 +90,19 @@ async def timed_async(call: Awaitable[T], operation: str) -> T:
 
 
 def _store_call(operation: str, start: int, failed: bool) -> None:
-    end = time.time_ns()
-    for observer in observers:
-        observer.store_call(operation, start, end, failed)
+    notify("store_call", operation, start, time.time_ns(), failed)
 
 
 def cache_read(hit: bool) -> None:
     """Tell every observer of one read of the plan cache."""
+    notify("cache", hit)
+
+
+def notify(hook: str, *args: Any) -> None:
+    """Call ``hook`` of every observer. An observer that raises is logged and skipped: what
+    is observed (a request, a store call whose answer is on its way) never fails for it."""
     for observer in observers:
-        observer.cache(hit)
+        try:
+            getattr(observer, hook)(*args)
+        except Exception:
+            logger.exception("usageflow: observer %r failed in %s", observer, hook)

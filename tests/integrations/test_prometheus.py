@@ -180,3 +180,27 @@ def test_store_calls_become_spans(dead_sqlite: DeadSQLite, clock: FakeClock) -> 
     assert all(s.attributes["usageflow.operation"] == "charge" for s in charges)
     assert all(s.end_time >= s.start_time for s in spans)
     assert {"usageflow.load_catalog", "usageflow.get_profile"} <= {s.name for s in spans}
+
+
+class _Broken(_observe.Observer):
+    def __getattribute__(self, name: str) -> object:
+        if name in ("decision", "store_call", "cache"):
+            raise RuntimeError(f"observer bug in {name}")
+        return object.__getattribute__(self, name)
+
+
+def test_an_observer_that_raises_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    flow = UsageFlow(f"sqlite:///{tmp_path / 'b.db'}")
+    flow.create_plan("Free", is_free=True, limits={"exports": 1})
+    broken = _Broken()
+    _observe.add(broken)
+    try:
+        with TestClient(_app(flow, CollectorRegistry(), {"POST /export": "exports"})) as client:
+            assert [client.post("/export", headers=U1).status_code for _ in range(2)] == [200, 402]
+        assert flow.get_total_usage("u1", "exports") == 1
+    finally:
+        _observe.remove(broken)
+    assert "observer bug in decision" in caplog.text and "observer bug in store_call" in caplog.text
+    flow.close()

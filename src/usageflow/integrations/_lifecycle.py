@@ -232,8 +232,7 @@ _REFUSAL_OUTCOME: Final = {402: "refused", 503: "store_error"}
 
 
 def _decided(feature: str, outcome: str) -> None:
-    for observer in _observe.observers:
-        observer.decision(feature, outcome)
+    _observe.notify("decision", feature, outcome)
 
 
 # -- policy, binding --------------------------------------------------------------------------
@@ -519,8 +518,7 @@ class Metering:
                 )
         except UsageFlowError as exc:
             self._count("settle_errors")
-            for observer in _observe.observers:
-                observer.settle_error(feature)
+            _observe.notify("settle_error", feature)
             logger.error(
                 "usageflow: could not %s %s credits of %r: %s",
                 "commit" if amount else "give back",

@@ -90,8 +90,7 @@ def handle_webhook(
         logger.warning(
             "%s", warning, extra={"stripe_price_id": unsold, "stripe_event_id": event["id"]}
         )
-    for observer in _observe.observers:
-        observer.webhook(action)
+    _observe.notify("webhook", action)
     return WebhookResult(
         event_id=event["id"],
         type=kind,
