@@ -12,9 +12,11 @@ from usageflow.flow import AsyncReservation, AsyncUsageFlow, Reservation, UsageF
 from usageflow.integrations.metered import metered
 from usageflow.models import (
     Alert,
+    CreditPack,
     Decision,
     FeatureLimit,
     FeatureUsage,
+    Grant,
     LimitAdjustment,
     PendingSubscription,
     PeriodTotal,
@@ -34,6 +36,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Alert",
+    "CreditPack",
+    "Grant",
     "AsyncReservation",
     "AsyncUsageFlow",
     "Decision",

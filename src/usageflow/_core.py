@@ -32,9 +32,11 @@ from usageflow.errors import (
 from usageflow.models import (
     INT64_MAX,
     Alert,
+    CreditPack,
     Decision,
     FeatureLimit,
     FeatureUsage,
+    Grant,
     LimitAdjustment,
     PendingSubscription,
     PeriodTotal,
@@ -247,7 +249,8 @@ class Core:
         if catalog is None:
             plans = yield from ops.load_catalog()
             thresholds = yield from ops.load_alert_thresholds()
-            catalog = self.cache.put_catalog(plans, thresholds)
+            packs = yield from ops.load_credit_packs()
+            catalog = self.cache.put_catalog(plans, thresholds, packs)
         return catalog
 
     def _profile(self, user_id: str) -> Op[Profile | None]:
@@ -271,6 +274,20 @@ class Core:
     def _quota(
         self, user_id: str, feature_name: str, now: datetime, period: Period | None = None
     ) -> Op[Quota]:
+        quota = yield from self._quota_or_none(user_id, feature_name, now, period)
+        if quota is None:
+            raise limit_error(
+                "no plan applies to this user and no free plan is defined "
+                "(create a plan with is_free=True, or assign one)",
+                user_id=user_id,
+                feature_name=feature_name,
+            )
+        return quota
+
+    def _quota_or_none(
+        self, user_id: str, feature_name: str, now: datetime, period: Period | None = None
+    ) -> Op[Quota | None]:
+        """The quota of the user's feature, ``None`` when no plan applies to the user."""
         # The cache answers almost always: read it here, and step into the loading
         # sub-operations (a generator each) only on a miss.
         cache = self.cache
@@ -286,12 +303,7 @@ class Core:
         else:
             plan = yield from self._user_plan(user_id, catalog, profile)
         if plan is None:
-            raise limit_error(
-                "no plan applies to this user and no free plan is defined "
-                "(create a plan with is_free=True, or assign one)",
-                user_id=user_id,
-                feature_name=feature_name,
-            )
+            return None
         adjustments: Sequence[LimitAdjustment] = ()
         row = plan.limits.get(feature_name)
         if self.options.enable_user_adjustments and row is not None and row.limit_value != -1:
@@ -359,7 +371,7 @@ class Core:
 
     def authorize(self, user_id: str, feature_name: str, credits: int) -> Op[bool]:
         usage = yield from self.fetch_usage(user_id, feature_name, None, credits)
-        return usage.is_unlimited or usage.current + credits <= (usage.limit or 0)
+        return usage.is_unlimited or credits <= (usage.remaining or 0)
 
     def fetch_usage(
         self, user_id: str, feature_name: str, period: object, credits: int = 1
@@ -370,13 +382,13 @@ class Core:
         chosen = v.period(period, allow_none=True)
         now = self.now()
         quota = yield from self._quota(user_id, feature_name, now, chosen)
-        used, held = yield from ops.usage(
+        read = yield from ops.usage(
             user_id=user_id,
             feature_name=feature_name,
             window_start=quota.window.start,
             now=now,
         )
-        return usage_of(quota, used, held)
+        return usage_of(quota, *read)
 
     def reserve(
         self,
@@ -484,16 +496,21 @@ class Core:
         meta = v.metadata(metadata)
         key = v.optional_key(idempotency_key)
         now = self.now()
+        # Recorded whatever the limit, but split between the plan's allowance and grants as a
+        # decision would (a refund gives grants back what they paid): that takes the quota.
+        # With no plan the usage is tracked only, as before grants existed.
+        quota = yield from self._quota_or_none(user_id, feature_name, now)
         charge = yield from ops.charge(
             user_id=user_id,
             feature_name=feature_name,
             credits=credits,
             event_type=event_type,
-            limit=None,
-            window_start=None,
+            limit=None if quota is None else quota.limit,
+            window_start=None if quota is None else quota.window.start,
             now=now,
             metadata=meta,
             idempotency_key=key,
+            force=True,
         )
         assert charge.event is not None
         if charge.replayed:
@@ -538,10 +555,10 @@ class Core:
             row = plan.limits.get(feature_name) if plan else None
             chosen = Period(row.period) if row else Period.CURRENT_MONTH
         start = yield from self._window_start(user_id, chosen, now)
-        used, _held = yield from ops.usage(
+        read = yield from ops.usage(
             user_id=user_id, feature_name=feature_name, window_start=start, now=now
         )
-        return max(int(used), 0)
+        return max(int(read.used), 0)
 
     def get_usage_since_reset(self, user_id: str, feature_name: str) -> Op[UsageSinceReset]:
         user_id = v.name(user_id, "user_id")
@@ -666,24 +683,25 @@ class Core:
             if self.options.enable_user_adjustments and row.limit_value != -1:
                 adjustments = yield from self._adjustments(user_id, feature_name, now)
             quota = quota_for(plan, feature_name, profile, adjustments, now)
-            used, held = yield from ops.usage(
+            read = yield from ops.usage(
                 user_id=user_id,
                 feature_name=feature_name,
                 window_start=quota.window.start,
                 now=now,
             )
-            usage = usage_of(quota, used, held)
+            usage = usage_of(quota, *read)
             features.append(
                 FeatureUsage(
                     feature_name=feature_name,
                     period=quota.period.value,
                     current=usage.current,
-                    held=int(held),
+                    held=int(read.held),
                     limit=usage.limit,
                     remaining=usage.remaining,
                     is_unlimited=usage.is_unlimited,
                     window_start=quota.window.start,
                     resets_at=quota.window.end,
+                    credit_balance=usage.credit_balance,
                 )
             )
         return UserOverview(user_id=user_id, profile=profile, plan=plan, features=features)
@@ -916,6 +934,121 @@ class Core:
         )
         self.cache.invalidate_user(user_id)
         return row
+
+    # -- credits --------------------------------------------------------------------------------
+    def grant_credits(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        expires_at: datetime | None,
+        reason: str | None,
+        idempotency_key: str | None,
+        metadata: Mapping[str, Any] | None = None,
+        source: str = "manual",
+    ) -> Op[Grant]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        credits = v.credits(credits)
+        expires = None if expires_at is None else v.moment(expires_at, "expires_at")
+        if reason is not None:
+            reason = v.name(reason, "reason")
+        key = v.optional_key(idempotency_key)
+        meta = v.metadata(metadata)
+        now = self.now()
+        if expires is not None and expires <= now:
+            raise invalid("expires_at must be in the future", field="expires_at")
+        grant = yield from ops.grant_credits(
+            user_id=user_id,
+            feature_name=feature_name,
+            credits=credits,
+            expires_at=expires,
+            source=source,
+            reason=reason,
+            metadata=meta,
+            idempotency_key=key,
+            payment_ref=None,
+            now=now,
+        )
+        if grant.replayed and key is not None:
+            same_request(
+                key,
+                f"grant of {feature_name}",
+                credits,
+                f"grant of {grant.feature_name}",
+                grant.credits,
+            )
+        return grant
+
+    def get_credit_balance(self, user_id: str, feature_name: str) -> Op[int]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        read = yield from ops.usage(
+            user_id=user_id, feature_name=feature_name, window_start=None, now=self.now()
+        )
+        return read.balance
+
+    def list_grants(self, user_id: str, feature_name: str | None) -> Op[list[Grant]]:
+        user_id = v.name(user_id, "user_id")
+        if feature_name is not None:
+            feature_name = v.name(feature_name, "feature_name")
+        grants = yield from ops.list_grants(user_id=user_id, feature_name=feature_name)
+        return grants
+
+    def create_credit_pack(
+        self,
+        name: str,
+        credits: object,
+        stripe_price_id: str | None,
+        stripe_payment_link_id: str | None,
+        payment_link_url: str | None,
+        expires_in_days: int | None,
+    ) -> Op[CreditPack]:
+        name = v.name(name, "name")
+        if not isinstance(credits, Mapping) or not credits:
+            raise invalid(
+                "credits must be a non-empty dict of feature name -> credits", field="credits"
+            )
+        amounts = {
+            v.name(feature, "credits feature name"): v.credits(amount, f"credits[{feature!r}]")
+            for feature, amount in credits.items()
+        }
+        if stripe_price_id is not None:
+            stripe_price_id = v.name(stripe_price_id, "stripe_price_id")
+        if stripe_payment_link_id is not None:
+            stripe_payment_link_id = v.name(stripe_payment_link_id, "stripe_payment_link_id")
+        if payment_link_url is not None:
+            payment_link_url = v.name(payment_link_url, "payment_link_url")
+            if not payment_link_url.startswith(("https://", "http://")):
+                raise invalid("payment_link_url must be an http(s) URL", field="payment_link_url")
+        if expires_in_days is not None:
+            expires_in_days = v.integer(
+                expires_in_days, "expires_in_days", minimum=1, maximum=36_500
+            )
+        pack = yield from ops.upsert_credit_pack(
+            name=name,
+            credits=amounts,
+            stripe_price_id=stripe_price_id,
+            stripe_payment_link_id=stripe_payment_link_id,
+            payment_link_url=payment_link_url,
+            expires_in_days=expires_in_days,
+        )
+        self.cache.invalidate_plans()
+        return pack
+
+    def list_credit_packs(self) -> Op[list[CreditPack]]:
+        catalog = yield from self._catalog()
+        return list(catalog.packs)
+
+    def top_up_url(self, user_id: str, feature_name: str) -> Op[str | None]:
+        user_id = v.name(user_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        catalog = yield from self._catalog()
+        pack = catalog.top_up_pack(feature_name)
+        if pack is None or pack.payment_link_url is None:
+            return None
+        profile = yield from self._profile(user_id)
+        return payment_link(pack.payment_link_url, user_id, profile.email if profile else None)
 
     def recent_stripe_events(self, limit: object) -> Op[list[StripeEventRecord]]:
         count = v.integer(limit, "limit", minimum=1, maximum=1000)

@@ -22,7 +22,7 @@ from typing import Any, Final
 from cachetools import TTLCache
 
 from usageflow import _observe
-from usageflow.models import LimitAdjustment, Plan, Profile
+from usageflow.models import CreditPack, LimitAdjustment, Plan, Profile
 
 __all__ = ["MISSING", "Catalog", "PlanCache"]
 
@@ -41,15 +41,22 @@ ThresholdRow = tuple[str, "int | None", "Sequence[int]"]
 
 @dataclass(frozen=True)
 class Catalog:
-    """Every plan, indexed for the hot path, and the alert thresholds set on them."""
+    """Every plan, indexed for the hot path, the alert thresholds set on them, and the credit
+    packs on sale."""
 
     plans: dict[int, Plan] = field(default_factory=dict)
     by_price: dict[str, Plan] = field(default_factory=dict)
     free_plan: Plan | None = None
     thresholds: dict[tuple[str, int | None], tuple[int, ...]] = field(default_factory=dict)
+    packs: tuple[CreditPack, ...] = ()
 
     @classmethod
-    def build(cls, plans: Iterable[Plan], thresholds: Iterable[ThresholdRow] = ()) -> Catalog:
+    def build(
+        cls,
+        plans: Iterable[Plan],
+        thresholds: Iterable[ThresholdRow] = (),
+        packs: Iterable[CreditPack] = (),
+    ) -> Catalog:
         by_id = {p.id: p for p in plans}
         free = [p for p in by_id.values() if p.is_free]
         return cls(
@@ -57,7 +64,25 @@ class Catalog:
             by_price={p.stripe_price_id: p for p in by_id.values() if p.stripe_price_id},
             free_plan=min(free, key=lambda p: p.id) if free else None,
             thresholds={(f, plan): tuple(ts) for f, plan, ts in thresholds if ts},
+            packs=tuple(packs),
         )
+
+    def pack_of_link(self, payment_link_id: str) -> CreditPack | None:
+        """The pack sold by a Stripe Payment Link."""
+        return next((p for p in self.packs if p.stripe_payment_link_id == payment_link_id), None)
+
+    def pack_of_price(self, price_id: str) -> CreditPack | None:
+        """The pack sold at a Stripe price."""
+        return next((p for p in self.packs if p.stripe_price_id == price_id), None)
+
+    def top_up_pack(self, feature_name: str) -> CreditPack | None:
+        """The pack a user out of ``feature_name`` is offered: among those with a Payment Link
+        that grant the feature, the one granting the fewest credits of it (the cheapest way
+        back), then the oldest."""
+        offered = [
+            p for p in self.packs if p.payment_link_url and p.credits.get(feature_name, 0) > 0
+        ]
+        return min(offered, key=lambda p: (p.credits[feature_name], p.id), default=None)
 
     def alert_thresholds(self, feature_name: str, plan_id: int) -> tuple[int, ...]:
         """The thresholds of a feature on a plan: the plan's own, else those set for every
@@ -99,9 +124,12 @@ class PlanCache:
         return entry[1]
 
     def put_catalog(
-        self, plans: Iterable[Plan], thresholds: Iterable[ThresholdRow] = ()
+        self,
+        plans: Iterable[Plan],
+        thresholds: Iterable[ThresholdRow] = (),
+        packs: Iterable[CreditPack] = (),
     ) -> Catalog:
-        catalog = Catalog.build(plans, thresholds)
+        catalog = Catalog.build(plans, thresholds, packs)
         if self.ttl:
             self._catalog = (self._timer() + self.ttl, catalog)
         return catalog

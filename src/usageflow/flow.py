@@ -27,8 +27,10 @@ from usageflow.cache import PlanCache
 from usageflow.errors import UsageFlowError, config_error, reservation_error
 from usageflow.models import (
     Alert,
+    CreditPack,
     Decision,
     FeatureLimit,
+    Grant,
     LimitAdjustment,
     PendingSubscription,
     Plan,
@@ -367,6 +369,71 @@ class UsageFlow(_Base):
     def list_limit_adjustments(self, user_id: str, feature_name: str) -> list[LimitAdjustment]:
         """A user's limit adjustments of a feature that have not ended yet."""
         return self._run(self.core.list_limit_adjustments(user_id, feature_name))
+
+    # -- credits --------------------------------------------------------------------------------
+    def grant_credits(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        *,
+        expires_at: datetime | None = None,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Grant:
+        """Give a user ``credits`` of a feature that do not reset with the plan's period,
+        usable while the clock is before ``expires_at`` (``None``: never expire). Decisions
+        spend the plan's allowance first, then grants, the one expiring first first. The same
+        ``idempotency_key`` again answers the first grant (``replayed=True``)."""
+        return self._run(
+            self.core.grant_credits(
+                user_id, feature_name, credits, expires_at, reason, idempotency_key, metadata
+            )
+        )
+
+    def get_credit_balance(self, user_id: str, feature_name: str) -> int:
+        """The credits left on the user's live grants of a feature."""
+        return self._run(self.core.get_credit_balance(user_id, feature_name))
+
+    def list_grants(self, user_id: str, feature_name: str | None = None) -> list[Grant]:
+        """The user's grants (of ``feature_name`` when given), spent and expired ones
+        included, newest first."""
+        return self._run(self.core.list_grants(user_id, feature_name))
+
+    def create_credit_pack(
+        self,
+        name: str,
+        *,
+        credits: Mapping[str, int],
+        stripe_price_id: str | None = None,
+        stripe_payment_link_id: str | None = None,
+        payment_link_url: str | None = None,
+        expires_in_days: int | None = None,
+    ) -> CreditPack:
+        """Create or update (matched by ``stripe_price_id``, else ``stripe_payment_link_id``,
+        else by name) a credit pack: ``credits`` maps features to the credits one purchase
+        grants. A paid checkout of its Payment Link grants them to the buyer."""
+        return self._run(
+            self.core.create_credit_pack(
+                name,
+                credits,
+                stripe_price_id,
+                stripe_payment_link_id,
+                payment_link_url,
+                expires_in_days,
+            )
+        )
+
+    def list_credit_packs(self) -> list[CreditPack]:
+        """Every credit pack, by id."""
+        return self._run(self.core.list_credit_packs())
+
+    def top_up_url(self, user_id: str, feature_name: str) -> str | None:
+        """The Payment Link of the pack offered to a user out of ``feature_name`` (the one
+        granting the fewest credits of it), with ``client_reference_id``; ``None`` when no
+        pack with a link grants the feature."""
+        return self._run(self.core.top_up_url(user_id, feature_name))
 
     # -- alerts ---------------------------------------------------------------------------------
     def set_alert_thresholds(
@@ -755,6 +822,56 @@ class AsyncUsageFlow(_Base):
         self, user_id: str, feature_name: str
     ) -> list[LimitAdjustment]:
         return await self._run(self.core.list_limit_adjustments(user_id, feature_name))
+
+    async def grant_credits(
+        self,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        *,
+        expires_at: datetime | None = None,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Grant:
+        return await self._run(
+            self.core.grant_credits(
+                user_id, feature_name, credits, expires_at, reason, idempotency_key, metadata
+            )
+        )
+
+    async def get_credit_balance(self, user_id: str, feature_name: str) -> int:
+        return await self._run(self.core.get_credit_balance(user_id, feature_name))
+
+    async def list_grants(self, user_id: str, feature_name: str | None = None) -> list[Grant]:
+        return await self._run(self.core.list_grants(user_id, feature_name))
+
+    async def create_credit_pack(
+        self,
+        name: str,
+        *,
+        credits: Mapping[str, int],
+        stripe_price_id: str | None = None,
+        stripe_payment_link_id: str | None = None,
+        payment_link_url: str | None = None,
+        expires_in_days: int | None = None,
+    ) -> CreditPack:
+        return await self._run(
+            self.core.create_credit_pack(
+                name,
+                credits,
+                stripe_price_id,
+                stripe_payment_link_id,
+                payment_link_url,
+                expires_in_days,
+            )
+        )
+
+    async def list_credit_packs(self) -> list[CreditPack]:
+        return await self._run(self.core.list_credit_packs())
+
+    async def top_up_url(self, user_id: str, feature_name: str) -> str | None:
+        return await self._run(self.core.top_up_url(user_id, feature_name))
 
     async def set_alert_thresholds(
         self, feature_name: str, thresholds: Sequence[int], plan_id: int | None = None

@@ -10,9 +10,11 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "Alert",
+    "CreditPack",
     "Decision",
     "FeatureLimit",
     "FeatureUsage",
+    "Grant",
     "LimitAdjustment",
     "PendingSubscription",
     "StripeEventRecord",
@@ -58,15 +60,19 @@ class _Model(BaseModel):
 
 
 class Usage(_Model):
-    """A user's standing on one feature: ``current`` counts recorded and held credits.
+    """A user's standing on one feature: ``current`` counts recorded and held credits,
+    whatever paid for them (the plan's allowance or credit grants).
 
-    ``limit`` and ``remaining`` are ``None`` when the feature is unlimited.
+    ``limit`` and ``remaining`` are ``None`` when the feature is unlimited. ``credit_balance``
+    is the credits left on the user's live grants of the feature, and ``remaining`` includes
+    it: what is left of the plan's allowance plus the balance, less what is held.
     """
 
     current: int
     limit: int | None
     remaining: int | None
     is_unlimited: bool
+    credit_balance: int = 0
 
 
 class Decision(_Model):
@@ -75,7 +81,8 @@ class Decision(_Model):
     ``current`` is the usage after the decision (the charge included when allowed).
     ``resets_at`` is when the window ends, ``None`` for lifetime and rolling windows.
     ``replayed`` is true when an idempotency key matched an earlier write: nothing was charged
-    again, and ``event_id`` is that earlier event.
+    again, and ``event_id`` is that earlier event. ``remaining`` and ``credit_balance`` count
+    credit grants as :class:`Usage` does.
     """
 
     allowed: bool
@@ -90,6 +97,52 @@ class Decision(_Model):
     replayed: bool = False
     #: The alert thresholds (percent of ``limit``) this decision's charge crossed.
     alerts: tuple[int, ...] = ()
+    #: The credits left on the user's live grants of the feature after the decision.
+    credit_balance: int = 0
+
+
+class Grant(_Model):
+    """Credits of one feature that do not reset with the plan's period (bought in a credit
+    pack, given by hand): spent after the plan's allowance, the one expiring first first.
+
+    ``remaining`` is what is left (usable while the clock is before ``expires_at``; ``None``:
+    never expires). ``source`` says where it came from (``manual``: :meth:`grant_credits`,
+    ``stripe``: a credit pack bought, ``admin``: the admin page); ``payment_ref`` is the
+    Stripe payment intent that paid for it, which a refund is matched by. ``revoked`` is what
+    refunds took back, or tried to (what was already spent stays spent).
+    """
+
+    id: int
+    user_id: str
+    feature_name: str
+    credits: int
+    remaining: int
+    expires_at: datetime | None
+    source: str
+    reason: str | None = None
+    metadata: dict[str, Any] | None = None
+    payment_ref: str | None = None
+    revoked: int = 0
+    created_at: datetime
+    replayed: bool = False
+
+
+class CreditPack(_Model):
+    """Credits sold in one purchase ("10,000 tokens for $5"), through a Stripe Payment Link.
+
+    ``credits`` maps each feature to the credits one pack grants. A checkout of the Payment
+    Link ``stripe_payment_link_id`` (or of the price ``stripe_price_id``, times the quantity)
+    grants them, expiring ``expires_in_days`` after the purchase (``None``: never).
+    ``payment_link_url`` is where the top-up button leads.
+    """
+
+    id: int
+    name: str
+    credits: dict[str, int]
+    stripe_price_id: str | None = None
+    stripe_payment_link_id: str | None = None
+    payment_link_url: str | None = None
+    expires_in_days: int | None = None
 
 
 class Alert(_Model):
@@ -231,6 +284,7 @@ class FeatureUsage(_Model):
     is_unlimited: bool
     window_start: datetime | None
     resets_at: datetime | None
+    credit_balance: int = 0
 
 
 class UserOverview(_Model):

@@ -24,7 +24,9 @@ from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 from usageflow.models import (
     Alert,
+    CreditPack,
     FeatureLimit,
+    Grant,
     LimitAdjustment,
     Plan,
     Profile,
@@ -43,7 +45,10 @@ __all__ = [
     "StripeApplied",
     "StripeLink",
     "StripePrice",
+    "StripeGrant",
+    "StripeRefund",
     "StripeSubscription",
+    "UsageRead",
 ]
 
 T = TypeVar("T")
@@ -100,6 +105,10 @@ class Charge(NamedTuple):
     set for reservations; ``first_credits``, for a replayed one, is what its first request
     held (so that a replay with other credits is refused). ``alerts`` are the thresholds
     whose alerts this charge recorded.
+
+    ``granted`` is the part of ``used`` that credit grants paid for (so ``used - granted`` is
+    what the plan's allowance paid), ``balance`` the credits left on live grants, both after
+    the operation; both are 0 for an unlimited feature, which never touches grants.
     """
 
     allowed: bool
@@ -110,6 +119,18 @@ class Charge(NamedTuple):
     reservation_id: str | None = None
     first_credits: int | None = None
     alerts: tuple[int, ...] = ()
+    granted: int = 0
+    balance: int = 0
+
+
+class UsageRead(NamedTuple):
+    """What :func:`usage` reads: the recorded usage in the window, the credits held now, the
+    part of ``used`` grants paid for, and the credits left on live grants."""
+
+    used: int
+    held: int
+    granted: int = 0
+    balance: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,15 +198,49 @@ class StripeSubscription:
 
 
 @dataclass(frozen=True)
+class StripeGrant:
+    """Credits bought in one Checkout Session (a credit pack): the grants to make, once per
+    session.
+
+    The user is ``user_id`` (the session's ``client_reference_id``), else the user the
+    session's ``customer_id`` is linked to, else the one profile with ``email``. Each grant is
+    ``(feature_name, credits, expires_at)``, keyed ``checkout:<session_id>:<feature_name>``
+    (so a session grants once, whatever the events that carry it), with source ``stripe``,
+    ``reason`` the pack's name and ``payment_ref`` the session's payment intent."""
+
+    session_id: str
+    user_id: str | None
+    customer_id: str | None
+    email: str | None
+    payment_ref: str | None
+    reason: str
+    grants: tuple[tuple[str, int, datetime | None], ...]
+
+
+@dataclass(frozen=True)
+class StripeRefund:
+    """A charge refunded (``charge.refunded``): ``refunded`` of ``amount`` (cumulative, in the
+    currency's smallest unit) of the payment ``payment_ref``."""
+
+    payment_ref: str
+    refunded: int
+    amount: int
+
+
+@dataclass(frozen=True)
 class StripeApplied:
     """What :func:`apply_stripe_event` did: ``action`` is ``applied``, ``duplicate`` (the
     event id was processed before: nothing written), ``stale`` (an older state than the stored
     one: only the event id recorded), ``pending`` (a subscription whose customer is linked to
     no user yet: stored, applied when the customer is linked) or ``ignored``. ``user_id`` is
-    the user whose profile the event concerns, when known."""
+    the user whose profile the event concerns, when known. ``grants`` are the grants a credit
+    pack made (or, for a session granted before, found); ``unrecovered`` the credits a refund
+    could not take back, per feature (already spent)."""
 
     action: str
     user_id: str | None = None
+    grants: tuple[Grant, ...] = ()
+    unrecovered: tuple[tuple[str, int], ...] = ()
 
 
 # -- plans, limits, profiles, adjustments -------------------------------------------------------
@@ -276,10 +331,20 @@ def charge(
     idempotency_key: str | None,
     alert_thresholds: Sequence[int] | None = None,
     resets_at: datetime | None = None,
+    force: bool = False,
 ) -> StoreCall[Charge]:
-    """Atomically: if ``fits(used, held, credits, limit)``, append an event and bump the
-    counter. ``limit=None`` always records (tracking, refunds). A known idempotency key
+    """Atomically: if the credits fit, append an event and bump the counter. ``limit=None``
+    always records (tracking, refunds) and never touches grants. A known idempotency key
     records nothing and answers the earlier event with ``replayed=True``.
+
+    Grants (with a ``limit``): the plan's allowance left is ``free = max(0, limit -
+    max(used - granted, 0))``; the credits fit when ``credits + held <= free + balance``, and
+    the part beyond ``free`` is drawn from live grants, the one expiring first first (grants
+    without expiry last). ``force`` (``increment_usage``) always records: it draws what the
+    grants hold and records the rest beyond the limit. A negative ``credits`` (a refund)
+    gives back up to ``granted`` to the grants it was drawn from, in the reverse order (an
+    expired grant keeps nothing); the event's ``granted`` is what it paid from (or gave back
+    to) grants.
 
     With ``alert_thresholds`` (percents of ``limit``), in the same transaction: for each
     threshold ``t`` the charge crossed (``used * 100 < t * limit <= (used + credits) * 100``),
@@ -304,10 +369,12 @@ def reserve(
     alert_thresholds: Sequence[int] | None = None,
     resets_at: datetime | None = None,
 ) -> StoreCall[Charge]:
-    """Atomically: if the credits fit, hold them until ``expires_at``. A reservation id
-    used before is invalid input (``USAGE_INVALID_PARAMS``) on every store. The hold keeps
-    ``alert_thresholds`` (with ``limit``, ``window_start`` and ``resets_at``): its commit
-    records alerts as :func:`charge` does, measured in that window."""
+    """Atomically: if the credits fit (as :func:`charge` decides, grants included), hold them
+    until ``expires_at``. A reservation id used before is invalid input
+    (``USAGE_INVALID_PARAMS``) on every store. The hold keeps ``limit`` and ``window_start``
+    (and ``alert_thresholds`` with ``resets_at``): its commit is split between the plan's
+    allowance and grants as a forced :func:`charge` in that window, and records alerts as
+    :func:`charge` does."""
     return StoreCall("reserve", locals())
 
 
@@ -324,8 +391,9 @@ def settle(
 @_operation
 def usage(
     *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime
-) -> StoreCall[tuple[int, int]]:
-    """``(recorded usage in the window, credits held now)``, read consistently."""
+) -> StoreCall[UsageRead]:
+    """The recorded usage in the window, the credits held now, the part of the usage grants
+    paid for in the window, and the credits left on live grants, read consistently."""
     return StoreCall("usage", locals())
 
 
@@ -396,6 +464,56 @@ def list_recent_events(*, feature_name: str | None, limit: int) -> StoreCall[lis
     return StoreCall("list_recent_events", locals())
 
 
+# -- credits ----------------------------------------------------------------------------------
+@_operation
+def grant_credits(
+    *,
+    user_id: str,
+    feature_name: str,
+    credits: int,
+    expires_at: datetime | None,
+    source: str,
+    reason: str | None,
+    metadata: dict[str, Any] | None,
+    idempotency_key: str | None,
+    payment_ref: str | None,
+    now: datetime,
+) -> StoreCall[Grant]:
+    """Add a grant of ``credits`` (usable while ``now < expires_at``; ``None``: forever). A
+    grant with the same ``idempotency_key`` for the user answers instead (``replayed=True``),
+    nothing written. Written under the key's lock, so it never races a decision."""
+    return StoreCall("grant_credits", locals())
+
+
+@_operation
+def list_grants(*, user_id: str, feature_name: str | None) -> StoreCall[list[Grant]]:
+    """The user's grants (of ``feature_name`` when given), spent and expired ones included,
+    newest (greatest id) first."""
+    return StoreCall("list_grants", locals())
+
+
+@_operation
+def upsert_credit_pack(
+    *,
+    name: str,
+    credits: dict[str, int],
+    stripe_price_id: str | None,
+    stripe_payment_link_id: str | None,
+    payment_link_url: str | None,
+    expires_in_days: int | None,
+) -> StoreCall[CreditPack]:
+    """Create a credit pack, or update the one with this ``stripe_price_id``, else this
+    ``stripe_payment_link_id``, else (with neither) the one of this ``name`` that has
+    neither."""
+    return StoreCall("upsert_credit_pack", locals())
+
+
+@_operation
+def load_credit_packs() -> StoreCall[list[CreditPack]]:
+    """Every credit pack, by id."""
+    return StoreCall("load_credit_packs", {})
+
+
 # -- alerts -----------------------------------------------------------------------------------
 @_operation
 def load_alert_thresholds() -> StoreCall[list[tuple[str, int | None, list[int]]]]:
@@ -447,6 +565,8 @@ def apply_stripe_event(
     price: StripePrice | None = None,
     link: StripeLink | None = None,
     subscription: StripeSubscription | None = None,
+    grant: StripeGrant | None = None,
+    refund: StripeRefund | None = None,
 ) -> StoreCall[StripeApplied]:
     """Apply what one Stripe event decided, atomically (all of it or nothing), once.
 
@@ -468,7 +588,12 @@ def apply_stripe_event(
        in ``stripe_customers``, else the profile whose ``stripe_customer_id`` is the customer
        (then a customer row with ``order_key = ''`` is written); neither: ``pending``. Else
        refresh the profile.
-    5. Record ``(event_id, event_type, created, action, user_id, now)`` in ``stripe_events``.
+    5. ``grant``: the user as :class:`StripeGrant` says (none: ``ignored``); each of its
+       grants made as :func:`grant_credits` makes it (a key granted before answers its grant).
+    6. ``refund``: for each grant whose ``payment_ref`` is the refund's, the credits to take
+       back are ``credits * refunded // amount`` minus what earlier refunds of it targeted;
+       take what is left of them (``remaining``), record the rest as ``unrecovered``.
+    7. Record ``(event_id, event_type, created, action, user_id, now)`` in ``stripe_events``.
 
     *Refresh the profile of user U* (the row is created when missing): among the
     subscriptions of every customer linked to U, take the first by ``ended`` (false first),

@@ -122,15 +122,24 @@ def quota_for(
     return Quota(plan, feature_name, limit, window_period, window, alert_thresholds)
 
 
-def usage_of(quota: Quota, used: int, held: int) -> Usage:
+def remaining(limit: int, used: int, held: int, granted: int, balance: int) -> int:
+    """What a user may still spend: the plan's allowance left (usage the grants paid for does
+    not count against it) plus the grants' balance, less what is held."""
+    return max(max(limit - max(used - granted, 0), 0) + balance - held, 0)
+
+
+def usage_of(quota: Quota, used: int, held: int, granted: int = 0, balance: int = 0) -> Usage:
     current = max(used, 0) + held
     if quota.limit is None:
-        return Usage._trusted(current=current, limit=None, remaining=None, is_unlimited=True)
+        return Usage._trusted(
+            current=current, limit=None, remaining=None, is_unlimited=True, credit_balance=0
+        )
     return Usage._trusted(
         current=current,
         limit=quota.limit,
-        remaining=max(quota.limit - current, 0),
+        remaining=remaining(quota.limit, used, held, granted, balance),
         is_unlimited=False,
+        credit_balance=balance,
     )
 
 
@@ -143,10 +152,13 @@ def decision(quota: Quota, credits: int, charge: Charge) -> Decision:
         credits=credits,
         current=current,
         limit=limit,
-        remaining=None if limit is None else max(limit - current, 0),
+        remaining=None
+        if limit is None
+        else remaining(limit, charge.used, charge.held, charge.granted, charge.balance),
         is_unlimited=limit is None,
         resets_at=quota.window.end,
         event_id=charge.event.id if charge.event else None,
         replayed=charge.replayed,
         alerts=charge.alerts,
+        credit_balance=charge.balance,
     )

@@ -48,6 +48,8 @@ __all__ = [
     "Store",
     "Tables",
     "fits",
+    "grant_share",
+    "plan_free",
     "window_used",
 ]
 
@@ -88,6 +90,8 @@ class Tables:
             self.stripe_exports,
             self.alerts,
             self.alert_rules,
+            self.grants,
+            self.credit_packs,
         }
         for field, value in self.__dict__.items():
             if value in derived:
@@ -135,6 +139,16 @@ class Tables:
         return f"{self.usage_events}_alert_rules"
 
     @property
+    def grants(self) -> str:
+        """Credit grants: balances of a feature that do not reset with the plan's period."""
+        return f"{self.usage_events}_grants"
+
+    @property
+    def credit_packs(self) -> str:
+        """Credit packs sold through Stripe Payment Links."""
+        return f"{self.usage_events}_packs"
+
+    @property
     def stripe_exports(self) -> str:
         """Per Stripe meter: the last usage event id exported to it."""
         return f"{self.usage_events}_stripe_export"
@@ -143,6 +157,28 @@ class Tables:
 def fits(used: int, held: int, credits: int, limit: int | None) -> bool:
     """The quota rule: ``credits`` more fit when usage plus holds plus them stays within limit."""
     return limit is None or max(used, 0) + held + credits <= limit
+
+
+def plan_free(limit: int, used: int, granted: int) -> int:
+    """The plan's allowance left in a window: usage grants paid for does not count."""
+    return max(limit - max(used - granted, 0), 0)
+
+
+def grant_share(
+    credits: int, limit: int | None, used: int, held: int, granted: int, balance: int, force: bool
+) -> int | None:
+    """How much of a charge of ``credits`` grants pay for (negative: a refund gives back to
+    them), or ``None`` when it does not fit (see :func:`usageflow.ops.charge`)."""
+    if credits < 0:
+        return -min(-credits, max(granted, 0))
+    if limit is None:
+        return 0
+    free = plan_free(limit, used, granted)
+    if force:
+        return min(balance, max(credits - free, 0))
+    if credits + held > free + balance:
+        return None
+    return max(credits - free, 0)
 
 
 def window_used(

@@ -28,7 +28,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from usageflow.errors import UsageFlowError, config_error, invalid, reservation_error
 from usageflow.models import (
     Alert,
+    CreditPack,
     FeatureLimit,
+    Grant,
     LimitAdjustment,
     Plan,
     Profile,
@@ -42,9 +44,12 @@ from usageflow.ops import (
     ResetInfo,
     StoreCall,
     StripeApplied,
+    StripeGrant,
     StripeLink,
     StripePrice,
+    StripeRefund,
     StripeSubscription,
+    UsageRead,
 )
 from usageflow.stores._sqlite_adopt import adopt
 from usageflow.stores._sqlite_async import SQLiteAsyncStore, WouldBlock
@@ -56,7 +61,7 @@ from usageflow.stores.base import (
     alert_window,
     check_total,
     crossed,
-    fits,
+    grant_share,
     window_used,
 )
 from usageflow.stores.sql import SCHEMA_VERSION, render_sqlite, sqlite_statements
@@ -591,6 +596,7 @@ class SQLiteStore(Store):
                         conn.execute(sql["holds_alert_column"])
                 if version < SCHEMA_VERSION:
                     _run_script(conn, sql["schema"])
+                    self._add_grant_columns(conn)
                     conn.execute(
                         sql["schema_version_set"], (self.tables.usage_events, SCHEMA_VERSION)
                     )
@@ -602,6 +608,13 @@ class SQLiteStore(Store):
             raise self._error(exc, "migrate", None) from None
         self._migrated = True
         return SCHEMA_VERSION
+
+    def _add_grant_columns(self, conn: sqlite3.Connection) -> None:
+        """Version 6's columns of the ledger and the counters, on tables made before."""
+        for table in ("events", "counters"):
+            columns = {row[1] for row in conn.execute(self._sql[f"{table}_columns"])}
+            if "granted" not in columns and "grant_total" not in columns:
+                _run_script(conn, self._sql[f"{table}_grant_columns"])
 
     def _rebuild_holds(self, conn: sqlite3.Connection) -> None:
         """Version 3's holds table, from an older one (``rebuild_holds`` in sqlite.sql)."""
@@ -814,8 +827,9 @@ class SQLiteStore(Store):
         ]
 
     # -- the ledger -----------------------------------------------------------------------------
-    # A counter is (total, last_ts, last_reset_at, reset_base, reset_pre_total).
-    _NO_COUNTER: ClassVar[tuple[Any, ...]] = (0, None, None, 0, 0)
+    # A counter is (total, last_ts, last_reset_at, reset_base, reset_pre_total, grant_total,
+    # reset_grant_base).
+    _NO_COUNTER: ClassVar[tuple[Any, ...]] = (0, None, None, 0, 0, 0, 0)
 
     def _counter(self, c: sqlite3.Connection, user_id: str, feature_name: str) -> tuple[Any, ...]:
         row = c.execute(self._sql["counter"], (user_id, feature_name)).fetchone()
@@ -828,23 +842,29 @@ class SQLiteStore(Store):
         feature_name: str,
         window_start: datetime | None,
         now: datetime,
-    ) -> tuple[tuple[Any, ...], int, int, int]:
+    ) -> tuple[tuple[Any, ...], int, int, int, int, int]:
         """What a decision reads, in one statement (``used``): (the counter, the usage in the
         window, the credits of live holds, how many holds have expired but are still marked
-        held)."""
+        held, the part of the usage grants paid for in the window, the live grants'
+        balance)."""
         row = c.execute(
             self._sql["used"],
             (user_id, feature_name, None if window_start is None else _ts(window_start), _ts(now)),
         ).fetchone()
-        counter = self._NO_COUNTER if row[0] is None else row[:5]
-        used = window_used(counter[0], window_start, _dt(counter[2]), counter[3], row[5] or 0)
-        live = row[6]
+        counter = self._NO_COUNTER if row[0] is None else row[:7]
+        last_reset = _dt(counter[2])
+        used = window_used(counter[0], window_start, last_reset, counter[3], row[7] or 0)
+        granted = window_used(counter[5], window_start, last_reset, counter[6], row[8] or 0)
+        live, balance = row[9], row[11]
         # The credits are non-negative integers, so TOTAL()'s float below 2**53 is exact;
         # past it, they are summed here.
         held = (
             int(live) if live < _EXACT_FLOAT else self._held_exactly(c, user_id, feature_name, now)
         )
-        return counter, used, held, int(row[7])
+        if balance >= _EXACT_FLOAT:
+            spend = c.execute(self._sql["grants_spend"], (user_id, feature_name, _ts(now)))
+            balance = sum(remaining for _id, remaining in spend)
+        return counter, used, held, int(row[10]), granted, int(balance)
 
     def _held_exactly(
         self, c: sqlite3.Connection, user_id: str, feature_name: str, now: datetime
@@ -889,13 +909,15 @@ class SQLiteStore(Store):
         idempotency_key: str | None,
         *,
         reset: bool = False,
+        granted: int = 0,
     ) -> UsageEvent:
-        total, last_ts, last_reset_at, reset_base, reset_pre = counter
+        total, last_ts, last_reset_at, reset_base, reset_pre, grant_total, grant_base = counter
         if credits is not None:
             check_total(total, credits)
         now_s = _ts(now)
         ts = now_s if last_ts is None or now_s > last_ts else last_ts
         new_total = total + (credits or 0)
+        grant_total += granted
         cur = c.execute(
             self._sql["append_event"],
             (
@@ -907,14 +929,26 @@ class SQLiteStore(Store):
                 ts,
                 idempotency_key,
                 new_total,
+                granted,
+                grant_total,
             ),
         )
         if reset:
-            last_reset_at, reset_base = ts, new_total
+            last_reset_at, reset_base, grant_base = ts, new_total, grant_total
             reset_pre = int((metadata or {}).get("pre_reset_total", 0))
         c.execute(
             self._sql["append_counter"],
-            (user_id, feature_name, new_total, ts, last_reset_at, reset_base, reset_pre),
+            (
+                user_id,
+                feature_name,
+                new_total,
+                ts,
+                last_reset_at,
+                reset_base,
+                reset_pre,
+                grant_total,
+                grant_base,
+            ),
         )
         event_id = cur.lastrowid
         assert event_id is not None
@@ -945,6 +979,7 @@ class SQLiteStore(Store):
         idempotency_key: str | None,
         alert_thresholds: Sequence[int] | None = None,
         resets_at: datetime | None = None,
+        force: bool = False,
     ) -> Charge:
         with self._tx("charge", self.tables.usage_events) as c:
             first = (
@@ -952,17 +987,19 @@ class SQLiteStore(Store):
                 if idempotency_key is None
                 else self._by_key(c, idempotency_key, user_id, feature_name)
             )
-            if first is not None or limit is not None:
-                counter, used, held, _expired = self._state(
+            if first is not None or limit is not None or credits < 0:
+                counter, used, held, _expired, granted, balance = self._state(
                     c, user_id, feature_name, window_start, now
                 )
-            else:  # pure tracking: no window is asked for
+            else:  # pure tracking: no window is asked for, no grant is touched
                 counter = self._counter(c, user_id, feature_name)
-                used, held = counter[0], 0
+                used, held, granted, balance = counter[0], 0, 0, 0
             if first is not None:
-                return Charge(True, used, held, first, replayed=True)
-            if not fits(used, held, credits, limit):
-                return Charge(False, used, held)
+                return Charge(True, used, held, first, True, granted=granted, balance=balance)
+            share = grant_share(credits, limit, used, held, granted, balance, force)
+            if share is None:
+                return Charge(False, used, held, granted=granted, balance=balance)
+            moved = self._draw(c, user_id, feature_name, share, now) if share else 0
             event = self._append(
                 c,
                 counter,
@@ -973,21 +1010,45 @@ class SQLiteStore(Store):
                 now,
                 metadata,
                 idempotency_key,
+                granted=share,
+            )
+            after = Charge(
+                True, used + credits, held, event, granted=granted + share, balance=balance - moved
             )
             if not alert_thresholds or limit is None:
-                return Charge(True, used + credits, held, event)
-            last_reset = _dt(counter[2])
+                return after
             alerts = self._record_alerts(
                 c,
                 user_id,
                 feature_name,
                 alert_thresholds,
-                (used, used + credits, limit),
-                alert_window(window_start, last_reset),
+                (used - granted, after.used - after.granted, limit),
+                alert_window(window_start, _dt(counter[2])),
                 resets_at,
                 event.timestamp,
             )
-            return Charge(True, used + credits, held, event, alerts=alerts)
+            return after._replace(alerts=alerts)
+
+    def _draw(
+        self, c: sqlite3.Connection, user_id: str, feature_name: str, amount: int, now: datetime
+    ) -> int:
+        """Take ``amount`` credits from the key's live grants in spending order (a negative
+        ``amount``: give them back in the reverse order, to grants something was spent from
+        and that have not expired); answer the credits moved (given back: negative)."""
+        sql = self._sql
+        spend = amount > 0
+        left = abs(amount)
+        rows = c.execute(
+            sql["grants_spend" if spend else "grants_give_back"], (user_id, feature_name, _ts(now))
+        ).fetchall()
+        for grant_id, room in rows:
+            step = min(room, left)
+            c.execute(sql["grant_remaining"], (step if spend else -step, grant_id))
+            left -= step
+            if not left:
+                break
+        moved = abs(amount) - left
+        return moved if spend else -moved
 
     def _record_alerts(
         self,
@@ -1044,7 +1105,9 @@ class SQLiteStore(Store):
         # No savepoint in a batch: the insert of the hold is the one write (marking expired
         # holds and pruning old ones change nothing a decision reads, so they may stay).
         with self._tx("reserve", self.tables.holds, savepoint=False) as c:
-            _counter, used, held, expired = self._state(c, user_id, feature_name, window_start, now)
+            _counter, used, held, expired, granted, balance = self._state(
+                c, user_id, feature_name, window_start, now
+            )
             if expired:
                 c.execute(sql["reserve_expire"], (user_id, feature_name, _ts(now)))
                 self._prune_holds(c, user_id, feature_name, now)
@@ -1054,14 +1117,21 @@ class SQLiteStore(Store):
                 ).fetchone()
                 if row:
                     return Charge(
-                        True, used, held, replayed=True, reservation_id=row[0], first_credits=row[1]
+                        True,
+                        used,
+                        held,
+                        replayed=True,
+                        reservation_id=row[0],
+                        first_credits=row[1],
+                        granted=granted,
+                        balance=balance,
                     )
             # A reused reservation id is refused as PostgreSQL refuses it, whether or not the
             # credits fit; the id is looked up only when the insert fails or nothing fits, so
             # a reservation that goes through pays no extra seek.
-            if not fits(used, held, credits, limit):
+            if grant_share(credits, limit, used, held, granted, balance, False) is None:
                 self._refuse_reused_id(c, reservation_id)
-                return Charge(False, used, held)
+                return Charge(False, used, held, granted=granted, balance=balance)
             try:
                 c.execute(
                     sql["reserve"],
@@ -1079,7 +1149,14 @@ class SQLiteStore(Store):
             except sqlite3.IntegrityError:  # SQLite undid the statement: nothing written
                 self._refuse_reused_id(c, reservation_id)
                 raise
-            return Charge(True, used, held + credits, reservation_id=reservation_id)
+            return Charge(
+                True,
+                used,
+                held + credits,
+                reservation_id=reservation_id,
+                granted=granted,
+                balance=balance,
+            )
 
     def _refuse_reused_id(self, c: sqlite3.Connection, reservation_id: str) -> None:
         """Raise ``USAGE_INVALID_PARAMS`` when a hold with this id exists."""
@@ -1115,20 +1192,35 @@ class SQLiteStore(Store):
                     reservation_id=reservation_id,
                 )
             counter = self._NO_COUNTER if row[5] is None else row[5:]
-            if alert is not None:  # the commit is measured as a charge against the thresholds
+            share = 0
+            if alert is not None:  # split as a forced charge in the hold's window
                 rule = json.loads(alert)
                 window = _dt(rule["window_start"])
-                used = self._state(c, user_id, feature_name, window, now)[1]
+                _c, used, _h, _e, granted, balance = self._state(
+                    c, user_id, feature_name, window, now
+                )
+                share = grant_share(credits, rule["limit"], used, 0, granted, balance, True) or 0
+                if share:
+                    self._draw(c, user_id, feature_name, share, now)
             event = self._append(
-                c, counter, user_id, feature_name, credits, "usage", now, metadata, key
+                c,
+                counter,
+                user_id,
+                feature_name,
+                credits,
+                "usage",
+                now,
+                metadata,
+                key,
+                granted=share,
             )
-            if alert is not None:
+            if alert is not None and rule["thresholds"]:
                 self._record_alerts(
                     c,
                     user_id,
                     feature_name,
                     rule["thresholds"],
-                    (used, used + credits, rule["limit"]),
+                    (used - granted, used + credits - granted - share, rule["limit"]),
                     alert_window(window, _dt(counter[2])),
                     _dt(rule["resets_at"]),
                     event.timestamp,
@@ -1148,12 +1240,12 @@ class SQLiteStore(Store):
 
     def usage(
         self, *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime
-    ) -> tuple[int, int]:
+    ) -> UsageRead:
         with self._tx("usage", self.tables.usage_events, write=False) as c:
-            _counter, used, held, _expired = self._state(
+            _counter, used, held, _expired, granted, balance = self._state(
                 c, user_id, feature_name, window_start, now
             )
-            return used, held
+            return UsageRead(used, held, granted, balance)
 
     def reset(
         self,
@@ -1165,7 +1257,7 @@ class SQLiteStore(Store):
         metadata: dict[str, Any] | None,
     ) -> UsageEvent:
         with self._tx("reset", self.tables.usage_events) as c:
-            counter, used, _held, _expired = self._state(
+            counter, used, _held, _expired, _granted, _balance = self._state(
                 c, user_id, feature_name, window_start, now
             )
             meta = {**(metadata or {}), "pre_reset_total": max(used, 0)}
@@ -1175,7 +1267,7 @@ class SQLiteStore(Store):
 
     def usage_since_reset(self, *, user_id: str, feature_name: str) -> ResetInfo:
         with self._tx("usage_since_reset", self.tables.usage_events, write=False) as c:
-            total, _last_ts, last_reset_at, reset_base, pre = self._counter(
+            total, _last_ts, last_reset_at, reset_base, pre, *_grants = self._counter(
                 c, user_id, feature_name
             )
         if last_reset_at is None:
@@ -1251,6 +1343,111 @@ class SQLiteStore(Store):
         return [self._event(r) for r in rows]
 
     # -- Stripe ---------------------------------------------------------------------------------
+    # -- credits --------------------------------------------------------------------------------
+    def grant_credits(
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        expires_at: datetime | None,
+        source: str,
+        reason: str | None,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+        payment_ref: str | None,
+        now: datetime,
+    ) -> Grant:
+        with self._tx("grant_credits", self.tables.grants) as c:
+            return self._grant(
+                c,
+                user_id,
+                feature_name,
+                credits,
+                expires_at,
+                source,
+                reason,
+                metadata,
+                idempotency_key,
+                payment_ref,
+                now,
+            )
+
+    def _grant(
+        self,
+        c: sqlite3.Connection,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        expires_at: datetime | None,
+        source: str,
+        reason: str | None,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+        payment_ref: str | None,
+        now: datetime,
+    ) -> Grant:
+        sql = self._sql
+        if idempotency_key is not None:
+            row = c.execute(sql["grant_replay"], (user_id, idempotency_key)).fetchone()
+            if row is not None:
+                return _grant(row, replayed=True)
+        cur = c.execute(
+            sql["grant_insert"],
+            (
+                user_id,
+                feature_name,
+                credits,
+                credits,
+                _ts_or_none(expires_at),
+                source,
+                reason,
+                _json(metadata),
+                idempotency_key,
+                payment_ref,
+                _ts(now),
+            ),
+        )
+        return _grant(c.execute(sql["grant_read"], (cur.lastrowid,)).fetchone())
+
+    def list_grants(self, *, user_id: str, feature_name: str | None) -> list[Grant]:
+        with self._tx("list_grants", self.tables.grants, write=False) as c:
+            rows = c.execute(self._sql["grants_of_user"], (user_id, feature_name)).fetchall()
+        return [_grant(row) for row in rows]
+
+    def upsert_credit_pack(
+        self,
+        *,
+        name: str,
+        credits: dict[str, int],
+        stripe_price_id: str | None,
+        stripe_payment_link_id: str | None,
+        payment_link_url: str | None,
+        expires_in_days: int | None,
+    ) -> CreditPack:
+        sql = self._sql
+        values = (
+            name,
+            json.dumps(credits, sort_keys=True),
+            stripe_price_id,
+            stripe_payment_link_id,
+            payment_link_url,
+            expires_in_days,
+        )
+        with self._tx("upsert_credit_pack", self.tables.credit_packs) as c:
+            row = c.execute(sql["pack_find"], (stripe_price_id, stripe_payment_link_id, name))
+            found = row.fetchone()
+            if found is None:
+                pack_id = c.execute(sql["pack_insert"], values).lastrowid
+            else:
+                pack_id = found[0]
+                c.execute(sql["pack_update"], (*values, pack_id))
+            return _pack(c.execute(sql["pack_read"], (pack_id,)).fetchone())
+
+    def load_credit_packs(self) -> list[CreditPack]:
+        with self._tx("load_credit_packs", self.tables.credit_packs, write=False) as c:
+            return [_pack(row) for row in c.execute(self._sql["packs"]).fetchall()]
+
     def apply_stripe_event(
         self,
         *,
@@ -1261,6 +1458,8 @@ class SQLiteStore(Store):
         price: StripePrice | None = None,
         link: StripeLink | None = None,
         subscription: StripeSubscription | None = None,
+        grant: StripeGrant | None = None,
+        refund: StripeRefund | None = None,
     ) -> StripeApplied:
         sql = self._sql
         with self._tx("apply_stripe_event", self.tables.stripe_events) as c:
@@ -1283,12 +1482,70 @@ class SQLiteStore(Store):
                 result = self._stripe_link(c, link)
             if subscription is not None:
                 result = self._stripe_subscription(c, subscription)
+            if grant is not None:
+                result = self._stripe_grant(c, grant, now, result)
+            if refund is not None:
+                result = self._stripe_refund(c, refund)
             if event_id is not None:
                 c.execute(
                     sql["stripe_apply_record"],
                     (event_id, event_type, _ts(created), result.action, result.user_id, _ts(now)),
                 )
             return result
+
+    def _stripe_grant(
+        self, c: sqlite3.Connection, grant: StripeGrant, now: datetime, linked: StripeApplied
+    ) -> StripeApplied:
+        """Grant a credit pack bought in a Checkout Session, once per session."""
+        sql = self._sql
+        user_id = grant.user_id or linked.user_id
+        if user_id is None and grant.customer_id is not None:
+            user_id = self._stripe_user(c, grant.customer_id)
+        if user_id is None and grant.email:
+            rows = c.execute(sql["stripe_apply_link_email"], (grant.email,)).fetchall()
+            user_id = rows[0][0] if len(rows) == 1 else None
+        if user_id is None:
+            return linked
+        c.execute(sql["stripe_refresh_profile"], (user_id,))
+        grants = tuple(
+            self._grant(
+                c,
+                user_id,
+                feature,
+                credits,
+                expires_at,
+                "stripe",
+                grant.reason,
+                None,
+                f"checkout:{grant.session_id}:{feature}",
+                grant.payment_ref,
+                now,
+            )
+            for feature, credits, expires_at in grant.grants
+        )
+        fresh = any(not g.replayed for g in grants)
+        action = "applied" if fresh or linked.action == "applied" else "ignored"
+        return StripeApplied(action, user_id, grants=grants)
+
+    def _stripe_refund(self, c: sqlite3.Connection, refund: StripeRefund) -> StripeApplied:
+        """Take back what is left of the grants a refunded payment paid for, in proportion."""
+        sql = self._sql
+        rows = c.execute(sql["grants_of_payment"], (refund.payment_ref,)).fetchall()
+        unrecovered: dict[str, int] = {}
+        changed = False
+        for grant_id, feature, credits, remaining, revoked, _user in rows:
+            target = min(credits * refund.refunded // max(refund.amount, 1), credits)
+            if target <= revoked:
+                continue
+            take = min(remaining, target - revoked)
+            c.execute(sql["grant_revoke"], (remaining - take, target, grant_id))
+            changed = True
+            if target - revoked > take:
+                unrecovered[feature] = unrecovered.get(feature, 0) + target - revoked - take
+        user_id = rows[0][5] if rows else None
+        return StripeApplied(
+            "applied" if changed else "ignored", user_id, unrecovered=tuple(unrecovered.items())
+        )
 
     def _stripe_link(self, c: sqlite3.Connection, link: StripeLink) -> StripeApplied:
         sql = self._sql
@@ -1457,16 +1714,47 @@ def _hold_alert(
     window_start: datetime | None,
     resets_at: datetime | None,
 ) -> str | None:
-    """What a hold keeps for its commit to be measured against the alert thresholds."""
-    if not thresholds or limit is None:
+    """What a hold keeps for its commit to be split between the plan's allowance and grants,
+    and measured against the alert thresholds (none for an unlimited feature)."""
+    if limit is None:
         return None
     rule = {
-        "thresholds": list(thresholds),
+        "thresholds": list(thresholds or ()),
         "limit": limit,
         "window_start": _ts_or_none(window_start),
         "resets_at": _ts_or_none(resets_at),
     }
     return json.dumps(rule, separators=(",", ":"))
+
+
+def _grant(row: Sequence[Any], replayed: bool = False) -> Grant:
+    return Grant(
+        id=row[0],
+        user_id=row[1],
+        feature_name=row[2],
+        credits=row[3],
+        remaining=row[4],
+        revoked=row[5],
+        expires_at=_dt(row[6]),
+        source=row[7],
+        reason=row[8],
+        metadata=json.loads(row[9]) if row[9] else None,
+        payment_ref=row[10],
+        created_at=_at(row[11]),
+        replayed=replayed,
+    )
+
+
+def _pack(row: Sequence[Any]) -> CreditPack:
+    return CreditPack(
+        id=row[0],
+        name=row[1],
+        credits=json.loads(row[2]),
+        stripe_price_id=row[3],
+        stripe_payment_link_id=row[4],
+        payment_link_url=row[5],
+        expires_in_days=row[6],
+    )
 
 
 def _alert(row: Sequence[Any]) -> Alert:

@@ -53,7 +53,7 @@ __all__ = [
 
 #: The schema's version, one for every engine: bumped whenever postgres.sql or sqlite.sql
 #: changes in a way that needs ``migrate()`` to run again.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: The SQLSTATE with which the migration refuses to adopt a table holding a row usageflow
 #: cannot accept (its message names the row, its diagnostics the table).
@@ -126,6 +126,8 @@ def _table_names(tables: Tables) -> dict[str, str]:
         "stripe_export": tables.stripe_exports,
         "alerts": tables.alerts,
         "alert_rules": tables.alert_rules,
+        "grants": tables.grants,
+        "credit_packs": tables.credit_packs,
     }
 
 
@@ -189,6 +191,8 @@ def render(tables: Tables) -> str:
         tables.stripe_exports,
         tables.alerts,
         tables.alert_rules,
+        tables.grants,
+        tables.credit_packs,
     ]
     names = {
         **names,
@@ -222,6 +226,10 @@ _SQLITE_INDEXES = (
     ("counters", "feature"),
     ("alerts", "key"),
     ("alerts", "pending"),
+    ("grants", "live"),
+    ("grants", "user"),
+    ("grants", "idem"),
+    ("grants", "payment"),
 )
 
 

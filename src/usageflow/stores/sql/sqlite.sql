@@ -52,7 +52,9 @@ CREATE TABLE IF NOT EXISTS @events@ (
     metadata JSON,
     timestamp TIMESTAMP NOT NULL,
     idempotency_key TEXT,
-    running_total INTEGER NOT NULL
+    running_total INTEGER NOT NULL,
+    granted INTEGER NOT NULL DEFAULT 0,      -- credits grants paid (refunds: gave back), v6
+    grant_running INTEGER NOT NULL DEFAULT 0 -- the key's running sum of granted, v6
 );
 
 -- name: holds_table
@@ -148,6 +150,8 @@ CREATE TABLE IF NOT EXISTS @counters@ (
     reset_base INTEGER NOT NULL DEFAULT 0,
     reset_pre_total INTEGER NOT NULL DEFAULT 0,
     open_holds INTEGER NOT NULL DEFAULT 0, -- unused since version 3 (holds are read directly)
+    grant_total INTEGER NOT NULL DEFAULT 0, -- grant_running of the latest event (version 6)
+    reset_grant_base INTEGER NOT NULL DEFAULT 0, -- grant_total at the last reset (version 6)
     PRIMARY KEY (user_id, feature_name)
 ) WITHOUT ROWID;
 -- The listings of a feature (top_users) read its counters rows, not every key's.
@@ -215,6 +219,41 @@ CREATE INDEX IF NOT EXISTS @idx_alerts_key@
     ON @alerts@ (user_id, feature_name, threshold, created_at);
 CREATE INDEX IF NOT EXISTS @idx_alerts_pending@ ON @alerts@ (attempts, id)
     WHERE delivered_at IS NULL;
+-- Credit grants (version 6): balances that do not reset with the plan's period. Only the
+-- live ones (remaining > 0) are in the index a decision reads.
+CREATE TABLE IF NOT EXISTS @grants@ (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    feature_name TEXT NOT NULL,
+    credits INTEGER NOT NULL CHECK (credits > 0),
+    remaining INTEGER NOT NULL CHECK (remaining >= 0),
+    revoked INTEGER NOT NULL DEFAULT 0,
+    expires_at TIMESTAMP,
+    source TEXT NOT NULL,
+    reason TEXT,
+    metadata JSON,
+    idempotency_key TEXT,
+    payment_ref TEXT,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE INDEX IF NOT EXISTS @idx_grants_live@
+    ON @grants@ (user_id, feature_name, expires_at) WHERE remaining > 0;
+CREATE INDEX IF NOT EXISTS @idx_grants_user@ ON @grants@ (user_id, feature_name, id);
+CREATE UNIQUE INDEX IF NOT EXISTS @idx_grants_idem@ ON @grants@ (user_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS @idx_grants_payment@ ON @grants@ (payment_ref)
+    WHERE payment_ref IS NOT NULL;
+CREATE TABLE IF NOT EXISTS @credit_packs@ (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    credits TEXT NOT NULL, -- a JSON object: feature -> credits
+    stripe_price_id TEXT UNIQUE,
+    stripe_payment_link_id TEXT UNIQUE,
+    payment_link_url TEXT,
+    expires_in_days INTEGER,
+    created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    updated_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+);
 
 -- name: table_exists
 SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?;
@@ -238,6 +277,21 @@ ALTER TABLE @holds@ ADD COLUMN alert TEXT;
 
 -- name: holds_columns
 PRAGMA table_info(@holds@);
+
+-- name: events_columns
+PRAGMA table_info(@events@);
+
+-- name: counters_columns
+PRAGMA table_info(@counters@);
+
+-- name: events_grant_columns
+-- Version 6's columns of the ledger and the counters, on older ones.
+ALTER TABLE @events@ ADD COLUMN granted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE @events@ ADD COLUMN grant_running INTEGER NOT NULL DEFAULT 0;
+
+-- name: counters_grant_columns
+ALTER TABLE @counters@ ADD COLUMN grant_total INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE @counters@ ADD COLUMN reset_grant_base INTEGER NOT NULL DEFAULT 0;
 
 -- name: events_indexes
 -- The ledger's indexes; a unique one ('u') made by a column constraint of versions 1-3 means
@@ -266,27 +320,32 @@ id, user_id, feature_name, credits_used, event_type, metadata, timestamp, idempo
 
 -- name: used
 -- What a decision reads, in one statement (the rules of PostgreSQL's `used` and `held`): the
--- counters row, the running total before the window, the credits of live holds, how many
--- holds have expired but are still marked held. ?1 user, ?2 feature, ?3 window start (or
--- NULL), ?4 now. The usage before the window is read only when no reset since its start
--- answers; the holds come from the partial index of held ones. TOTAL() sums in floating
--- point, where SUM() would fail the statement past 2**63 (holds on an unlimited feature may
--- add up to more); past 2**53 the store sums them exactly with `held`.
-SELECT c.total, c.last_ts, c.last_reset_at, c.reset_base, c.reset_pre_total,
-    CASE WHEN ?3 IS NOT NULL AND (c.last_reset_at IS NULL OR c.last_reset_at < ?3)
-    THEN (SELECT e.running_total FROM @events@ e
-        WHERE e.user_id = ?1 AND e.feature_name = ?2 AND e.timestamp < ?3
-        ORDER BY e.timestamp DESC, e.id DESC LIMIT 1) END,
-    h.live, h.expired
+-- counters row, the running totals (all usage, and what grants paid) before the window, the
+-- credits of live holds, how many holds have expired but are still marked held, and the
+-- balance of live grants. ?1 user, ?2 feature, ?3 window start (or NULL), ?4 now. The usage
+-- before the window is read only when no reset since its start answers (one seek: the row
+-- joined holds both totals); the holds come from the partial index of held ones, the grants
+-- from the partial index of live ones. TOTAL() sums in floating point, where SUM() would fail
+-- the statement past 2**63 (holds on an unlimited feature may add up to more); past 2**53
+-- the store sums them exactly with `held`.
+SELECT c.total, c.last_ts, c.last_reset_at, c.reset_base, c.reset_pre_total, c.grant_total,
+    c.reset_grant_base, p.running_total, p.grant_running, h.live, h.expired,
+    (SELECT TOTAL(g.remaining) FROM @grants@ g WHERE g.user_id = ?1 AND g.feature_name = ?2
+        AND g.remaining > 0 AND (g.expires_at IS NULL OR g.expires_at > ?4))
 FROM (SELECT TOTAL(CASE WHEN expires_at > ?4 THEN credits END) AS live,
         COUNT(CASE WHEN expires_at <= ?4 THEN 1 END) AS expired
     FROM @holds@ WHERE user_id = ?1 AND feature_name = ?2 AND status = 'held') h
-LEFT JOIN @counters@ c ON c.user_id = ?1 AND c.feature_name = ?2;
+LEFT JOIN @counters@ c ON c.user_id = ?1 AND c.feature_name = ?2
+LEFT JOIN (SELECT e.running_total, e.grant_running FROM @events@ e
+        WHERE ?3 IS NOT NULL AND e.user_id = ?1 AND e.feature_name = ?2 AND e.timestamp < ?3
+        ORDER BY e.timestamp DESC, e.id DESC LIMIT 1) p
+    ON c.last_reset_at IS NULL OR c.last_reset_at < ?3;
 
 -- name: counter
 -- The counters row of a key (where PostgreSQL's `lock` also locks it: here the transaction's
 -- BEGIN IMMEDIATE holds the write lock).
-SELECT total, last_ts, last_reset_at, reset_base, reset_pre_total
+SELECT total, last_ts, last_reset_at, reset_base, reset_pre_total, grant_total,
+    reset_grant_base
 FROM @counters@ WHERE user_id = ? AND feature_name = ?;
 
 -- name: prune_holds
@@ -306,16 +365,17 @@ SELECT credits FROM @holds@ WHERE user_id = ? AND feature_name = ?
 -- Append one event to a key: its timestamp (chosen by the store) never goes backwards within
 -- the key, and running_total is the counter's total after it.
 INSERT INTO @events@ (user_id, feature_name, credits_used, event_type, metadata, timestamp,
-    idempotency_key, running_total)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+    idempotency_key, running_total, granted, grant_running)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: append_counter
 INSERT INTO @counters@ (user_id, feature_name, total, last_ts, last_reset_at, reset_base,
-    reset_pre_total)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+    reset_pre_total, grant_total, reset_grant_base)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (user_id, feature_name) DO UPDATE SET total = excluded.total,
     last_ts = excluded.last_ts, last_reset_at = excluded.last_reset_at,
-    reset_base = excluded.reset_base, reset_pre_total = excluded.reset_pre_total;
+    reset_base = excluded.reset_base, reset_pre_total = excluded.reset_pre_total,
+    grant_total = excluded.grant_total, reset_grant_base = excluded.reset_grant_base;
 
 -- ------------------------------------------------------------------------------------------
 -- The operations.
@@ -349,7 +409,7 @@ VALUES (?, ?, ?, ?, 'held', ?, ?, ?, ?);
 -- name: settle_hold
 -- The hold and the counters row of its key.
 SELECT h.user_id, h.feature_name, h.status, h.idempotency_key, h.alert, c.total, c.last_ts,
-    c.last_reset_at, c.reset_base, c.reset_pre_total
+    c.last_reset_at, c.reset_base, c.reset_pre_total, c.grant_total, c.reset_grant_base
 FROM @holds@ h LEFT JOIN @counters@ c
     ON c.user_id = h.user_id AND c.feature_name = h.feature_name
 WHERE h.id = ?;
@@ -418,6 +478,85 @@ SELECT @event_columns@ FROM @events@ ORDER BY id DESC LIMIT ?;
 
 -- name: recent_events_of_feature
 SELECT @event_columns@ FROM @events@ WHERE feature_name = ? ORDER BY id DESC LIMIT ?;
+
+-- ------------------------------------------------------------------------------------------
+-- Credit grants: drawn in spending order (the one expiring first first, those without expiry
+-- last), given back in the reverse order.
+
+-- name: grants_spend
+-- The live grants of a key, in spending order. ?3 now.
+SELECT id, remaining FROM @grants@
+WHERE user_id = ? AND feature_name = ? AND remaining > 0
+    AND (expires_at IS NULL OR expires_at > ?)
+ORDER BY expires_at IS NULL, expires_at, id;
+
+-- name: grants_give_back
+-- The unexpired grants of a key something was spent from, in the reverse order, with what
+-- was spent from each (taken back by refunds excluded).
+SELECT id, credits - revoked - remaining FROM @grants@
+WHERE user_id = ? AND feature_name = ? AND credits - revoked - remaining > 0
+    AND (expires_at IS NULL OR expires_at > ?)
+ORDER BY expires_at IS NULL DESC, expires_at DESC, id DESC;
+
+-- name: grant_remaining
+-- Spend from a grant (a negative amount: give back to it).
+UPDATE @grants@ SET remaining = remaining - ? WHERE id = ?;
+
+-- name: grant_columns
+id, user_id, feature_name, credits, remaining, revoked, expires_at, source, reason, metadata,
+payment_ref, created_at
+
+-- name: grant_replay
+SELECT @grant_columns@ FROM @grants@ WHERE user_id = ? AND idempotency_key = ?;
+
+-- name: grant_insert
+INSERT INTO @grants@ (user_id, feature_name, credits, remaining, expires_at, source, reason,
+    metadata, idempotency_key, payment_ref, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: grant_read
+SELECT @grant_columns@ FROM @grants@ WHERE id = ?;
+
+-- name: grants_of_user
+SELECT @grant_columns@ FROM @grants@ WHERE user_id = ?1 AND (?2 IS NULL OR feature_name = ?2)
+ORDER BY id DESC;
+
+-- name: grants_of_payment
+-- The grants a payment paid for (a refund takes back what is left of them).
+SELECT id, feature_name, credits, remaining, revoked, user_id FROM @grants@
+WHERE payment_ref = ? ORDER BY id;
+
+-- name: grant_revoke
+UPDATE @grants@ SET remaining = ?, revoked = ? WHERE id = ?;
+
+-- name: pack_columns
+id, name, credits, stripe_price_id, stripe_payment_link_id, payment_link_url, expires_in_days
+
+-- name: packs
+SELECT @pack_columns@ FROM @credit_packs@ ORDER BY id;
+
+-- name: pack_find
+-- A pack is found by its Stripe price, else its Payment Link, else (with neither) its name.
+SELECT id FROM @credit_packs@
+WHERE (?1 IS NOT NULL AND stripe_price_id = ?1)
+    OR (?1 IS NULL AND ?2 IS NOT NULL AND stripe_payment_link_id = ?2)
+    OR (?1 IS NULL AND ?2 IS NULL AND stripe_price_id IS NULL
+        AND stripe_payment_link_id IS NULL AND name = ?3)
+ORDER BY id LIMIT 1;
+
+-- name: pack_update
+UPDATE @credit_packs@ SET name = ?, credits = ?, stripe_price_id = ?,
+    stripe_payment_link_id = ?, payment_link_url = ?, expires_in_days = ?,
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = ?;
+
+-- name: pack_insert
+INSERT INTO @credit_packs@ (name, credits, stripe_price_id, stripe_payment_link_id,
+    payment_link_url, expires_in_days)
+VALUES (?, ?, ?, ?, ?, ?);
+
+-- name: pack_read
+SELECT @pack_columns@ FROM @credit_packs@ WHERE id = ?;
 
 -- ------------------------------------------------------------------------------------------
 -- Plans, limits, profiles, adjustments.
