@@ -1050,6 +1050,12 @@ class Core:
         profile = yield from self._profile(user_id)
         return payment_link(pack.payment_link_url, user_id, profile.email if profile else None)
 
+    def refill_urls(self, user_id: str, feature_name: str) -> Op[tuple[str | None, str | None]]:
+        """What a refused user is offered: ``(upgrade_url, top_up_url)``."""
+        upgrade = yield from self.upgrade_url(user_id, None, feature_name)
+        top_up = yield from self.top_up_url(user_id, feature_name)
+        return upgrade, top_up
+
     def recent_stripe_events(self, limit: object) -> Op[list[StripeEventRecord]]:
         count = v.integer(limit, "limit", minimum=1, maximum=1000)
         return (yield from ops.recent_stripe_events(limit=count))

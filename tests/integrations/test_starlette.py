@@ -154,7 +154,9 @@ def test_spent_quota_answers_402_problem_json(any_flow: Any, reader: UsageFlow) 
         "current": 3,
         "remaining": 0,
         "resets_at": "2024-02-01T00:00:00Z",
+        "credit_balance": 0,
         "upgrade_url": f"{PAYMENT_LINK}?client_reference_id=u1",
+        "top_up_url": None,
     }
     assert "resets at 2024-02-01T00:00:00Z" in body["detail"]
     assert used(reader, "u1", "exports") == 3

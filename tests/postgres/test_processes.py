@@ -100,10 +100,10 @@ def test_processes_mixing_reserve_commit_release(
         recorded,
         recorded,
     )
-    used, held = pg_store.call(
+    read = pg_store.call(
         ops.usage(user_id="u1", feature_name="race", window_start=None, now=_now())
     )
-    assert (used, held) == (recorded, 0)  # every hold was committed or released
+    assert (read.used, read.held) == (recorded, 0)  # every hold was committed or released
 
 
 @pytest.mark.slow

@@ -92,6 +92,69 @@ class Events:
             created,
         )
 
+    def pack_checkout(
+        self,
+        session: str,
+        created: int,
+        *,
+        type: str = "checkout.session.completed",
+        payment_link: str | None = "plink_pack",
+        client_reference_id: str | None = None,
+        customer: str | None = None,
+        email: str | None = None,
+        payment_status: str = "paid",
+        payment_intent: str | None = None,
+        line_items: list[tuple[str, int]] | None = None,
+    ) -> dict[str, Any]:
+        """A one-time (``mode: payment``) Checkout Session, as a credit pack's Payment Link
+        makes it; ``line_items`` (price, quantity) as when the session is expanded."""
+        obj: dict[str, Any] = {
+            "id": f"cs_test_{session}{self.suffix}",
+            "object": "checkout.session",
+            "amount_total": 500,
+            "client_reference_id": client_reference_id,
+            "created": created,
+            "currency": "usd",
+            "customer": customer,
+            "customer_details": {"email": email, "name": "Ada"},
+            "customer_email": None,
+            "mode": "payment",
+            "payment_intent": payment_intent or f"pi_{session}{self.suffix}",
+            "payment_link": payment_link,
+            "payment_status": payment_status,
+            "status": "complete",
+            "subscription": None,
+        }
+        if line_items is not None:
+            obj["line_items"] = {
+                "object": "list",
+                "data": [
+                    {"id": f"li_{i}", "object": "item", "price": {"id": p}, "quantity": q}
+                    for i, (p, q) in enumerate(line_items)
+                ],
+            }
+        return self.event(type, obj, created)
+
+    def charge_refunded(
+        self, payment_intent: str, refunded: int, created: int, amount: int = 500
+    ) -> dict[str, Any]:
+        """``charge.refunded``: ``refunded`` of ``amount`` (cumulative) given back."""
+        return self.event(
+            "charge.refunded",
+            {
+                "id": f"ch_{payment_intent}",
+                "object": "charge",
+                "amount": amount,
+                "amount_captured": amount,
+                "amount_refunded": refunded,
+                "currency": "usd",
+                "payment_intent": payment_intent,
+                "refunded": refunded >= amount,
+                "status": "succeeded",
+            },
+            created,
+        )
+
     def subscription(
         self,
         type: str,

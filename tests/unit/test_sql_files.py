@@ -19,15 +19,17 @@ _SQL = resources.files("usageflow.stores.sql")
 _FRAGMENTS = {
     "event_columns",
     "alert_columns",
+    "grant_columns",
+    "pack_columns",
     "hourly_since",
     "upsert_profile_update",
     "upsert_profile_keep",
 }
 #: SQLite statements with no PostgreSQL function of their name (PostgreSQL reads the counters
 #: row inside each function; a fragment).
-_UNPAIRED = {"counter", "event_columns", "alert_columns"}
+_UNPAIRED = {"counter", "event_columns", "alert_columns", "grant_columns", "pack_columns"}
 #: Upgrades of older files (tests/unit/test_sqlite_migrations.py runs them).
-_UPGRADES = {"holds_alert_column"}
+_UPGRADES = {"holds_alert_column", "events_grant_columns", "counters_grant_columns"}
 
 
 def _layout(name: str) -> list[tuple[str, str]]:
@@ -58,6 +60,7 @@ def test_sqlite_sql_has_postgres_sections_and_names_in_the_same_order() -> None:
         "Plans, limits, profiles, adjustments",
         "Stripe",
         "Alerts",
+        "Credit grants",
     ]
 
     functions = [t for k, t in pg if k == "name"]

@@ -384,8 +384,9 @@ def _quota_fields(
     if limit is None:  # unlimited: no quota to tell
         return None
     name = _sf_string(decision.feature_name)
-    remaining = (decision.remaining or 0) + refund
-    remaining = min(remaining, limit)
+    # Credits given back cannot leave more than the plan allows plus the credit balance
+    # (``r`` counts grants: a user may have more left than the plan's ``q``).
+    remaining = min((decision.remaining or 0) + refund, limit + decision.credit_balance)
     reset = _seconds_until(decision.resets_at, now)
     if reset is None:
         return f"{name};q={limit}", f"{name};r={remaining}", None
@@ -446,17 +447,25 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def exhausted(
-    decision: Decision, now: datetime, upgrade_url: str | None, message: str | None = None
+    decision: Decision,
+    now: datetime,
+    upgrade_url: str | None,
+    message: str | None = None,
+    top_up_url: str | None = None,
 ) -> Problem:
-    """The ``402`` of a spent quota."""
+    """The ``402`` of a spent quota: where to upgrade the plan and where to buy credits."""
     detail = message or (
         f"The quota of {decision.feature_name!r} is spent: {decision.current} of "
         f"{decision.limit} credits used, {decision.credits} more requested."
     )
     if decision.resets_at is not None:
         detail += f" It resets at {_iso(decision.resets_at)}."
-    if upgrade_url:
+    if upgrade_url and top_up_url:
+        detail += " Upgrade, or buy credits, to get more."
+    elif upgrade_url:
         detail += " Upgrade to get more."
+    elif top_up_url:
+        detail += " Buy credits to get more."
     body = {
         "type": QUOTA_EXHAUSTED,
         "title": "Quota exhausted",
@@ -467,7 +476,9 @@ def exhausted(
         "current": decision.current,
         "remaining": decision.remaining,
         "resets_at": _iso(decision.resets_at),
+        "credit_balance": decision.credit_balance,
         "upgrade_url": upgrade_url,
+        "top_up_url": top_up_url,
     }
     return Problem(402, body, quota_headers(decision, now, refused=True))
 
@@ -516,7 +527,11 @@ def unavailable(feature: str) -> Problem:
 
 
 def problem_for(
-    err: UsageFlowError, feature: str, now: datetime, upgrade_url: str | None = None
+    err: UsageFlowError,
+    feature: str,
+    now: datetime,
+    upgrade_url: str | None = None,
+    top_up_url: str | None = None,
 ) -> Problem:
     """The HTTP answer to a :class:`UsageFlowError` raised while authorizing a request.
 
@@ -536,8 +551,10 @@ def problem_for(
                 is_unlimited=False,
                 resets_at=None,
             )
-            return exhausted(found, now, upgrade_url, f"No plan gives access to {feature!r}.")
-        return exhausted(found, now, upgrade_url)
+            return exhausted(
+                found, now, upgrade_url, f"No plan gives access to {feature!r}.", top_up_url
+            )
+        return exhausted(found, now, upgrade_url, None, top_up_url)
     if err.code is ErrorCodes.USAGE_INVALID_PARAMS and err.details.get("field") == "user_id":
         return invalid_user(feature, err.message)
     return unavailable(feature)

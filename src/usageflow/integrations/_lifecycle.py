@@ -393,12 +393,19 @@ class Metering:
         if self.stats is not None:
             self.stats.add(name)
 
-    def refuse(self, problem: Problem, exc: UsageFlowError, url: str | None = None) -> Refusal:
-        """A refusal, counted."""
+    def refuse(
+        self,
+        problem: Problem,
+        exc: UsageFlowError,
+        urls: tuple[str | None, str | None] = (None, None),
+    ) -> Refusal:
+        """A refusal, counted; ``urls``: the upgrade and top-up links it offers."""
         self._count(_PROBLEM_COUNTER.get(problem.status, "failed_closed"))
         if _observe.observers and problem.status in _REFUSAL_OUTCOME:
             _decided(self.meter.feature, _REFUSAL_OUTCOME[problem.status])
-        details = {**exc.details, "upgrade_url": url} if url else exc.details
+        details = exc.details
+        if any(urls):
+            details = {**details, "upgrade_url": urls[0], "top_up_url": urls[1]}
         return Refusal(problem, MeteringError(exc.code, exc.message, details, problem))
 
     def no_user(self) -> Refusal:
@@ -455,13 +462,13 @@ class Metering:
                     return PASS
                 logger.error("usageflow: store failed, %r refused with 503: %s", feature, exc)
                 return self.refuse(problem_for(exc, feature, core.now()), exc)
-            url = None
+            urls: tuple[str | None, str | None] = (None, None)
             if exc.code is ErrorCodes.USAGE_LIMIT_ERROR:
                 try:
-                    url = yield from core.upgrade_url(user, None, feature)
+                    urls = yield from core.refill_urls(user, feature)
                 except UsageFlowError:
                     logger.warning("usageflow: could not build the upgrade URL for %r", feature)
-            return self.refuse(problem_for(exc, feature, core.now(), url), exc, url)
+            return self.refuse(problem_for(exc, feature, core.now(), *urls), exc, urls)
         if self.stats is not None:
             self.stats.add("allowed")
         if _observe.observers:

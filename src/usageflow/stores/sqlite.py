@@ -303,7 +303,7 @@ class SQLiteStore(Store):
     #: Bounded operations (a few index seeks, one short transaction) worth trying inline.
     NOWAIT: ClassVar[frozenset[str]] = frozenset(
         {"charge", "reserve", "settle", "usage", "get_profile", "load_catalog"}
-        | {"get_limit_adjustments", "load_alert_thresholds"}
+        | {"get_limit_adjustments", "load_alert_thresholds", "load_credit_packs"}
     )
     #: Commits made without waiting after which a WAL checkpoint is owed. A checkpoint copies
     #: each page once however often it changed, and decisions keep changing the same few
@@ -862,7 +862,7 @@ class SQLiteStore(Store):
             int(live) if live < _EXACT_FLOAT else self._held_exactly(c, user_id, feature_name, now)
         )
         if balance >= _EXACT_FLOAT:
-            spend = c.execute(self._sql["grants_spend"], (user_id, feature_name, _ts(now)))
+            spend = c.execute(self._sql["grant_draw_spend"], (user_id, feature_name, _ts(now)))
             balance = sum(remaining for _id, remaining in spend)
         return counter, used, held, int(row[10]), granted, int(balance)
 
@@ -1039,11 +1039,12 @@ class SQLiteStore(Store):
         spend = amount > 0
         left = abs(amount)
         rows = c.execute(
-            sql["grants_spend" if spend else "grants_give_back"], (user_id, feature_name, _ts(now))
+            sql["grant_draw_spend" if spend else "grant_draw_give_back"],
+            (user_id, feature_name, _ts(now)),
         ).fetchall()
         for grant_id, room in rows:
             step = min(room, left)
-            c.execute(sql["grant_remaining"], (step if spend else -step, grant_id))
+            c.execute(sql["grant_draw_remaining"], (step if spend else -step, grant_id))
             left -= step
             if not left:
                 break
@@ -1389,11 +1390,11 @@ class SQLiteStore(Store):
     ) -> Grant:
         sql = self._sql
         if idempotency_key is not None:
-            row = c.execute(sql["grant_replay"], (user_id, idempotency_key)).fetchone()
+            row = c.execute(sql["grant_credits_replay"], (user_id, idempotency_key)).fetchone()
             if row is not None:
                 return _grant(row, replayed=True)
         cur = c.execute(
-            sql["grant_insert"],
+            sql["grant_credits_insert"],
             (
                 user_id,
                 feature_name,
@@ -1408,11 +1409,11 @@ class SQLiteStore(Store):
                 _ts(now),
             ),
         )
-        return _grant(c.execute(sql["grant_read"], (cur.lastrowid,)).fetchone())
+        return _grant(c.execute(sql["grant_credits_read"], (cur.lastrowid,)).fetchone())
 
     def list_grants(self, *, user_id: str, feature_name: str | None) -> list[Grant]:
         with self._tx("list_grants", self.tables.grants, write=False) as c:
-            rows = c.execute(self._sql["grants_of_user"], (user_id, feature_name)).fetchall()
+            rows = c.execute(self._sql["list_grants"], (user_id, feature_name)).fetchall()
         return [_grant(row) for row in rows]
 
     def upsert_credit_pack(
@@ -1435,18 +1436,20 @@ class SQLiteStore(Store):
             expires_in_days,
         )
         with self._tx("upsert_credit_pack", self.tables.credit_packs) as c:
-            row = c.execute(sql["pack_find"], (stripe_price_id, stripe_payment_link_id, name))
+            row = c.execute(
+                sql["upsert_credit_pack_find"], (stripe_price_id, stripe_payment_link_id, name)
+            )
             found = row.fetchone()
             if found is None:
-                pack_id = c.execute(sql["pack_insert"], values).lastrowid
+                pack_id = c.execute(sql["upsert_credit_pack_insert"], values).lastrowid
             else:
                 pack_id = found[0]
-                c.execute(sql["pack_update"], (*values, pack_id))
-            return _pack(c.execute(sql["pack_read"], (pack_id,)).fetchone())
+                c.execute(sql["upsert_credit_pack_update"], (*values, pack_id))
+            return _pack(c.execute(sql["upsert_credit_pack_read"], (pack_id,)).fetchone())
 
     def load_credit_packs(self) -> list[CreditPack]:
         with self._tx("load_credit_packs", self.tables.credit_packs, write=False) as c:
-            return [_pack(row) for row in c.execute(self._sql["packs"]).fetchall()]
+            return [_pack(row) for row in c.execute(self._sql["credit_packs"]).fetchall()]
 
     def apply_stripe_event(
         self,
@@ -1530,7 +1533,7 @@ class SQLiteStore(Store):
     def _stripe_refund(self, c: sqlite3.Connection, refund: StripeRefund) -> StripeApplied:
         """Take back what is left of the grants a refunded payment paid for, in proportion."""
         sql = self._sql
-        rows = c.execute(sql["grants_of_payment"], (refund.payment_ref,)).fetchall()
+        rows = c.execute(sql["stripe_apply_grants_of_payment"], (refund.payment_ref,)).fetchall()
         unrecovered: dict[str, int] = {}
         changed = False
         for grant_id, feature, credits, remaining, revoked, _user in rows:
@@ -1538,7 +1541,7 @@ class SQLiteStore(Store):
             if target <= revoked:
                 continue
             take = min(remaining, target - revoked)
-            c.execute(sql["grant_revoke"], (remaining - take, target, grant_id))
+            c.execute(sql["stripe_apply_grant_revoke"], (remaining - take, target, grant_id))
             changed = True
             if target - revoked > take:
                 unrecovered[feature] = unrecovered.get(feature, 0) + target - revoked - take

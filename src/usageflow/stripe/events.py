@@ -25,7 +25,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 from usageflow import _validate as v
@@ -38,7 +38,13 @@ from usageflow.errors import (
     invalid,
     missing_dependency,
 )
-from usageflow.ops import StripeLink, StripePrice, StripeSubscription
+from usageflow.ops import (
+    StripeGrant,
+    StripeLink,
+    StripePrice,
+    StripeRefund,
+    StripeSubscription,
+)
 from usageflow.quota import ENDED_STATUSES
 from usageflow.stripe.prices import price_amount
 from usageflow.stripe.results import WebhookAction, WebhookReason
@@ -81,6 +87,11 @@ _KIND_RANK = {
     "reconcile": 3,
 }
 PRICE_EVENTS = frozenset({"price.created", "price.updated", "price.deleted"})
+#: The events about a Checkout Session: a completed one links its customer; a paid one that
+#: bought credit packs grants them.
+CHECKOUT_EVENTS = frozenset(
+    {"checkout.session.completed", "checkout.session.async_payment_succeeded"}
+)
 SUBSCRIPTION_EVENTS = frozenset(
     {
         "customer.subscription.created",
@@ -162,6 +173,8 @@ class Changes:
     price: StripePrice | None = None
     link: StripeLink | None = None
     subscription: StripeSubscription | None = None
+    grant: StripeGrant | None = None
+    refund: StripeRefund | None = None
 
 
 def _epoch(value: object, what: str) -> int:
@@ -347,25 +360,115 @@ def decide(event: Mapping[str, Any], catalog: Catalog, manual: bool) -> Changes:
         return Changes(price=_webhook_price(obj))
     if manual:
         return Changes()
-    if kind == "checkout.session.completed":
+    if kind in CHECKOUT_EVENTS:
         customer = object_id(obj.get("customer"), "customer id")
         user_id = _valid_name(obj.get("client_reference_id"))
         email = _valid_name(_get(obj, "customer_details", "email") or obj.get("customer_email"))
-        if customer is None or not (user_id or email):
-            return Changes()
+        grant = pack_grant(obj, kind, created, catalog, user_id, customer, email)
+        if customer is None or not (user_id or email) or kind != "checkout.session.completed":
+            return Changes(grant=grant)
         return Changes(
             link=StripeLink(
                 customer_id=customer,
                 user_id=user_id,
                 email=email,
                 order_key=f"{created:012d}|{event['id']}",
-            )
+            ),
+            grant=grant,
         )
+    if kind == "charge.refunded":
+        return Changes(refund=_refund(obj))
     if kind in SUBSCRIPTION_EVENTS:
         return Changes(subscription=subscription_state(obj, created, kind, catalog))
     if kind == "invoice.paid":
         return Changes(subscription=invoice_state(obj, created, catalog))
     return Changes()
+
+
+def _quantity(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+        return 1
+    return value
+
+
+def packs_bought(obj: Mapping[str, Any], catalog: Catalog) -> list[tuple[Any, int]]:
+    """The credit packs a payment-mode Checkout Session bought, with their quantities: the
+    pack of its Payment Link, else the packs of its line items' prices (``line_items``
+    expanded in the payload, or fetched from the API by the caller) times their quantity."""
+    link = object_id(obj.get("payment_link"), "payment link id")
+    pack = catalog.pack_of_link(link) if link else None
+    if pack is not None:
+        return [(pack, 1)]
+    bought = []
+    for item in _items(_get(obj, "line_items", "data"), "line_items"):
+        price = object_id(_get(item, "price"), "price id") if isinstance(item, Mapping) else None
+        found = catalog.pack_of_price(price) if price else None
+        if found is not None:
+            bought.append((found, _quantity(item.get("quantity"))))
+    return bought
+
+
+def pack_grant(
+    obj: Mapping[str, Any],
+    kind: str,
+    created: int,
+    catalog: Catalog,
+    user_id: str | None,
+    customer: str | None,
+    email: str | None,
+) -> StripeGrant | None:
+    """The grants of the credit packs a paid Checkout Session bought, or ``None``.
+
+    Only ``mode: payment`` sessions buy packs. ``checkout.session.completed`` grants when the
+    session is paid (``payment_status`` ``paid`` or ``no_payment_required``); one paid later
+    (``unpaid``: a bank debit, say) grants on ``checkout.session.async_payment_succeeded``.
+    Grants expire ``expires_in_days`` after the session's own ``created`` (so every event
+    about the session grants the same)."""
+    if obj.get("mode") != "payment" or not catalog.packs:
+        return None
+    status = obj.get("payment_status")
+    if kind == "checkout.session.completed" and status not in ("paid", "no_payment_required"):
+        return None
+    if kind == "checkout.session.async_payment_succeeded" and status == "unpaid":
+        return None
+    session = object_id(obj.get("id"), "checkout session id")
+    bought = packs_bought(obj, catalog)
+    if session is None or not bought:
+        return None
+    start = datetime.fromtimestamp(
+        _epoch(obj["created"], "session created")
+        if isinstance(obj.get("created"), int)
+        else created,
+        tz=timezone.utc,
+    )
+    totals: dict[str, tuple[int, datetime | None]] = {}
+    for pack, quantity in bought:
+        expires = (
+            None if pack.expires_in_days is None else start + timedelta(days=pack.expires_in_days)
+        )
+        for feature, credits in pack.credits.items():
+            before = totals.get(feature, (0, expires))[0]
+            totals[feature] = (before + credits * quantity, expires)
+    return StripeGrant(
+        session_id=session,
+        user_id=user_id,
+        customer_id=customer,
+        email=email,
+        payment_ref=object_id(obj.get("payment_intent"), "payment intent id"),
+        reason=", ".join(pack.name for pack, _ in bought),
+        grants=tuple((f, credits, expires) for f, (credits, expires) in sorted(totals.items())),
+    )
+
+
+def _refund(obj: Mapping[str, Any]) -> StripeRefund | None:
+    """A refunded charge, matched to grants by its payment intent."""
+    payment = object_id(obj.get("payment_intent"), "payment intent id")
+    refunded, amount = obj.get("amount_refunded"), obj.get("amount_captured") or obj.get("amount")
+    if payment is None or not isinstance(refunded, int) or not isinstance(amount, int):
+        return None
+    if isinstance(refunded, bool) or isinstance(amount, bool) or amount <= 0 or refunded < 0:
+        return None
+    return StripeRefund(payment_ref=payment, refunded=min(refunded, amount), amount=amount)
 
 
 def unsold_price(changes: Changes, catalog: Catalog) -> str | None:
@@ -397,7 +500,7 @@ def unsold_warning(event: Mapping[str, Any], changes: Changes, price: str, user:
 
 
 def outcome(
-    store_action: str, changes: Changes, unknown_price: bool
+    store_action: str, changes: Changes, unknown_price: bool, granted_before: bool = False
 ) -> tuple[WebhookAction, WebhookReason | None]:
     """The public action of what the store did, and why when nothing changed."""
     if store_action == "stale":
@@ -406,4 +509,6 @@ def outcome(
         return cast(WebhookAction, store_action), None
     if unknown_price:
         return "ignored", "unknown_price"
+    if changes.grant is not None:
+        return "ignored", "already_granted" if granted_before else "no_user"
     return "ignored", "no_user" if changes.link is not None else "not_used"

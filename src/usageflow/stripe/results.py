@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from usageflow.models import Plan
+from usageflow.models import Grant, Plan
 
 __all__ = [
     "ExportResult",
@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 WebhookAction = Literal["applied", "duplicate", "pending", "ignored"]
-WebhookReason = Literal["stale", "unknown_price", "no_user", "not_used"]
+WebhookReason = Literal["stale", "unknown_price", "no_user", "not_used", "already_granted"]
 
 
 class _Model(BaseModel):
@@ -36,9 +36,15 @@ class WebhookResult(_Model):
     (older than the state already stored), ``unknown_price`` (a ``price.*`` event for a price
     no plan sells), ``no_user`` (a checkout that names no user and whose email is no single
     profile's) or ``not_used`` (an event type UsageFlow does not use, one without anything it
-    uses, or any but a ``price.*`` event under ``manual_stripe_integration``). ``user_id`` is
+    uses, or any but a ``price.*`` event under ``manual_stripe_integration``) or
+    ``already_granted`` (a credit pack's session granted by an earlier event). ``user_id`` is
     the user it concerned, when known. ``warning`` is set when the event needs the app to act
-    (a price no plan sells); it is the text logged, once, at warning level.
+    (a price no plan sells, a refund that could not take back credits already spent); it is
+    the text logged, once, at warning level.
+
+    ``grants``: the credit grants a paid checkout of a credit pack made (or, when granted
+    before, found). ``unrecovered``: per feature, the credits a refund could not take back
+    because they were spent.
     """
 
     event_id: str
@@ -47,6 +53,8 @@ class WebhookResult(_Model):
     user_id: str | None = None
     reason: WebhookReason | None = None
     warning: str | None = None
+    grants: list[Grant] = []
+    unrecovered: dict[str, int] = {}
 
 
 class PlanSyncResult(_Model):

@@ -41,6 +41,8 @@ def apply_changes(
         price=changes.price,
         link=changes.link,
         subscription=changes.subscription,
+        grant=changes.grant,
+        refund=changes.refund,
     )
     if changes.price is not None:
         core.cache.invalidate_plans()
@@ -83,13 +85,21 @@ def handle_webhook(
         int(event["created"]),
         Changes() if unknown_price else changes,
     )
-    action, reason = outcome(applied.action, changes, unknown_price)
+    granted_before = bool(applied.grants) and all(g.replayed for g in applied.grants)
+    action, reason = outcome(applied.action, changes, unknown_price, granted_before)
     warning = None
     if unsold is not None and applied.action not in ("duplicate", "stale"):
         warning = unsold_warning(event, changes, unsold, applied.user_id)
         logger.warning(
             "%s", warning, extra={"stripe_price_id": unsold, "stripe_event_id": event["id"]}
         )
+    if applied.unrecovered:
+        spent = ", ".join(f"{credits} {feature}" for feature, credits in applied.unrecovered)
+        warning = (
+            f"refund {event['id']} could not take back {spent} credits of user "
+            f"{applied.user_id!r}: they were already spent"
+        )
+        logger.warning("%s", warning, extra={"stripe_event_id": event["id"]})
     _observe.notify("webhook", action)
     return WebhookResult(
         event_id=event["id"],
@@ -98,4 +108,6 @@ def handle_webhook(
         user_id=applied.user_id,
         reason=reason,
         warning=warning,
+        grants=list(applied.grants),
+        unrecovered=dict(applied.unrecovered),
     )

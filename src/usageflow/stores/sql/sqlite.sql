@@ -480,85 +480,6 @@ SELECT @event_columns@ FROM @events@ ORDER BY id DESC LIMIT ?;
 SELECT @event_columns@ FROM @events@ WHERE feature_name = ? ORDER BY id DESC LIMIT ?;
 
 -- ------------------------------------------------------------------------------------------
--- Credit grants: drawn in spending order (the one expiring first first, those without expiry
--- last), given back in the reverse order.
-
--- name: grants_spend
--- The live grants of a key, in spending order. ?3 now.
-SELECT id, remaining FROM @grants@
-WHERE user_id = ? AND feature_name = ? AND remaining > 0
-    AND (expires_at IS NULL OR expires_at > ?)
-ORDER BY expires_at IS NULL, expires_at, id;
-
--- name: grants_give_back
--- The unexpired grants of a key something was spent from, in the reverse order, with what
--- was spent from each (taken back by refunds excluded).
-SELECT id, credits - revoked - remaining FROM @grants@
-WHERE user_id = ? AND feature_name = ? AND credits - revoked - remaining > 0
-    AND (expires_at IS NULL OR expires_at > ?)
-ORDER BY expires_at IS NULL DESC, expires_at DESC, id DESC;
-
--- name: grant_remaining
--- Spend from a grant (a negative amount: give back to it).
-UPDATE @grants@ SET remaining = remaining - ? WHERE id = ?;
-
--- name: grant_columns
-id, user_id, feature_name, credits, remaining, revoked, expires_at, source, reason, metadata,
-payment_ref, created_at
-
--- name: grant_replay
-SELECT @grant_columns@ FROM @grants@ WHERE user_id = ? AND idempotency_key = ?;
-
--- name: grant_insert
-INSERT INTO @grants@ (user_id, feature_name, credits, remaining, expires_at, source, reason,
-    metadata, idempotency_key, payment_ref, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
-
--- name: grant_read
-SELECT @grant_columns@ FROM @grants@ WHERE id = ?;
-
--- name: grants_of_user
-SELECT @grant_columns@ FROM @grants@ WHERE user_id = ?1 AND (?2 IS NULL OR feature_name = ?2)
-ORDER BY id DESC;
-
--- name: grants_of_payment
--- The grants a payment paid for (a refund takes back what is left of them).
-SELECT id, feature_name, credits, remaining, revoked, user_id FROM @grants@
-WHERE payment_ref = ? ORDER BY id;
-
--- name: grant_revoke
-UPDATE @grants@ SET remaining = ?, revoked = ? WHERE id = ?;
-
--- name: pack_columns
-id, name, credits, stripe_price_id, stripe_payment_link_id, payment_link_url, expires_in_days
-
--- name: packs
-SELECT @pack_columns@ FROM @credit_packs@ ORDER BY id;
-
--- name: pack_find
--- A pack is found by its Stripe price, else its Payment Link, else (with neither) its name.
-SELECT id FROM @credit_packs@
-WHERE (?1 IS NOT NULL AND stripe_price_id = ?1)
-    OR (?1 IS NULL AND ?2 IS NOT NULL AND stripe_payment_link_id = ?2)
-    OR (?1 IS NULL AND ?2 IS NULL AND stripe_price_id IS NULL
-        AND stripe_payment_link_id IS NULL AND name = ?3)
-ORDER BY id LIMIT 1;
-
--- name: pack_update
-UPDATE @credit_packs@ SET name = ?, credits = ?, stripe_price_id = ?,
-    stripe_payment_link_id = ?, payment_link_url = ?, expires_in_days = ?,
-    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-WHERE id = ?;
-
--- name: pack_insert
-INSERT INTO @credit_packs@ (name, credits, stripe_price_id, stripe_payment_link_id,
-    payment_link_url, expires_in_days)
-VALUES (?, ?, ?, ?, ?, ?);
-
--- name: pack_read
-SELECT @pack_columns@ FROM @credit_packs@ WHERE id = ?;
-
--- ------------------------------------------------------------------------------------------
 -- Plans, limits, profiles, adjustments.
 
 -- name: catalog_plans
@@ -711,6 +632,14 @@ INSERT INTO @stripe_cust@ (customer_id, user_id, order_key) VALUES (?, ?, '');
 INSERT INTO @stripe_events@ (event_id, event_type, created, action, user_id, processed_at)
 VALUES (?, ?, ?, ?, ?, ?);
 
+-- name: stripe_apply_grants_of_payment
+-- The grants a refunded payment paid for: what is left of them is taken back.
+SELECT id, feature_name, credits, remaining, revoked, user_id FROM @grants@
+WHERE payment_ref = ? ORDER BY id;
+
+-- name: stripe_apply_grant_revoke
+UPDATE @grants@ SET remaining = ?, revoked = ? WHERE id = ?;
+
 -- name: stripe_batch
 -- The ledger events after the meter's cursor, with their customer ids (up to a limit).
 SELECT e.id, e.user_id, e.feature_name, e.credits_used, e.event_type, e.metadata,
@@ -789,3 +718,75 @@ WHERE id = ?3 AND delivered_at IS NULL;
 SELECT @alert_columns@ FROM @alerts@
 WHERE (?1 IS NULL OR user_id = ?1) AND (NOT ?2 OR delivered_at IS NULL)
 ORDER BY id DESC LIMIT ?3;
+
+-- ------------------------------------------------------------------------------------------
+-- Credit grants: drawn in spending order (the one expiring first first, those without expiry
+-- last), given back in the reverse order.
+
+-- name: grant_draw_spend
+-- The live grants of a key, in spending order (PostgreSQL's `grant_draw`, which charge and
+-- settle call). ?3 now.
+SELECT id, remaining FROM @grants@
+WHERE user_id = ? AND feature_name = ? AND remaining > 0
+    AND (expires_at IS NULL OR expires_at > ?)
+ORDER BY expires_at IS NULL, expires_at, id;
+
+-- name: grant_draw_give_back
+-- The unexpired grants of a key something was spent from, in the reverse order, with what
+-- was spent from each (taken back by refunds excluded).
+SELECT id, credits - revoked - remaining FROM @grants@
+WHERE user_id = ? AND feature_name = ? AND credits - revoked - remaining > 0
+    AND (expires_at IS NULL OR expires_at > ?)
+ORDER BY expires_at IS NULL DESC, expires_at DESC, id DESC;
+
+-- name: grant_draw_remaining
+-- Spend from a grant (a negative amount: give back to it).
+UPDATE @grants@ SET remaining = remaining - ? WHERE id = ?;
+
+-- name: grant_columns
+id, user_id, feature_name, credits, remaining, revoked, expires_at, source, reason, metadata,
+payment_ref, created_at
+
+-- name: grant_credits_replay
+SELECT @grant_columns@ FROM @grants@ WHERE user_id = ? AND idempotency_key = ?;
+
+-- name: grant_credits_insert
+INSERT INTO @grants@ (user_id, feature_name, credits, remaining, expires_at, source, reason,
+    metadata, idempotency_key, payment_ref, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: grant_credits_read
+SELECT @grant_columns@ FROM @grants@ WHERE id = ?;
+
+-- name: list_grants
+SELECT @grant_columns@ FROM @grants@ WHERE user_id = ?1 AND (?2 IS NULL OR feature_name = ?2)
+ORDER BY id DESC;
+
+-- name: pack_columns
+id, name, credits, stripe_price_id, stripe_payment_link_id, payment_link_url, expires_in_days
+
+-- name: upsert_credit_pack_find
+-- A pack is found by its Stripe price, else its Payment Link, else (with neither) its name.
+SELECT id FROM @credit_packs@
+WHERE (?1 IS NOT NULL AND stripe_price_id = ?1)
+    OR (?1 IS NULL AND ?2 IS NOT NULL AND stripe_payment_link_id = ?2)
+    OR (?1 IS NULL AND ?2 IS NULL AND stripe_price_id IS NULL
+        AND stripe_payment_link_id IS NULL AND name = ?3)
+ORDER BY id LIMIT 1;
+
+-- name: upsert_credit_pack_update
+UPDATE @credit_packs@ SET name = ?, credits = ?, stripe_price_id = ?,
+    stripe_payment_link_id = ?, payment_link_url = ?, expires_in_days = ?,
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = ?;
+
+-- name: upsert_credit_pack_insert
+INSERT INTO @credit_packs@ (name, credits, stripe_price_id, stripe_payment_link_id,
+    payment_link_url, expires_in_days)
+VALUES (?, ?, ?, ?, ?, ?);
+
+-- name: upsert_credit_pack_read
+SELECT @pack_columns@ FROM @credit_packs@ WHERE id = ?;
+
+-- name: credit_packs
+SELECT @pack_columns@ FROM @credit_packs@ ORDER BY id;
