@@ -28,7 +28,11 @@ def _downgrade_to_version_3(path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE usage_events RENAME TO usage_events_new")
         conn.execute(V3_EVENTS)
-        conn.execute("INSERT INTO usage_events SELECT * FROM usage_events_new")
+        conn.execute(
+            "INSERT INTO usage_events SELECT id, user_id, feature_name, credits_used, "
+            "event_type, metadata, timestamp, idempotency_key, running_total "
+            "FROM usage_events_new"
+        )
         conn.execute("DROP TABLE usage_events_new")
         conn.execute('DROP INDEX "idx_usage_events_holds_idem"')
         conn.execute(
@@ -51,7 +55,7 @@ def test_upgrade_from_version_3_scopes_idempotency_keys(tmp_path: Path) -> None:
         before = flow.list_events("alice") + flow.list_events("bob")
     _downgrade_to_version_3(path)
     with UsageFlow(url) as flow:
-        assert flow.migrate() == SCHEMA_VERSION == 5
+        assert flow.migrate() == SCHEMA_VERSION == 6
         assert flow.migrate() == SCHEMA_VERSION  # idempotent
         assert flow.list_events("alice") + flow.list_events("bob") == before
         replay = flow.consume("alice", "api", 3, idempotency_key="req-1")
@@ -86,7 +90,7 @@ def test_upgrade_from_version_4_adds_the_holds_alert_column(tmp_path: Path) -> N
         conn.execute("UPDATE usageflow_schema SET version = 4")
     conn.close()
     with UsageFlow(url) as flow:
-        assert flow.migrate() == SCHEMA_VERSION == 5
+        assert flow.migrate() == SCHEMA_VERSION == 6
         flow.get_plans()
         assert flow.consume("bob", "api", 5).alerts == (50,)
         flow.store.call(
@@ -103,3 +107,36 @@ def test_upgrade_from_version_4_adds_the_holds_alert_column(tmp_path: Path) -> N
         columns = {row[1] for row in conn.execute("PRAGMA table_info(usage_events_holds)")}
     conn.close()
     assert "alert" in columns
+
+
+def test_upgrade_from_version_5_adds_credit_grants(tmp_path: Path) -> None:
+    """Version 6 keeps, beside the ledger's running total, what grants paid: a version 5 file
+    gets the columns (zero for its events) and the grants and packs tables, and its numbers
+    stay the same."""
+    path = tmp_path / "usage.db"
+    url = f"sqlite:///{path}"
+    with UsageFlow(url) as flow:
+        flow.create_plan("Free", is_free=True, limits={"api": 10})
+        flow.consume("alice", "api", 7)
+        flow.reset_feature_usage("bob", "api")
+        flow.consume("bob", "api", 2)
+    with sqlite3.connect(path) as conn:
+        for table, column in [
+            ("usage_events", "granted"),
+            ("usage_events", "grant_running"),
+            ("usage_events_counters", "grant_total"),
+            ("usage_events_counters", "reset_grant_base"),
+        ]:
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.execute("DROP TABLE usage_events_grants")
+        conn.execute("DROP TABLE usage_events_packs")
+        conn.execute("UPDATE usageflow_schema SET version = 5")
+    conn.close()
+    with UsageFlow(url) as flow:
+        assert flow.migrate() == SCHEMA_VERSION == 6
+        assert flow.migrate() == SCHEMA_VERSION  # idempotent
+        assert flow.fetch_usage("alice", "api").remaining == 3
+        assert flow.fetch_usage("bob", "api").remaining == 8
+        flow.grant_credits("alice", "api", 5)
+        assert flow.consume("alice", "api", 6).credit_balance == 2  # 3 from the plan, 3 granted
+        assert flow.store.call(ops.ledger_check(user_id="alice", feature_name="api")) == (13, 13)
