@@ -3,6 +3,8 @@
     usageflow --version
     usageflow migrate [--print-sql [--dialect sqlite|postgresql]]
     usageflow plans list | plans load FILE.toml | plans sync-stripe
+    usageflow packs list | packs load FILE.toml
+    usageflow grants USER_ID [--feature FEATURE]
     usageflow usage USER_ID FEATURE
     usageflow user USER_ID
     usageflow top FEATURE [--limit N] [--period PERIOD | --since DATE]
@@ -16,9 +18,10 @@ Every command takes ``--store URL`` (default ``$USAGEFLOW_STORE``, then
 ...), and ``--json`` or ``--table``: one JSON document, or an aligned table. The default is a
 table when standard output is a terminal and JSON otherwise (pipes, files, scripts).
 
-``migrate``, ``plans load``, ``plans sync-stripe`` and ``alerts deliver`` write (and create
-an SQLite file); every other command only reads and creates nothing. Errors go to standard
-error: exit status 1 for a ``UsageFlowError``, 2 for a bad command line.
+``migrate``, ``plans load``, ``plans sync-stripe``, ``packs load`` and ``alerts deliver``
+write (and create an SQLite file); every other command only reads and creates nothing.
+Errors go to standard error: exit status 1 for a ``UsageFlowError``, 2 for a bad command
+line.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from usageflow.errors import UsageFlowError, config_error
 from usageflow.flow import DEFAULT_STORE, UsageFlow
 from usageflow.models import (
     Alert,
+    CreditPack,
+    Grant,
     PendingSubscription,
     Plan,
     Profile,
@@ -136,6 +141,19 @@ def _parser() -> argparse.ArgumentParser:
         help="create or update plans from Stripe prices, Payment Links and product metadata "
         "(API key from $STRIPE_API_KEY)",
     )
+
+    packs = sub.add_parser("packs", help="list or load credit packs").add_subparsers(
+        dest="packs_command", required=True, metavar="COMMAND"
+    )
+    packs.add_parser("list", parents=[common], help="every credit pack")
+    load_packs = packs.add_parser(
+        "load", parents=[common], help="create or update the [[packs]] of a plans file"
+    )
+    load_packs.add_argument("file", type=Path)
+
+    grants = sub.add_parser("grants", parents=[common], help="a user's credit grants")
+    grants.add_argument("user_id")
+    grants.add_argument("--feature", metavar="FEATURE", help="only this feature's")
 
     usage = sub.add_parser("usage", parents=[common], help="a user's usage of one feature")
     usage.add_argument("user_id")
@@ -280,6 +298,30 @@ def _plan_document(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _packs_output(packs: Sequence[CreditPack]) -> _Output:
+    rows = [
+        (
+            p.id,
+            p.name,
+            ", ".join(f"{feature}={credits}" for feature, credits in sorted(p.credits.items())),
+            p.stripe_payment_link_id or p.stripe_price_id,
+            p.expires_in_days,
+        )
+        for p in packs
+    ]
+    text = _table(["ID", "NAME", "CREDITS", "STRIPE LINK/PRICE", "EXPIRES (DAYS)"], rows)
+    return _Output({"packs": [p.model_dump() for p in packs]}, text)
+
+
+def _grants_output(grants: Sequence[Grant]) -> _Output:
+    rows = [
+        (g.id, g.feature_name, g.credits, g.remaining, g.expires_at, g.source, g.reason)
+        for g in grants
+    ]
+    text = _table(["ID", "FEATURE", "CREDITS", "REMAINING", "EXPIRES", "SOURCE", "REASON"], rows)
+    return _Output({"grants": [g.model_dump(mode="json") for g in grants]}, text)
+
+
 def _plans_output(plans: Sequence[Plan], **extra: Any) -> _Output:
     rows = [
         (
@@ -321,6 +363,7 @@ def _usage_output(user_id: str, feature_name: str, usage: Usage) -> _Output:
         "limit": usage.limit,
         "remaining": usage.remaining,
         "is_unlimited": usage.is_unlimited,
+        "credit_balance": usage.credit_balance,
     }
     shown = {**document, "limit": "unlimited" if usage.is_unlimited else usage.limit}
     return _Output(document, _pairs(list(shown.items())))
@@ -595,6 +638,10 @@ def _write_command(args: argparse.Namespace, flow: UsageFlow) -> _Output:
     if args.command == "alerts":
         return _deliver_alerts(args, flow)
     flow.migrate()
+    if args.command == "packs":
+        from usageflow.plans_file import load_packs
+
+        return _packs_output(load_packs(flow, args.file))
     if args.plans_command == "load":
         from usageflow.plans_file import load_plans
 
@@ -607,6 +654,8 @@ def _write_command(args: argparse.Namespace, flow: UsageFlow) -> _Output:
 
 _READERS: dict[str, Callable[[argparse.Namespace, UsageFlow], _Output]] = {
     "plans list": lambda a, f: _plans_output(f.get_plans()),
+    "packs list": lambda a, f: _packs_output(f.list_credit_packs()),
+    "grants": lambda a, f: _grants_output(f.list_grants(a.user_id, a.feature)),
     "usage": lambda a, f: _usage_output(
         a.user_id, a.feature_name, f.fetch_usage(a.user_id, a.feature_name)
     ),
@@ -630,7 +679,7 @@ def _run(args: argparse.Namespace) -> _Output | str:
     if args.command == "migrate" and args.print_sql:
         return _migration_sql(args)
     name = args.command
-    if args.command in ("plans", "alerts"):
+    if args.command in ("plans", "alerts", "packs"):
         name = f"{args.command} {getattr(args, args.command + '_command')}"
     reader = _READERS.get(name)
     if reader is None:

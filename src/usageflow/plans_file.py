@@ -18,6 +18,13 @@
     [alerts]            # alert thresholds (percents of the limit) of every plan
     exports = [80, 100]
 
+    [[packs]]           # credit packs sold through Payment Links (`usageflow packs load`)
+    name = "10,000 tokens"
+    credits = { ai_tokens = 10000 }
+    stripe_payment_link_id = "plink_123"
+    payment_link_url = "https://buy.stripe.com/test_456"
+    expires_in_days = 365
+
 The whole file is checked before anything is written; loading it twice changes nothing more.
 The format is documented in docs/cli.md, with a complete example in examples/plans.toml.
 """
@@ -34,7 +41,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from usageflow._config import validate
 from usageflow.errors import invalid
 from usageflow.flow import UsageFlow
-from usageflow.models import INT64_MAX, Plan
+from usageflow.models import INT64_MAX, CreditPack, Plan
 from usageflow.periods import Period
 
 if sys.version_info >= (3, 11):
@@ -42,7 +49,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["load_plans", "parse_plans"]
+__all__ = ["load_packs", "load_plans", "parse_plans"]
 
 
 def _printable(value: str) -> str:
@@ -117,6 +124,19 @@ class _PlanEntry(BaseModel):
         return kwargs
 
 
+class _PackEntry(BaseModel):
+    """One ``[[packs]]`` table, as :meth:`UsageFlow.create_credit_pack` takes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: _Name
+    credits: dict[_Name, Annotated[int, Field(ge=1, le=INT64_MAX)]] = Field(min_length=1)
+    stripe_price_id: _Name | None = None
+    stripe_payment_link_id: _Name | None = None
+    payment_link_url: _Name | None = None
+    expires_in_days: Annotated[int, Field(ge=1, le=36_500)] | None = None
+
+
 class _Alerts(RootModel[dict[_Name, _Thresholds]]):
     """The ``[alerts]`` table: feature -> thresholds of every plan."""
 
@@ -129,18 +149,27 @@ class PlansFile(BaseModel):
 
     plans: list[tuple[dict[str, Any], dict[str, list[int]]]]
     alerts: dict[str, list[int]]
+    packs: list[dict[str, Any]] = []
 
 
-def parse_plans(text: str) -> PlansFile:
+def parse_plans(text: str, *, packs_only: bool = False) -> PlansFile:
     """Parse and check a plans file; raises ``USAGE_INVALID_PARAMS`` naming the bad entry
-    and key (``plans[1].limits.exports.period must be ...``)."""
+    and key (``plans[1].limits.exports.period must be ...``). ``packs_only``: the file must
+    hold ``[[packs]]``, and its plans, if any, are checked but not returned."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise invalid(f"plans file is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"plans", "alerts"})
+    unknown = sorted(set(data) - {"plans", "alerts", "packs"})
     if unknown:
-        raise invalid(f"plans file has unknown tables {unknown}: it holds [[plans]] and [alerts]")
+        raise invalid(
+            f"plans file has unknown tables {unknown}: it holds [[plans]], [alerts] and [[packs]]"
+        )
+    packs = _packs(data.get("packs", []))
+    if packs_only:
+        if not packs:
+            raise invalid("plans file needs at least one [[packs]] table")
+        return PlansFile(plans=[], alerts={}, packs=packs)
     plans = data.get("plans")
     if not isinstance(plans, list) or not plans:
         raise invalid("plans file needs at least one [[plans]] table")
@@ -160,12 +189,45 @@ def parse_plans(text: str) -> PlansFile:
     if not isinstance(alerts, dict):
         raise invalid("alerts must be a table: feature = [80, 100]")
     every = validate(_Alerts, alerts, invalid, prefix="alerts")
-    return PlansFile(plans=parsed, alerts=every.root)
+    return PlansFile(plans=parsed, alerts=every.root, packs=packs)
+
+
+def _packs(packs: object) -> list[dict[str, Any]]:
+    if not isinstance(packs, list):
+        raise invalid("packs must be an array of tables: [[packs]]")
+    parsed, seen = [], set()
+    for index, pack in enumerate(packs):
+        where = f"packs[{index}]"
+        if not isinstance(pack, dict):
+            raise invalid(f"{where} must be a table")
+        entry = validate(_PackEntry, pack, invalid, prefix=where)
+        key = (entry.name, entry.stripe_price_id, entry.stripe_payment_link_id)
+        if key in seen:
+            raise invalid(f"{where} repeats pack {entry.name!r}")
+        seen.add(key)
+        parsed.append(entry.model_dump())
+    return parsed
+
+
+def _create_packs(flow: UsageFlow, packs: list[dict[str, Any]]) -> list[CreditPack]:
+    made = []
+    for spec in packs:
+        kwargs = dict(spec)
+        made.append(flow.create_credit_pack(kwargs.pop("name"), **kwargs))
+    return made
+
+
+def load_packs(flow: UsageFlow, source: str | Path) -> list[CreditPack]:
+    """Create or update every credit pack of a TOML file's ``[[packs]]`` (a path, or the
+    TOML text itself)."""
+    text = Path(source).read_text() if isinstance(source, Path) else source
+    return _create_packs(flow, parse_plans(text, packs_only=True).packs)
 
 
 def load_plans(flow: UsageFlow, source: str | Path) -> list[Plan]:
-    """Create or update every plan in a TOML file (a path, or the TOML text itself), and
-    set the alert thresholds it gives (a feature the file gives none for keeps its own)."""
+    """Create or update every plan in a TOML file (a path, or the TOML text itself), set the
+    alert thresholds it gives (a feature the file gives none for keeps its own), and create
+    or update its credit packs."""
     text = Path(source).read_text() if isinstance(source, Path) else source
     checked = parse_plans(text)
     created = []
@@ -178,4 +240,5 @@ def load_plans(flow: UsageFlow, source: str | Path) -> list[Plan]:
         created.append(made)
     for feature, values in checked.alerts.items():
         flow.set_alert_thresholds(feature, values)
+    _create_packs(flow, checked.packs)
     return created

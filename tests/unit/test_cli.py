@@ -66,7 +66,48 @@ def test_migrate_load_list_and_usage(tmp_path: Path, capsys: pytest.CaptureFixtu
         "limit": 3,
         "remaining": 2,
         "is_unlimited": False,
+        "credit_balance": 0,
     }
+
+
+def test_packs_load_list_and_grants(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    path = tmp_path / "plans.toml"
+    path.write_text(
+        PLANS
+        + """
+[[packs]]
+name = "10,000 tokens"
+credits = { ai_tokens = 10000 }
+stripe_payment_link_id = "plink_tokens"
+payment_link_url = "https://buy.stripe.com/test_tokens"
+expires_in_days = 365
+"""
+    )
+    assert main(["packs", "load", str(path), "--store", url]) == 0
+    assert main(["packs", "load", str(path), "--store", url]) == 0  # idempotent
+    capsys.readouterr()
+    assert main(["packs", "list", "--store", url]) == 0
+    [pack] = json.loads(capsys.readouterr().out)["packs"]
+    assert (pack["name"], pack["credits"], pack["expires_in_days"]) == (
+        "10,000 tokens",
+        {"ai_tokens": 10000},
+        365,
+    )
+    with UsageFlow(url) as flow:
+        assert flow.get_plans() == []  # `packs load` loads the packs only
+        flow.grant_credits("u", "ai_tokens", 500, reason="welcome")
+    assert main(["grants", "u", "--store", url, "--table"]) == 0
+    table = capsys.readouterr().out
+    assert "ai_tokens" in table and "500" in table and "welcome" in table
+    no_packs = tmp_path / "no_packs.toml"
+    no_packs.write_text(PLANS)
+    assert main(["packs", "load", str(no_packs), "--store", url]) == 1
+    assert "at least one [[packs]]" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[packs]]\nname = "X"\ncredits = { tokens = 0 }\n')
+    assert main(["packs", "load", str(bad), "--store", url]) == 1
+    assert "packs[0].credits.tokens" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
