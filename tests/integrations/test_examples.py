@@ -28,3 +28,20 @@ def test_example_demo_shows_the_402(name: str) -> None:
         done.stdout
     )
     assert "retry-after" in done.stdout.lower()
+
+
+def test_credits_example_sells_a_pack_and_serves_the_buyer() -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(EXAMPLES / "credits_app.py"), "--demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "on the Free plan: 402" in out
+    assert '"top_up_url": "https://buy.stripe.com/test_tokens_10k?client_reference_id=ada"' in out
+    assert "webhook: 200 applied" in out
+    assert "again: 200" in out
+    assert '"credit_balance": 9600' in out
