@@ -955,6 +955,7 @@ class Core:
             reason = v.name(reason, "reason")
         key = v.optional_key(idempotency_key)
         meta = v.metadata(metadata)
+        source = v.name(source, "source")
         now = self.now()
         if expires is not None and expires <= now:
             raise invalid("expires_at must be in the future", field="expires_at")

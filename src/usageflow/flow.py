@@ -381,14 +381,23 @@ class UsageFlow(_Base):
         reason: str | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        source: str = "manual",
     ) -> Grant:
         """Give a user ``credits`` of a feature that do not reset with the plan's period,
         usable while the clock is before ``expires_at`` (``None``: never expire). Decisions
         spend the plan's allowance first, then grants, the one expiring first first. The same
-        ``idempotency_key`` again answers the first grant (``replayed=True``)."""
+        ``idempotency_key`` again answers the first grant (``replayed=True``). ``source``
+        says where the grant came from (``stripe`` is used for packs bought)."""
         return self._run(
             self.core.grant_credits(
-                user_id, feature_name, credits, expires_at, reason, idempotency_key, metadata
+                user_id,
+                feature_name,
+                credits,
+                expires_at,
+                reason,
+                idempotency_key,
+                metadata,
+                source,
             )
         )
 
@@ -833,10 +842,18 @@ class AsyncUsageFlow(_Base):
         reason: str | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        source: str = "manual",
     ) -> Grant:
         return await self._run(
             self.core.grant_credits(
-                user_id, feature_name, credits, expires_at, reason, idempotency_key, metadata
+                user_id,
+                feature_name,
+                credits,
+                expires_at,
+                reason,
+                idempotency_key,
+                metadata,
+                source,
             )
         )
 

@@ -160,6 +160,7 @@ def test_the_usage_page_shows_the_users_own_numbers(tmp_path: Path) -> None:
         "credit_balance": 0,
         "period": "current_month",
         "resets_at": exports["resets_at"],
+        "top_up_url": None,
     }
     assert exports["resets_at"].endswith("Z")
     search = next(f for f in data["features"] if f["feature"] == "search")
@@ -228,6 +229,43 @@ def test_an_admin_adjustment_changes_the_next_metered_request(tmp_path: Path) ->
     assert credit.credits_used == -4
     assert credit.metadata == {"reason": "bad export", "admin": "root"}
     assert flow.get_total_usage("alice", "exports") == 7
+    flow.close()
+
+
+def test_credits_granted_on_the_admin_page_serve_the_next_request(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+    flow.create_credit_pack(
+        "25 exports",
+        credits={"exports": 25},
+        stripe_payment_link_id="plink_exports",
+        payment_link_url="https://buy.stripe.com/test_exports",
+    )
+    with TestClient(starlette_app(flow)) as client:
+        for _ in range(10):
+            client.post("/export", headers=ALICE)
+        refused = client.post("/export", headers=ALICE)
+        assert refused.status_code == 402
+        assert refused.json()["top_up_url"].startswith("https://buy.stripe.com/test_exports?")
+        page = client.get("/admin/user?id=alice", headers=ADMIN)
+        check_html(page.text)
+        assert "Grant credits" in page.text
+        form = {"id": "alice", "feature": "exports", "amount": "3", "days": "30"}
+        form |= {"reason": "outage", "csrf": client.cookies[CSRF_COOKIE], "confirm": "yes"}
+        done = client.post("/admin/user/grant", data=form, headers=ADMIN, follow_redirects=False)
+        assert done.status_code == 303
+        assert client.post("/export", headers=ALICE).status_code == 200  # paid by the grant
+        after = client.get("/admin/user?id=alice", headers=ADMIN)
+        assert "outage" in after.text and "admin" in after.text
+        usage = client.get("/usage/", headers=ALICE)
+        data = client.get("/usage/usage.json", headers=ALICE).json()
+    [grant] = flow.list_grants("alice")
+    assert (grant.credits, grant.remaining, grant.source) == (3, 2, "admin")
+    assert grant.metadata == {"reason": "outage", "admin": "root"}
+    assert "plus 2 bought credits" in usage.text and "Buy more exports" in usage.text
+    check_html(usage.text)
+    exports = next(f for f in data["features"] if f["feature"] == "exports")
+    assert (exports["used"], exports["remaining"], exports["credit_balance"]) == (11, 2, 2)
+    assert exports["top_up_url"].startswith("https://buy.stripe.com/test_exports?")
     flow.close()
 
 

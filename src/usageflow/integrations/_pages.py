@@ -138,13 +138,21 @@ def usage_page(request: PageRequest, user_id: str | None) -> Page:
                 "get_usage_stats", (user_id, feature.feature_name, feature.period, "day")
             )
     upgrade = yield Call("upgrade_url", (user_id,))
-    data = usage_data(overview, upgrade)
+    top_ups: dict[str, str] = {}
+    for feature in overview.features:
+        if not feature.is_unlimited:
+            url = yield Call("top_up_url", (user_id, feature.feature_name))
+            if url:
+                top_ups[feature.feature_name] = url
+    data = usage_data(overview, upgrade, top_ups)
     if request.path.endswith(".json"):
         return PageResponse(200, json.dumps(data), "application/json")
-    return PageResponse(200, _usage_html(overview, charts, upgrade))
+    return PageResponse(200, _usage_html(overview, charts, upgrade, top_ups))
 
 
-def usage_data(overview: UserOverview, upgrade_url: str | None) -> dict[str, Any]:
+def usage_data(
+    overview: UserOverview, upgrade_url: str | None, top_ups: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The usage page's data (``GET /usage.json``)."""
     plan = overview.plan
     return {
@@ -157,9 +165,10 @@ def usage_data(overview: UserOverview, upgrade_url: str | None) -> dict[str, Any
                 "held": f.held,
                 "limit": f.limit,
                 "remaining": f.remaining,
-                "credit_balance": 0,
+                "credit_balance": f.credit_balance,
                 "period": f.period,
                 "resets_at": _iso(f.resets_at),
+                "top_up_url": (top_ups or {}).get(f.feature_name),
             }
             for f in overview.features
         ],
@@ -178,7 +187,10 @@ def _plan_data(plan: Plan) -> dict[str, Any]:
 
 
 def _usage_html(
-    overview: UserOverview, charts: Mapping[str, UsageStats], upgrade: str | None
+    overview: UserOverview,
+    charts: Mapping[str, UsageStats],
+    upgrade: str | None,
+    top_ups: Mapping[str, str],
 ) -> str:
     plan = overview.plan
     parts = ["<h1>Usage</h1>"]
@@ -188,11 +200,12 @@ def _usage_html(
     if not overview.features:
         parts.append("<p>Your plan has no metered features.</p>")
     for feature in overview.features:
-        parts.append(_feature_html(feature, charts.get(feature.feature_name)))
+        top_up = top_ups.get(feature.feature_name)
+        parts.append(_feature_html(feature, charts.get(feature.feature_name), top_up))
     return _document("Usage", "".join(parts))
 
 
-def _feature_html(f: FeatureUsage, stats: UsageStats | None) -> str:
+def _feature_html(f: FeatureUsage, stats: UsageStats | None, top_up: str | None = None) -> str:
     name = _e(f.feature_name)
     used = f.current - f.held
     out = [f'<section aria-labelledby="f-{name}"><h2 id="f-{name}">{name}</h2>']
@@ -201,8 +214,12 @@ def _feature_html(f: FeatureUsage, stats: UsageStats | None) -> str:
     else:
         limit = max(f.limit, 0)
         summary = f"{used:,} used, {f.held:,} held, {f.remaining or 0:,} left of {limit:,}"
+        if f.credit_balance:
+            summary += f" (the plan's, plus {f.credit_balance:,} bought credits)"
         out.append(f"<p>{summary}</p>")
-        out.append(_bar(used, f.held, limit, summary))
+        out.append(_bar(used, f.held, limit + f.credit_balance, summary))
+        if top_up:
+            out.append(f'<p><a class=button href="{_e(top_up)}">Buy more {name}</a></p>')
     out.append(f"<p class=period>{_period_text(f)}</p>")
     if stats is not None and stats.by_period:
         out.append(_chart(f.feature_name, stats, f.window_start, f.resets_at))
@@ -333,6 +350,7 @@ def _limits_text(plan: Plan) -> str:
 def _admin_user(request: PageRequest, user_id: str, token: str) -> Generator[Call, Any, str]:
     overview: UserOverview = yield Call("get_user_overview", (user_id,))
     events = yield Call("list_events", (user_id, None, 20))
+    grants = yield Call("list_grants", (user_id,))
     adjustments = []
     for feature in overview.features:
         adjustments.extend((yield Call("list_limit_adjustments", (user_id, feature.feature_name))))
@@ -352,17 +370,33 @@ def _admin_user(request: PageRequest, user_id: str, token: str) -> Generator[Cal
         f"<dt>Subscription</dt><dd>{_e(status)}</dd><dt>Email</dt><dd>{_e(email)}</dd>"
         f"<dt>Stripe customer</dt><dd>{_e(customer)}</dd>"
         "</dl><h2>Usage</h2><table><thead><tr><th scope=col>Feature</th><th scope=col>Used</th>"
-        "<th scope=col>Held</th><th scope=col>Limit</th><th scope=col>Left</th>"
-        "<th scope=col>Resets</th></tr></thead><tbody>"
+        "<th scope=col>Held</th><th scope=col>Limit</th><th scope=col>Credits</th>"
+        "<th scope=col>Left</th><th scope=col>Resets</th></tr></thead><tbody>"
     )
     for f in overview.features:
         limit = "unlimited" if f.limit is None else f"{f.limit:,}"
         left = "" if f.remaining is None else f"{f.remaining:,}"
         parts.append(
             f"<tr><td>{_e(f.feature_name)}</td><td>{f.current - f.held:,}</td><td>{f.held:,}</td>"
-            f"<td>{limit}</td><td>{left}</td><td>{_e(_iso(f.resets_at) or '')}</td></tr>"
+            f"<td>{limit}</td><td>{f.credit_balance:,}</td><td>{left}</td>"
+            f"<td>{_e(_iso(f.resets_at) or '')}</td></tr>"
         )
-    parts.append("</tbody></table><h2>Limit adjustments</h2>")
+    parts.append("</tbody></table><h2>Credit grants</h2>")
+    parts.append(
+        "<table><thead><tr><th scope=col>Feature</th><th scope=col>Credits</th>"
+        "<th scope=col>Left</th><th scope=col>Expires</th><th scope=col>Source</th>"
+        "<th scope=col>Reason</th></tr></thead><tbody>"
+        + "".join(
+            f"<tr><td>{_e(g.feature_name)}</td><td>{g.credits:,}</td><td>{g.remaining:,}</td>"
+            f"<td>{_e(_iso(g.expires_at) or 'never')}</td><td>{_e(g.source)}</td>"
+            f"<td>{_e(g.reason or '')}</td></tr>"
+            for g in grants
+        )
+        + "</tbody></table>"
+        if grants
+        else "<p>None.</p>"
+    )
+    parts.append("<h2>Limit adjustments</h2>")
     parts.append(
         "<ul>"
         + "".join(
@@ -393,6 +427,19 @@ def _admin_user(request: PageRequest, user_id: str, token: str) -> Generator[Cal
             base, uid, token, "adjust", "Add to the limit", features, amount=True, days=True
         )
     )
+    parts.append(
+        _action_form(
+            base,
+            uid,
+            token,
+            "grant",
+            "Grant credits",
+            features,
+            amount=True,
+            days=True,
+            free_feature=True,
+        )
+    )
     parts.append(_action_form(base, uid, token, "refund", "Refund usage", features, amount=True))
     parts.append(_action_form(base, uid, token, "reset", "Reset usage", features))
     return _document(f"User {user_id}", "".join(parts))
@@ -408,15 +455,24 @@ def _action_form(
     *,
     amount: bool = False,
     days: bool = False,
+    free_feature: bool = False,
 ) -> str:
+    """An action's form; ``free_feature``: any feature name, the plan's suggested (a grant
+    may be of a feature the plan lacks: pay as you go)."""
     options = "".join(f"<option>{_e(f)}</option>" for f in features)
+    feature_field = (
+        f'<input id="{action}-feature" name=feature required list="{action}-features">'
+        f'<datalist id="{action}-features">{options}</datalist>'
+        if free_feature
+        else f'<select id="{action}-feature" name=feature required>{options}</select>'
+    )
     fields = [
         f'<form method=post action="{base}/user/{action}" class=action>',
         f"<fieldset><legend>{_e(title)}</legend>",
         f'<input type=hidden name=id value="{uid}">',
         f'<input type=hidden name=csrf value="{_e(token)}">',
         f'<label for="{action}-feature">Feature</label> ',
-        f'<select id="{action}-feature" name=feature required>{options}</select>',
+        feature_field,
     ]
     if amount:
         fields.append(
@@ -445,7 +501,7 @@ def _admin_action(request: PageRequest, admin: str, token: str) -> Page:
         )
     action = request.path.rpartition("/")[2]
     user_id, feature = form.get("id", ""), form.get("feature", "")
-    if form.get("confirm") != "yes" or action not in ("adjust", "refund", "reset"):
+    if form.get("confirm") != "yes" or action not in ("adjust", "grant", "refund", "reset"):
         return PageResponse(
             400, _document("Not done", "<h1>Not done</h1><p>Confirm the action.</p>")
         )
@@ -460,6 +516,19 @@ def _admin_action(request: PageRequest, admin: str, token: str) -> Page:
             if action == "refund":
                 yield Call("adjust_usage", (user_id, feature, -amount, metadata))
                 done = f"{amount:,} {feature} refunded"
+            elif action == "grant":
+                expires = datetime.now(timezone.utc) + _days(form.get("days", "30"))
+                yield Call(
+                    "grant_credits",
+                    (user_id, feature, amount),
+                    {
+                        "expires_at": expires,
+                        "reason": reason,
+                        "metadata": metadata,
+                        "source": "admin",
+                    },
+                )
+                done = f"{amount:,} {feature} credits granted"
             else:
                 now = datetime.now(timezone.utc)
                 end = now + _days(form.get("days", "30"))
