@@ -38,6 +38,7 @@ from usageflow.models import (
     FeatureUsage,
     Grant,
     LimitAdjustment,
+    Membership,
     PendingSubscription,
     PeriodTotal,
     Plan,
@@ -66,7 +67,15 @@ from usageflow.periods import (
     system_clock,
     window_for,
 )
-from usageflow.quota import Quota, decision, find_plan, plan_for, quota_for, usage_of
+from usageflow.quota import (
+    Quota,
+    adjustment_total,
+    decision,
+    find_plan,
+    plan_for,
+    quota_for,
+    usage_of,
+)
 from usageflow.stripe.prices import payment_link, price_amount, upgrade_target
 
 T = TypeVar("T")
@@ -271,6 +280,36 @@ class Core:
         chosen = yield ResolvePlan(self.options.plan_resolver, user_id)
         return resolved_plan(catalog, chosen, user_id)
 
+    def _membership(self, user_id: str) -> Op[Membership | None]:
+        """The user's team membership (from the cache)."""
+        membership = self.cache.membership(user_id)
+        if membership is MISSING:
+            membership = yield from ops.get_membership(user_id=user_id)
+            self.cache.put_membership(user_id, membership)
+        assert not isinstance(membership, _Missing)
+        return membership
+
+    def _target(
+        self, user_id: str, feature_name: str, now: datetime, period: Period | None = None
+    ) -> Op[tuple[Quota, str | None, int | None]]:
+        """What a decision of ``user_id`` is made against: ``(quota, pool_id, cap)``. A user
+        in no account: their own quota. A team member: their account's quota (plan, seats,
+        the account's adjustments), the account as the pool, and their own cap of the
+        feature (their adjustments added, when enabled; ``None``: no cap)."""
+        membership = self.cache.membership(user_id)
+        if membership is MISSING:
+            membership = yield from self._membership(user_id)
+        if membership is None:
+            quota = yield from self._quota(user_id, feature_name, now, period)
+            return quota, None, None
+        assert not isinstance(membership, _Missing)
+        quota = yield from self._quota(membership.account_id, feature_name, now, period)
+        cap = membership.limits.get(feature_name)
+        if cap is not None and self.options.enable_user_adjustments:
+            adjustments = yield from self._adjustments(user_id, feature_name, now)
+            cap = max(0, cap + adjustment_total(adjustments, quota.window, now))
+        return quota, membership.account_id, cap
+
     def _quota(
         self, user_id: str, feature_name: str, now: datetime, period: Period | None = None
     ) -> Op[Quota]:
@@ -351,7 +390,7 @@ class Core:
         meta = v.metadata(metadata)
         key = v.optional_key(idempotency_key)
         now = self.now()
-        quota = yield from self._quota(user_id, feature_name, now)
+        quota, pool_id, cap = yield from self._target(user_id, feature_name, now)
         charge = yield from ops.charge(
             user_id=user_id,
             feature_name=feature_name,
@@ -364,10 +403,12 @@ class Core:
             idempotency_key=key,
             alert_thresholds=quota.alert_thresholds or None,
             resets_at=quota.window.end,
+            pool_id=pool_id,
+            member_cap=cap,
         )
         if charge.replayed and key is not None and charge.event is not None:
             same_request(key, "usage", credits, charge.event.event_type, charge.event.credits_used)
-        return decision(quota, credits, charge)
+        return decision(quota, credits, charge, cap)
 
     def authorize(self, user_id: str, feature_name: str, credits: int) -> Op[bool]:
         usage = yield from self.fetch_usage(user_id, feature_name, None, credits)
@@ -381,14 +422,15 @@ class Core:
         v.credits(credits)
         chosen = v.period(period, allow_none=True)
         now = self.now()
-        quota = yield from self._quota(user_id, feature_name, now, chosen)
+        quota, pool_id, cap = yield from self._target(user_id, feature_name, now, chosen)
         read = yield from ops.usage(
             user_id=user_id,
             feature_name=feature_name,
             window_start=quota.window.start,
             now=now,
+            pool_id=pool_id,
         )
-        return usage_of(quota, *read)
+        return usage_of(quota, *read, cap=cap)
 
     def reserve(
         self,
@@ -404,7 +446,7 @@ class Core:
         seconds = self.options.reservation_ttl if ttl is None else v.seconds(ttl, "ttl")
         key = v.optional_key(idempotency_key)
         now = self.now()
-        quota = yield from self._quota(user_id, feature_name, now)
+        quota, pool_id, cap = yield from self._target(user_id, feature_name, now)
         reservation_id = new_reservation_id()
         expires_at = now + timedelta(seconds=seconds)
         charge = yield from ops.reserve(
@@ -419,10 +461,12 @@ class Core:
             idempotency_key=key,
             alert_thresholds=quota.alert_thresholds or None,
             resets_at=quota.window.end,
+            pool_id=pool_id,
+            member_cap=cap,
         )
         if charge.replayed and key is not None:
             same_request(key, "reservation", credits, "reservation", charge.first_credits)
-        result = decision(quota, credits, charge)
+        result = decision(quota, credits, charge, cap)
         if not charge.allowed:
             raise quota_exhausted(result, user_id)
         return charge.reservation_id or reservation_id, expires_at, result
@@ -499,7 +543,12 @@ class Core:
         # Recorded whatever the limit, but split between the plan's allowance and grants as a
         # decision would (a refund gives grants back what they paid): that takes the quota.
         # With no plan the usage is tracked only, as before grants existed.
-        quota = yield from self._quota_or_none(user_id, feature_name, now)
+        membership = yield from self._membership(user_id)
+        pool_id, cap = None, None
+        if membership is None:
+            quota = yield from self._quota_or_none(user_id, feature_name, now)
+        else:
+            quota, pool_id, cap = yield from self._target(user_id, feature_name, now)
         charge = yield from ops.charge(
             user_id=user_id,
             feature_name=feature_name,
@@ -511,6 +560,8 @@ class Core:
             metadata=meta,
             idempotency_key=key,
             force=True,
+            pool_id=pool_id,
+            member_cap=cap,
         )
         assert charge.event is not None
         if charge.replayed:
@@ -600,6 +651,33 @@ class Core:
             }
             for user in users
         }
+
+    def get_member_stats(
+        self, account_id: str, feature_name: str, period: object, group_by: object
+    ) -> Op[dict[str, UsageStats]]:
+        """The account's pooled usage broken down by the member that spent it (every member
+        it ever had, and the account itself for its own calls): the parts add up to the
+        account's total, bucket by bucket."""
+        account_id = v.name(account_id, "user_id")
+        feature_name = v.name(feature_name, "feature_name")
+        chosen = v.period(period)
+        grouping = v.group_by(group_by)
+        assert chosen is not None
+        now = self.now()
+        start = yield from self._window_start(account_id, chosen, now)
+        rows = yield from ops.hourly_totals(
+            user_ids=[account_id],
+            feature_names=[feature_name],
+            start=start,
+            end=now + timedelta(microseconds=1),
+            by_member=True,
+        )
+        members = yield from ops.list_members(account_id=account_id, removed=True)
+        grouped: dict[str, list[HourlyTotal]] = {}
+        for row in rows:
+            grouped.setdefault(row.user_id, []).append(row)
+        who = sorted({account_id, *(m.user_id for m in members), *grouped})
+        return {user: _stats(grouped.get(user, []), start, now, grouping) for user in who}
 
     def get_usage_stats(
         self, user_id: str, feature_name: str, period: object, group_by: object
@@ -735,6 +813,9 @@ class Core:
         user_id = v.name(user_id, "user_id")
         if feature_name is not None:
             feature_name = v.name(feature_name, "feature_name")
+        membership = yield from self._membership(user_id)
+        if membership is not None:  # a member's plan is the account's: it buys for them
+            user_id = membership.account_id
         catalog = yield from self._catalog()
         profile = yield from self._profile(user_id)
         if plan is None:
@@ -761,6 +842,7 @@ class Core:
         is_free: bool,
         payment_link_url: str | None,
         limits: Mapping[str, object] | None,
+        per_seat: object = (),
     ) -> Op[Plan]:
         name = v.name(name, "name")
         if stripe_price_id is not None:
@@ -775,6 +857,15 @@ class Core:
             raise invalid("is_free must be a bool", field="is_free")
         amount = _decimal(price_amount)
         parsed = _limits(limits or {})
+        if isinstance(per_seat, str) or not isinstance(per_seat, (list, tuple, set, frozenset)):
+            raise invalid("per_seat must be a list of feature names", field="per_seat")
+        seated = set(per_seat)
+        unknown = sorted(str(f) for f in seated - set(parsed))
+        if unknown:
+            raise invalid(
+                f"per_seat names features without a limit in this plan: {unknown}",
+                field="per_seat",
+            )
         plan = yield from ops.upsert_plan(
             name=name,
             stripe_price_id=stripe_price_id,
@@ -789,6 +880,7 @@ class Core:
                 feature_name=feature,
                 limit_value=value,
                 period=per.value,
+                per_seat=feature in seated,
             )
         self.cache.invalidate_plans()
         catalog = yield from self._catalog()
@@ -856,6 +948,8 @@ class Core:
                 checked[field] = None
             elif field in ("current_period_start", "current_period_end"):
                 checked[field] = v.moment(value, field)
+            elif field == "seats":
+                checked[field] = v.integer(value, field, minimum=0, maximum=10_000_000)
             else:
                 checked[field] = v.name(value, field)
         profile = yield from ops.upsert_profile(user_id=user_id, fields=checked)
@@ -934,6 +1028,49 @@ class Core:
         )
         self.cache.invalidate_user(user_id)
         return row
+
+    # -- team accounts ----------------------------------------------------------------------------
+    def add_member(self, account_id: str, user_id: str, limits: object) -> Op[Membership]:
+        account_id = v.name(account_id, "account_id")
+        user_id = v.name(user_id, "user_id")
+        if account_id == user_id:
+            raise invalid("an account cannot be its own member", field="user_id")
+        if limits is None:
+            limits = {}
+        if not isinstance(limits, Mapping):
+            raise invalid("limits must be a dict of feature name -> cap", field="limits")
+        caps = {
+            v.name(feature, "limits feature name"): v.integer(
+                cap, f"limits[{feature!r}]", minimum=0
+            )
+            for feature, cap in limits.items()
+        }
+        membership = yield from ops.add_member(
+            account_id=account_id, user_id=user_id, limits=caps, now=self.now()
+        )
+        self.cache.invalidate_user(user_id)
+        return membership
+
+    def remove_member(self, account_id: str, user_id: str) -> Op[bool]:
+        account_id = v.name(account_id, "account_id")
+        user_id = v.name(user_id, "user_id")
+        removed = yield from ops.remove_member(
+            account_id=account_id, user_id=user_id, now=self.now()
+        )
+        self.cache.invalidate_user(user_id)
+        return removed
+
+    def list_members(self, account_id: str, include_removed: bool) -> Op[list[Membership]]:
+        account_id = v.name(account_id, "account_id")
+        if not isinstance(include_removed, bool):
+            raise invalid("include_removed must be a bool", field="include_removed")
+        members = yield from ops.list_members(account_id=account_id, removed=include_removed)
+        return members
+
+    def get_account(self, user_id: str) -> Op[str | None]:
+        user_id = v.name(user_id, "user_id")
+        membership = yield from self._membership(user_id)
+        return None if membership is None else membership.account_id
 
     # -- credits --------------------------------------------------------------------------------
     def grant_credits(
@@ -1048,6 +1185,9 @@ class Core:
         pack = catalog.top_up_pack(feature_name)
         if pack is None or pack.payment_link_url is None:
             return None
+        membership = yield from self._membership(user_id)
+        if membership is not None:  # credits for the pool the member draws on
+            user_id = membership.account_id
         profile = yield from self._profile(user_id)
         return payment_link(pack.payment_link_url, user_id, profile.email if profile else None)
 

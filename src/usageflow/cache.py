@@ -22,7 +22,7 @@ from typing import Any, Final
 from cachetools import TTLCache
 
 from usageflow import _observe
-from usageflow.models import CreditPack, LimitAdjustment, Plan, Profile
+from usageflow.models import CreditPack, LimitAdjustment, Membership, Plan, Profile
 
 __all__ = ["MISSING", "Catalog", "PlanCache"]
 
@@ -111,6 +111,7 @@ class PlanCache:
         self._adjustments: TTLCache[tuple[str, str], tuple[LimitAdjustment, ...]] = TTLCache(
             maxsize, ttl or 1, timer
         )
+        self._members: TTLCache[str, Membership | None] = TTLCache(maxsize, ttl or 1, timer)
 
     def catalog(self) -> Catalog | None:
         """Every plan, or ``None`` when not cached (or expired)."""
@@ -154,6 +155,25 @@ class PlanCache:
             with self._lock:
                 self._profiles[user_id] = profile
 
+    def membership(self, user_id: str) -> Membership | _Missing | None:
+        """The user's cached team membership (``None``: in no account), or ``MISSING``."""
+        if not self.ttl:
+            return MISSING
+        found: Membership | _Missing | None
+        with self._lock:
+            try:
+                found = self._members[user_id]
+            except KeyError:
+                found = MISSING
+        if _observe.observers:
+            _observe.cache_read(found is not MISSING)
+        return found
+
+    def put_membership(self, user_id: str, membership: Membership | None) -> None:
+        if self.ttl:
+            with self._lock:
+                self._members[user_id] = membership
+
     def adjustments(self, user_id: str, feature_name: str) -> tuple[LimitAdjustment, ...] | None:
         """The cached adjustments of a user's feature, or ``None`` when not cached."""
         if not self.ttl:
@@ -179,6 +199,7 @@ class PlanCache:
     def invalidate_user(self, user_id: str) -> None:
         with self._lock:
             self._profiles.pop(user_id, None)
+            self._members.pop(user_id, None)
             adjustments = self._adjustments
             for key in [k for k in adjustments if k[0] == user_id]:
                 adjustments.pop(key, None)
@@ -188,6 +209,7 @@ class PlanCache:
         with self._lock:
             self._profiles.clear()
             self._adjustments.clear()
+            self._members.clear()
 
     def stats(self) -> dict[str, Any]:
         """How many profiles and adjustment lists are cached (expired entries not counted)."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, PlainValidator
 
@@ -32,6 +32,7 @@ from usageflow.models import (
     FeatureLimit,
     Grant,
     LimitAdjustment,
+    Membership,
     PendingSubscription,
     Plan,
     Profile,
@@ -326,14 +327,42 @@ class UsageFlow(_Base):
         """Recorded usage in the period (default: the feature's limit period)."""
         return self._run(self.core.get_total_usage(user_id, feature_name, period))
 
+    @overload
+    def get_usage_stats(
+        self,
+        user_id: str,
+        feature_name: str,
+        period: str = ...,
+        group_by: str = ...,
+        *,
+        by_member: Literal[False] = False,
+    ) -> UsageStats: ...
+
+    @overload
+    def get_usage_stats(
+        self,
+        user_id: str,
+        feature_name: str,
+        period: str = ...,
+        group_by: str = ...,
+        *,
+        by_member: Literal[True],
+    ) -> dict[str, UsageStats]: ...
+
     def get_usage_stats(
         self,
         user_id: str,
         feature_name: str,
         period: str = "current_month",
         group_by: str = "day",
-    ) -> UsageStats:
-        """Usage in the period bucketed by hour, day, week or month."""
+        *,
+        by_member: bool = False,
+    ) -> UsageStats | dict[str, UsageStats]:
+        """Usage in the period bucketed by hour, day, week or month. ``by_member`` (for a team
+        account): the account's pool broken down by member (and the account's own calls,
+        under its id), adding up to the account's total."""
+        if by_member:
+            return self._run(self.core.get_member_stats(user_id, feature_name, period, group_by))
         return self._run(self.core.get_usage_stats(user_id, feature_name, period, group_by))
 
     def get_batch_usage_stats(
@@ -369,6 +398,29 @@ class UsageFlow(_Base):
     def list_limit_adjustments(self, user_id: str, feature_name: str) -> list[LimitAdjustment]:
         """A user's limit adjustments of a feature that have not ended yet."""
         return self._run(self.core.list_limit_adjustments(user_id, feature_name))
+
+    # -- team accounts ----------------------------------------------------------------------------
+    def add_member(
+        self, account_id: str, user_id: str, *, limits: Mapping[str, int] | None = None
+    ) -> Membership:
+        """Make ``user_id`` a member of the team account ``account_id``: their decisions draw
+        on the account's plan and pooled usage, within their own caps (``limits``: feature ->
+        credits per window). Again for a member: the caps are replaced. A member of another
+        account is refused (``USAGE_INVALID_PARAMS``) until removed from it."""
+        return self._run(self.core.add_member(account_id, user_id, limits))
+
+    def remove_member(self, account_id: str, user_id: str) -> bool:
+        """Remove a member: their history stays theirs, they stop drawing on the pool.
+        Answers whether they were a member."""
+        return self._run(self.core.remove_member(account_id, user_id))
+
+    def list_members(self, account_id: str, *, include_removed: bool = False) -> list[Membership]:
+        """The account's members, by user id (``include_removed``: past members too)."""
+        return self._run(self.core.list_members(account_id, include_removed))
+
+    def get_account(self, user_id: str) -> str | None:
+        """The team account the user is a member of, ``None`` when none."""
+        return self._run(self.core.get_account(user_id))
 
     # -- credits --------------------------------------------------------------------------------
     def grant_credits(
@@ -537,8 +589,10 @@ class UsageFlow(_Base):
         is_free: bool = False,
         payment_link_url: str | None = None,
         limits: Mapping[str, object] | None = None,
+        per_seat: Sequence[str] = (),
     ) -> Plan:
-        """Create or update a plan (matched by stripe_price_id, else by name) and its limits."""
+        """Create or update a plan (matched by stripe_price_id, else by name) and its limits;
+        ``per_seat`` names the limits given per seat (times the subscription's quantity)."""
         return self._run(
             self.core.create_plan(
                 name,
@@ -548,6 +602,7 @@ class UsageFlow(_Base):
                 is_free,
                 payment_link_url,
                 limits,
+                per_seat,
             )
         )
 
@@ -791,13 +846,41 @@ class AsyncUsageFlow(_Base):
     ) -> int:
         return await self._run(self.core.get_total_usage(user_id, feature_name, period))
 
+    @overload
+    async def get_usage_stats(
+        self,
+        user_id: str,
+        feature_name: str,
+        period: str = ...,
+        group_by: str = ...,
+        *,
+        by_member: Literal[False] = False,
+    ) -> UsageStats: ...
+
+    @overload
+    async def get_usage_stats(
+        self,
+        user_id: str,
+        feature_name: str,
+        period: str = ...,
+        group_by: str = ...,
+        *,
+        by_member: Literal[True],
+    ) -> dict[str, UsageStats]: ...
+
     async def get_usage_stats(
         self,
         user_id: str,
         feature_name: str,
         period: str = "current_month",
         group_by: str = "day",
-    ) -> UsageStats:
+        *,
+        by_member: bool = False,
+    ) -> UsageStats | dict[str, UsageStats]:
+        if by_member:
+            return await self._run(
+                self.core.get_member_stats(user_id, feature_name, period, group_by)
+            )
         return await self._run(self.core.get_usage_stats(user_id, feature_name, period, group_by))
 
     async def get_batch_usage_stats(
@@ -831,6 +914,22 @@ class AsyncUsageFlow(_Base):
         self, user_id: str, feature_name: str
     ) -> list[LimitAdjustment]:
         return await self._run(self.core.list_limit_adjustments(user_id, feature_name))
+
+    async def add_member(
+        self, account_id: str, user_id: str, *, limits: Mapping[str, int] | None = None
+    ) -> Membership:
+        return await self._run(self.core.add_member(account_id, user_id, limits))
+
+    async def remove_member(self, account_id: str, user_id: str) -> bool:
+        return await self._run(self.core.remove_member(account_id, user_id))
+
+    async def list_members(
+        self, account_id: str, *, include_removed: bool = False
+    ) -> list[Membership]:
+        return await self._run(self.core.list_members(account_id, include_removed))
+
+    async def get_account(self, user_id: str) -> str | None:
+        return await self._run(self.core.get_account(user_id))
 
     async def grant_credits(
         self,
@@ -956,6 +1055,7 @@ class AsyncUsageFlow(_Base):
         is_free: bool = False,
         payment_link_url: str | None = None,
         limits: Mapping[str, object] | None = None,
+        per_seat: Sequence[str] = (),
     ) -> Plan:
         return await self._run(
             self.core.create_plan(
@@ -966,6 +1066,7 @@ class AsyncUsageFlow(_Base):
                 is_free,
                 payment_link_url,
                 limits,
+                per_seat,
             )
         )
 

@@ -16,6 +16,7 @@ __all__ = [
     "FeatureUsage",
     "Grant",
     "LimitAdjustment",
+    "Membership",
     "PendingSubscription",
     "StripeEventRecord",
     "PeriodTotal",
@@ -73,6 +74,10 @@ class Usage(_Model):
     remaining: int | None
     is_unlimited: bool
     credit_balance: int = 0
+    #: For a member of a team account: which constraint the numbers are those of, the one
+    #: that binds first (``account``: the shared pool; ``member``: the member's own cap).
+    #: ``None`` for a user in no account.
+    scope: Literal["account", "member"] | None = None
 
 
 class Decision(_Model):
@@ -99,6 +104,9 @@ class Decision(_Model):
     alerts: tuple[int, ...] = ()
     #: The credits left on the user's live grants of the feature after the decision.
     credit_balance: int = 0
+    #: For a member of a team account, the constraint the numbers are those of (the one that
+    #: binds first, or that refused): ``account`` or ``member``; ``None`` otherwise.
+    scope: Literal["account", "member"] | None = None
 
 
 class Grant(_Model):
@@ -223,10 +231,14 @@ class UsageSinceReset(_Model):
 
 
 class FeatureLimit(_Model):
+    """A plan's limit of one feature. ``per_seat``: ``limit_value`` is per seat, multiplied
+    by the seats of the subscription (``Profile.seats``) of the account that has the plan."""
+
     plan_id: int
     feature_name: str
     limit_value: int
     period: str = "current_month"
+    per_seat: bool = False
 
     @property
     def is_unlimited(self) -> bool:
@@ -254,6 +266,22 @@ class Profile(_Model):
     stripe_customer_id: str | None = None
     current_period_start: datetime | None = None
     current_period_end: datetime | None = None
+    #: The quantity of the subscription (seats bought), kept from Stripe's subscription
+    #: events; ``None``: not known (counts as one seat).
+    seats: int | None = None
+
+
+class Membership(_Model):
+    """A user's membership of a team account: the account's plan and pooled quota apply to
+    the member, within the member's own caps (``limits``: feature -> credits per window of
+    the plan's period). ``removed_at`` is set once the member is removed (their history
+    stays theirs)."""
+
+    account_id: str
+    user_id: str
+    limits: dict[str, int] = {}
+    added_at: datetime
+    removed_at: datetime | None = None
 
 
 class LimitAdjustment(_Model):

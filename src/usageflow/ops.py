@@ -28,6 +28,7 @@ from usageflow.models import (
     FeatureLimit,
     Grant,
     LimitAdjustment,
+    Membership,
     Plan,
     Profile,
     StripeEventRecord,
@@ -83,6 +84,7 @@ PROFILE_FIELDS = (
     "stripe_customer_id",
     "current_period_start",
     "current_period_end",
+    "seats",
 )
 
 #: The name of every operation, in the order they are declared here.
@@ -121,16 +123,23 @@ class Charge(NamedTuple):
     alerts: tuple[int, ...] = ()
     granted: int = 0
     balance: int = 0
+    #: A team member's decision: the numbers above are the account's pool; these are the
+    #: member's own, ``(used, held, granted, balance)``; ``scope`` says which constraint
+    #: refused (``account`` or ``member``).
+    member: tuple[int, int, int, int] | None = None
+    scope: str | None = None
 
 
 class UsageRead(NamedTuple):
     """What :func:`usage` reads: the recorded usage in the window, the credits held now, the
-    part of ``used`` grants paid for, and the credits left on live grants."""
+    part of ``used`` grants paid for, and the credits left on live grants (with ``pool_id``:
+    the pool's, and ``member`` the member's own ``(used, held, granted, balance)``)."""
 
     used: int
     held: int
     granted: int = 0
     balance: int = 0
+    member: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,8 @@ class StripeSubscription:
     current_period_start: datetime | None
     current_period_end: datetime | None
     period_guard: bool = False
+    #: The subscription's quantity (seats), from the item whose price was chosen.
+    quantity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -267,9 +278,10 @@ def upsert_plan(
 
 @_operation
 def set_feature_limit(
-    *, plan_id: int, feature_name: str, limit_value: int, period: str
+    *, plan_id: int, feature_name: str, limit_value: int, period: str, per_seat: bool = False
 ) -> StoreCall[FeatureLimit]:
-    """Create or replace the limit of ``feature_name`` in a plan (unknown plan: error)."""
+    """Create or replace the limit of ``feature_name`` in a plan (unknown plan: error);
+    ``per_seat``: the limit is per seat of the subscription."""
     return StoreCall("set_feature_limit", locals())
 
 
@@ -332,6 +344,8 @@ def charge(
     alert_thresholds: Sequence[int] | None = None,
     resets_at: datetime | None = None,
     force: bool = False,
+    pool_id: str | None = None,
+    member_cap: int | None = None,
 ) -> StoreCall[Charge]:
     """Atomically: if the credits fit, append an event and bump the counter. ``limit=None``
     always records (tracking, refunds) and never touches grants. A known idempotency key
@@ -346,6 +360,16 @@ def charge(
     expired grant keeps nothing); the event's ``granted`` is what it paid from (or gave back
     to) grants.
 
+    A team member (``pool_id``: their account): ``limit`` is the account's and the pool is
+    the account's key; ``member_cap`` (``None``: none) bounds what the member draws from the
+    pool in the window. The room is ``min(pool room, cap room)`` (pool room: allowance left
+    plus the account's balance less the pool's holds; cap room: ``cap - max(member used -
+    member granted, 0) - member held``); beyond it the member's own grants pay (beyond the
+    pool and the cap); a charge that fits none of them is refused with ``scope`` the tighter
+    of the two. The member's key records the whole charge (``granted``: what their own
+    grants paid), the account's key the part the pool paid (metadata ``_usageflow_member``)
+    with its grant share. A refund gives back to the member's own grants first, then to the
+    pool. The idempotency key is the member's.
     With ``alert_thresholds`` (percents of ``limit``), in the same transaction: for each
     threshold ``t`` the charge crossed (``used * 100 < t * limit <= (used + credits) * 100``),
     record an alert unless one for the same (user, feature, threshold) was recorded at or
@@ -368,8 +392,11 @@ def reserve(
     idempotency_key: str | None,
     alert_thresholds: Sequence[int] | None = None,
     resets_at: datetime | None = None,
+    pool_id: str | None = None,
+    member_cap: int | None = None,
 ) -> StoreCall[Charge]:
-    """Atomically: if the credits fit (as :func:`charge` decides, grants included), hold them
+    """Atomically: if the credits fit (as :func:`charge` decides, grants and teams included),
+    hold them
     until ``expires_at``. A reservation id used before is invalid input
     (``USAGE_INVALID_PARAMS``) on every store. The hold keeps ``limit`` and ``window_start``
     (and ``alert_thresholds`` with ``resets_at``): its commit is split between the plan's
@@ -390,7 +417,12 @@ def settle(
 
 @_operation
 def usage(
-    *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime
+    *,
+    user_id: str,
+    feature_name: str,
+    window_start: datetime | None,
+    now: datetime,
+    pool_id: str | None = None,
 ) -> StoreCall[UsageRead]:
     """The recorded usage in the window, the credits held now, the part of the usage grants
     paid for in the window, and the credits left on live grants, read consistently."""
@@ -424,9 +456,11 @@ def hourly_totals(
     feature_names: Sequence[str],
     start: datetime | None,
     end: datetime,
+    by_member: bool = False,
 ) -> StoreCall[list[HourlyTotal]]:
     """Net credits per (user, feature, UTC hour) in ``[start, end)``, resets excluded,
-    in one query."""
+    in one query. ``by_member``: the events of the accounts ``user_ids`` grouped by the
+    member that spent them (metadata ``_usageflow_member``; the account itself when none)."""
     return StoreCall("hourly_totals", locals())
 
 
@@ -462,6 +496,35 @@ def list_recent_events(*, feature_name: str | None, limit: int) -> StoreCall[lis
     """The most recent ledger events of every user (of ``feature_name`` when given), newest
     (greatest id) first, at most ``limit``."""
     return StoreCall("list_recent_events", locals())
+
+
+# -- team accounts ----------------------------------------------------------------------------
+@_operation
+def add_member(
+    *, account_id: str, user_id: str, limits: dict[str, int], now: datetime
+) -> StoreCall[Membership]:
+    """Make ``user_id`` a member of ``account_id`` with these caps (a member of it already:
+    the caps replaced). Refused (``USAGE_INVALID_PARAMS``) when the user is a member of
+    another account, when the account is itself a member, or when the user has members."""
+    return StoreCall("add_member", locals())
+
+
+@_operation
+def remove_member(*, account_id: str, user_id: str, now: datetime) -> StoreCall[bool]:
+    """End the membership (kept with ``removed_at``); answers whether there was one."""
+    return StoreCall("remove_member", locals())
+
+
+@_operation
+def list_members(*, account_id: str, removed: bool) -> StoreCall[list[Membership]]:
+    """The account's members by user id (with ``removed``: past members too)."""
+    return StoreCall("list_members", locals())
+
+
+@_operation
+def get_membership(*, user_id: str) -> StoreCall[Membership | None]:
+    """The user's current membership, if any."""
+    return StoreCall("get_membership", locals())
 
 
 # -- credits ----------------------------------------------------------------------------------

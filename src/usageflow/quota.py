@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from usageflow.cache import Catalog
 from usageflow.models import Decision, LimitAdjustment, Plan, Profile, Usage
@@ -99,8 +99,9 @@ def quota_for(
     alert_thresholds: tuple[int, ...] = (),
 ) -> Quota:
     """Limit and window of ``feature_name`` under ``plan``. A feature the plan does not list
-    has limit 0. ``period`` overrides the window (not the limit). ``alert_thresholds`` are
-    kept only for a limit that is set."""
+    has limit 0; a limit per seat is multiplied by the profile's ``seats`` (at least one).
+    ``period`` overrides the window (not the limit). ``alert_thresholds`` are kept only for a
+    limit that is set."""
     row = plan.limits.get(feature_name)
     limit_period = PERIODS[row.period] if row is not None else Period.CURRENT_MONTH
     window_period = period or limit_period
@@ -116,7 +117,10 @@ def quota_for(
     elif row.limit_value == -1:
         limit = None
     else:
-        limit = max(0, row.limit_value + adjustment_total(adjustments, window, now))
+        value = row.limit_value
+        if row.per_seat:  # per seat bought; a subscription that does not say has one
+            value *= max(profile.seats or 1, 1) if profile is not None else 1
+        limit = max(0, value + adjustment_total(adjustments, window, now))
     if limit is None or row is None:
         return Quota(plan, feature_name, limit, window_period, window)
     return Quota(plan, feature_name, limit, window_period, window, alert_thresholds)
@@ -128,11 +132,37 @@ def remaining(limit: int, used: int, held: int, granted: int, balance: int) -> i
     return max(max(limit - max(used - granted, 0), 0) + balance - held, 0)
 
 
-def usage_of(quota: Quota, used: int, held: int, granted: int = 0, balance: int = 0) -> Usage:
+def usage_of(
+    quota: Quota,
+    used: int,
+    held: int,
+    granted: int = 0,
+    balance: int = 0,
+    member: tuple[int, int, int, int] | None = None,
+    *,
+    cap: int | None = None,
+) -> Usage:
+    if member is not None:
+        current, limit, left, credit, scope = team_numbers(
+            quota.limit, (used, held, granted, balance), member, cap, None
+        )
+        return Usage._trusted(
+            current=current,
+            limit=limit,
+            remaining=left,
+            is_unlimited=limit is None,
+            credit_balance=credit,
+            scope=scope,
+        )
     current = max(used, 0) + held
     if quota.limit is None:
         return Usage._trusted(
-            current=current, limit=None, remaining=None, is_unlimited=True, credit_balance=0
+            current=current,
+            limit=None,
+            remaining=None,
+            is_unlimited=True,
+            credit_balance=0,
+            scope=None,
         )
     return Usage._trusted(
         current=current,
@@ -140,12 +170,70 @@ def usage_of(quota: Quota, used: int, held: int, granted: int = 0, balance: int 
         remaining=remaining(quota.limit, used, held, granted, balance),
         is_unlimited=False,
         credit_balance=balance,
+        scope=None,
     )
 
 
-def decision(quota: Quota, credits: int, charge: Charge) -> Decision:
-    current = max(charge.used, 0) + charge.held  # as usage_of, without the Usage in between
+TeamNumbers = tuple[int, "int | None", "int | None", int, Literal["account", "member"]]
+
+
+def team_numbers(
+    limit: int | None,
+    pool: tuple[int, int, int, int],
+    member: tuple[int, int, int, int],
+    cap: int | None,
+    refused_by: str | None,
+) -> TeamNumbers:
+    """A team member's ``(current, limit, remaining, credit_balance, scope)``: the numbers of
+    the constraint that binds first (the smaller ``remaining``; the account's pool on a tie),
+    or of the one that refused (``refused_by``). ``remaining`` adds the member's own credits
+    (spent beyond both); ``credit_balance`` is the pool's and the member's together."""
+    pool_used, pool_held, pool_granted, pool_balance = pool
+    used, held, granted, balance = member
+    pool_left = (
+        None
+        if limit is None
+        else remaining(limit, pool_used, pool_held, pool_granted, pool_balance)
+    )
+    cap_left = None if cap is None else max(cap - max(used - granted, 0) - held, 0)
+    credit = pool_balance + balance
+    member_binds = cap_left is not None and (pool_left is None or cap_left < pool_left)
+    if refused_by is not None:
+        member_binds = refused_by == "member"
+    if member_binds:
+        assert cap_left is not None
+        return max(used, 0) + held, cap, cap_left + balance, credit, "member"
+    if pool_left is None:
+        return max(used, 0) + held, None, None, credit, "account"
+    return max(pool_used, 0) + pool_held, limit, pool_left + balance, credit, "account"
+
+
+def decision(quota: Quota, credits: int, charge: Charge, cap: int | None = None) -> Decision:
     limit = quota.limit
+    if charge.member is not None:
+        current, shown, left, credit, scope = team_numbers(
+            limit,
+            (charge.used, charge.held, charge.granted, charge.balance),
+            charge.member,
+            cap,
+            charge.scope,
+        )
+        return Decision._trusted(
+            allowed=charge.allowed,
+            feature_name=quota.feature_name,
+            credits=credits,
+            current=current,
+            limit=shown,
+            remaining=left,
+            is_unlimited=shown is None,
+            resets_at=quota.window.end,
+            event_id=charge.event.id if charge.event else None,
+            replayed=charge.replayed,
+            alerts=charge.alerts,
+            credit_balance=credit,
+            scope=scope,
+        )
+    current = max(charge.used, 0) + charge.held  # as usage_of, without the Usage in between
     return Decision._trusted(
         allowed=charge.allowed,
         feature_name=quota.feature_name,
@@ -161,4 +249,5 @@ def decision(quota: Quota, credits: int, charge: Charge) -> Decision:
         replayed=charge.replayed,
         alerts=charge.alerts,
         credit_balance=charge.balance,
+        scope=None,
     )

@@ -42,7 +42,7 @@ EXPECTED = [
     r"402 quota spent \(5/5\); upgrade: "
     r"https://buy\.stripe\.com/test_pro\?client_reference_id=user-[0-9a-f]{8}",
     r"refund one failed export:",
-    r"  current=4 limit=5 remaining=1 is_unlimited=False credit_balance=0",
+    r"  current=4 limit=5 remaining=1 is_unlimited=False credit_balance=0 scope=None",
     r"grant a one-time bonus of 3 exports this month:",
     r"  current=4 limit=8 remaining=4 is_unlimited=False",
     r"  exported poster-8\.png \(3 left this month\)",

@@ -21,15 +21,23 @@ _FRAGMENTS = {
     "alert_columns",
     "grant_columns",
     "pack_columns",
+    "member_columns",
     "hourly_since",
     "upsert_profile_update",
     "upsert_profile_keep",
 }
 #: SQLite statements with no PostgreSQL function of their name (PostgreSQL reads the counters
 #: row inside each function; a fragment).
-_UNPAIRED = {"counter", "event_columns", "alert_columns", "grant_columns", "pack_columns"}
+_UNPAIRED = {
+    "counter",
+    "event_columns",
+    "alert_columns",
+    "grant_columns",
+    "pack_columns",
+    "member_columns",
+}
 #: Upgrades of older files (tests/unit/test_sqlite_migrations.py runs them).
-_UPGRADES = {"holds_alert_column", "events_grant_columns", "counters_grant_columns"}
+_UPGRADES = {"holds_alert_column", "columns_v6"}
 
 
 def _layout(name: str) -> list[tuple[str, str]]:
@@ -61,6 +69,7 @@ def test_sqlite_sql_has_postgres_sections_and_names_in_the_same_order() -> None:
         "Stripe",
         "Alerts",
         "Credit grants",
+        "Team accounts",
     ]
 
     functions = [t for k, t in pg if k == "name"]
@@ -104,6 +113,8 @@ def test_every_statement_prepares_on_a_migrated_database(tmp_path: Path) -> None
     statements = sqlite_statements(flow.tables)
     fields = {
         "hourly": {"users": "?, ?", "features": "?", "since": statements["hourly_since"]},
+        "hourly_by_member": {"users": "?", "features": "?", "since": ""},
+        "table_columns": {"table": '"acme_events"'},
         "upsert_profile": {
             "columns": "id, email",
             "marks": "?, ?",

@@ -454,9 +454,13 @@ def exhausted(
     top_up_url: str | None = None,
 ) -> Problem:
     """The ``402`` of a spent quota: where to upgrade the plan and where to buy credits."""
+    whose = {"account": "your team's shared quota", "member": "your own cap"}.get(
+        decision.scope or "", "the quota"
+    )
     detail = message or (
-        f"The quota of {decision.feature_name!r} is spent: {decision.current} of "
-        f"{decision.limit} credits used, {decision.credits} more requested."
+        f"{whose[0].upper()}{whose[1:]} of {decision.feature_name!r} is spent: "
+        f"{decision.current} of {decision.limit} credits used, {decision.credits} more "
+        "requested."
     )
     if decision.resets_at is not None:
         detail += f" It resets at {_iso(decision.resets_at)}."
@@ -480,6 +484,8 @@ def exhausted(
         "upgrade_url": upgrade_url,
         "top_up_url": top_up_url,
     }
+    if decision.scope is not None:  # a team member: the account's pool, or their own cap
+        body["scope"] = decision.scope
     return Problem(402, body, quota_headers(decision, now, refused=True))
 
 

@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import ClassVar, TypeVar
+from typing import ClassVar, NamedTuple, TypeVar
 
 from usageflow.errors import config_error, invalid
 from usageflow.models import INT64_MAX
@@ -50,6 +50,7 @@ __all__ = [
     "fits",
     "grant_share",
     "plan_free",
+    "team_split",
     "window_used",
 ]
 
@@ -92,6 +93,7 @@ class Tables:
             self.alert_rules,
             self.grants,
             self.credit_packs,
+            self.members,
         }
         for field, value in self.__dict__.items():
             if value in derived:
@@ -144,6 +146,11 @@ class Tables:
         return f"{self.usage_events}_grants"
 
     @property
+    def members(self) -> str:
+        """Team accounts: members, their account and their caps."""
+        return f"{self.usage_events}_members"
+
+    @property
     def credit_packs(self) -> str:
         """Credit packs sold through Stripe Payment Links."""
         return f"{self.usage_events}_packs"
@@ -162,6 +169,57 @@ def fits(used: int, held: int, credits: int, limit: int | None) -> bool:
 def plan_free(limit: int, used: int, granted: int) -> int:
     """The plan's allowance left in a window: usage grants paid for does not count."""
     return max(limit - max(used - granted, 0), 0)
+
+
+class TeamSplit(NamedTuple):
+    """How a team member's charge is paid: ``own`` by the member's own grants, ``pool`` by
+    the account's pool, of which ``pool_granted`` by the account's grants (all negative for a
+    refund: what is given back)."""
+
+    own: int
+    pool: int
+    pool_granted: int
+
+
+_NO_BOUND = 2**65  # above every room: an unlimited pool, or no cap
+
+
+def team_split(
+    credits: int,
+    limit: int | None,
+    cap: int | None,
+    pool: tuple[int, int, int, int],
+    member: tuple[int, int, int, int],
+    force: bool,
+) -> TeamSplit | str:
+    """Split a team member's charge (see :func:`usageflow.ops.charge`); ``pool`` and
+    ``member`` are ``(used, held, granted, balance)``. Answers the scope that refuses
+    (``"account"`` or ``"member"``) when it does not fit."""
+    pool_used, pool_held, pool_granted, pool_balance = pool
+    used, held, granted, balance = member
+    if credits < 0:
+        own = -min(-credits, max(granted, 0))
+        rest = credits - own
+        return TeamSplit(own, rest, -min(-rest, max(pool_granted, 0)))
+    pool_room = _NO_BOUND
+    if limit is not None:
+        pool_room = plan_free(limit, pool_used, pool_granted) + pool_balance
+        pool_room -= 0 if force else pool_held
+    cap_room = _NO_BOUND
+    if cap is not None:
+        cap_room = cap - max(used - granted, 0) - (0 if force else held)
+    room = max(min(pool_room, cap_room), 0)
+    if force:
+        own = min(balance, max(credits - room, 0))
+    elif credits > room + balance:
+        return "member" if cap_room < pool_room else "account"
+    else:
+        own = max(credits - room, 0)
+    from_pool = credits - own
+    shared = 0
+    if limit is not None and from_pool > 0:
+        shared = min(pool_balance, max(from_pool - plan_free(limit, pool_used, pool_granted), 0))
+    return TeamSplit(own, from_pool, shared)
 
 
 def grant_share(

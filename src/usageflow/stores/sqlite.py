@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,7 @@ from usageflow.models import (
     FeatureLimit,
     Grant,
     LimitAdjustment,
+    Membership,
     Plan,
     Profile,
     StripeEventRecord,
@@ -58,10 +60,12 @@ from usageflow.stores.base import (
     AsyncStore,
     Store,
     Tables,
+    TeamSplit,
     alert_window,
     check_total,
     crossed,
     grant_share,
+    team_split,
     window_used,
 )
 from usageflow.stores.sql import SCHEMA_VERSION, render_sqlite, sqlite_statements
@@ -69,6 +73,7 @@ from usageflow.stores.sql import SCHEMA_VERSION, render_sqlite, sqlite_statement
 __all__ = ["SCHEMA_VERSION", "MemoryStore", "SQLiteStore"]
 
 _EXACT_FLOAT = 2**53  # every integer below it is a float exactly
+_ADD_COLUMN = re.compile(r'ALTER TABLE ("(?:[^"]|"")+") ADD COLUMN (\w+)')
 
 
 def _ts(value: datetime) -> str:
@@ -304,6 +309,7 @@ class SQLiteStore(Store):
     NOWAIT: ClassVar[frozenset[str]] = frozenset(
         {"charge", "reserve", "settle", "usage", "get_profile", "load_catalog"}
         | {"get_limit_adjustments", "load_alert_thresholds", "load_credit_packs"}
+        | {"get_membership"}
     )
     #: Commits made without waiting after which a WAL checkpoint is owed. A checkpoint copies
     #: each page once however often it changed, and decisions keep changing the same few
@@ -594,9 +600,11 @@ class SQLiteStore(Store):
                     columns = {row[1] for row in conn.execute(sql["holds_columns"])}
                     if "alert" not in columns:
                         conn.execute(sql["holds_alert_column"])
+                if 0 < version < 6:
+                    self._add_columns(conn, "columns_v6")
                 if version < SCHEMA_VERSION:
                     _run_script(conn, sql["schema"])
-                    self._add_grant_columns(conn)
+                    conn.execute(sql["holds_pool_v6"])
                     conn.execute(
                         sql["schema_version_set"], (self.tables.usage_events, SCHEMA_VERSION)
                     )
@@ -609,12 +617,17 @@ class SQLiteStore(Store):
         self._migrated = True
         return SCHEMA_VERSION
 
-    def _add_grant_columns(self, conn: sqlite3.Connection) -> None:
-        """Version 6's columns of the ledger and the counters, on tables made before."""
-        for table in ("events", "counters"):
-            columns = {row[1] for row in conn.execute(self._sql[f"{table}_columns"])}
-            if "granted" not in columns and "grant_total" not in columns:
-                _run_script(conn, self._sql[f"{table}_grant_columns"])
+    def _add_columns(self, conn: sqlite3.Connection, block: str) -> None:
+        """Run the ``ALTER TABLE ... ADD COLUMN`` statements of ``block`` whose table exists
+        without the column (a table the schema creates next gets it from its DDL)."""
+        for statement in filter(str.strip, self._sql[block].split(";")):
+            match = _ADD_COLUMN.search(statement)
+            assert match is not None, statement
+            table, column = match[1], match[2]
+            info = self._sql["table_columns"].format(table=table)
+            columns = {row[1] for row in conn.execute(info)}
+            if columns and column not in columns:
+                conn.execute(statement)
 
     def _rebuild_holds(self, conn: sqlite3.Connection) -> None:
         """Version 3's holds table, from an older one (``rebuild_holds`` in sqlite.sql)."""
@@ -667,9 +680,13 @@ class SQLiteStore(Store):
             plans = c.execute(sql["catalog_plans"]).fetchall()
             rows = c.execute(sql["catalog_limits"]).fetchall()
         limits: dict[int, dict[str, FeatureLimit]] = {}
-        for plan_id, feature, value, period in rows:
+        for plan_id, feature, value, period, per_seat in rows:
             limits.setdefault(plan_id, {})[feature] = FeatureLimit(
-                plan_id=plan_id, feature_name=feature, limit_value=value, period=period
+                plan_id=plan_id,
+                feature_name=feature,
+                limit_value=value,
+                period=period,
+                per_seat=bool(per_seat),
             )
         return [self._plan(p, limits.get(p[0], {})) for p in plans]
 
@@ -700,15 +717,25 @@ class SQLiteStore(Store):
         return self._plan(row, {})
 
     def set_feature_limit(
-        self, *, plan_id: int, feature_name: str, limit_value: int, period: str
+        self,
+        *,
+        plan_id: int,
+        feature_name: str,
+        limit_value: int,
+        period: str,
+        per_seat: bool = False,
     ) -> FeatureLimit:
         sql = self._sql
         with self._tx("set_feature_limit", self.tables.usage_feature_limits) as c:
             if not c.execute(sql["set_limit_plan"], (plan_id,)).fetchone():
                 raise invalid(f"no plan with id {plan_id}", plan_id=plan_id)
-            c.execute(sql["set_limit"], (plan_id, feature_name, limit_value, period))
+            c.execute(sql["set_limit"], (plan_id, feature_name, limit_value, period, per_seat))
         return FeatureLimit(
-            plan_id=plan_id, feature_name=feature_name, limit_value=limit_value, period=period
+            plan_id=plan_id,
+            feature_name=feature_name,
+            limit_value=limit_value,
+            period=period,
+            per_seat=per_seat,
         )
 
     def update_price(
@@ -980,8 +1007,28 @@ class SQLiteStore(Store):
         alert_thresholds: Sequence[int] | None = None,
         resets_at: datetime | None = None,
         force: bool = False,
+        pool_id: str | None = None,
+        member_cap: int | None = None,
     ) -> Charge:
         with self._tx("charge", self.tables.usage_events) as c:
+            if pool_id is not None:
+                return self._team_charge(
+                    c,
+                    user_id,
+                    pool_id,
+                    feature_name,
+                    credits,
+                    event_type,
+                    limit,
+                    member_cap,
+                    window_start,
+                    now,
+                    metadata,
+                    idempotency_key,
+                    alert_thresholds,
+                    resets_at,
+                    force,
+                )
             first = (
                 None
                 if idempotency_key is None
@@ -1028,6 +1075,169 @@ class SQLiteStore(Store):
                 event.timestamp,
             )
             return after._replace(alerts=alerts)
+
+    def _member_state(
+        self,
+        c: sqlite3.Connection,
+        user_id: str,
+        pool_id: str,
+        feature_name: str,
+        window_start: datetime | None,
+        now: datetime,
+    ) -> tuple[
+        tuple[Any, ...], tuple[Any, ...], tuple[int, int, int, int], tuple[int, int, int, int]
+    ]:
+        """A team member's decision reads: (the pool's counter, the member's counter, the
+        pool's (used, held, granted, balance), the member's)."""
+        pool_counter, used, held, expired, granted, balance = self._state(
+            c, pool_id, feature_name, window_start, now
+        )
+        if expired:
+            c.execute(self._sql["reserve_expire"], (pool_id, feature_name, _ts(now)))
+        counter, m_used, _h, _e, m_granted, m_balance = self._state(
+            c, user_id, feature_name, window_start, now
+        )
+        (m_held,) = c.execute(
+            self._sql["charge_member_held"], (user_id, feature_name, _ts(now))
+        ).fetchone()
+        return (
+            pool_counter,
+            counter,
+            (used, held, granted, balance),
+            (m_used, int(m_held), m_granted, m_balance),
+        )
+
+    def _team_charge(
+        self,
+        c: sqlite3.Connection,
+        user_id: str,
+        pool_id: str,
+        feature_name: str,
+        credits: int,
+        event_type: str,
+        limit: int | None,
+        cap: int | None,
+        window_start: datetime | None,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+        alert_thresholds: Sequence[int] | None,
+        resets_at: datetime | None,
+        force: bool,
+    ) -> Charge:
+        """:meth:`charge` of a team member (see :func:`usageflow.ops.charge`)."""
+        pool_counter, counter, pool, member = self._member_state(
+            c, user_id, pool_id, feature_name, window_start, now
+        )
+        used, held, granted, balance = pool
+        first = (
+            None
+            if idempotency_key is None
+            else self._by_key(c, idempotency_key, user_id, feature_name)
+        )
+        if first is not None:
+            return Charge(
+                True, used, held, first, True, granted=granted, balance=balance, member=member
+            )
+        split = team_split(credits, limit, cap, pool, member, force)
+        if isinstance(split, str):
+            return Charge(
+                False, used, held, granted=granted, balance=balance, member=member, scope=split
+            )
+        event, alerts = self._team_append(
+            c,
+            user_id,
+            pool_id,
+            feature_name,
+            credits,
+            event_type,
+            split,
+            (pool_counter, counter),
+            (pool, member),
+            window_start,
+            now,
+            metadata,
+            idempotency_key,
+            (alert_thresholds, limit, resets_at),
+        )
+        m_used, m_held, m_granted, m_balance = member
+        return Charge(
+            True,
+            used + split.pool,
+            held,
+            event,
+            granted=granted + split.pool_granted,
+            balance=balance - split.pool_granted,
+            member=(m_used + credits, m_held, m_granted + split.own, m_balance - split.own),
+            alerts=alerts,
+        )
+
+    def _team_append(
+        self,
+        c: sqlite3.Connection,
+        user_id: str,
+        pool_id: str,
+        feature_name: str,
+        credits: int,
+        event_type: str,
+        split: TeamSplit,
+        counters: tuple[tuple[Any, ...], tuple[Any, ...]],
+        states: tuple[tuple[int, int, int, int], tuple[int, int, int, int]],
+        window_start: datetime | None,
+        now: datetime,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+        alert: tuple[Sequence[int] | None, int | None, datetime | None],
+    ) -> tuple[UsageEvent, tuple[int, ...]]:
+        """Record a team member's split charge: the whole on the member's key, the pool's
+        part on the account's (marked with the member), grants drawn or given back, and the
+        alerts the pool's part crossed."""
+        pool_counter, counter = counters
+        if split.own:
+            self._draw(c, user_id, feature_name, split.own, now)
+        if split.pool_granted:
+            self._draw(c, pool_id, feature_name, split.pool_granted, now)
+        event = self._append(
+            c,
+            counter,
+            user_id,
+            feature_name,
+            credits,
+            event_type,
+            now,
+            metadata,
+            idempotency_key,
+            granted=split.own,
+        )
+        alerts: tuple[int, ...] = ()
+        if split.pool:
+            mirror = {**(metadata or {}), "_usageflow_member": user_id}
+            pool_event = self._append(
+                c,
+                pool_counter,
+                pool_id,
+                feature_name,
+                split.pool,
+                event_type,
+                now,
+                mirror,
+                None,
+                granted=split.pool_granted,
+            )
+            thresholds, limit, resets_at = alert
+            used, _held, granted, _balance = states[0]
+            if thresholds and limit is not None and split.pool > 0:
+                alerts = self._record_alerts(
+                    c,
+                    pool_id,
+                    feature_name,
+                    thresholds,
+                    (used - granted, used + split.pool - granted - split.pool_granted, limit),
+                    alert_window(window_start, _dt(pool_counter[2])),
+                    resets_at,
+                    pool_event.timestamp,
+                )
+        return event, alerts
 
     def _draw(
         self, c: sqlite3.Connection, user_id: str, feature_name: str, amount: int, now: datetime
@@ -1101,17 +1311,32 @@ class SQLiteStore(Store):
         idempotency_key: str | None,
         alert_thresholds: Sequence[int] | None = None,
         resets_at: datetime | None = None,
+        pool_id: str | None = None,
+        member_cap: int | None = None,
     ) -> Charge:
         sql = self._sql
         # No savepoint in a batch: the insert of the hold is the one write (marking expired
         # holds and pruning old ones change nothing a decision reads, so they may stay).
         with self._tx("reserve", self.tables.holds, savepoint=False) as c:
-            _counter, used, held, expired, granted, balance = self._state(
-                c, user_id, feature_name, window_start, now
-            )
-            if expired:
-                c.execute(sql["reserve_expire"], (user_id, feature_name, _ts(now)))
-                self._prune_holds(c, user_id, feature_name, now)
+            member: tuple[int, int, int, int] | None = None
+            if pool_id is None:
+                _counter, used, held, expired, granted, balance = self._state(
+                    c, user_id, feature_name, window_start, now
+                )
+                if expired:
+                    c.execute(sql["reserve_expire"], (user_id, feature_name, _ts(now)))
+                    self._prune_holds(c, user_id, feature_name, now)
+                fits = grant_share(credits, limit, used, held, granted, balance, False) is not None
+                scope = None
+            else:
+                _p, _m, pool, own = self._member_state(
+                    c, user_id, pool_id, feature_name, window_start, now
+                )
+                member = own
+                used, held, granted, balance = pool
+                split = team_split(credits, limit, member_cap, pool, own, False)
+                fits = not isinstance(split, str)
+                scope = split if isinstance(split, str) else None
             if idempotency_key is not None:
                 row = c.execute(
                     sql["reserve_replay"], (idempotency_key, user_id, feature_name)
@@ -1126,13 +1351,16 @@ class SQLiteStore(Store):
                         first_credits=row[1],
                         granted=granted,
                         balance=balance,
+                        member=member,
                     )
             # A reused reservation id is refused as PostgreSQL refuses it, whether or not the
             # credits fit; the id is looked up only when the insert fails or nothing fits, so
             # a reservation that goes through pays no extra seek.
-            if grant_share(credits, limit, used, held, granted, balance, False) is None:
+            if not fits:
                 self._refuse_reused_id(c, reservation_id)
-                return Charge(False, used, held, granted=granted, balance=balance)
+                return Charge(
+                    False, used, held, granted=granted, balance=balance, member=member, scope=scope
+                )
             try:
                 c.execute(
                     sql["reserve"],
@@ -1144,12 +1372,17 @@ class SQLiteStore(Store):
                         _ts(now),
                         _ts(expires_at),
                         idempotency_key,
-                        _hold_alert(alert_thresholds, limit, window_start, resets_at),
+                        _hold_alert(
+                            alert_thresholds, limit, window_start, resets_at, pool_id, member_cap
+                        ),
+                        pool_id or user_id,
                     ),
                 )
             except sqlite3.IntegrityError:  # SQLite undid the statement: nothing written
                 self._refuse_reused_id(c, reservation_id)
                 raise
+            if member is not None:
+                member = (member[0], member[1] + credits, member[2], member[3])
             return Charge(
                 True,
                 used,
@@ -1157,6 +1390,7 @@ class SQLiteStore(Store):
                 reservation_id=reservation_id,
                 granted=granted,
                 balance=balance,
+                member=member,
             )
 
     def _refuse_reused_id(self, c: sqlite3.Connection, reservation_id: str) -> None:
@@ -1182,7 +1416,7 @@ class SQLiteStore(Store):
                 if event is None and row is None:
                     raise reservation_error("no such reservation", reservation_id=reservation_id)
                 return event
-            user_id, feature_name, status, hold_key, alert = row[:5]
+            user_id, feature_name, status, hold_key, alert, _pool = row[:6]
             if credits is None:
                 c.execute(sql["settle_release"], (reservation_id,))
                 self._prune_holds(c, user_id, feature_name, now)
@@ -1192,10 +1426,16 @@ class SQLiteStore(Store):
                     "reservation was released; it cannot be committed",
                     reservation_id=reservation_id,
                 )
-            counter = self._NO_COUNTER if row[5] is None else row[5:]
+            counter = self._NO_COUNTER if row[6] is None else row[6:]
+            rule = None if alert is None else json.loads(alert)
+            if rule is not None and rule.get("pool_id"):  # a team member's hold
+                event = self._team_commit(
+                    c, user_id, feature_name, credits, rule, now, metadata, key
+                )
+                self._end_hold(c, reservation_id, hold_key, event, user_id, feature_name, now)
+                return event
             share = 0
-            if alert is not None:  # split as a forced charge in the hold's window
-                rule = json.loads(alert)
+            if rule is not None:  # split as a forced charge in the hold's window
                 window = _dt(rule["window_start"])
                 _c, used, _h, _e, granted, balance = self._state(
                     c, user_id, feature_name, window, now
@@ -1215,7 +1455,7 @@ class SQLiteStore(Store):
                 key,
                 granted=share,
             )
-            if alert is not None and rule["thresholds"]:
+            if rule is not None and rule["thresholds"]:
                 self._record_alerts(
                     c,
                     user_id,
@@ -1226,12 +1466,62 @@ class SQLiteStore(Store):
                     _dt(rule["resets_at"]),
                     event.timestamp,
                 )
-            if hold_key is None:
-                c.execute(sql["settle_delete"], (reservation_id,))
-            else:
-                c.execute(sql["settle_commit"], (event.id, reservation_id))
-                self._prune_holds(c, user_id, feature_name, now)
+            self._end_hold(c, reservation_id, hold_key, event, user_id, feature_name, now)
             return event
+
+    def _team_commit(
+        self,
+        c: sqlite3.Connection,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        rule: dict[str, Any],
+        now: datetime,
+        metadata: dict[str, Any] | None,
+        key: str,
+    ) -> UsageEvent:
+        """The commit of a team member's hold: split as a forced charge in its window."""
+        pool_id, window = rule["pool_id"], _dt(rule["window_start"])
+        pool_counter, counter, pool, member = self._member_state(
+            c, user_id, pool_id, feature_name, window, now
+        )
+        split = team_split(credits, rule["limit"], rule["cap"], pool, member, True)
+        assert not isinstance(split, str)  # a forced split always fits
+        event, _alerts = self._team_append(
+            c,
+            user_id,
+            pool_id,
+            feature_name,
+            credits,
+            "usage",
+            split,
+            (pool_counter, counter),
+            (pool, member),
+            window,
+            now,
+            metadata,
+            key,
+            (rule["thresholds"], rule["limit"], _dt(rule["resets_at"])),
+        )
+        return event
+
+    def _end_hold(
+        self,
+        c: sqlite3.Connection,
+        reservation_id: str,
+        hold_key: str | None,
+        event: UsageEvent,
+        user_id: str,
+        feature_name: str,
+        now: datetime,
+    ) -> None:
+        """A committed hold is deleted (its event, keyed by the reservation, answers), or kept
+        when it has an idempotency key (a reserve with the key replays it)."""
+        if hold_key is None:
+            c.execute(self._sql["settle_delete"], (reservation_id,))
+        else:
+            c.execute(self._sql["settle_commit"], (event.id, reservation_id))
+            self._prune_holds(c, user_id, feature_name, now)
 
     def _prune_holds(
         self, c: sqlite3.Connection, user_id: str, feature_name: str, now: datetime
@@ -1240,9 +1530,20 @@ class SQLiteStore(Store):
         c.execute(self._sql["prune_holds"], (user_id, feature_name, _ts(now - HOLD_GRACE)))
 
     def usage(
-        self, *, user_id: str, feature_name: str, window_start: datetime | None, now: datetime
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        window_start: datetime | None,
+        now: datetime,
+        pool_id: str | None = None,
     ) -> UsageRead:
         with self._tx("usage", self.tables.usage_events, write=False) as c:
+            if pool_id is not None:
+                _p, _m, pool, member = self._member_state(
+                    c, user_id, pool_id, feature_name, window_start, now
+                )
+                return UsageRead(*pool, member=member)
             _counter, used, held, _expired, granted, balance = self._state(
                 c, user_id, feature_name, window_start, now
             )
@@ -1282,14 +1583,14 @@ class SQLiteStore(Store):
         feature_names: Sequence[str],
         start: datetime | None,
         end: datetime,
+        by_member: bool = False,
     ) -> list[HourlyTotal]:
         params: list[Any] = [*user_ids, *feature_names, _ts(end)]
         if start is not None:
             params.append(_ts(start))
+        sql = self._hourly_sql(len(user_ids), len(feature_names), start is not None, by_member)
         with self._tx("hourly_totals", self.tables.usage_events, write=False) as c:
-            rows = c.execute(
-                self._hourly_sql(len(user_ids), len(feature_names), start is not None), params
-            ).fetchall()
+            rows = c.execute(sql, params).fetchall()
         return [
             HourlyTotal(
                 u, f, datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=timezone.utc), int(t)
@@ -1297,11 +1598,11 @@ class SQLiteStore(Store):
             for u, f, h, t in rows
         ]
 
-    def _hourly_sql(self, users: int, features: int, since: bool) -> str:
-        """``hourly`` with its IN lists of ``users`` and ``features`` marks, and the start
-        term when ``since``."""
+    def _hourly_sql(self, users: int, features: int, since: bool, by_member: bool) -> str:
+        """``hourly`` (or ``hourly_by_member``) with its IN lists of ``users`` and
+        ``features`` marks, and the start term when ``since``."""
         sql = self._sql
-        return sql["hourly"].format(
+        return sql["hourly_by_member" if by_member else "hourly"].format(
             users=", ".join("?" * users),
             features=", ".join("?" * features),
             since=sql["hourly_since"] if since else "",
@@ -1344,6 +1645,52 @@ class SQLiteStore(Store):
         return [self._event(r) for r in rows]
 
     # -- Stripe ---------------------------------------------------------------------------------
+    # -- team accounts ----------------------------------------------------------------------------
+    def add_member(
+        self, *, account_id: str, user_id: str, limits: dict[str, int], now: datetime
+    ) -> Membership:
+        sql = self._sql
+        with self._tx("add_member", self.tables.members) as c:
+            current, account_is_member, user_has_members = c.execute(
+                sql["add_member_current"], (user_id, account_id)
+            ).fetchone()
+            if current is not None and current != account_id:
+                raise invalid(
+                    f"user {user_id!r} is a member of another account ({current!r}); "
+                    "remove them from it first",
+                    field="user_id",
+                )
+            if account_is_member:
+                raise invalid(
+                    f"{account_id!r} is a member of an account itself; accounts do not nest",
+                    field="account_id",
+                )
+            if user_has_members:
+                raise invalid(
+                    f"{user_id!r} is an account with members; accounts do not nest",
+                    field="user_id",
+                )
+            c.execute(
+                sql["add_member_upsert"],
+                (account_id, user_id, json.dumps(limits, sort_keys=True), _ts(now)),
+            )
+            return _membership(c.execute(sql["add_member_read"], (account_id, user_id)).fetchone())
+
+    def remove_member(self, *, account_id: str, user_id: str, now: datetime) -> bool:
+        with self._tx("remove_member", self.tables.members) as c:
+            cur = c.execute(self._sql["remove_member"], (_ts(now), account_id, user_id))
+            return cur.rowcount > 0
+
+    def list_members(self, *, account_id: str, removed: bool) -> list[Membership]:
+        with self._tx("list_members", self.tables.members, write=False) as c:
+            rows = c.execute(self._sql["list_members"], (account_id, removed)).fetchall()
+        return [_membership(row) for row in rows]
+
+    def get_membership(self, *, user_id: str) -> Membership | None:
+        with self._tx("get_membership", self.tables.members, write=False) as c:
+            row = c.execute(self._sql["get_membership"], (user_id,)).fetchone()
+        return None if row is None else _membership(row)
+
     # -- credits --------------------------------------------------------------------------------
     def grant_credits(
         self,
@@ -1589,6 +1936,7 @@ class SQLiteStore(Store):
                 sub.status,
                 _ts_or_none(sub.current_period_start),
                 new_end,
+                sub.quantity,
             ),
         )
         user_id = self._stripe_user(c, sub.customer_id)
@@ -1652,6 +2000,7 @@ class SQLiteStore(Store):
                 status=r[6],
                 current_period_start=_dt(r[7]),
                 current_period_end=_dt(r[8]),
+                quantity=r[9],
             )
             for r in rows
         ]
@@ -1716,12 +2065,17 @@ def _hold_alert(
     limit: int | None,
     window_start: datetime | None,
     resets_at: datetime | None,
+    pool_id: str | None = None,
+    cap: int | None = None,
 ) -> str | None:
-    """What a hold keeps for its commit to be split between the plan's allowance and grants,
-    and measured against the alert thresholds (none for an unlimited feature)."""
-    if limit is None:
+    """What a hold keeps for its commit to be split between the plan's allowance and grants
+    (and, for a team member, their own grants), and measured against the alert thresholds
+    (none for an unlimited feature, unless the member has a cap)."""
+    if limit is None and pool_id is None:
         return None
     rule = {
+        "pool_id": pool_id,
+        "cap": cap,
         "thresholds": list(thresholds or ()),
         "limit": limit,
         "window_start": _ts_or_none(window_start),
@@ -1745,6 +2099,16 @@ def _grant(row: Sequence[Any], replayed: bool = False) -> Grant:
         payment_ref=row[10],
         created_at=_at(row[11]),
         replayed=replayed,
+    )
+
+
+def _membership(row: Sequence[Any]) -> Membership:
+    return Membership(
+        account_id=row[0],
+        user_id=row[1],
+        limits=json.loads(row[2]),
+        added_at=_at(row[3]),
+        removed_at=_dt(row[4]),
     )
 
 

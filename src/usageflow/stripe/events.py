@@ -308,7 +308,15 @@ def subscription_state(
         status=status,
         current_period_start=start,
         current_period_end=end,
+        quantity=_seats(item.get("quantity")),
     )
+
+
+def _seats(value: object) -> int | None:
+    """A subscription item's quantity (the seats bought); ``None`` when absent or unusable."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000_000:
+        return None
+    return value
 
 
 def invoice_state(

@@ -128,6 +128,7 @@ def _table_names(tables: Tables) -> dict[str, str]:
         "alert_rules": tables.alert_rules,
         "grants": tables.grants,
         "credit_packs": tables.credit_packs,
+        "members": tables.members,
     }
 
 
@@ -193,6 +194,7 @@ def render(tables: Tables) -> str:
         tables.alert_rules,
         tables.grants,
         tables.credit_packs,
+        tables.members,
     ]
     names = {
         **names,
@@ -230,6 +232,8 @@ _SQLITE_INDEXES = (
     ("grants", "user"),
     ("grants", "idem"),
     ("grants", "payment"),
+    ("holds", "pool"),
+    ("members", "user"),
 )
 
 

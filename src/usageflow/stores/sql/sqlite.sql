@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS @holds@ (
     expires_at TIMESTAMP NOT NULL,
     idempotency_key TEXT,
     event_id INTEGER,
-    alert TEXT -- the alert thresholds its commit is measured against, as JSON (version 5)
+    alert TEXT, -- what its commit is measured against (limit, window, thresholds), as JSON
+    pool_id TEXT -- whose quota it holds: the user's own, or their team account's (version 6)
 ) WITHOUT ROWID;
 
 -- name: schema
@@ -100,6 +101,7 @@ CREATE TABLE IF NOT EXISTS @limits@ (
         'last_30_days', 'last_28_days', 'current_week', 'day', 'lifetime', 'billing_cycle')),
     created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
     updated_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    per_seat BOOLEAN NOT NULL DEFAULT 0, -- the limit is per seat of the subscription (v6)
     UNIQUE (plan_id, feature_name)
 );
 @events_table@;
@@ -137,7 +139,8 @@ CREATE TABLE IF NOT EXISTS @profiles@ (
     current_period_start TIMESTAMP,
     current_period_end TIMESTAMP,
     created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    updated_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+    updated_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    seats INTEGER -- the subscription's quantity (version 6)
 );
 CREATE INDEX IF NOT EXISTS @idx_profiles_email@ ON @profiles@ (email);
 CREATE INDEX IF NOT EXISTS @idx_profiles_customer@ ON @profiles@ (stripe_customer_id);
@@ -159,6 +162,8 @@ CREATE INDEX IF NOT EXISTS @idx_counters_feature@ ON @counters@ (feature_name);
 @holds_table@;
 CREATE INDEX IF NOT EXISTS @idx_holds_active@
     ON @holds@ (user_id, feature_name, expires_at) WHERE status = 'held';
+CREATE INDEX IF NOT EXISTS @idx_holds_pool@
+    ON @holds@ (pool_id, feature_name, expires_at) WHERE status = 'held';
 CREATE INDEX IF NOT EXISTS @idx_holds_settled@
     ON @holds@ (user_id, feature_name, expires_at) WHERE status <> 'held';
 DROP INDEX IF EXISTS @idx_holds_key@;
@@ -181,7 +186,8 @@ CREATE TABLE IF NOT EXISTS @stripe_subs@ (
     plan TEXT NOT NULL,
     status TEXT NOT NULL,
     current_period_start TIMESTAMP,
-    current_period_end TIMESTAMP
+    current_period_end TIMESTAMP,
+    quantity INTEGER -- of the item whose price is the plan (version 6)
 );
 CREATE INDEX IF NOT EXISTS @idx_stripe_subs_customer@
     ON @stripe_subs@ (customer_id);
@@ -243,6 +249,18 @@ CREATE UNIQUE INDEX IF NOT EXISTS @idx_grants_idem@ ON @grants@ (user_id, idempo
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS @idx_grants_payment@ ON @grants@ (payment_ref)
     WHERE payment_ref IS NOT NULL;
+-- Team accounts (version 6): who belongs to which account, with their caps. A removed member
+-- keeps their row (removed_at), so that the account's history still names them.
+CREATE TABLE IF NOT EXISTS @members@ (
+    account_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    limits TEXT NOT NULL DEFAULT '{}', -- a JSON object: feature -> cap
+    added_at TIMESTAMP NOT NULL,
+    removed_at TIMESTAMP,
+    PRIMARY KEY (account_id, user_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS @idx_members_user@ ON @members@ (user_id)
+    WHERE removed_at IS NULL;
 CREATE TABLE IF NOT EXISTS @credit_packs@ (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
@@ -278,20 +296,25 @@ ALTER TABLE @holds@ ADD COLUMN alert TEXT;
 -- name: holds_columns
 PRAGMA table_info(@holds@);
 
--- name: events_columns
-PRAGMA table_info(@events@);
-
--- name: counters_columns
-PRAGMA table_info(@counters@);
-
--- name: events_grant_columns
--- Version 6's columns of the ledger and the counters, on older ones.
+-- name: columns_v6
+-- The columns version 6 added to tables made before it, one statement each: the store runs
+-- those whose table exists without the column (credit grants, team accounts, seats).
 ALTER TABLE @events@ ADD COLUMN granted INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE @events@ ADD COLUMN grant_running INTEGER NOT NULL DEFAULT 0;
-
--- name: counters_grant_columns
 ALTER TABLE @counters@ ADD COLUMN grant_total INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE @counters@ ADD COLUMN reset_grant_base INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE @holds@ ADD COLUMN pool_id TEXT;
+ALTER TABLE @limits@ ADD COLUMN per_seat BOOLEAN NOT NULL DEFAULT 0;
+ALTER TABLE @profiles@ ADD COLUMN seats INTEGER;
+ALTER TABLE @stripe_subs@ ADD COLUMN quantity INTEGER;
+
+-- name: table_columns
+-- The columns of a table ({table}: its quoted name).
+PRAGMA table_info({table});
+
+-- name: holds_pool_v6
+-- Holds made before version 6 hold their own user's quota.
+UPDATE @holds@ SET pool_id = user_id WHERE pool_id IS NULL;
 
 -- name: events_indexes
 -- The ledger's indexes; a unique one ('u') made by a column constraint of versions 1-3 means
@@ -334,7 +357,7 @@ SELECT c.total, c.last_ts, c.last_reset_at, c.reset_base, c.reset_pre_total, c.g
         AND g.remaining > 0 AND (g.expires_at IS NULL OR g.expires_at > ?4))
 FROM (SELECT TOTAL(CASE WHEN expires_at > ?4 THEN credits END) AS live,
         COUNT(CASE WHEN expires_at <= ?4 THEN 1 END) AS expired
-    FROM @holds@ WHERE user_id = ?1 AND feature_name = ?2 AND status = 'held') h
+    FROM @holds@ WHERE pool_id = ?1 AND feature_name = ?2 AND status = 'held') h
 LEFT JOIN @counters@ c ON c.user_id = ?1 AND c.feature_name = ?2
 LEFT JOIN (SELECT e.running_total, e.grant_running FROM @events@ e
         WHERE ?3 IS NOT NULL AND e.user_id = ?1 AND e.feature_name = ?2 AND e.timestamp < ?3
@@ -356,9 +379,9 @@ DELETE FROM @holds@ WHERE user_id = ? AND feature_name = ?
     AND status <> 'held' AND expires_at < ?;
 
 -- name: held
--- Credits held now by live holds of a key, summed exactly (in Python) when `used`'s
+-- Credits held now by live holds on a key's quota, summed exactly (in Python) when `used`'s
 -- floating-point total is past 2**53.
-SELECT credits FROM @holds@ WHERE user_id = ? AND feature_name = ?
+SELECT credits FROM @holds@ WHERE pool_id = ? AND feature_name = ?
     AND status = 'held' AND expires_at > ?;
 
 -- name: append_event
@@ -385,11 +408,16 @@ ON CONFLICT (user_id, feature_name) DO UPDATE SET total = excluded.total,
 SELECT @event_columns@ FROM @events@
 WHERE idempotency_key = ? AND user_id = ? AND feature_name = ?;
 
+-- name: charge_member_held
+-- Credits a team member holds now (on their account's quota), for their cap.
+SELECT TOTAL(credits) FROM @holds@
+WHERE user_id = ? AND feature_name = ? AND status = 'held' AND expires_at > ?;
+
 -- name: reserve_expire
 -- Holds past their expiry are marked so (they may still be committed); old ones are pruned
 -- next (prune_holds).
 UPDATE @holds@ SET status = 'expired'
-WHERE user_id = ? AND feature_name = ? AND status = 'held' AND expires_at <= ?;
+WHERE pool_id = ? AND feature_name = ? AND status = 'held' AND expires_at <= ?;
 
 -- name: reserve_replay
 SELECT id, credits FROM @holds@ WHERE idempotency_key = ? AND user_id = ? AND feature_name = ?;
@@ -403,12 +431,13 @@ SELECT 1 FROM @holds@ WHERE id = ?;
 -- A reused reservation id (74 random bits a millisecond) fails the primary key: nothing
 -- written.
 INSERT INTO @holds@ (id, user_id, feature_name, credits, status, created_at, expires_at,
-    idempotency_key, alert)
-VALUES (?, ?, ?, ?, 'held', ?, ?, ?, ?);
+    idempotency_key, alert, pool_id)
+VALUES (?, ?, ?, ?, 'held', ?, ?, ?, ?, ?);
 
 -- name: settle_hold
 -- The hold and the counters row of its key.
-SELECT h.user_id, h.feature_name, h.status, h.idempotency_key, h.alert, c.total, c.last_ts,
+SELECT h.user_id, h.feature_name, h.status, h.idempotency_key, h.alert, h.pool_id, c.total,
+    c.last_ts,
     c.last_reset_at, c.reset_base, c.reset_pre_total, c.grant_total, c.reset_grant_base
 FROM @holds@ h LEFT JOIN @counters@ c
     ON c.user_id = h.user_id AND c.feature_name = h.feature_name
@@ -441,6 +470,15 @@ GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
 
 -- name: hourly_since
 AND timestamp >= ?
+
+-- name: hourly_by_member
+-- `hourly` of accounts, by the member that spent each credit (the account itself when none).
+SELECT COALESCE(json_extract(metadata, '$._usageflow_member'), user_id), feature_name,
+    substr(timestamp, 1, 13), SUM(COALESCE(credits_used, 0))
+FROM @events@
+WHERE user_id IN ({users}) AND feature_name IN ({features})
+    AND event_type != 'reset' AND timestamp < ? {since}
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
 
 -- name: events
 -- A user's events across features, newest first.
@@ -487,7 +525,7 @@ SELECT id, name, stripe_price_id, price_amount, price_currency, is_free, payment
 FROM @plans@;
 
 -- name: catalog_limits
-SELECT plan_id, feature_name, limit_value, period FROM @limits@;
+SELECT plan_id, feature_name, limit_value, period, per_seat FROM @limits@;
 
 -- name: upsert_plan_by_price
 -- A plan is found by its Stripe price, or, without one, by its name among those without.
@@ -514,9 +552,11 @@ FROM @plans@ WHERE id = ?;
 SELECT 1 FROM @plans@ WHERE id = ?;
 
 -- name: set_limit
-INSERT INTO @limits@ (plan_id, feature_name, limit_value, period) VALUES (?, ?, ?, ?)
+INSERT INTO @limits@ (plan_id, feature_name, limit_value, period, per_seat)
+VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (plan_id, feature_name) DO UPDATE SET limit_value = excluded.limit_value,
-    period = excluded.period, updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now');
+    period = excluded.period, per_seat = excluded.per_seat,
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now');
 
 -- name: update_price
 -- Also what a Stripe price event applies (stripe_apply).
@@ -526,7 +566,7 @@ WHERE stripe_price_id = ?;
 
 -- name: get_profile
 SELECT id, email, plan, subscription_status, stripe_customer_id, current_period_start,
-    current_period_end
+    current_period_end, seats
 FROM @profiles@ WHERE id = ?;
 
 -- name: upsert_profile
@@ -560,14 +600,15 @@ WHERE user_id = ? AND feature_name = ? AND end_date > ? ORDER BY id;
 INSERT INTO @profiles@ (id) VALUES (?) ON CONFLICT (id) DO NOTHING;
 
 -- name: stripe_refresh_best
-SELECT s.customer_id, s.plan, s.status, s.current_period_start, s.current_period_end
+SELECT s.customer_id, s.plan, s.status, s.current_period_start, s.current_period_end,
+    s.quantity
 FROM @stripe_subs@ s JOIN @stripe_cust@ k ON k.customer_id = s.customer_id
 WHERE k.user_id = ?
 ORDER BY s.ended ASC, s.started DESC, s.subscription_id DESC LIMIT 1;
 
 -- name: stripe_refresh_set
 UPDATE @profiles@ SET stripe_customer_id = ?, plan = ?, subscription_status = ?,
-    current_period_start = ?, current_period_end = ?,
+    current_period_start = ?, current_period_end = ?, seats = ?,
     updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
 WHERE id = ?;
 
@@ -608,13 +649,14 @@ UPDATE @stripe_subs@ SET started = ? WHERE subscription_id = ? AND started IS NU
 
 -- name: stripe_apply_sub_upsert
 INSERT INTO @stripe_subs@ (subscription_id, customer_id, order_key, started, ended, plan,
-    status, current_period_start, current_period_end)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    status, current_period_start, current_period_end, quantity)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (subscription_id) DO UPDATE SET customer_id = excluded.customer_id,
     order_key = excluded.order_key, started = COALESCE(excluded.started, started),
     ended = excluded.ended, plan = excluded.plan, status = excluded.status,
     current_period_start = excluded.current_period_start,
-    current_period_end = excluded.current_period_end;
+    current_period_end = excluded.current_period_end,
+    quantity = COALESCE(excluded.quantity, quantity);
 
 -- name: stripe_apply_user
 -- The user a customer is linked to.
@@ -665,7 +707,7 @@ ON CONFLICT (meter) DO UPDATE SET last_event_id = max(last_event_id, excluded.la
 -- name: stripe_pending
 -- Subscriptions kept 'pending': their customer is linked to no user yet.
 SELECT subscription_id, customer_id, order_key, started, ended, plan, status,
-    current_period_start, current_period_end
+    current_period_start, current_period_end, quantity
 FROM @stripe_subs@ s
 WHERE NOT EXISTS (SELECT 1 FROM @stripe_cust@ k WHERE k.customer_id = s.customer_id)
 ORDER BY started IS NULL, started DESC, subscription_id LIMIT ?;
@@ -790,3 +832,35 @@ SELECT @pack_columns@ FROM @credit_packs@ WHERE id = ?;
 
 -- name: credit_packs
 SELECT @pack_columns@ FROM @credit_packs@ ORDER BY id;
+
+-- ------------------------------------------------------------------------------------------
+-- Team accounts: members share their account's plan and pool, within their own caps.
+
+-- name: member_columns
+account_id, user_id, limits, added_at, removed_at
+
+-- name: add_member_current
+-- The user's current membership, and whether the account is itself a member or the user
+-- has members (no nesting).
+SELECT (SELECT account_id FROM @members@ WHERE user_id = ?1 AND removed_at IS NULL),
+    EXISTS (SELECT 1 FROM @members@ WHERE user_id = ?2 AND removed_at IS NULL),
+    EXISTS (SELECT 1 FROM @members@ WHERE account_id = ?1 AND removed_at IS NULL);
+
+-- name: add_member_upsert
+INSERT INTO @members@ (account_id, user_id, limits, added_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (account_id, user_id) DO UPDATE SET limits = excluded.limits,
+    added_at = CASE WHEN removed_at IS NULL THEN added_at ELSE excluded.added_at END,
+    removed_at = NULL;
+
+-- name: add_member_read
+SELECT @member_columns@ FROM @members@ WHERE account_id = ? AND user_id = ?;
+
+-- name: remove_member
+UPDATE @members@ SET removed_at = ? WHERE account_id = ? AND user_id = ? AND removed_at IS NULL;
+
+-- name: list_members
+SELECT @member_columns@ FROM @members@
+WHERE account_id = ?1 AND (?2 OR removed_at IS NULL) ORDER BY user_id;
+
+-- name: get_membership
+SELECT @member_columns@ FROM @members@ WHERE user_id = ? AND removed_at IS NULL;
