@@ -31,12 +31,6 @@ def test_the_pool_spent_by_one_member_refuses_the_other(
         payment_link_url="https://buy.stripe.com/test_team",
         limits={"exports": 5},
     )
-    setup.create_plan(
-        "Team Plus",
-        stripe_price_id="price_team_plus",
-        payment_link_url="https://buy.stripe.com/test_team_plus",
-        limits={"exports": 50},
-    )
     setup.assign_plan("acme", "price_team")
     setup.add_member("acme", "ann", limits={"exports": 4})
     setup.add_member("acme", "ben")
