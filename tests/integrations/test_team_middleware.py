@@ -56,7 +56,8 @@ def test_the_pool_spent_by_one_member_refuses_the_other(
     body = refused.json()
     assert body["scope"] == "account" and (body["limit"], body["current"]) == (5, 5)
     assert "team's shared quota" in body["detail"]
-    assert body["upgrade_url"] == ("https://buy.stripe.com/test_team_plus?client_reference_id=acme")
+    # The account buys the upgrade (the fixture's Pro plan: 1,000 exports).
+    assert body["upgrade_url"] == "https://buy.stripe.com/test_pro?client_reference_id=acme"
     assert capped.status_code == 402 and capped.json()["scope"] == "account"
     assert setup.get_total_usage("acme", "exports") == 5
     assert setup.get_total_usage("ann", "exports") == 3
