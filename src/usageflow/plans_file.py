@@ -15,6 +15,11 @@
     payment_link_url = "https://buy.stripe.com/test_123"
     limits = { exports = { limit = 1000, alert_thresholds = [90] }, api_calls = -1 }
 
+    [[plans]]
+    name = "Team"       # for team accounts: ai_credits are per seat of the subscription
+    stripe_price_id = "price_456"
+    limits = { exports = 5000, ai_credits = { limit = 100, per_seat = true } }
+
     [alerts]            # alert thresholds (percents of the limit) of every plan
     exports = [80, 100]
 
@@ -86,6 +91,7 @@ class _Limit(BaseModel):
     limit: Annotated[int, Field(ge=-1, le=INT64_MAX)] | None = None
     period: Annotated[Period, Field(strict=False)] = Period.CURRENT_MONTH
     alert_thresholds: _Thresholds | None = None
+    per_seat: bool = False
 
 
 class _PlanEntry(BaseModel):
@@ -121,6 +127,7 @@ class _PlanEntry(BaseModel):
                 feature: (-1 if spec.limit is None else spec.limit, spec.period)
                 for feature, spec in self.limits.items()
             }
+            kwargs["per_seat"] = [f for f, spec in self.limits.items() if spec.per_seat]
         return kwargs
 
 

@@ -96,6 +96,14 @@ expires_in_days = 365
     )
     with UsageFlow(url) as flow:
         assert flow.get_plans() == []  # `packs load` loads the packs only
+        from usageflow.plans_file import load_plans
+
+        [team] = load_plans(
+            flow,
+            '[[plans]]\nname = "Team"\nstripe_price_id = "price_team"\n'
+            "limits = { exports = 50, ai = { limit = 10, per_seat = true } }\n",
+        )
+        assert (team.limits["ai"].per_seat, team.limits["exports"].per_seat) == (True, False)
         flow.grant_credits("u", "ai_tokens", 500, reason="welcome")
     assert main(["grants", "u", "--store", url, "--table"]) == 0
     table = capsys.readouterr().out
