@@ -296,3 +296,24 @@ def test_flask_blueprints(tmp_path: Path) -> None:
     assert done.status_code == 303
     assert flow.get_total_usage("alice", "exports") == 0
     flow.close()
+
+
+def test_pages_carry_a_strict_policy_and_escape_hostile_input(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+    hostile = '"><script>alert(1)</script>'
+    flow.consume(hostile, "exports")
+    flow.grant_credits(hostile, "exports", 2, reason="<img src=x onerror=alert(1)>")
+    with TestClient(starlette_app(flow)) as client:
+        page = client.get("/admin/user", params={"id": hostile}, headers=ADMIN)
+        usage = client.get("/usage/", headers={"x-user": "alice"})
+    for response in (page, usage):
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "style-src 'sha256-" in policy
+        assert "script-src" not in policy  # no script may run at all
+        assert response.headers["x-content-type-options"] == "nosniff"
+        check_html(response.text)
+        assert 'style="' not in response.text  # the policy allows no inline style
+    assert "<script>" not in page.text and "<img" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
+    flow.close()

@@ -76,8 +76,12 @@ def _check_usage_pages(browser: object, base: str) -> None:
         viewport={"width": 800, "height": 700},
     )
     page = alice.new_page()
+    blocked: list[str] = []  # what the page's Content-Security-Policy refused, if anything
+    page.on("console", lambda message: blocked.append(message.text))
     page.goto(f"{base}/usage/")
     assert page.get_by_role("heading", level=1).inner_text() == "Usage"
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background not in ("", "rgba(0, 0, 0, 0)")  # the stylesheet applied (by its hash)
     assert page.get_by_text("6 used, 0 held, 4 left of 10").is_visible()
     track = page.locator(".bar").first.bounding_box()
     used = page.locator(".bar .used").first.bounding_box()
@@ -88,6 +92,7 @@ def _check_usage_pages(browser: object, base: str) -> None:
         .get_attribute("href")
         .startswith("https://buy.stripe.com/test_pro?")
     )
+    assert not [m for m in blocked if "Content Security Policy" in m], blocked
     _no_axe_violations(page)
     page.screenshot(path=str(IMAGES / "usage-light.png"), full_page=True)
     alice.close()

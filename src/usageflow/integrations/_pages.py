@@ -12,7 +12,9 @@ headers and text equivalents for the bars and the chart (docs/pages.md lists the
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import hmac
 import json
 import secrets
@@ -67,6 +69,27 @@ class PageResponse(NamedTuple):
     body: str
     content_type: str = "text/html; charset=utf-8"
     headers: Sequence[tuple[str, str]] = ()
+
+    def all_headers(self) -> list[tuple[str, str]]:
+        """The response's headers, with the security headers every page carries: a page
+        may load nothing but its own inline stylesheet (by its hash), run no script, be
+        framed by no one and submit forms only to its own origin."""
+        return [*self.headers, *security_headers()]
+
+
+@functools.cache
+def security_headers() -> tuple[tuple[str, str], ...]:
+    digest = base64.b64encode(hashlib.sha256(_css().encode()).digest()).decode()
+    policy = (
+        f"default-src 'none'; style-src 'sha256-{digest}'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+    return (
+        ("content-security-policy", policy),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "same-origin"),
+        ("cache-control", "no-store"),
+    )
 
 
 Page = Generator[Call, Any, PageResponse]
@@ -232,10 +255,12 @@ def _bar(used: int, held: int, limit: int, label: str) -> str:
     total = max(limit, used + held, 1)
     used_pct = 100 * max(used, 0) / total
     held_pct = 100 * held / total
+    # An SVG, not styled spans: widths as attributes, since the page's policy allows no
+    # inline style attribute.
     return (
-        f'<div class=bar role="img" aria-label="{_e(label)}">'
-        f'<span class=used style="width:{used_pct:.2f}%"></span>'
-        f'<span class=held style="width:{held_pct:.2f}%"></span></div>'
+        f'<svg class=bar viewBox="0 0 100 1" preserveAspectRatio="none" role="img" '
+        f'aria-label="{_e(label)}"><rect class=used width="{used_pct:.2f}" height="1"/>'
+        f'<rect class=held x="{used_pct:.2f}" width="{held_pct:.2f}" height="1"/></svg>'
     )
 
 
@@ -599,8 +624,8 @@ def _css() -> str:
         f"@media (prefers-color-scheme:dark){{:root{{{vars_of(PALETTE['dark'])}}}}}"
         "body{font:16px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:46rem;padding:0 1rem;"
         "background:var(--bg);color:var(--fg)}a{color:var(--accent)}"
-        ".bar{display:flex;height:1rem;border-radius:.5rem;overflow:hidden;background:var(--track)}"
-        ".bar .used{background:var(--used)}.bar .held{background:var(--held)}"
+        ".bar{display:block;width:100%;height:1rem;border-radius:.5rem;background:var(--track)}"
+        ".bar .used{fill:var(--used)}.bar .held{fill:var(--held)}"
         ".period,figcaption{color:var(--muted)}.chart{width:100%;height:auto}"
         ".chart rect{fill:var(--used)}"
         ".button{display:inline-block;padding:.4rem .9rem;border:2px solid var(--accent);"

@@ -395,7 +395,7 @@ def _page_request(home: str) -> _pages.PageRequest:
 
 def _page_response(page: _pages.PageResponse) -> Response:
     response = Response(page.body, page.status, content_type=page.content_type)
-    for name, value in page.headers:
+    for name, value in page.all_headers():
         response.headers.add(name, value)
     return response
 

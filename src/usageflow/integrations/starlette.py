@@ -480,7 +480,7 @@ async def _page_request(request: Request) -> _pages.PageRequest:
 
 def _page_response(page: _pages.PageResponse) -> Response:
     response = Response(page.body, page.status, media_type=page.content_type.split(";")[0])
-    for name, value in page.headers:
+    for name, value in page.all_headers():
         response.headers.append(name, value)
     return response
 
