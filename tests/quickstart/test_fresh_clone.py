@@ -44,7 +44,7 @@ EXPECTED = [
     r"refund one failed export:",
     r"  current=4 limit=5 remaining=1 is_unlimited=False credit_balance=0 scope=None",
     r"grant a one-time bonus of 3 exports this month:",
-    r"  current=4 limit=8 remaining=4 is_unlimited=False",
+    r"  current=4 limit=8 remaining=4 is_unlimited=False credit_balance=0 scope=None",
     r"  exported poster-8\.png \(3 left this month\)",
     r"upgrade to Pro:",
     r"  exported poster-9\.png \(997 left this month\)",
