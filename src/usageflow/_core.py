@@ -299,11 +299,13 @@ class Core:
         membership = self.cache.membership(user_id)
         if membership is MISSING:
             membership = yield from self._membership(user_id)
-        if membership is None:
-            quota = yield from self._quota(user_id, feature_name, now, period)
-            return quota, None, None
         assert not isinstance(membership, _Missing)
-        quota = yield from self._quota(membership.account_id, feature_name, now, period)
+        owner = user_id if membership is None else membership.account_id
+        quota = yield from self._quota_or_none(owner, feature_name, now, period)
+        if quota is None:
+            raise _no_plan(owner, feature_name)
+        if membership is None:
+            return quota, None, None
         cap = membership.limits.get(feature_name)
         if cap is not None and self.options.enable_user_adjustments:
             adjustments = yield from self._adjustments(user_id, feature_name, now)
@@ -315,12 +317,7 @@ class Core:
     ) -> Op[Quota]:
         quota = yield from self._quota_or_none(user_id, feature_name, now, period)
         if quota is None:
-            raise limit_error(
-                "no plan applies to this user and no free plan is defined "
-                "(create a plan with is_free=True, or assign one)",
-                user_id=user_id,
-                feature_name=feature_name,
-            )
+            raise _no_plan(user_id, feature_name)
         return quota
 
     def _quota_or_none(
@@ -1282,6 +1279,15 @@ class Core:
     def connection_check(self) -> Op[bool]:
         ok = yield from ops.connection_check()
         return ok
+
+
+def _no_plan(user_id: str, feature_name: str) -> UsageFlowError:
+    return limit_error(
+        "no plan applies to this user and no free plan is defined "
+        "(create a plan with is_free=True, or assign one)",
+        user_id=user_id,
+        feature_name=feature_name,
+    )
 
 
 def no_such_plan(ref: object) -> UsageFlowError:
