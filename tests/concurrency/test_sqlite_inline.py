@@ -265,8 +265,7 @@ def test_a_failing_call_in_a_batch_leaves_no_trace_and_spares_the_others(
     assert isinstance(results[2][1], UsageFlowError)
     assert isinstance(results[3][1], UsageFlowError)
     assert results[4][1].used == 4 and results[4][1].held == 3  # saw the calls before it
-    assert store.call(
-        ops.usage(user_id="u1", feature_name="exports", window_start=None, now=now)
-    ) == (4, 3)
+    read = store.call(ops.usage(user_id="u1", feature_name="exports", window_start=None, now=now))
+    assert (read.used, read.held) == (4, 3)
     assert store.call(ops.ledger_check(user_id="u1", feature_name="exports")) == (4, 4)  # type: ignore[attr-defined]
     store.close()

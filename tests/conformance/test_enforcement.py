@@ -54,6 +54,7 @@ def test_consume_with_several_credits_does_not_overshoot(flow: Any) -> None:
         "limit": 10,
         "remaining": 0,
         "is_unlimited": False,
+        "credit_balance": 0,
     }
 
 

@@ -143,6 +143,7 @@ def test_user_overview(flow: Any) -> None:
             "is_unlimited": False,
             "window_start": JAN,
             "resets_at": FEB,
+            "credit_balance": 0,
         },
         {
             "feature_name": "exports",
@@ -154,6 +155,7 @@ def test_user_overview(flow: Any) -> None:
             "is_unlimited": False,
             "window_start": JAN,
             "resets_at": FEB,
+            "credit_balance": 0,
         },
     ]
 

@@ -43,7 +43,7 @@ def test_upgrade_from_schema_1_keeps_data(tmp_path: Path) -> None:
     assert not {f"usage_events{s}" for s in STRIPE_TABLES} & tables(path)
 
     flow = UsageFlow(f"sqlite:///{path}", stripe_webhook_secret=SECRET)
-    assert flow.migrate() == SCHEMA_VERSION == 5
+    assert flow.migrate() == SCHEMA_VERSION == 6
     assert flow.migrate() == SCHEMA_VERSION  # idempotent
     assert {f"usage_events{s}" for s in STRIPE_TABLES} <= tables(path)
     assert flow.get_total_usage("u1", "exports") == 2
@@ -93,7 +93,7 @@ def test_upgrade_from_schema_2_drops_the_committed_holds_it_kept(tmp_path: Path)
     conn.commit()
     conn.close()
     flow = UsageFlow(f"sqlite:///{path}")
-    assert flow.migrate() == SCHEMA_VERSION == 5
+    assert flow.migrate() == SCHEMA_VERSION == 6
     with contextlib.closing(sqlite3.connect(path)) as conn:
         rows = conn.execute("SELECT id, status FROM usage_events_holds").fetchall()
         schema = dict(conn.execute("SELECT name, sql FROM sqlite_master").fetchall())

@@ -100,7 +100,7 @@ def test_processes_mixing_reserve_commit_release(
         recorded,
         recorded,
     )
-    used, held = pg_store.call(
+    used, held, _granted, _balance = pg_store.call(
         ops.usage(user_id="u1", feature_name="race", window_start=None, now=_now())
     )
     assert (used, held) == (recorded, 0)  # every hold was committed or released

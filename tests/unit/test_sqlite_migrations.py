@@ -28,7 +28,11 @@ def _downgrade_to_version_3(path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE usage_events RENAME TO usage_events_new")
         conn.execute(V3_EVENTS)
-        conn.execute("INSERT INTO usage_events SELECT * FROM usage_events_new")
+        columns = (
+            "id, user_id, feature_name, credits_used, event_type, metadata, timestamp, "
+            "idempotency_key, running_total"
+        )
+        conn.execute(f"INSERT INTO usage_events SELECT {columns} FROM usage_events_new")
         conn.execute("DROP TABLE usage_events_new")
         conn.execute('DROP INDEX "idx_usage_events_holds_idem"')
         conn.execute(
@@ -51,7 +55,7 @@ def test_upgrade_from_version_3_scopes_idempotency_keys(tmp_path: Path) -> None:
         before = flow.list_events("alice") + flow.list_events("bob")
     _downgrade_to_version_3(path)
     with UsageFlow(url) as flow:
-        assert flow.migrate() == SCHEMA_VERSION == 5
+        assert flow.migrate() == SCHEMA_VERSION == 6
         assert flow.migrate() == SCHEMA_VERSION  # idempotent
         assert flow.list_events("alice") + flow.list_events("bob") == before
         replay = flow.consume("alice", "api", 3, idempotency_key="req-1")
@@ -86,7 +90,7 @@ def test_upgrade_from_version_4_adds_the_holds_alert_column(tmp_path: Path) -> N
         conn.execute("UPDATE usageflow_schema SET version = 4")
     conn.close()
     with UsageFlow(url) as flow:
-        assert flow.migrate() == SCHEMA_VERSION == 5
+        assert flow.migrate() == SCHEMA_VERSION == 6
         flow.get_plans()
         assert flow.consume("bob", "api", 5).alerts == (50,)
         flow.store.call(

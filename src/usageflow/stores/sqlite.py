@@ -303,7 +303,7 @@ class SQLiteStore(Store):
     #: Bounded operations (a few index seeks, one short transaction) worth trying inline.
     NOWAIT: ClassVar[frozenset[str]] = frozenset(
         {"charge", "reserve", "settle", "usage", "get_profile", "load_catalog"}
-        | {"get_limit_adjustments", "load_alert_thresholds"}
+        | {"get_limit_adjustments", "load_alert_thresholds", "load_credit_packs"}
     )
     #: Commits made without waiting after which a WAL checkpoint is owed. A checkpoint copies
     #: each page once however often it changed, and decisions keep changing the same few
