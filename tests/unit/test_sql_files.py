@@ -22,10 +22,12 @@ _FRAGMENTS = {
     "hourly_since",
     "upsert_profile_update",
     "upsert_profile_keep",
+    "grant_columns",
+    "pack_columns",
 }
 #: SQLite statements with no PostgreSQL function of their name (PostgreSQL reads the counters
 #: row inside each function; a fragment).
-_UNPAIRED = {"counter", "event_columns", "alert_columns"}
+_UNPAIRED = {"counter", "event_columns", "alert_columns", "pack_columns"}
 #: Upgrades of older files (tests/unit/test_sqlite_migrations.py runs them).
 _UPGRADES = {"holds_alert_column"}
 
@@ -55,6 +57,7 @@ def test_sqlite_sql_has_postgres_sections_and_names_in_the_same_order() -> None:
     assert lite_sections == [
         "Internal helpers",
         "The operations",
+        "Credit grants",
         "Plans, limits, profiles, adjustments",
         "Stripe",
         "Alerts",
