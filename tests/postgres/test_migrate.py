@@ -146,7 +146,7 @@ def test_upgrade_from_schema_2_drops_the_committed_holds_it_kept(pg_url: str, sc
             (plain.id, event.id),
         )
         conn.execute("UPDATE usageflow_schema SET version = 2")
-        assert store.migrate() == SCHEMA_VERSION == 5
+        assert store.migrate() == SCHEMA_VERSION == 6
         rows = conn.execute("SELECT id, status FROM usage_events_holds").fetchall()
     assert rows == [(keyed.id, "committed")]
     again = plain.commit()
@@ -174,7 +174,7 @@ def test_upgrade_from_schema_3_scopes_idempotency_keys(pg_url: str, schema: str)
         conn.execute("UPDATE usageflow_schema SET version = 3")
         with pytest.raises(UsageFlowError):  # the global constraint refuses mallory's key
             flow.consume("mallory", "api", 1, idempotency_key="req-1")
-        assert store.migrate() == SCHEMA_VERSION == 5
+        assert store.migrate() == SCHEMA_VERSION == 6
         constraints = conn.execute(
             "SELECT count(*) FROM pg_constraint WHERE contype = 'u' AND conrelid IN "
             "('usage_events'::regclass, 'usage_events_holds'::regclass)"

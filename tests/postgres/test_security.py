@@ -44,6 +44,8 @@ TABLE_NAMES = [
     TABLES.stripe_exports,
     TABLES.alerts,
     TABLES.alert_rules,
+    TABLES.grants,
+    TABLES.credit_packs,
 ]
 _SAMPLE = {
     "text": "x",
@@ -218,8 +220,8 @@ def test_api_roles_hold_no_privilege_on_anything_the_migration_creates(
             (project,),
         ).fetchall()
         assert dict(kinds)["r"] == len(TABLE_NAMES)
-        # the id sequences of plans, limits, events, adjustments and alerts
-        assert dict(kinds)["S"] == 5
+        # the id sequences of plans, limits, events, adjustments, alerts, grants and packs
+        assert dict(kinds)["S"] == 7
         held = _held(conn, role, project)
     assert held == [("schema", project, "USAGE")]
 

@@ -161,7 +161,7 @@ def test_upgrade_from_schema_1(pg_url: str, schema: str, store: PostgresStore) -
         conn.execute("UPDATE usageflow_schema SET version = 1")
     with pytest.raises(UsageFlowError):
         store.call(ops.advance_stripe_cursor(meter="m", event_id=1))
-    assert store.migrate() == SCHEMA_VERSION == 5
+    assert store.migrate() == SCHEMA_VERSION == 6
     assert _apply(store, "evt_1", link=StripeLink("cus_1", "u1", None, "1")).action == "applied"
     assert store.migrate() == SCHEMA_VERSION  # idempotent: the event is still known
     assert _apply(store, "evt_1").action == "duplicate"

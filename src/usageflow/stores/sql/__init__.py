@@ -28,14 +28,23 @@ from typing import Any
 from usageflow.errors import UsageFlowError, invalid, reservation_error
 from usageflow.models import (
     Alert,
+    CreditPack,
     FeatureLimit,
+    Grant,
     LimitAdjustment,
     Plan,
     Profile,
     StripeEventRecord,
     UsageEvent,
 )
-from usageflow.ops import Charge, HourlyTotal, ResetInfo, StripeApplied, StripeSubscription
+from usageflow.ops import (
+    Charge,
+    HourlyTotal,
+    ResetInfo,
+    StripeApplied,
+    StripeSubscription,
+    UsageRead,
+)
 from usageflow.stores.base import HOLD_GRACE, Tables
 
 __all__ = [
@@ -147,6 +156,10 @@ def _names(tables: Tables) -> dict[str, str]:
         "ix_counters_feature": quote(f"{tables.usage_events}_counters_feature_idx"),
         "ix_alerts_key": quote(f"{tables.usage_events}_alerts_key_idx"),
         "ix_alerts_pending": quote(f"{tables.usage_events}_alerts_pending_idx"),
+        "ix_grants_live": quote(f"{tables.usage_events}_grants_live_idx"),
+        "ix_grants_user": quote(f"{tables.usage_events}_grants_user_idx"),
+        "ix_grants_idem": quote(f"{tables.usage_events}_grants_idem_idx"),
+        "ix_grants_payment": quote(f"{tables.usage_events}_grants_payment_idx"),
         "events_literal": literal(tables.usage_events),
         "holds_literal": literal(tables.holds),
         "version": str(SCHEMA_VERSION),
@@ -370,6 +383,50 @@ def _charge(row: Mapping[str, Any]) -> Charge:
         reservation_id=row.get("reservation_id"),
         first_credits=row.get("first_credits"),
         alerts=tuple(row.get("alerts") or ()),
+        granted=int(row.get("granted") or 0),
+        balance=int(row.get("balance") or 0),
+    )
+
+
+def _grant(row: Mapping[str, Any]) -> Grant:
+    created = moment(row["created_at"])
+    assert created is not None
+    return Grant(
+        id=row["id"],
+        user_id=row["user_id"],
+        feature_name=row["feature_name"],
+        credits=row["credits"],
+        remaining=row["remaining"],
+        revoked=row["revoked"],
+        expires_at=moment(row["expires_at"]),
+        source=row["source"],
+        reason=row["reason"],
+        metadata=row["metadata"],
+        payment_ref=row["payment_ref"],
+        created_at=created,
+        replayed=bool(row.get("replayed", False)),
+    )
+
+
+def _pack(row: Mapping[str, Any]) -> CreditPack:
+    return CreditPack(
+        id=row["id"],
+        name=row["name"],
+        # in the order SQLite keeps them (sorted keys), not jsonb's (shortest key first)
+        credits=dict(sorted(row["credits"].items())),
+        stripe_price_id=row["stripe_price_id"],
+        stripe_payment_link_id=row["stripe_payment_link_id"],
+        payment_link_url=row["payment_link_url"],
+        expires_in_days=row["expires_in_days"],
+    )
+
+
+def _stripe_applied(row: Mapping[str, Any]) -> StripeApplied:
+    return StripeApplied(
+        row["action"],
+        row["user_id"],
+        grants=tuple(_grant(g) for g in row.get("grants") or ()),
+        unrecovered=tuple((str(f), int(n)) for f, n in row.get("unrecovered") or ()),
     )
 
 
@@ -400,13 +457,23 @@ def _profile_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    """A dataclass (or None) as a JSON object: moments in ISO format, decimals as strings."""
+    """A dataclass (or None) as a JSON object: moments in ISO format, decimals as strings, at
+    any depth (tuples as arrays)."""
     if value is None:
         return None
-    return {
-        k: v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, Decimal) else v
-        for k, v in dataclasses.asdict(value).items()
-    }
+    return _jsonable(dataclasses.asdict(value))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def _export_batch(row: list[Any]) -> tuple[int, list[tuple[UsageEvent, str | None]]]:
@@ -443,7 +510,7 @@ OPERATIONS: dict[str, tuple[str, Decoder]] = {
     "charge": ("charge", _charge),
     "reserve": ("reserve", _charge),
     "settle": ("settle", _settled),
-    "usage": ("usage", lambda r: (int(r[0]), int(r[1]))),
+    "usage": ("usage", lambda r: UsageRead(int(r[0]), int(r[1]), int(r[2]), int(r[3]))),
     "reset": ("reset", _event),
     "usage_since_reset": (
         "since_reset",
@@ -468,7 +535,11 @@ OPERATIONS: dict[str, tuple[str, Decoder]] = {
     "upsert_profile": ("upsert_profile", _profile),
     "add_limit_adjustment": ("add_adjustment", _adjustment),
     "get_limit_adjustments": ("adjustments", lambda rows: [_adjustment(r) for r in rows]),
-    "apply_stripe_event": ("stripe_apply", lambda r: StripeApplied(r["action"], r["user_id"])),
+    "grant_credits": ("grant_credits", _grant),
+    "list_grants": ("list_grants", lambda rows: [_grant(r) for r in rows]),
+    "upsert_credit_pack": ("upsert_credit_pack", _pack),
+    "load_credit_packs": ("credit_packs", lambda rows: [_pack(r) for r in rows]),
+    "apply_stripe_event": ("stripe_apply", _stripe_applied),
     "stripe_export_batch": ("stripe_batch", _export_batch),
     "advance_stripe_cursor": ("stripe_cursor", int),
     "pending_stripe_subscriptions": (
@@ -508,6 +579,8 @@ _SENT_AS: dict[str, Callable[[Any], Any]] = {
     "price": _plain,
     "link": _plain,
     "subscription": _plain,
+    "grant": _plain,
+    "refund": _plain,
 }
 
 

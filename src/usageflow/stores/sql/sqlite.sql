@@ -773,6 +773,10 @@ WHERE user_id = ? AND feature_name = ? AND remaining > 0
     AND (expires_at IS NULL OR expires_at > ?)
 ORDER BY expires_at IS NULL, expires_at, id;
 
+-- name: grant_draw_remaining
+-- Spend from a grant (a negative amount: give back to it).
+UPDATE @grants@ SET remaining = remaining - ? WHERE id = ?;
+
 -- name: grant_draw_give_back
 -- The unexpired grants of a key something was spent from, in the reverse order, with what
 -- was spent from each (taken back by refunds excluded).
@@ -780,10 +784,6 @@ SELECT id, credits - revoked - remaining FROM @grants@
 WHERE user_id = ? AND feature_name = ? AND credits - revoked - remaining > 0
     AND (expires_at IS NULL OR expires_at > ?)
 ORDER BY expires_at IS NULL DESC, expires_at DESC, id DESC;
-
--- name: grant_draw_remaining
--- Spend from a grant (a negative amount: give back to it).
-UPDATE @grants@ SET remaining = remaining - ? WHERE id = ?;
 
 -- name: grant_columns
 id, user_id, feature_name, credits, remaining, revoked, expires_at, source, reason, metadata,
