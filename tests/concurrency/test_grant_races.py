@@ -102,6 +102,7 @@ def _process_worker(url: str, attempts: int, threads: int, queue: Any) -> None:
 
 def _race_processes(url: str) -> None:
     flow = UsageFlow(url)
+    flow.migrate()
     _setup(flow)
     results = race_processes(_process_worker, [(url, 10, 8)] * 4)
     assert sum(results) == BALANCE

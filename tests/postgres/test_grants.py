@@ -229,7 +229,13 @@ def test_upgrade_from_schema_5_keeps_events_and_counters(pg_url: str, schema: st
         assert counters[1][:3] == ("u1", "tokens", 7) and counters[1][7] == JAN
         # What version 5 had: no grant columns or tables, a `used` answering a number, and a
         # charge without p_force (its overload must go).
-        conn.execute("DROP TABLE usage_events_grants, usage_events_packs CASCADE")
+        conn.execute(
+            "DROP TABLE usage_events_grants, usage_events_packs, usage_events_members CASCADE"
+        )
+        conn.execute("ALTER TABLE usage_events_holds DROP COLUMN pool_id")
+        conn.execute("ALTER TABLE profiles DROP COLUMN seats")
+        conn.execute("ALTER TABLE usage_feature_limits DROP COLUMN per_seat")
+        conn.execute("ALTER TABLE usage_events_stripe_subs DROP COLUMN quantity")
         conn.execute("ALTER TABLE usage_events DROP COLUMN granted, DROP COLUMN grant_running")
         conn.execute(
             "ALTER TABLE usage_events_counters DROP COLUMN grant_total, "
@@ -245,7 +251,7 @@ def test_upgrade_from_schema_5_keeps_events_and_counters(pg_url: str, schema: st
             "jsonb, text, integer[], timestamptz"
         )
         charge_v5 = f"{charge})"
-        conn.execute(f"DROP FUNCTION {charge}, boolean)")
+        conn.execute(f"DROP FUNCTION {charge}, boolean, text, bigint)")
         conn.execute(
             f"CREATE FUNCTION {charge_v5} RETURNS jsonb LANGUAGE sql AS 'SELECT NULL::jsonb'"
         )

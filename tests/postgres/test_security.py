@@ -46,6 +46,7 @@ TABLE_NAMES = [
     TABLES.alert_rules,
     TABLES.grants,
     TABLES.credit_packs,
+    TABLES.members,
 ]
 _SAMPLE = {
     "text": "x",
@@ -315,7 +316,7 @@ def test_service_role_works_and_other_keys_are_refused_without_leaking_them(
             UsageFlow(store).consume("u1", "api")
         error = caught.value
         assert error.code is ErrorCodes.USAGE_CONFIG_ERROR and error.is_store_failure
-        assert error.details["operation"] in ("load_catalog", "charge")
+        assert error.details["operation"] in ("get_membership", "load_catalog", "charge")
         assert key not in str(error) and key not in repr(error.details)
         assert "service role key" in error.message
         store.close()

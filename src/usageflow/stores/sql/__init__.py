@@ -32,6 +32,7 @@ from usageflow.models import (
     FeatureLimit,
     Grant,
     LimitAdjustment,
+    Membership,
     Plan,
     Profile,
     StripeEventRecord,
@@ -154,6 +155,8 @@ def _names(tables: Tables) -> dict[str, str]:
         "ix_subs": quote(f"{tables.usage_events}_subs_idx"),
         "ix_cust": quote(f"{tables.usage_events}_cust_idx"),
         "ix_counters_feature": quote(f"{tables.usage_events}_counters_feature_idx"),
+        "ix_hold_pool": quote(f"{tables.usage_events}_hold_pool_idx"),
+        "ix_members_user": quote(f"{tables.usage_events}_members_user_idx"),
         "ix_alerts_key": quote(f"{tables.usage_events}_alerts_key_idx"),
         "ix_alerts_pending": quote(f"{tables.usage_events}_alerts_pending_idx"),
         "ix_grants_live": quote(f"{tables.usage_events}_grants_live_idx"),
@@ -357,6 +360,7 @@ def _profile(row: Mapping[str, Any] | None) -> Profile | None:
         stripe_customer_id=row["stripe_customer_id"],
         current_period_start=moment(row["current_period_start"]),
         current_period_end=moment(row["current_period_end"]),
+        seats=row.get("seats"),
     )
 
 
@@ -385,6 +389,34 @@ def _charge(row: Mapping[str, Any]) -> Charge:
         alerts=tuple(row.get("alerts") or ()),
         granted=int(row.get("granted") or 0),
         balance=int(row.get("balance") or 0),
+        member=_four(row["member"]) if row.get("member") is not None else None,
+        scope=row.get("scope"),
+    )
+
+
+def _four(values: Any) -> tuple[int, int, int, int]:
+    used, held, granted, balance = (int(v) for v in values)
+    return used, held, granted, balance
+
+
+def _usage(row: list[Any]) -> UsageRead:
+    """``[used, held, granted, balance]``, or a team member's eight: the pool's, then theirs."""
+    if len(row) == 8:
+        return UsageRead(*_four(row[:4]), member=_four(row[4:]))
+    return UsageRead(*_four(row))
+
+
+def _membership(row: Mapping[str, Any] | None) -> Membership | None:
+    if row is None:
+        return None
+    added = moment(row["added_at"])
+    assert added is not None
+    return Membership(
+        account_id=row["account_id"],
+        user_id=row["user_id"],
+        limits=row["limits"],
+        added_at=added,
+        removed_at=moment(row["removed_at"]),
     )
 
 
@@ -492,6 +524,7 @@ def _subscription(row: Mapping[str, Any]) -> StripeSubscription:
         status=row["status"],
         current_period_start=moment(row["current_period_start"]),
         current_period_end=moment(row["current_period_end"]),
+        quantity=row.get("quantity"),
     )
 
 
@@ -510,7 +543,7 @@ OPERATIONS: dict[str, tuple[str, Decoder]] = {
     "charge": ("charge", _charge),
     "reserve": ("reserve", _charge),
     "settle": ("settle", _settled),
-    "usage": ("usage", lambda r: UsageRead(int(r[0]), int(r[1]), int(r[2]), int(r[3]))),
+    "usage": ("usage", _usage),
     "reset": ("reset", _event),
     "usage_since_reset": (
         "since_reset",
@@ -539,6 +572,10 @@ OPERATIONS: dict[str, tuple[str, Decoder]] = {
     "list_grants": ("list_grants", lambda rows: [_grant(r) for r in rows]),
     "upsert_credit_pack": ("upsert_credit_pack", _pack),
     "load_credit_packs": ("credit_packs", lambda rows: [_pack(r) for r in rows]),
+    "add_member": ("add_member", _membership),
+    "remove_member": ("remove_member", bool),
+    "list_members": ("list_members", lambda rows: [_membership(r) for r in rows]),
+    "get_membership": ("get_membership", _membership),
     "apply_stripe_event": ("stripe_apply", _stripe_applied),
     "stripe_export_batch": ("stripe_batch", _export_batch),
     "advance_stripe_cursor": ("stripe_cursor", int),

@@ -565,6 +565,27 @@ CREATE TABLE IF NOT EXISTS @credit_packs@ (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- Team accounts (version 6): who belongs to which account, with their caps. A removed member
+-- keeps their row (removed_at), so that the account's history still names them. A hold
+-- holds its pool's quota (pool_id: the user's own, or their account's); a per-seat limit is
+-- multiplied by the seats (the subscription's quantity) kept on the account's profile.
+CREATE TABLE IF NOT EXISTS @members@ (
+    account_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    limits JSONB NOT NULL DEFAULT '{}'::JSONB,  -- feature -> cap
+    added_at TIMESTAMPTZ NOT NULL,
+    removed_at TIMESTAMPTZ,
+    PRIMARY KEY (account_id, user_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS @ix_members_user@ ON @members@ (user_id)
+    WHERE removed_at IS NULL;
+ALTER TABLE @holds@ ADD COLUMN IF NOT EXISTS pool_id TEXT;
+UPDATE @holds@ SET pool_id = user_id WHERE pool_id IS NULL;
+CREATE INDEX IF NOT EXISTS @ix_hold_pool@
+    ON @holds@ (pool_id, feature_name, expires_at) WHERE status = 'held';
+ALTER TABLE @profiles@ ADD COLUMN IF NOT EXISTS seats INTEGER;
+ALTER TABLE @limits@ ADD COLUMN IF NOT EXISTS per_seat BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE @stripe_subs@ ADD COLUMN IF NOT EXISTS quantity INTEGER;
 
 -- ------------------------------------------------------------------------------------------
 -- Internal helpers (not callable by API roles). They carry no SET clause: they run only
@@ -687,7 +708,7 @@ BEGIN
         RETURN 0;
     END IF;
     UPDATE @holds@ SET status = 'expired'
-    WHERE user_id = c.user_id AND feature_name = c.feature_name
+    WHERE pool_id = c.user_id AND feature_name = c.feature_name
       AND status = 'held' AND expires_at <= p_now;
     GET DIAGNOSTICS v_expired = ROW_COUNT;
     IF v_expired > 0 THEN
@@ -696,7 +717,7 @@ BEGIN
         PERFORM @fn_prune_holds@(c.user_id, c.feature_name, p_now);
     END IF;
     SELECT coalesce(sum(h.credits), 0) INTO v_held FROM @holds@ h
-    WHERE h.user_id = c.user_id AND h.feature_name = c.feature_name AND h.status = 'held';
+    WHERE h.pool_id = c.user_id AND h.feature_name = c.feature_name AND h.status = 'held';
     RETURN v_held;
 END
 $fn$;
@@ -732,6 +753,108 @@ BEGIN
 END
 $fn$;
 
+-- A team member's standing: [the pool's used, held, granted, balance, then the member's
+-- used, held (their own holds, on the pool), granted (what their own grants paid), balance].
+-- With p_lock both counters rows are locked, the account's first (every writer of a team
+-- takes them in that order) and the pool's expired holds are marked; else it only reads.
+CREATE OR REPLACE FUNCTION @fn_team_state@(
+    p_user_id TEXT, p_pool_id TEXT, p_feature_name TEXT, p_window_start TIMESTAMPTZ,
+    p_now TIMESTAMPTZ, p_lock BOOLEAN
+) RETURNS NUMERIC[]
+LANGUAGE plpgsql VOLATILE
+AS $fn$
+DECLARE
+    pc @counters@;
+    mc @counters@;
+    v_pool NUMERIC[];
+    v_member NUMERIC[];
+    v_held NUMERIC := 0;
+    v_member_held NUMERIC;
+    v_pool_balance NUMERIC;
+    v_member_balance NUMERIC;
+BEGIN
+    IF p_lock THEN
+        pc := @fn_lock@(p_pool_id, p_feature_name);
+        mc := @fn_lock@(p_user_id, p_feature_name);
+        IF pc.active_holds > 0 THEN
+            v_held := @fn_held@(pc, p_now);
+        END IF;
+    ELSE
+        SELECT * INTO pc FROM @counters@
+        WHERE user_id = p_pool_id AND feature_name = p_feature_name;
+        SELECT * INTO mc FROM @counters@
+        WHERE user_id = p_user_id AND feature_name = p_feature_name;
+        SELECT coalesce(sum(h.credits), 0) INTO v_held FROM @holds@ h
+        WHERE h.pool_id = p_pool_id AND h.feature_name = p_feature_name
+          AND h.status = 'held' AND h.expires_at > p_now;
+    END IF;
+    v_pool := @fn_used@(pc, p_window_start);
+    v_member := @fn_used@(mc, p_window_start);
+    SELECT coalesce(sum(h.credits), 0) INTO v_member_held FROM @holds@ h
+    WHERE h.user_id = p_user_id AND h.feature_name = p_feature_name
+      AND h.status = 'held' AND h.expires_at > p_now;
+    SELECT coalesce(sum(g.remaining) FILTER (WHERE g.user_id = p_pool_id), 0),
+           coalesce(sum(g.remaining) FILTER (WHERE g.user_id = p_user_id), 0)
+    INTO v_pool_balance, v_member_balance FROM @grants@ g
+    WHERE g.user_id IN (p_pool_id, p_user_id) AND g.feature_name = p_feature_name
+      AND g.remaining > 0 AND (g.expires_at IS NULL OR g.expires_at > p_now);
+    RETURN ARRAY[v_pool[1], v_held, v_pool[2], v_pool_balance,
+                 v_member[1], v_member_held, v_member[2], v_member_balance];
+END
+$fn$;
+
+-- How a team member's charge is paid (usageflow.stores.base.team_split, the same rule):
+-- [what their own grants pay, what the pool pays, what the account's grants pay of it, and
+-- 0 when it fits, else the scope that refuses: 1 the account, 2 the member]. s is
+-- @fn_team_state@'s; a NULL limit or cap is no bound.
+CREATE OR REPLACE FUNCTION @fn_team_split@(
+    p_credits BIGINT, p_limit BIGINT, p_cap BIGINT, s NUMERIC[], p_force BOOLEAN
+) RETURNS NUMERIC[]
+LANGUAGE plpgsql IMMUTABLE
+AS $fn$
+DECLARE
+    v_own NUMERIC;
+    v_rest NUMERIC;
+    v_free NUMERIC;
+    v_pool_room NUMERIC;  -- NULL: unbounded
+    v_cap_room NUMERIC;   -- NULL: unbounded
+    v_room NUMERIC;
+    v_from_pool NUMERIC;
+    v_shared NUMERIC := 0;
+BEGIN
+    IF p_credits < 0 THEN  -- a refund: the member's own grants first, then the pool's
+        v_own := -least(-p_credits::NUMERIC, greatest(s[7], 0));
+        v_rest := p_credits - v_own;
+        RETURN ARRAY[v_own, v_rest, -least(-v_rest, greatest(s[3], 0)), 0];
+    END IF;
+    IF p_limit IS NOT NULL THEN
+        v_free := greatest(p_limit - greatest(s[1] - s[3], 0), 0);
+        v_pool_room := v_free + s[4] - CASE WHEN p_force THEN 0 ELSE s[2] END;
+    END IF;
+    IF p_cap IS NOT NULL THEN
+        v_cap_room := p_cap - greatest(s[5] - s[7], 0) - CASE WHEN p_force THEN 0 ELSE s[6] END;
+    END IF;
+    IF v_pool_room IS NULL AND v_cap_room IS NULL THEN
+        v_room := p_credits;
+    ELSE  -- least() and greatest() skip NULLs: the bounded room
+        v_room := greatest(least(v_pool_room, v_cap_room), 0);
+    END IF;
+    IF p_force THEN
+        v_own := least(s[8], greatest(p_credits - v_room, 0));
+    ELSIF p_credits > v_room + s[8] THEN
+        RETURN ARRAY[0, 0, 0, CASE WHEN v_cap_room IS NOT NULL
+            AND (v_pool_room IS NULL OR v_cap_room < v_pool_room) THEN 2 ELSE 1 END];
+    ELSE
+        v_own := greatest(p_credits - v_room, 0);
+    END IF;
+    v_from_pool := p_credits - v_own;
+    IF p_limit IS NOT NULL AND v_from_pool > 0 THEN
+        v_shared := least(s[4], greatest(v_from_pool - v_free, 0));
+    END IF;
+    RETURN ARRAY[v_own, v_from_pool, v_shared, 0];
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION @fn_overflows@(p_total BIGINT, p_credits BIGINT) RETURNS BOOLEAN
 LANGUAGE sql IMMUTABLE
 AS $fn$
@@ -755,7 +878,8 @@ $fn$;
 CREATE OR REPLACE FUNCTION @fn_charge@(
     p_user_id TEXT, p_feature_name TEXT, p_credits BIGINT, p_event_type TEXT, p_limit BIGINT,
     p_window_start TIMESTAMPTZ, p_now TIMESTAMPTZ, p_metadata JSONB, p_idempotency_key TEXT,
-    p_alert_thresholds INTEGER[], p_resets_at TIMESTAMPTZ, p_force BOOLEAN
+    p_alert_thresholds INTEGER[], p_resets_at TIMESTAMPTZ, p_force BOOLEAN,
+    p_pool_id TEXT, p_member_cap BIGINT
 ) RETURNS JSONB
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path FROM CURRENT
@@ -779,6 +903,11 @@ DECLARE
     v_ts TIMESTAMPTZ;
     e @events@;
 BEGIN
+    IF p_pool_id IS NOT NULL THEN  -- a team member: the account's pool and the member's cap
+        RETURN @fn_team_charge@(p_user_id, p_pool_id, p_feature_name, p_credits, p_event_type,
+            p_limit, p_member_cap, p_window_start, p_now, p_metadata, p_idempotency_key,
+            p_alert_thresholds, p_resets_at, coalesce(p_force, false));
+    END IF;
     SELECT * INTO c FROM @counters@
     WHERE user_id = p_user_id AND feature_name = p_feature_name FOR UPDATE;
     IF NOT FOUND THEN
@@ -885,7 +1014,8 @@ $fn$;
 CREATE OR REPLACE FUNCTION @fn_reserve@(
     p_reservation_id TEXT, p_user_id TEXT, p_feature_name TEXT, p_credits BIGINT,
     p_limit BIGINT, p_window_start TIMESTAMPTZ, p_now TIMESTAMPTZ, p_expires_at TIMESTAMPTZ,
-    p_idempotency_key TEXT, p_alert_thresholds INTEGER[], p_resets_at TIMESTAMPTZ
+    p_idempotency_key TEXT, p_alert_thresholds INTEGER[], p_resets_at TIMESTAMPTZ,
+    p_pool_id TEXT, p_member_cap BIGINT
 ) RETURNS JSONB
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path FROM CURRENT
@@ -900,6 +1030,11 @@ DECLARE
     v_id TEXT;
     v_first BIGINT;
 BEGIN
+    IF p_pool_id IS NOT NULL THEN
+        RETURN @fn_team_reserve@(p_reservation_id, p_user_id, p_pool_id, p_feature_name,
+            p_credits, p_limit, p_member_cap, p_window_start, p_now, p_expires_at,
+            p_idempotency_key, p_alert_thresholds, p_resets_at);
+    END IF;
     SELECT * INTO c FROM @counters@
     WHERE user_id = p_user_id AND feature_name = p_feature_name FOR UPDATE;
     IF NOT FOUND THEN
@@ -933,9 +1068,9 @@ BEGIN
             'granted', v_granted, 'balance', v_balance);
     END IF;
     INSERT INTO @holds@ (id, user_id, feature_name, credits, expires_at, idempotency_key,
-                         created_at, alert)
+                         created_at, pool_id, alert)
     VALUES (p_reservation_id, p_user_id, p_feature_name, p_credits, p_expires_at,
-            p_idempotency_key, p_now,
+            p_idempotency_key, p_now, p_user_id,
             CASE WHEN p_limit IS NOT NULL
                  THEN jsonb_build_object(
                      'thresholds', coalesce(to_jsonb(p_alert_thresholds), '[]'::JSONB),
@@ -979,10 +1114,15 @@ DECLARE
     v_balance NUMERIC;
     v_free NUMERIC;
     v_share BIGINT := 0;
+    v_team JSONB;
 BEGIN
     SELECT * INTO h FROM @holds@ WHERE id = p_reservation_id;
     IF FOUND THEN
-        -- Lock order everywhere: the counters row of the key, then its holds.
+        -- Lock order everywhere: the pool's counters row (a team account's), the key's, then
+        -- its holds.
+        IF h.pool_id IS DISTINCT FROM h.user_id AND h.pool_id IS NOT NULL THEN
+            PERFORM @fn_lock@(h.pool_id, h.feature_name);
+        END IF;
         c := @fn_lock@(h.user_id, h.feature_name);
         SELECT * INTO h FROM @holds@ WHERE id = p_reservation_id FOR UPDATE;
     END IF;
@@ -1004,7 +1144,7 @@ BEGIN
             UPDATE @holds@ SET status = 'released' WHERE id = h.id;
             IF h.status = 'held' THEN
                 UPDATE @counters@ SET active_holds = active_holds - 1
-                WHERE user_id = h.user_id AND feature_name = h.feature_name;
+                WHERE user_id = coalesce(h.pool_id, h.user_id) AND feature_name = h.feature_name;
             END IF;
             PERFORM @fn_prune_holds@(h.user_id, h.feature_name, p_now);
         END IF;
@@ -1025,7 +1165,15 @@ BEGIN
             'message', 'this charge would overflow the usage counter (64-bit)',
             'details', jsonb_build_object('credits', p_credits));
     END IF;
-    IF h.alert IS NOT NULL THEN  -- split as a forced charge in the hold's window
+    IF h.alert ->> 'pool_id' IS NOT NULL THEN  -- a team member's: split as a forced charge
+        v_team := @fn_team_charge@(h.user_id, h.alert ->> 'pool_id', h.feature_name, p_credits,
+            'usage', (h.alert ->> 'limit')::BIGINT, (h.alert ->> 'cap')::BIGINT,
+            (h.alert ->> 'window_start')::TIMESTAMPTZ, p_now, p_metadata,
+            'reservation:' || h.id,
+            ARRAY(SELECT jsonb_array_elements_text(h.alert -> 'thresholds')::INTEGER),
+            (h.alert ->> 'resets_at')::TIMESTAMPTZ, true);
+        SELECT * INTO e FROM @events@ WHERE id = (v_team -> 'event' ->> 'id')::BIGINT;
+    ELSIF h.alert IS NOT NULL THEN  -- split as a forced charge in the hold's window
         v_window := (h.alert->>'window_start')::TIMESTAMPTZ;
         v_limit := (h.alert->>'limit')::BIGINT;
         v_state := @fn_used@(c, v_window);
@@ -1043,16 +1191,19 @@ BEGIN
             END IF;
         END IF;
     END IF;
-    e := @fn_append@(c, p_credits, 'usage', p_now, p_metadata, 'reservation:' || h.id, v_share);
-    IF e.id IS NULL THEN  -- someone recorded a charge under this very key: keep both
-        e := @fn_append@(c, p_credits, 'usage', p_now, p_metadata, NULL, v_share);
+    IF v_team IS NULL THEN
+        e := @fn_append@(c, p_credits, 'usage', p_now, p_metadata, 'reservation:' || h.id,
+            v_share);
+        IF e.id IS NULL THEN  -- someone recorded a charge under this very key: keep both
+            e := @fn_append@(c, p_credits, 'usage', p_now, p_metadata, NULL, v_share);
+        END IF;
     END IF;
     IF v_share > 0 THEN
         PERFORM @fn_grant_draw@(h.user_id, h.feature_name, v_share, p_now);
     ELSIF v_share < 0 THEN
         PERFORM @fn_grant_draw_give_back@(h.user_id, h.feature_name, -v_share, p_now);
     END IF;
-    IF jsonb_array_length(h.alert->'thresholds') > 0 THEN
+    IF v_team IS NULL AND jsonb_array_length(h.alert->'thresholds') > 0 THEN
         -- Measured as a charge, on what the plan's allowance paid.
         PERFORM @fn_alerts@(h.user_id, h.feature_name,
             ARRAY(SELECT jsonb_array_elements_text(h.alert->'thresholds')::INTEGER),
@@ -1070,7 +1221,7 @@ BEGIN
     END IF;
     IF h.status = 'held' THEN
         UPDATE @counters@ SET active_holds = active_holds - 1
-        WHERE user_id = h.user_id AND feature_name = h.feature_name;
+        WHERE user_id = coalesce(h.pool_id, h.user_id) AND feature_name = h.feature_name;
     END IF;
     RETURN jsonb_build_object('event', @fn_event_json@(e));
 END
@@ -1079,12 +1230,16 @@ $fn$;
 -- [usage in the window, credits held now, the part of the usage grants paid for, the credits
 -- left on live grants], read in one statement (one snapshot).
 CREATE OR REPLACE FUNCTION @fn_usage@(
-    p_user_id TEXT, p_feature_name TEXT, p_window_start TIMESTAMPTZ, p_now TIMESTAMPTZ
+    p_user_id TEXT, p_feature_name TEXT, p_window_start TIMESTAMPTZ, p_now TIMESTAMPTZ,
+    p_pool_id TEXT
 ) RETURNS JSONB
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $fn$
-    SELECT jsonb_build_array(u.w[1], u.held, u.w[2], u.balance)
+    SELECT CASE WHEN p_pool_id IS NOT NULL  -- a team member: the pool's numbers, then theirs
+        THEN to_jsonb(@fn_team_state@(p_user_id, p_pool_id, p_feature_name, p_window_start,
+                                      p_now, false))
+        ELSE jsonb_build_array(u.w[1], u.held, u.w[2], u.balance) END
     FROM (
         SELECT @fn_used@(c, p_window_start) AS w,
             CASE WHEN coalesce(c.active_holds, 0) = 0 THEN 0 ELSE (
@@ -1140,7 +1295,8 @@ $fn$;
 
 -- Net credits per (user, feature, UTC hour) in [start, end), resets excluded.
 CREATE OR REPLACE FUNCTION @fn_hourly@(
-    p_user_ids TEXT[], p_feature_names TEXT[], p_start TIMESTAMPTZ, p_end TIMESTAMPTZ
+    p_user_ids TEXT[], p_feature_names TEXT[], p_start TIMESTAMPTZ, p_end TIMESTAMPTZ,
+    p_by_member BOOLEAN
 ) RETURNS JSONB
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path FROM CURRENT
@@ -1148,7 +1304,10 @@ AS $fn$
     SELECT coalesce(jsonb_agg(jsonb_build_array(t.user_id, t.feature_name, @fn_us@(t.hour),
                                                 t.total)), '[]'::JSONB)
     FROM (
-        SELECT e.user_id, e.feature_name, date_trunc('hour', e."timestamp", 'UTC') AS hour,
+        -- by_member: an account's events by the member that spent them (none: the account)
+        SELECT CASE WHEN p_by_member THEN coalesce(e.metadata ->> '_usageflow_member', e.user_id)
+                    ELSE e.user_id END AS user_id,
+               e.feature_name, date_trunc('hour', e."timestamp", 'UTC') AS hour,
                sum(coalesce(e.credits_used, 0)) AS total
         FROM @events@ e
         WHERE e.user_id = ANY (p_user_ids) AND e.feature_name = ANY (p_feature_names)
@@ -1254,7 +1413,7 @@ AS $fn$
         'limits', coalesce((
             SELECT jsonb_agg(jsonb_build_object('plan_id', l.plan_id,
                 'feature_name', l.feature_name, 'limit_value', l.limit_value,
-                'period', l.period) ORDER BY l.id)
+                'period', l.period, 'per_seat', l.per_seat) ORDER BY l.id)
             FROM @limits@ l WHERE l.plan_id = p.id), '[]'::JSONB))
 $fn$;
 
@@ -1305,7 +1464,8 @@ END
 $fn$;
 
 CREATE OR REPLACE FUNCTION @fn_set_limit@(
-    p_plan_id BIGINT, p_feature_name TEXT, p_limit_value BIGINT, p_period TEXT
+    p_plan_id BIGINT, p_feature_name TEXT, p_limit_value BIGINT, p_period TEXT,
+    p_per_seat BOOLEAN
 ) RETURNS JSONB
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path FROM CURRENT
@@ -1316,12 +1476,13 @@ BEGIN
             'message', 'no plan with id ' || p_plan_id,
             'details', jsonb_build_object('plan_id', p_plan_id));
     END IF;
-    INSERT INTO @limits@ (plan_id, feature_name, limit_value, period)
-    VALUES (p_plan_id, p_feature_name, p_limit_value, p_period)
+    INSERT INTO @limits@ (plan_id, feature_name, limit_value, period, per_seat)
+    VALUES (p_plan_id, p_feature_name, p_limit_value, p_period, coalesce(p_per_seat, false))
     ON CONFLICT (plan_id, feature_name) DO UPDATE SET limit_value = excluded.limit_value,
-        period = excluded.period, updated_at = now();
+        period = excluded.period, per_seat = excluded.per_seat, updated_at = now();
     RETURN jsonb_build_object('plan_id', p_plan_id, 'feature_name', p_feature_name,
-        'limit_value', p_limit_value, 'period', p_period);
+        'limit_value', p_limit_value, 'period', p_period,
+        'per_seat', coalesce(p_per_seat, false));
 END
 $fn$;
 
@@ -1349,7 +1510,7 @@ AS $fn$
         'subscription_status', r.subscription_status,
         'stripe_customer_id', r.stripe_customer_id,
         'current_period_start', @fn_us@(r.current_period_start),
-        'current_period_end', @fn_us@(r.current_period_end))
+        'current_period_end', @fn_us@(r.current_period_end), 'seats', r.seats)
 $fn$;
 
 CREATE OR REPLACE FUNCTION @fn_get_profile@(p_user_id TEXT) RETURNS JSONB
@@ -1368,11 +1529,11 @@ DECLARE
     r @profiles@;
 BEGIN
     INSERT INTO @profiles@ AS t (id, email, plan, subscription_status, stripe_customer_id,
-                                 current_period_start, current_period_end)
+                                 current_period_start, current_period_end, seats)
     VALUES (p_user_id, p_fields ->> 'email', p_fields ->> 'plan',
             p_fields ->> 'subscription_status', p_fields ->> 'stripe_customer_id',
             (p_fields ->> 'current_period_start')::TIMESTAMPTZ,
-            (p_fields ->> 'current_period_end')::TIMESTAMPTZ)
+            (p_fields ->> 'current_period_end')::TIMESTAMPTZ, (p_fields ->> 'seats')::INTEGER)
     ON CONFLICT (id) DO UPDATE SET
         email = CASE WHEN p_fields ? 'email' THEN excluded.email ELSE t.email END,
         plan = CASE WHEN p_fields ? 'plan' THEN excluded.plan ELSE t.plan END,
@@ -1384,6 +1545,7 @@ BEGIN
             THEN excluded.current_period_start ELSE t.current_period_start END,
         current_period_end = CASE WHEN p_fields ? 'current_period_end'
             THEN excluded.current_period_end ELSE t.current_period_end END,
+        seats = CASE WHEN p_fields ? 'seats' THEN excluded.seats ELSE t.seats END,
         updated_at = now()
     RETURNING * INTO r;
     RETURN @fn_profile_json@(r);
@@ -1452,7 +1614,7 @@ BEGIN
     IF FOUND THEN
         UPDATE @profiles@ SET stripe_customer_id = s.customer_id, plan = s.plan,
             subscription_status = s.status, current_period_start = s.current_period_start,
-            current_period_end = s.current_period_end, updated_at = now()
+            current_period_end = s.current_period_end, seats = s.quantity, updated_at = now()
         WHERE id = p_user_id;
     ELSE
         UPDATE @profiles@ SET stripe_customer_id = (
@@ -1554,16 +1716,18 @@ BEGIN
         v_guard := coalesce((p_subscription ->> 'period_guard')::BOOLEAN, false);
         PERFORM pg_advisory_xact_lock(4823572, hashtext(@events_literal@ || '/' || v_customer));
         INSERT INTO @stripe_subs@ AS t (subscription_id, customer_id, order_key, started, ended,
-            plan, status, current_period_start, current_period_end)
+            plan, status, current_period_start, current_period_end, quantity)
         VALUES (p_subscription ->> 'subscription_id', v_customer,
             p_subscription ->> 'order_key', v_start, (p_subscription ->> 'ended')::BOOLEAN,
             p_subscription ->> 'plan', p_subscription ->> 'status',
-            (p_subscription ->> 'current_period_start')::TIMESTAMPTZ, v_end)
+            (p_subscription ->> 'current_period_start')::TIMESTAMPTZ, v_end,
+            (p_subscription ->> 'quantity')::INTEGER)
         ON CONFLICT (subscription_id) DO UPDATE SET customer_id = excluded.customer_id,
             order_key = excluded.order_key, started = coalesce(excluded.started, t.started),
             ended = excluded.ended, plan = excluded.plan, status = excluded.status,
             current_period_start = excluded.current_period_start,
-            current_period_end = excluded.current_period_end
+            current_period_end = excluded.current_period_end,
+            quantity = coalesce(excluded.quantity, t.quantity)
         WHERE t.order_key COLLATE "C" < excluded.order_key COLLATE "C"
           AND NOT (v_guard AND t.current_period_end IS NOT NULL
                    AND (excluded.current_period_end IS NULL
@@ -1699,7 +1863,7 @@ AS $fn$
         'order_key', t.order_key, 'started', @fn_us@(t.started), 'ended', t.ended,
         'plan', t.plan, 'status', t.status,
         'current_period_start', @fn_us@(t.current_period_start),
-        'current_period_end', @fn_us@(t.current_period_end))
+        'current_period_end', @fn_us@(t.current_period_end), 'quantity', t.quantity)
         ORDER BY t.started DESC NULLS LAST, t.subscription_id COLLATE "C"), '[]'::JSONB)
     FROM (SELECT * FROM @stripe_subs@ s
           WHERE NOT EXISTS (SELECT 1 FROM @stripe_cust@ k WHERE k.customer_id = s.customer_id)
@@ -2099,6 +2263,227 @@ END
 $fn$;
 
 -- ------------------------------------------------------------------------------------------
+-- Team accounts: members share their account's plan and pool, within their own caps.
+
+-- A team member's charge (@fn_charge@ with p_pool_id): both keys locked, the split decided
+-- (@fn_team_split@), the member's key records the whole, the account's the pool's part
+-- (marked with the member), grants drawn or given back, alerts of the pool's part.
+CREATE OR REPLACE FUNCTION @fn_team_charge@(
+    p_user_id TEXT, p_pool_id TEXT, p_feature_name TEXT, p_credits BIGINT, p_event_type TEXT,
+    p_limit BIGINT, p_cap BIGINT, p_window_start TIMESTAMPTZ, p_now TIMESTAMPTZ,
+    p_metadata JSONB, p_idempotency_key TEXT, p_alert_thresholds INTEGER[],
+    p_resets_at TIMESTAMPTZ, p_force BOOLEAN
+) RETURNS JSONB
+LANGUAGE plpgsql VOLATILE
+AS $fn$
+DECLARE
+    s NUMERIC[] := @fn_team_state@(p_user_id, p_pool_id, p_feature_name, p_window_start,
+                                    p_now, true);
+    v_split NUMERIC[];
+    pc @counters@;
+    mc @counters@;
+    e @events@;
+    pe @events@;
+    v_alerts JSONB;
+BEGIN
+    IF p_idempotency_key IS NOT NULL THEN
+        SELECT * INTO e FROM @events@ WHERE idempotency_key = p_idempotency_key
+            AND user_id = p_user_id AND feature_name = p_feature_name;
+        IF FOUND THEN
+            RETURN jsonb_build_object('allowed', true, 'used', s[1], 'held', s[2],
+                'granted', s[3], 'balance', s[4], 'member', to_jsonb(s[5:8]),
+                'event', @fn_event_json@(e), 'replayed', true);
+        END IF;
+    END IF;
+    v_split := @fn_team_split@(p_credits, p_limit, p_cap, s, p_force);
+    IF v_split[4] > 0 THEN
+        RETURN jsonb_build_object('allowed', false, 'used', s[1], 'held', s[2],
+            'granted', s[3], 'balance', s[4], 'member', to_jsonb(s[5:8]),
+            'scope', CASE WHEN v_split[4] = 2 THEN 'member' ELSE 'account' END);
+    END IF;
+    SELECT * INTO pc FROM @counters@ WHERE user_id = p_pool_id AND feature_name = p_feature_name;
+    SELECT * INTO mc FROM @counters@ WHERE user_id = p_user_id AND feature_name = p_feature_name;
+    IF @fn_overflows@(mc.total, p_credits) OR @fn_overflows@(pc.total, v_split[2]::BIGINT) THEN
+        RETURN jsonb_build_object('error', 'invalid',
+            'message', 'this charge would overflow the usage counter (64-bit)',
+            'details', jsonb_build_object('credits', p_credits));
+    END IF;
+    e := @fn_append@(mc, p_credits, p_event_type, p_now, p_metadata, p_idempotency_key,
+        v_split[1]::BIGINT);
+    IF e.id IS NULL THEN  -- the key was recorded meanwhile (by a charge outside the team)
+        SELECT * INTO e FROM @events@ WHERE idempotency_key = p_idempotency_key
+            AND user_id = p_user_id AND feature_name = p_feature_name;
+        RETURN jsonb_build_object('allowed', true, 'used', s[1], 'held', s[2],
+            'granted', s[3], 'balance', s[4], 'member', to_jsonb(s[5:8]),
+            'event', @fn_event_json@(e), 'replayed', true);
+    END IF;
+    IF v_split[1] > 0 THEN
+        PERFORM @fn_grant_draw@(p_user_id, p_feature_name, v_split[1]::BIGINT, p_now);
+    ELSIF v_split[1] < 0 THEN
+        PERFORM @fn_grant_draw_give_back@(p_user_id, p_feature_name, -v_split[1]::BIGINT, p_now);
+    END IF;
+    IF v_split[3] > 0 THEN
+        PERFORM @fn_grant_draw@(p_pool_id, p_feature_name, v_split[3]::BIGINT, p_now);
+    ELSIF v_split[3] < 0 THEN
+        PERFORM @fn_grant_draw_give_back@(p_pool_id, p_feature_name, -v_split[3]::BIGINT, p_now);
+    END IF;
+    IF v_split[2] <> 0 THEN
+        pe := @fn_append@(pc, v_split[2]::BIGINT, p_event_type, p_now,
+            coalesce(p_metadata, '{}'::JSONB) || jsonb_build_object('_usageflow_member', p_user_id),
+            NULL, v_split[3]::BIGINT);
+        IF p_alert_thresholds IS NOT NULL AND cardinality(p_alert_thresholds) > 0
+           AND p_limit IS NOT NULL AND v_split[2] > 0 THEN
+            v_alerts := @fn_alerts@(p_pool_id, p_feature_name, p_alert_thresholds,
+                s[1] - s[3], s[1] + v_split[2] - s[3] - v_split[3], p_limit,
+                CASE WHEN pc.last_reset_at IS NOT NULL AND (p_window_start IS NULL
+                          OR pc.last_reset_at >= p_window_start)
+                     THEN pc.last_reset_at ELSE p_window_start END,
+                p_resets_at, pe."timestamp");
+        END IF;
+    END IF;
+    RETURN jsonb_build_object('allowed', true, 'used', s[1] + v_split[2], 'held', s[2],
+        'granted', s[3] + v_split[3], 'balance', s[4] - v_split[3],
+        'member', to_jsonb(ARRAY[s[5] + p_credits, s[6], s[7] + v_split[1], s[8] - v_split[1]]),
+        'event', @fn_event_json@(e), 'alerts', v_alerts);
+END
+$fn$;
+
+-- A team member's reservation (@fn_reserve@ with p_pool_id): held on the member, counted on
+-- the pool (pool_id; the pool's row counts its active holds). The hold keeps what its commit
+-- is split with: the pool, the cap, the limit, the window and the alert thresholds.
+CREATE OR REPLACE FUNCTION @fn_team_reserve@(
+    p_reservation_id TEXT, p_user_id TEXT, p_pool_id TEXT, p_feature_name TEXT,
+    p_credits BIGINT, p_limit BIGINT, p_cap BIGINT, p_window_start TIMESTAMPTZ,
+    p_now TIMESTAMPTZ, p_expires_at TIMESTAMPTZ, p_idempotency_key TEXT,
+    p_alert_thresholds INTEGER[], p_resets_at TIMESTAMPTZ
+) RETURNS JSONB
+LANGUAGE plpgsql VOLATILE
+AS $fn$
+DECLARE
+    s NUMERIC[] := @fn_team_state@(p_user_id, p_pool_id, p_feature_name, p_window_start,
+                                    p_now, true);
+    v_split NUMERIC[];
+    v_id TEXT;
+    v_first BIGINT;
+BEGIN
+    IF p_idempotency_key IS NOT NULL THEN
+        SELECT id, credits INTO v_id, v_first FROM @holds@
+        WHERE idempotency_key = p_idempotency_key AND user_id = p_user_id
+          AND feature_name = p_feature_name;
+        IF FOUND THEN
+            RETURN jsonb_build_object('allowed', true, 'used', s[1], 'held', s[2],
+                'granted', s[3], 'balance', s[4], 'member', to_jsonb(s[5:8]),
+                'replayed', true, 'reservation_id', v_id, 'first_credits', v_first);
+        END IF;
+    END IF;
+    IF EXISTS (SELECT 1 FROM @holds@ WHERE id = p_reservation_id) THEN
+        RETURN jsonb_build_object('error', 'invalid', 'message', 'reservation id already used',
+            'details', jsonb_build_object('reservation_id', p_reservation_id));
+    END IF;
+    v_split := @fn_team_split@(p_credits, p_limit, p_cap, s, false);
+    IF v_split[4] > 0 THEN
+        RETURN jsonb_build_object('allowed', false, 'used', s[1], 'held', s[2],
+            'granted', s[3], 'balance', s[4], 'member', to_jsonb(s[5:8]),
+            'scope', CASE WHEN v_split[4] = 2 THEN 'member' ELSE 'account' END);
+    END IF;
+    INSERT INTO @holds@ (id, user_id, feature_name, credits, expires_at, idempotency_key,
+                         created_at, pool_id, alert)
+    VALUES (p_reservation_id, p_user_id, p_feature_name, p_credits, p_expires_at,
+            p_idempotency_key, p_now, p_pool_id, jsonb_build_object(
+                'pool_id', p_pool_id, 'cap', p_cap,
+                'thresholds', coalesce(to_jsonb(p_alert_thresholds), '[]'::JSONB),
+                'limit', p_limit, 'window_start', p_window_start, 'resets_at', p_resets_at));
+    UPDATE @counters@ SET active_holds = active_holds + 1
+    WHERE user_id = p_pool_id AND feature_name = p_feature_name;
+    RETURN jsonb_build_object('allowed', true, 'used', s[1], 'held', s[2] + p_credits,
+        'granted', s[3], 'balance', s[4],
+        'member', to_jsonb(ARRAY[s[5], s[6] + p_credits, s[7], s[8]]),
+        'reservation_id', p_reservation_id);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION @fn_member_json@(m @members@) RETURNS JSONB
+LANGUAGE sql STABLE
+AS $fn$
+    SELECT jsonb_build_object('account_id', m.account_id, 'user_id', m.user_id,
+        'limits', m.limits, 'added_at', @fn_us@(m.added_at),
+        'removed_at', @fn_us@(m.removed_at))
+$fn$;
+
+CREATE OR REPLACE FUNCTION @fn_add_member@(
+    p_account_id TEXT, p_user_id TEXT, p_limits JSONB, p_now TIMESTAMPTZ
+) RETURNS JSONB
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    v_current TEXT;
+    m @members@;
+BEGIN
+    -- One membership change at a time per set of tables: the checks below read other rows.
+    PERFORM pg_advisory_xact_lock(4823573, hashtext(@events_literal@));
+    SELECT account_id INTO v_current FROM @members@
+    WHERE user_id = p_user_id AND removed_at IS NULL;
+    IF v_current IS NOT NULL AND v_current <> p_account_id THEN
+        RETURN jsonb_build_object('error', 'invalid',
+            'message', format('user %L is a member of another account (%L); remove them '
+                              'from it first', p_user_id, v_current),
+            'details', jsonb_build_object('field', 'user_id'));
+    END IF;
+    IF EXISTS (SELECT 1 FROM @members@ WHERE user_id = p_account_id AND removed_at IS NULL) THEN
+        RETURN jsonb_build_object('error', 'invalid',
+            'message', format('%L is a member of an account itself; accounts do not nest',
+                              p_account_id),
+            'details', jsonb_build_object('field', 'account_id'));
+    END IF;
+    IF EXISTS (SELECT 1 FROM @members@ WHERE account_id = p_user_id AND removed_at IS NULL) THEN
+        RETURN jsonb_build_object('error', 'invalid',
+            'message', format('%L is an account with members; accounts do not nest',
+                              p_user_id),
+            'details', jsonb_build_object('field', 'user_id'));
+    END IF;
+    INSERT INTO @members@ AS t (account_id, user_id, limits, added_at)
+    VALUES (p_account_id, p_user_id, coalesce(p_limits, '{}'::JSONB), p_now)
+    ON CONFLICT (account_id, user_id) DO UPDATE SET limits = excluded.limits,
+        added_at = CASE WHEN t.removed_at IS NULL THEN t.added_at ELSE excluded.added_at END,
+        removed_at = NULL
+    RETURNING * INTO m;
+    RETURN @fn_member_json@(m);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION @fn_remove_member@(
+    p_account_id TEXT, p_user_id TEXT, p_now TIMESTAMPTZ
+) RETURNS JSONB
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+    WITH done AS (
+        UPDATE @members@ SET removed_at = p_now
+        WHERE account_id = p_account_id AND user_id = p_user_id AND removed_at IS NULL
+        RETURNING 1)
+    SELECT to_jsonb(EXISTS (SELECT 1 FROM done))
+$fn$;
+
+CREATE OR REPLACE FUNCTION @fn_list_members@(p_account_id TEXT, p_removed BOOLEAN)
+RETURNS JSONB
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+    SELECT coalesce(jsonb_agg(@fn_member_json@(m) ORDER BY m.user_id COLLATE "C"), '[]'::JSONB)
+    FROM @members@ m
+    WHERE m.account_id = p_account_id AND (p_removed OR m.removed_at IS NULL)
+$fn$;
+
+CREATE OR REPLACE FUNCTION @fn_get_membership@(p_user_id TEXT) RETURNS JSONB
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+    SELECT @fn_member_json@(m) FROM @members@ m
+    WHERE m.user_id = p_user_id AND m.removed_at IS NULL
+$fn$;
+
+-- ------------------------------------------------------------------------------------------
 -- Security: RLS on, no policy; nothing for the API roles; functions for service_role only.
 
 ALTER TABLE usageflow_schema ENABLE ROW LEVEL SECURITY;
@@ -2117,6 +2502,7 @@ ALTER TABLE @alert_rules@ ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @alerts@ ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @grants@ ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @credit_packs@ ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @members@ ENABLE ROW LEVEL SECURITY;
 
 DO $do$
 DECLARE

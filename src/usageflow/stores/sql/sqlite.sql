@@ -807,6 +807,9 @@ ORDER BY id DESC;
 -- name: pack_columns
 id, name, credits, stripe_price_id, stripe_payment_link_id, payment_link_url, expires_in_days
 
+-- name: credit_packs
+SELECT @pack_columns@ FROM @credit_packs@ ORDER BY id;
+
 -- name: upsert_credit_pack_find
 -- A pack is found by its Stripe price, else its Payment Link, else (with neither) its name.
 SELECT id FROM @credit_packs@
@@ -830,8 +833,6 @@ VALUES (?, ?, ?, ?, ?, ?);
 -- name: upsert_credit_pack_read
 SELECT @pack_columns@ FROM @credit_packs@ WHERE id = ?;
 
--- name: credit_packs
-SELECT @pack_columns@ FROM @credit_packs@ ORDER BY id;
 
 -- ------------------------------------------------------------------------------------------
 -- Team accounts: members share their account's plan and pool, within their own caps.
