@@ -58,6 +58,11 @@ T = TypeVar("T")
 DEFAULT_STORE = "sqlite:///usageflow.db"
 
 
+def _stripe_key(flow: Any) -> bool:
+    """Whether a Stripe API key is configured for ``flow`` (its own, or ``$STRIPE_API_KEY``)."""
+    return bool(getattr(flow, "stripe_api_key", None) or os.environ.get("STRIPE_API_KEY"))
+
+
 def _build_store(
     store: str | Store | None,
     supabase_url: str | None,
@@ -672,15 +677,27 @@ class UsageFlow(_Base):
 
     # -- Stripe (see docs/stripe.md) --------------------------------------------------------------
     def handle_webhook(
-        self, raw_body: bytes | str, signature: str | None, *, tolerance: int = 300
+        self,
+        raw_body: bytes | str,
+        signature: str | None,
+        *,
+        tolerance: int = 300,
+        client: Any = None,
     ) -> WebhookResult:
         """Verify a Stripe webhook (the raw body and the ``Stripe-Signature`` header) and apply
-        its event once and in order; a bad signature or body raises and writes nothing."""
-        return self._run(
-            stripe_webhooks.handle_webhook(
-                self.core, raw_body, signature, self.stripe_webhook_secret, tolerance
+        its event once and in order; a bad signature or body raises and writes nothing. With
+        a Stripe API key (``stripe_api_key``, ``$STRIPE_API_KEY``) or a ``client``, a credit
+        pack bought in a Checkout Session without a Payment Link is read from its line
+        items."""
+
+        def op(stripe_client: Any) -> Op[WebhookResult]:
+            return stripe_webhooks.handle_webhook(
+                self.core, raw_body, signature, self.stripe_webhook_secret, tolerance, stripe_client
             )
-        )
+
+        if client is None and not _stripe_key(self):
+            return self._run(op(None))
+        return stripe_api.run_with_client(self, op, client)
 
     def sync_plans_from_stripe(self, *, client: Any = None) -> PlanSyncResult:
         """Create or update plans from the active recurring prices in Stripe, their Payment
@@ -1127,13 +1144,21 @@ class AsyncUsageFlow(_Base):
         return await self._run(self.core.list_pending_stripe_subscriptions(limit))
 
     async def handle_webhook(
-        self, raw_body: bytes | str, signature: str | None, *, tolerance: int = 300
+        self,
+        raw_body: bytes | str,
+        signature: str | None,
+        *,
+        tolerance: int = 300,
+        client: Any = None,
     ) -> WebhookResult:
-        return await self._run(
-            stripe_webhooks.handle_webhook(
-                self.core, raw_body, signature, self.stripe_webhook_secret, tolerance
+        def op(stripe_client: Any) -> Op[WebhookResult]:
+            return stripe_webhooks.handle_webhook(
+                self.core, raw_body, signature, self.stripe_webhook_secret, tolerance, stripe_client
             )
-        )
+
+        if client is None and not _stripe_key(self):
+            return await self._run(op(None))
+        return await stripe_api.arun_with_client(self, op, client)
 
     async def sync_plans_from_stripe(self, *, client: Any = None) -> PlanSyncResult:
         return await stripe_api.arun_with_client(

@@ -393,3 +393,31 @@ def test_debug_logs_never_show_secrets(
     assert "apply_stripe_event" in caplog.text
     assert API_KEY not in caplog.text and SECRET not in caplog.text
     assert API_KEY not in repr(flow) and SECRET not in repr(flow)
+
+
+def test_a_checkout_without_a_payment_link_grants_the_packs_of_its_line_items(
+    api_flow: Any, server: StripeServer
+) -> None:
+    """A Checkout Session the app made itself (no Payment Link): the webhook payload does not
+    carry its line items, so UsageFlow reads them from the API (one request), prices x
+    quantity mapped to packs."""
+    from tests.support.stripe_events import T0, Events, deliver
+
+    api_flow.create_credit_pack("50 exports", credits={"exports": 50}, stripe_price_id="price_x")
+    event = Events().pack_checkout("own", T0, payment_link=None, client_reference_id="u1")
+    session = event["data"]["object"]["id"]
+    server.data.line_items[session] = [
+        {"id": "li_1", "object": "item", "price": {"id": "price_x"}, "quantity": 2},
+        {"id": "li_2", "object": "item", "price": {"id": "price_other"}, "quantity": 1},
+    ]
+    result = deliver(api_flow, event)
+    assert result.action == "applied"
+    assert [(g.feature_name, g.credits) for g in result.grants] == [("exports", 100)]
+    assert ("GET", f"/v1/checkout/sessions/{session}/line_items") in server.data.requests
+    assert api_flow.get_credit_balance("u1", "exports") == 100
+    # A session the API does not know: the webhook fails (Stripe delivers it again later),
+    # nothing is written.
+    missing = Events("-2").pack_checkout("gone", T0, payment_link=None, client_reference_id="u2")
+    with pytest.raises(UsageFlowError):
+        deliver(api_flow, missing)
+    assert api_flow.get_credit_balance("u2", "exports") == 0

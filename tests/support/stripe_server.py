@@ -10,7 +10,7 @@ and ``starting_after``, ``expand[]=data.product``, errors as ``{"error": {"type"
 * ``GET /v1/prices`` (``active``; products inline when expanded),
 * ``GET /v1/payment_links`` (``active``) and ``GET /v1/payment_links/{id}/line_items``,
 * ``GET /v1/subscriptions`` (``status=all`` or one status),
-* ``GET /v1/checkout/sessions`` (``status``),
+* ``GET /v1/checkout/sessions`` (``status``) and ``GET /v1/checkout/sessions/{id}/line_items``,
 * ``POST /v1/billing/meter_events`` (identifier unique, as Stripe enforces; a repeated
   ``Idempotency-Key`` gets the first answer back).
 
@@ -136,6 +136,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif m := re.fullmatch(r"/v1/payment_links/([^/]+)/line_items", path):
             if m.group(1) not in data.line_items:
                 self._error(404, "invalid_request_error", "No such payment link")
+                return
+            self._send(200, _page(path, data.line_items[m.group(1)], query))
+        elif m := re.fullmatch(r"/v1/checkout/sessions/([^/]+)/line_items", path):
+            if m.group(1) not in data.line_items:
+                self._error(404, "invalid_request_error", "No such checkout session")
                 return
             self._send(200, _page(path, data.line_items[m.group(1)], query))
         elif path == "/v1/subscriptions":

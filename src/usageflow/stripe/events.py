@@ -54,6 +54,7 @@ __all__ = [
     "MAX_EPOCH",
     "Changes",
     "decide",
+    "line_items_wanted",
     "object_id",
     "outcome",
     "subscription_key",
@@ -466,6 +467,23 @@ def pack_grant(
         reason=", ".join(pack.name for pack, _ in bought),
         grants=tuple((f, credits, expires) for f, (credits, expires) in sorted(totals.items())),
     )
+
+
+def line_items_wanted(event: Mapping[str, Any], catalog: Catalog, changes: Changes) -> str | None:
+    """The id of a paid payment-mode Checkout Session whose credit packs only its line items
+    can tell (no pack sells its Payment Link, the payload has no ``line_items``, and some pack
+    is sold at a price), so that the caller may fetch them from Stripe's API; else ``None``."""
+    kind, obj = str(event["type"]), event["data"]["object"]
+    if kind not in CHECKOUT_EVENTS or changes.grant is not None or "line_items" in obj:
+        return None
+    if obj.get("mode") != "payment" or not any(p.stripe_price_id for p in catalog.packs):
+        return None
+    if obj.get("payment_status") == "unpaid":
+        return None
+    link = object_id(obj.get("payment_link"), "payment link id")
+    if link is not None and catalog.pack_of_link(link) is not None:
+        return None
+    return object_id(obj.get("id"), "checkout session id")
 
 
 def _refund(obj: Mapping[str, Any]) -> StripeRefund | None:

@@ -7,6 +7,7 @@ only (no Stripe API request). The decisions are in :mod:`usageflow.stripe.events
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 from usageflow import _log, _observe, ops
 from usageflow._core import Core, Op
@@ -15,6 +16,7 @@ from usageflow.stripe.events import (
     DEFAULT_TOLERANCE,
     Changes,
     decide,
+    line_items_wanted,
     outcome,
     unsold_price,
     unsold_warning,
@@ -57,6 +59,7 @@ def handle_webhook(
     signature: str | None,
     secret: str | None,
     tolerance: int = DEFAULT_TOLERANCE,
+    client: Any = None,
 ) -> Op[WebhookResult]:
     """Verify, decide and apply one webhook event (nothing is written unless it verifies).
 
@@ -64,7 +67,11 @@ def handle_webhook(
     (``unknown_price``); a subscription state with it is recorded as any other (the plan
     applies as soon as it exists) and its result carries a ``warning``. Either way the warning
     is logged once, at warning level, with the price id (not for a redelivery or a stale
-    state, which change nothing)."""
+    state, which change nothing).
+
+    With a Stripe ``client`` (a Stripe API key is configured), a paid payment-mode Checkout
+    Session whose packs only its line items can tell has them read from the API (one
+    request); a failure of that request raises, so that Stripe delivers the event again."""
     event = verify(raw_body, signature, secret, tolerance)
     kind = str(event["type"])
     manual = core.options.manual_stripe_integration
@@ -75,6 +82,17 @@ def handle_webhook(
         # calling the price unsold (and before choosing among a subscription's items).
         core.cache.invalidate_plans()
         catalog = yield from core._catalog()
+        changes = decide(event, catalog, manual)
+    session = None if client is None else line_items_wanted(event, catalog, changes)
+    if session is not None:
+        from usageflow.stripe.api import StripeRequest  # api imports this module
+
+        path = ("v1", "checkout", "sessions", "line_items")
+        page = yield StripeRequest(client, path, "list", (session,), {"limit": 100})
+        if isinstance(page, Exception):
+            raise page
+        obj = {**event["data"]["object"], "line_items": page}
+        event = {**event, "data": {**event["data"], "object": obj}}
         changes = decide(event, catalog, manual)
     unsold = unsold_price(changes, catalog)
     unknown_price = unsold is not None and changes.price is not None
