@@ -259,7 +259,8 @@ class Core:
             plans = yield from ops.load_catalog()
             thresholds = yield from ops.load_alert_thresholds()
             packs = yield from ops.load_credit_packs()
-            catalog = self.cache.put_catalog(plans, thresholds, packs)
+            teams = yield from ops.has_members()
+            catalog = self.cache.put_catalog(plans, thresholds, packs, teams)
         return catalog
 
     def _profile(self, user_id: str) -> Op[Profile | None]:
@@ -296,9 +297,14 @@ class Core:
         in no account: their own quota. A team member: their account's quota (plan, seats,
         the account's adjustments), the account as the pool, and their own cap of the
         feature (their adjustments added, when enabled; ``None``: no cap)."""
-        membership = self.cache.membership(user_id)
-        if membership is MISSING:
-            membership = yield from self._membership(user_id)
+        catalog = self.cache.catalog()
+        if catalog is None:
+            catalog = yield from self._catalog()
+        membership: Membership | _Missing | None = None
+        if catalog.teams:  # some account has members: is this user one?
+            membership = self.cache.membership(user_id)
+            if membership is MISSING:
+                membership = yield from self._membership(user_id)
         assert not isinstance(membership, _Missing)
         owner = user_id if membership is None else membership.account_id
         quota = yield from self._quota_or_none(owner, feature_name, now, period)
@@ -540,7 +546,8 @@ class Core:
         # Recorded whatever the limit, but split between the plan's allowance and grants as a
         # decision would (a refund gives grants back what they paid): that takes the quota.
         # With no plan the usage is tracked only, as before grants existed.
-        membership = yield from self._membership(user_id)
+        catalog = yield from self._catalog()
+        membership = (yield from self._membership(user_id)) if catalog.teams else None
         pool_id, cap = None, None
         if membership is None:
             quota = yield from self._quota_or_none(user_id, feature_name, now)
@@ -1046,6 +1053,7 @@ class Core:
             account_id=account_id, user_id=user_id, limits=caps, now=self.now()
         )
         self.cache.invalidate_user(user_id)
+        self.cache.invalidate_plans()  # the catalog knows whether any account has members
         return membership
 
     def remove_member(self, account_id: str, user_id: str) -> Op[bool]:
@@ -1055,6 +1063,7 @@ class Core:
             account_id=account_id, user_id=user_id, now=self.now()
         )
         self.cache.invalidate_user(user_id)
+        self.cache.invalidate_plans()
         return removed
 
     def list_members(self, account_id: str, include_removed: bool) -> Op[list[Membership]]:

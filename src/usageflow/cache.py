@@ -49,6 +49,8 @@ class Catalog:
     free_plan: Plan | None = None
     thresholds: dict[tuple[str, int | None], tuple[int, ...]] = field(default_factory=dict)
     packs: tuple[CreditPack, ...] = ()
+    #: Whether any team account has members (if not, no decision looks for an account).
+    teams: bool = True
 
     @classmethod
     def build(
@@ -56,6 +58,7 @@ class Catalog:
         plans: Iterable[Plan],
         thresholds: Iterable[ThresholdRow] = (),
         packs: Iterable[CreditPack] = (),
+        teams: bool = True,
     ) -> Catalog:
         by_id = {p.id: p for p in plans}
         free = [p for p in by_id.values() if p.is_free]
@@ -65,6 +68,7 @@ class Catalog:
             free_plan=min(free, key=lambda p: p.id) if free else None,
             thresholds={(f, plan): tuple(ts) for f, plan, ts in thresholds if ts},
             packs=tuple(packs),
+            teams=teams,
         )
 
     def pack_of_link(self, payment_link_id: str) -> CreditPack | None:
@@ -129,8 +133,9 @@ class PlanCache:
         plans: Iterable[Plan],
         thresholds: Iterable[ThresholdRow] = (),
         packs: Iterable[CreditPack] = (),
+        teams: bool = True,
     ) -> Catalog:
-        catalog = Catalog.build(plans, thresholds, packs)
+        catalog = Catalog.build(plans, thresholds, packs, teams)
         if self.ttl:
             self._catalog = (self._timer() + self.ttl, catalog)
         return catalog

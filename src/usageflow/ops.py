@@ -527,6 +527,13 @@ def get_membership(*, user_id: str) -> StoreCall[Membership | None]:
     return StoreCall("get_membership", locals())
 
 
+@_operation
+def has_members() -> StoreCall[bool]:
+    """Whether any account has a current member (read with the catalog: with none, a
+    decision need not look for the user's account)."""
+    return StoreCall("has_members", {})
+
+
 # -- credits ----------------------------------------------------------------------------------
 @_operation
 def grant_credits(

@@ -156,7 +156,11 @@ def test_the_stripe_package_imports_the_library_by_its_absolute_name() -> None:
         "usageflow.stripe.prices",
     }
     users = {m.name for m in package if "stripe" in imports_of(m)}
-    assert users == {"usageflow.stripe.api", "usageflow.stripe.events"}
+    assert users == {
+        "usageflow.stripe.api",
+        "usageflow.stripe._request",
+        "usageflow.stripe.events",
+    }
     for module in package:
         tree = ast.parse(module.path.read_text(encoding="utf-8"))
         relative = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]

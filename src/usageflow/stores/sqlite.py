@@ -309,7 +309,7 @@ class SQLiteStore(Store):
     NOWAIT: ClassVar[frozenset[str]] = frozenset(
         {"charge", "reserve", "settle", "usage", "get_profile", "load_catalog"}
         | {"get_limit_adjustments", "load_alert_thresholds", "load_credit_packs"}
-        | {"get_membership"}
+        | {"get_membership", "has_members"}
     )
     #: Commits made without waiting after which a WAL checkpoint is owed. A checkpoint copies
     #: each page once however often it changed, and decisions keep changing the same few
@@ -881,7 +881,11 @@ class SQLiteStore(Store):
         counter = self._NO_COUNTER if row[0] is None else row[:7]
         last_reset = _dt(counter[2])
         used = window_used(counter[0], window_start, last_reset, counter[3], row[7] or 0)
-        granted = window_used(counter[5], window_start, last_reset, counter[6], row[8] or 0)
+        granted = (
+            window_used(counter[5], window_start, last_reset, counter[6], row[8] or 0)
+            if counter[5] or row[8]
+            else 0  # the key has never spent a grant's credit
+        )
         live, balance = row[9], row[11]
         # The credits are non-negative integers, so TOTAL()'s float below 2**53 is exact;
         # past it, they are summed here.
@@ -1686,6 +1690,10 @@ class SQLiteStore(Store):
             rows = c.execute(self._sql["list_members"], (account_id, removed)).fetchall()
         return [_membership(row) for row in rows]
 
+    def has_members(self) -> bool:
+        with self._tx("has_members", self.tables.members, write=False) as c:
+            return bool(c.execute(self._sql["has_members"]).fetchone()[0])
+
     def get_membership(self, *, user_id: str) -> Membership | None:
         with self._tx("get_membership", self.tables.members, write=False) as c:
             row = c.execute(self._sql["get_membership"], (user_id,)).fetchone()
@@ -1756,6 +1764,7 @@ class SQLiteStore(Store):
                 _ts(now),
             ),
         )
+        c.execute(sql["grant_credits_mark"], (user_id, feature_name))
         return _grant(c.execute(sql["grant_credits_read"], (cur.lastrowid,)).fetchone())
 
     def list_grants(self, *, user_id: str, feature_name: str | None) -> list[Grant]:

@@ -12,6 +12,7 @@ from typing import Any
 from usageflow import _log, _observe, ops
 from usageflow._core import Core, Op
 from usageflow.ops import StripeApplied
+from usageflow.stripe._request import StripeRequest
 from usageflow.stripe.events import (
     DEFAULT_TOLERANCE,
     Changes,
@@ -85,8 +86,6 @@ def handle_webhook(
         changes = decide(event, catalog, manual)
     session = None if client is None else line_items_wanted(event, catalog, changes)
     if session is not None:
-        from usageflow.stripe.api import StripeRequest  # api imports this module
-
         path = ("v1", "checkout", "sessions", "line_items")
         page = yield StripeRequest(client, path, "list", (session,), {"limit": 100})
         if isinstance(page, Exception):

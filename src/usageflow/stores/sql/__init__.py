@@ -576,6 +576,7 @@ OPERATIONS: dict[str, tuple[str, Decoder]] = {
     "remove_member": ("remove_member", bool),
     "list_members": ("list_members", lambda rows: [_membership(r) for r in rows]),
     "get_membership": ("get_membership", _membership),
+    "has_members": ("has_members", bool),
     "apply_stripe_event": ("stripe_apply", _stripe_applied),
     "stripe_export_batch": ("stripe_batch", _export_batch),
     "advance_stripe_cursor": ("stripe_cursor", int),

@@ -2483,6 +2483,14 @@ AS $fn$
     WHERE m.user_id = p_user_id AND m.removed_at IS NULL
 $fn$;
 
+-- Whether any account has a member: with none, decisions skip looking for an account.
+CREATE OR REPLACE FUNCTION @fn_has_members@() RETURNS JSONB
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+    SELECT to_jsonb(EXISTS (SELECT 1 FROM @members@ WHERE removed_at IS NULL))
+$fn$;
+
 -- ------------------------------------------------------------------------------------------
 -- Security: RLS on, no policy; nothing for the API roles; functions for service_role only.
 

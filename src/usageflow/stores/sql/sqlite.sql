@@ -155,6 +155,7 @@ CREATE TABLE IF NOT EXISTS @counters@ (
     open_holds INTEGER NOT NULL DEFAULT 0, -- unused since version 3 (holds are read directly)
     grant_total INTEGER NOT NULL DEFAULT 0, -- grant_running of the latest event (version 6)
     reset_grant_base INTEGER NOT NULL DEFAULT 0, -- grant_total at the last reset (version 6)
+    grants INTEGER NOT NULL DEFAULT 0, -- 1 once the key has had a grant (version 6)
     PRIMARY KEY (user_id, feature_name)
 ) WITHOUT ROWID;
 -- The listings of a feature (top_users) read its counters rows, not every key's.
@@ -303,6 +304,7 @@ ALTER TABLE @events@ ADD COLUMN granted INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE @events@ ADD COLUMN grant_running INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE @counters@ ADD COLUMN grant_total INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE @counters@ ADD COLUMN reset_grant_base INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE @counters@ ADD COLUMN grants INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE @holds@ ADD COLUMN pool_id TEXT;
 ALTER TABLE @limits@ ADD COLUMN per_seat BOOLEAN NOT NULL DEFAULT 0;
 ALTER TABLE @profiles@ ADD COLUMN seats INTEGER;
@@ -345,7 +347,8 @@ id, user_id, feature_name, credits_used, event_type, metadata, timestamp, idempo
 -- What a decision reads, in one statement (the rules of PostgreSQL's `used` and `held`): the
 -- counters row, the running totals (all usage, and what grants paid) before the window, the
 -- credits of live holds, how many holds have expired but are still marked held, and the
--- balance of live grants. ?1 user, ?2 feature, ?3 window start (or NULL), ?4 now. The usage
+-- balance of live grants (read only for a key that has had one). ?1 user, ?2 feature, ?3
+-- window start (or NULL), ?4 now. The usage
 -- before the window is read only when no reset since its start answers (one seek: the row
 -- joined holds both totals); the holds come from the partial index of held ones, the grants
 -- from the partial index of live ones. TOTAL() sums in floating point, where SUM() would fail
@@ -353,8 +356,9 @@ id, user_id, feature_name, credits_used, event_type, metadata, timestamp, idempo
 -- the store sums them exactly with `held`.
 SELECT c.total, c.last_ts, c.last_reset_at, c.reset_base, c.reset_pre_total, c.grant_total,
     c.reset_grant_base, p.running_total, p.grant_running, h.live, h.expired,
-    (SELECT TOTAL(g.remaining) FROM @grants@ g WHERE g.user_id = ?1 AND g.feature_name = ?2
-        AND g.remaining > 0 AND (g.expires_at IS NULL OR g.expires_at > ?4))
+    CASE WHEN c.grants THEN (SELECT TOTAL(g.remaining) FROM @grants@ g
+        WHERE g.user_id = ?1 AND g.feature_name = ?2 AND g.remaining > 0
+        AND (g.expires_at IS NULL OR g.expires_at > ?4)) ELSE 0 END
 FROM (SELECT TOTAL(CASE WHEN expires_at > ?4 THEN credits END) AS live,
         COUNT(CASE WHEN expires_at <= ?4 THEN 1 END) AS expired
     FROM @holds@ WHERE pool_id = ?1 AND feature_name = ?2 AND status = 'held') h
@@ -800,6 +804,11 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 -- name: grant_credits_read
 SELECT @grant_columns@ FROM @grants@ WHERE id = ?;
 
+-- name: grant_credits_mark
+-- The key has had a grant: its decisions read the grants' balance from now on.
+INSERT INTO @counters@ (user_id, feature_name, grants) VALUES (?, ?, 1)
+ON CONFLICT (user_id, feature_name) DO UPDATE SET grants = 1;
+
 -- name: list_grants
 SELECT @grant_columns@ FROM @grants@ WHERE user_id = ?1 AND (?2 IS NULL OR feature_name = ?2)
 ORDER BY id DESC;
@@ -865,3 +874,7 @@ WHERE account_id = ?1 AND (?2 OR removed_at IS NULL) ORDER BY user_id;
 
 -- name: get_membership
 SELECT @member_columns@ FROM @members@ WHERE user_id = ? AND removed_at IS NULL;
+
+-- name: has_members
+-- Whether any account has a member: with none, decisions skip looking for an account.
+SELECT EXISTS (SELECT 1 FROM @members@ WHERE removed_at IS NULL);
