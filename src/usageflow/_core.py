@@ -300,14 +300,15 @@ class Core:
         catalog = self.cache.catalog()
         if catalog is None:
             catalog = yield from self._catalog()
-        membership: Membership | _Missing | None = None
+        membership: Membership | None = None
         if catalog.teams:  # some account has members: is this user one?
-            membership = self.cache.membership(user_id)
-            if membership is MISSING:
-                membership = yield from self._membership(user_id)
-        assert not isinstance(membership, _Missing)
+            found = self.cache.membership(user_id)
+            if found is MISSING:
+                found = yield from self._membership(user_id)
+            assert not isinstance(found, _Missing)
+            membership = found
         owner = user_id if membership is None else membership.account_id
-        quota = yield from self._quota_or_none(owner, feature_name, now, period)
+        quota = yield from self._quota_or_none(owner, feature_name, now, period, catalog)
         if quota is None:
             raise _no_plan(owner, feature_name)
         if membership is None:
@@ -327,15 +328,22 @@ class Core:
         return quota
 
     def _quota_or_none(
-        self, user_id: str, feature_name: str, now: datetime, period: Period | None = None
+        self,
+        user_id: str,
+        feature_name: str,
+        now: datetime,
+        period: Period | None = None,
+        catalog: Catalog | None = None,
     ) -> Op[Quota | None]:
-        """The quota of the user's feature, ``None`` when no plan applies to the user."""
+        """The quota of the user's feature, ``None`` when no plan applies to the user
+        (``catalog``: the plans, when the caller has just read them)."""
         # The cache answers almost always: read it here, and step into the loading
         # sub-operations (a generator each) only on a miss.
         cache = self.cache
-        catalog = cache.catalog()
         if catalog is None:
-            catalog = yield from self._catalog()
+            catalog = cache.catalog()
+            if catalog is None:
+                catalog = yield from self._catalog()
         profile = cache.profile(user_id)
         if profile is MISSING:
             profile = yield from self._profile(user_id)

@@ -234,15 +234,19 @@ def decision(quota: Quota, credits: int, charge: Charge, cap: int | None = None)
             scope=scope,
         )
     current = max(charge.used, 0) + charge.held  # as usage_of, without the Usage in between
+    if limit is None:
+        left = None
+    elif charge.granted or charge.balance:
+        left = remaining(limit, charge.used, charge.held, charge.granted, charge.balance)
+    else:  # no grant in play: what the plan leaves
+        left = limit - current if current < limit else 0
     return Decision._trusted(
         allowed=charge.allowed,
         feature_name=quota.feature_name,
         credits=credits,
         current=current,
         limit=limit,
-        remaining=None
-        if limit is None
-        else remaining(limit, charge.used, charge.held, charge.granted, charge.balance),
+        remaining=left,
         is_unlimited=limit is None,
         resets_at=quota.window.end,
         event_id=charge.event.id if charge.event else None,

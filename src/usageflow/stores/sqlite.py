@@ -1046,10 +1046,14 @@ class SQLiteStore(Store):
                 counter = self._counter(c, user_id, feature_name)
                 used, held, granted, balance = counter[0], 0, 0, 0
             if first is not None:
-                return Charge(True, used, held, first, True, granted=granted, balance=balance)
-            share = grant_share(credits, limit, used, held, granted, balance, force)
+                return Charge(True, used, held, first, True, None, None, (), granted, balance)
+            share: int | None
+            if balance or granted or credits < 0 or force:
+                share = grant_share(credits, limit, used, held, granted, balance, force)
+            else:  # no grant in play (the common case): the plain quota rule, no call
+                share = None if limit is not None and max(used, 0) + held + credits > limit else 0
             if share is None:
-                return Charge(False, used, held, granted=granted, balance=balance)
+                return Charge(False, used, held, None, False, None, None, (), granted, balance)
             moved = self._draw(c, user_id, feature_name, share, now) if share else 0
             event = self._append(
                 c,
@@ -1064,7 +1068,16 @@ class SQLiteStore(Store):
                 granted=share,
             )
             after = Charge(
-                True, used + credits, held, event, granted=granted + share, balance=balance - moved
+                True,
+                used + credits,
+                held,
+                event,
+                False,
+                None,
+                None,
+                (),
+                granted + share,
+                balance - moved,
             )
             if not alert_thresholds or limit is None:
                 return after

@@ -347,26 +347,32 @@ id, user_id, feature_name, credits_used, event_type, metadata, timestamp, idempo
 -- What a decision reads, in one statement (the rules of PostgreSQL's `used` and `held`): the
 -- counters row, the running totals (all usage, and what grants paid) before the window, the
 -- credits of live holds, how many holds have expired but are still marked held, and the
--- balance of live grants (read only for a key that has had one). ?1 user, ?2 feature, ?3
--- window start (or NULL), ?4 now. The usage
--- before the window is read only when no reset since its start answers (one seek: the row
--- joined holds both totals); the holds come from the partial index of held ones, the grants
--- from the partial index of live ones. TOTAL() sums in floating point, where SUM() would fail
--- the statement past 2**63 (holds on an unlimited feature may add up to more); past 2**53
--- the store sums them exactly with `held`.
+-- balance of live grants. ?1 user, ?2 feature, ?3 window start (or NULL), ?4 now. The usage
+-- before the window is read only when no reset since its start answers, and what grants paid
+-- before it and their balance only for a key that has had a grant (`grants`): scalar
+-- subqueries, each one index seek, which SQLite skips when their CASE does not ask for them
+-- (a join would materialize a table for every decision). The holds come from the partial
+-- index of held ones, the grants from the partial index of live ones. TOTAL() sums in
+-- floating point, where SUM() would fail the statement past 2**63 (holds on an unlimited
+-- feature may add up to more); past 2**53 the store sums them exactly with `held`.
 SELECT c.total, c.last_ts, c.last_reset_at, c.reset_base, c.reset_pre_total, c.grant_total,
-    c.reset_grant_base, p.running_total, p.grant_running, h.live, h.expired,
+    c.reset_grant_base,
+    CASE WHEN ?3 IS NOT NULL AND (c.last_reset_at IS NULL OR c.last_reset_at < ?3)
+    THEN (SELECT e.running_total FROM @events@ e
+        WHERE e.user_id = ?1 AND e.feature_name = ?2 AND e.timestamp < ?3
+        ORDER BY e.timestamp DESC, e.id DESC LIMIT 1) END,
+    CASE WHEN c.grants AND ?3 IS NOT NULL AND (c.last_reset_at IS NULL OR c.last_reset_at < ?3)
+    THEN (SELECT e.grant_running FROM @events@ e
+        WHERE e.user_id = ?1 AND e.feature_name = ?2 AND e.timestamp < ?3
+        ORDER BY e.timestamp DESC, e.id DESC LIMIT 1) END,
+    h.live, h.expired,
     CASE WHEN c.grants THEN (SELECT TOTAL(g.remaining) FROM @grants@ g
         WHERE g.user_id = ?1 AND g.feature_name = ?2 AND g.remaining > 0
         AND (g.expires_at IS NULL OR g.expires_at > ?4)) ELSE 0 END
 FROM (SELECT TOTAL(CASE WHEN expires_at > ?4 THEN credits END) AS live,
         COUNT(CASE WHEN expires_at <= ?4 THEN 1 END) AS expired
     FROM @holds@ WHERE pool_id = ?1 AND feature_name = ?2 AND status = 'held') h
-LEFT JOIN @counters@ c ON c.user_id = ?1 AND c.feature_name = ?2
-LEFT JOIN (SELECT e.running_total, e.grant_running FROM @events@ e
-        WHERE ?3 IS NOT NULL AND e.user_id = ?1 AND e.feature_name = ?2 AND e.timestamp < ?3
-        ORDER BY e.timestamp DESC, e.id DESC LIMIT 1) p
-    ON c.last_reset_at IS NULL OR c.last_reset_at < ?3;
+LEFT JOIN @counters@ c ON c.user_id = ?1 AND c.feature_name = ?2;
 
 -- name: counter
 -- The counters row of a key (where PostgreSQL's `lock` also locks it: here the transaction's
