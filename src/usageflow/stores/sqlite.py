@@ -1713,15 +1713,38 @@ class SQLiteStore(Store):
         return None if row is None else _membership(row)
 
     # -- credits --------------------------------------------------------------------------------
-    def grant_credits(self, **grant: Any) -> Grant:
-        """See :func:`usageflow.ops.grant_credits` (whose keyword arguments these are)."""
+    def grant_credits(
+        self,
+        *,
+        user_id: str,
+        feature_name: str,
+        credits: int,
+        expires_at: datetime | None,
+        source: str,
+        reason: str | None,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+        payment_ref: str | None,
+        now: datetime,
+    ) -> Grant:
         with self._tx("grant_credits", self.tables.grants) as c:
-            return self._grant(c, **grant)
+            return self._grant(
+                c,
+                user_id,
+                feature_name,
+                credits,
+                expires_at,
+                source,
+                reason,
+                metadata,
+                idempotency_key,
+                payment_ref,
+                now,
+            )
 
     def _grant(
         self,
         c: sqlite3.Connection,
-        *,
         user_id: str,
         feature_name: str,
         credits: int,
@@ -1859,16 +1882,16 @@ class SQLiteStore(Store):
         grants = tuple(
             self._grant(
                 c,
-                user_id=user_id,
-                feature_name=feature,
-                credits=credits,
-                expires_at=expires_at,
-                source="stripe",
-                reason=grant.reason,
-                metadata=None,
-                idempotency_key=f"checkout:{grant.session_id}:{feature}",
-                payment_ref=grant.payment_ref,
-                now=now,
+                user_id,
+                feature,
+                credits,
+                expires_at,
+                "stripe",
+                grant.reason,
+                None,
+                f"checkout:{grant.session_id}:{feature}",
+                grant.payment_ref,
+                now,
             )
             for feature, credits, expires_at in grant.grants
         )
