@@ -209,37 +209,25 @@ def team_numbers(
 
 
 def decision(quota: Quota, credits: int, charge: Charge, cap: int | None = None) -> Decision:
-    limit = quota.limit
-    if charge.member is not None:
-        current, shown, left, credit, scope = team_numbers(
+    limit: int | None = quota.limit
+    scope: Literal["account", "member"] | None = None
+    credit = charge.balance
+    if charge.member is not None:  # a team member: the numbers of the binding constraint
+        current, limit, left, credit, scope = team_numbers(
             limit,
             (charge.used, charge.held, charge.granted, charge.balance),
             charge.member,
             cap,
             charge.scope,
         )
-        return Decision._trusted(
-            allowed=charge.allowed,
-            feature_name=quota.feature_name,
-            credits=credits,
-            current=current,
-            limit=shown,
-            remaining=left,
-            is_unlimited=shown is None,
-            resets_at=quota.window.end,
-            event_id=charge.event.id if charge.event else None,
-            replayed=charge.replayed,
-            alerts=charge.alerts,
-            credit_balance=credit,
-            scope=scope,
-        )
-    current = max(charge.used, 0) + charge.held  # as usage_of, without the Usage in between
-    if limit is None:
-        left = None
-    elif charge.granted or charge.balance:
-        left = remaining(limit, charge.used, charge.held, charge.granted, charge.balance)
-    else:  # no grant in play: what the plan leaves
-        left = limit - current if current < limit else 0
+    else:
+        current = max(charge.used, 0) + charge.held  # as usage_of, without the Usage
+        if limit is None:
+            left = None
+        elif charge.granted or charge.balance:
+            left = remaining(limit, charge.used, charge.held, charge.granted, charge.balance)
+        else:  # no grant in play: what the plan leaves
+            left = limit - current if current < limit else 0
     return Decision._trusted(
         allowed=charge.allowed,
         feature_name=quota.feature_name,
@@ -252,6 +240,6 @@ def decision(quota: Quota, credits: int, charge: Charge, cap: int | None = None)
         event_id=charge.event.id if charge.event else None,
         replayed=charge.replayed,
         alerts=charge.alerts,
-        credit_balance=charge.balance,
-        scope=None,
+        credit_balance=credit,
+        scope=scope,
     )
