@@ -26,6 +26,7 @@ Run by hand; it is not a test.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -47,6 +48,7 @@ from tests.support.postgrest import PostgrestStandIn
 
 from usageflow import UsageFlow
 from usageflow.stores.postgres import PostgresStore
+from usageflow.stores.sql import api_functions
 from usageflow.stores.supabase import SupabaseStore
 
 LIMIT = 10**12
@@ -108,32 +110,20 @@ def library(url: str, threads: int, seconds: float, counted: list[int] | None = 
 def raw(url: str, threads: int, seconds: float) -> float:
     """The same function call, arguments built by hand, one connection per thread."""
     conninfo = PostgresStore(url).settings
+    params = api_functions()["charge"]
+    query = 'SELECT "usage_events_charge"({})'.format(
+        ", ".join(f"%s::{sql_type}" for _, sql_type in params)
+    )
 
     def work(i: int) -> Callable[[], None]:
         conn = psycopg.connect(conninfo.conninfo, **conninfo.connect_kwargs())
-        query = (
-            'SELECT "usage_events_charge"(%s::text, %s::text, %s::bigint, %s::text, '
-            "%s::bigint, %s::timestamptz, %s::timestamptz, %s::jsonb, %s::text, "
-            "%s::integer[], %s::timestamptz)"
-        )
 
         def step() -> None:
             now = datetime.now(timezone.utc)
             row = conn.execute(
                 query,
-                (
-                    f"raw{i}",
-                    "api",
-                    1,
-                    "usage",
-                    LIMIT,
-                    month_start(now),
-                    now,
-                    None,
-                    None,
-                    None,
-                    None,
-                ),
+                (f"raw{i}", "api", 1, "usage", LIMIT, month_start(now), now)
+                + (None,) * (len(params) - 7),
             ).fetchone()
             assert row is not None
             assert row[0]["allowed"]
@@ -233,15 +223,15 @@ $fn$;
 
 PGBENCH_SCRIPTS = {
     "shipped": "SELECT {schema}.usage_events_charge('u' || :u, 'api', 1, 'usage', {limit}, "
-    "date_trunc('month', now()), now(), NULL, NULL, NULL, NULL);",
+    "date_trunc('month', now()), now(), NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
     "minimal": "SELECT {schema}.bench_minimal_charge('u' || :u, 'api', 1, {limit}, now());",
 }
 
 
 def pgbench(
     db_url: str, script: str, clients: int, users: int, seconds: float
-) -> tuple[float, float]:
-    """(transactions per second, p99 latency in ms) of ``script`` run by ``clients``
+) -> tuple[float, float, float]:
+    """(transactions per second, p50 and p99 latency in ms) of ``script`` run by ``clients``
     connections over ``users`` distinct users, prepared statements."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.sql"
@@ -276,7 +266,11 @@ def pgbench(
             for log in Path(tmp).glob("log*")
             for line in log.read_text().splitlines()
         )
-    return tps, latencies[int(len(latencies) * 0.99) - 1] / 1000
+    return (
+        tps,
+        latencies[len(latencies) // 2] / 1000,
+        latencies[int(len(latencies) * 0.99) - 1] / 1000,
+    )
 
 
 def pgbench_section(db_url: str, schema: str, seconds: float, rounds: int) -> None:
@@ -291,7 +285,7 @@ def pgbench_section(db_url: str, schema: str, seconds: float, rounds: int) -> No
         best: dict[str, float] = {}
         for _ in range(rounds):  # interleaved, so that drift hits both alike
             for name, script in scripts.items():
-                tps, _p99 = pgbench(db_url, script, clients, clients * 100, seconds)
+                tps, _p50, _p99 = pgbench(db_url, script, clients, clients * 100, seconds)
                 best[name] = max(best.get(name, 0.0), tps)
         ratio = best["shipped"] / best["minimal"]
         print(
@@ -299,7 +293,7 @@ def pgbench_section(db_url: str, schema: str, seconds: float, rounds: int) -> No
             f"{best['minimal']:,.0f}/s, ratio {ratio:.2f} (target >= 0.80)"
         )
     for users in (1, 8):
-        tps, p99 = pgbench(db_url, scripts["shipped"], 8, users, seconds)
+        tps, _p50, p99 = pgbench(db_url, scripts["shipped"], 8, users, seconds)
         print(f"pgbench, 8 clients on {users} user(s): {tps:,.0f}/s, p99 {p99:.2f} ms")
 
 
@@ -329,13 +323,133 @@ def client_section(db_url: str, url: str, schema: str, seconds: float, rounds: i
         )
 
 
+def middleware_section(db_url: str, url: str, schema: str, seconds: float, n: int) -> None:
+    """What a metered request through ``UsageFlowMiddleware`` (``AsyncUsageFlow`` on
+    PostgreSQL) adds to the same request of the bare app, at 1 client, p50 of ``n`` requests
+    driven straight through the ASGI callable, against one ``pgbench`` call of the shipped
+    function at 1 client (its p50)."""
+    if shutil.which("pgbench") is None:
+        print("pgbench: not installed, the middleware comparison skipped")
+        return
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from usageflow import AsyncUsageFlow
+    from usageflow.integrations.starlette import UsageFlowMiddleware
+
+    async def export(request: object) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    def app(flow: AsyncUsageFlow | None) -> Starlette:
+        made = Starlette(routes=[Route("/export", export, methods=["POST"])])
+        if flow is not None:
+            made.add_middleware(
+                UsageFlowMiddleware,
+                flow=flow,
+                routes={"POST /export": "api"},
+                user_id=lambda request: request.headers.get("x-user"),
+            )
+        return made
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/export",
+        "raw_path": b"/export",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench"), (b"x-user", b"mw")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def p50(served: Starlette) -> float:
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        statuses: list[int] = []
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(int(message["status"]))  # type: ignore[call-overload]
+
+        samples = []
+        for i in range(n + 50):
+            t0 = time.perf_counter()
+            await served({**scope, "state": {}}, receive, send)
+            if i >= 50:  # the first ones warm caches and connections
+                samples.append((time.perf_counter() - t0) * 1000)
+        assert set(statuses) == {200}, statuses
+        return statistics.median(samples)
+
+    async def run() -> tuple[float, float]:
+        flow = AsyncUsageFlow(url)
+        try:
+            metered = await p50(app(flow))
+        finally:
+            await flow.aclose()
+        return metered, await p50(app(None))
+
+    script = PGBENCH_SCRIPTS["shipped"].format(schema=f'"{schema}"', limit=LIMIT)
+    _tps, bench_p50, _p99 = pgbench(db_url, script, 1, 100, seconds)
+    metered, bare = asyncio.run(run())
+    added = metered - bare
+    print(
+        f"middleware, 1 client: metered p50 {metered:.3f} ms, bare {bare:.3f} ms, adds "
+        f"{added:.3f} ms; pgbench call p50 {bench_p50:.3f} ms; ratio {added / bench_p50:.2f} "
+        "(target <= 1.2)"
+    )
+
+
+def raw_section(url: str, threads: int, seconds: float, rounds: int) -> None:
+    lib_rates, raw_rates = [], []
+    for _ in range(rounds):  # interleaved, so that drift hits both alike
+        raw_rates.append(raw(url, threads, seconds))
+        lib_rates.append(library(url, threads, seconds))
+    lib, rw = max(lib_rates), max(raw_rates)
+    print(f"threads={threads} seconds={seconds} rounds={rounds}")
+    print(f"library consume : {lib:10,.0f} /s")
+    print(f"raw psycopg loop: {rw:10,.0f} /s")
+    print(f"ratio library/raw: {lib / rw:.2f} (target >= 0.70)")
+
+
+def history_section(db_url: str, url: str, schema: str, events: int) -> None:
+    seed_history(db_url, schema, "small", 1_000)
+    seed_history(db_url, schema, "big", events)
+    store = PostgresStore(url)
+    flow = UsageFlow(store)
+    flow.consume("small", "api")
+    flow.consume("big", "api")
+    s_med, s_p99 = latency(flow, "small")
+    b_med, b_p99 = latency(flow, "big")
+    print(f"latency, 1,000 past events     : median {s_med:.3f} ms, p99 {s_p99:.3f} ms")
+    print(f"latency, {events:,} past events: median {b_med:.3f} ms, p99 {b_p99:.3f} ms")
+    print(f"ratio big/small (median): {b_med / s_med:.2f} (target: flat, ~1)")
+    store.close()
+
+
+SECTIONS = ("raw", "history", "supabase", "pgbench", "client", "middleware")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)",
+    )
     args = parser.parse_args()
+    sections = set(args.only.split(","))
+    if not sections <= set(SECTIONS):
+        sys.exit(f"unknown section(s): {', '.join(sorted(sections - set(SECTIONS)))}")
     db_url = os.environ.get("USAGEFLOW_TEST_POSTGRES_URL")
     if not db_url:
         sys.exit("set USAGEFLOW_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1/test)")
@@ -347,32 +461,18 @@ def main() -> None:
         UsageFlow(setup).create_plan("Free", is_free=True, limits={"api": LIMIT})
         setup.close()
 
-        lib_rates, raw_rates = [], []
-        for _ in range(args.rounds):  # interleaved, so that drift hits both alike
-            raw_rates.append(raw(url, args.threads, args.seconds))
-            lib_rates.append(library(url, args.threads, args.seconds))
-        lib, rw = max(lib_rates), max(raw_rates)
-        print(f"threads={args.threads} seconds={args.seconds} rounds={args.rounds}")
-        print(f"library consume : {lib:10,.0f} /s")
-        print(f"raw psycopg loop: {rw:10,.0f} /s")
-        print(f"ratio library/raw: {lib / rw:.2f} (target >= 0.70)")
-
-        seed_history(db_url, schema, "small", 1_000)
-        seed_history(db_url, schema, "big", args.events)
-        store = PostgresStore(url)
-        flow = UsageFlow(store)
-        flow.consume("small", "api")
-        flow.consume("big", "api")
-        s_med, s_p99 = latency(flow, "small")
-        b_med, b_p99 = latency(flow, "big")
-        print(f"latency, 1,000 past events     : median {s_med:.3f} ms, p99 {s_p99:.3f} ms")
-        print(f"latency, {args.events:,} past events: median {b_med:.3f} ms, p99 {b_p99:.3f} ms")
-        print(f"ratio big/small (median): {b_med / s_med:.2f} (target: flat, ~1)")
-        store.close()
-
-        supabase_path(db_url, schema, args.threads, args.seconds)
-        pgbench_section(db_url, schema, args.seconds, args.rounds)
-        client_section(db_url, url, schema, args.seconds, args.rounds)
+        if "raw" in sections:
+            raw_section(url, args.threads, args.seconds, args.rounds)
+        if "history" in sections:
+            history_section(db_url, url, schema, args.events)
+        if "supabase" in sections:
+            supabase_path(db_url, schema, args.threads, args.seconds)
+        if "pgbench" in sections:
+            pgbench_section(db_url, schema, args.seconds, args.rounds)
+        if "client" in sections:
+            client_section(db_url, url, schema, args.seconds, args.rounds)
+        if "middleware" in sections:
+            middleware_section(db_url, url, schema, args.seconds, 2000)
 
 
 if __name__ == "__main__":

@@ -190,6 +190,29 @@ def test_upgrade_from_schema_3_scopes_idempotency_keys(pg_url: str, schema: str)
     store.close()
 
 
+def test_keys_granted_before_the_grants_flag_keep_their_balance(pg_url: str, schema: str) -> None:
+    """A decision reads the grants of a key only once its counters row says it has had one;
+    the migration that adds that flag marks the keys granted before it existed."""
+    store = PostgresStore(store_url(pg_url, schema))
+    store.migrate()
+    flow = UsageFlow(store)
+    flow.create_plan("Free", is_free=True, limits={"api": 2})
+    flow.grant_credits("alice", "api", 3)
+    assert [flow.consume("bob", "api").allowed for _ in range(2)] == [True, True]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("ALTER TABLE usage_events_counters DROP COLUMN grants")  # before the flag
+        assert store.migrate() == SCHEMA_VERSION
+        flags = conn.execute(
+            "SELECT user_id, grants FROM usage_events_counters ORDER BY user_id"
+        ).fetchall()
+    assert flags == [("alice", True), ("bob", False)]
+    # Two from the plan, then the three granted, then refused.
+    assert [flow.consume("alice", "api").allowed for _ in range(6)] == [True] * 5 + [False]
+    assert flow.get_credit_balance("alice", "api") == 0
+    store.close()
+
+
 def test_async_migrate_returns_the_version(pg_url: str, schema: str) -> None:
     """The script's first result (its BEGIN) has no row: the async face must not fetch one."""
 

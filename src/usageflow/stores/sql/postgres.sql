@@ -113,6 +113,7 @@ CREATE TABLE IF NOT EXISTS @counters@ (
     grant_total BIGINT NOT NULL DEFAULT 0,       -- grant_running of the latest event (v6)
     reset_grant_base BIGINT NOT NULL DEFAULT 0,  -- grant_total at the last reset (v6)
     win_grant_base BIGINT,  -- the grant_running before win_start (v6; NULL: 0, see @fn_used@)
+    grants BOOLEAN NOT NULL DEFAULT false,  -- the key has had a grant: decisions read them
     PRIMARY KEY (user_id, feature_name)
 ) WITH (fillfactor = 70);
 ALTER TABLE @counters@ ADD COLUMN IF NOT EXISTS win_start TIMESTAMPTZ,
@@ -120,6 +121,20 @@ ALTER TABLE @counters@ ADD COLUMN IF NOT EXISTS win_start TIMESTAMPTZ,
     ADD COLUMN IF NOT EXISTS grant_total BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS reset_grant_base BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS win_grant_base BIGINT;
+-- The grants flag came after the grants themselves (within version 6): a key that has had a
+-- grant is marked when the column is added (every grant locked, so made, its counters row).
+DO $grants_flag$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '@counters@'::regclass
+                   AND attname = 'grants' AND NOT attisdropped) THEN
+        ALTER TABLE @counters@ ADD COLUMN grants BOOLEAN NOT NULL DEFAULT false;
+        IF to_regclass('@grants@') IS NOT NULL THEN
+            UPDATE @counters@ c SET grants = true WHERE EXISTS (SELECT 1 FROM @grants@ g
+                WHERE g.user_id = c.user_id AND g.feature_name = c.feature_name);
+        END IF;
+    END IF;
+END
+$grants_flag$;
 -- The listings of a feature (top_users) read its counters rows, not every key's; no column
 -- a decision updates is indexed, so its updates stay HOT.
 CREATE INDEX IF NOT EXISTS @ix_counters_feature@ ON @counters@ (feature_name);
@@ -595,8 +610,11 @@ ALTER TABLE @stripe_subs@ ADD COLUMN IF NOT EXISTS quantity INTEGER;
 -- PostgreSQL from inlining the SQL ones into the statements that use them.
 
 -- A moment as microseconds since the Unix epoch: exact, and independent of the TimeZone.
+-- STABLE, as extract() on a timestamptz is: an IMMUTABLE SQL function whose body is not is
+-- never inlined, and a SQL function that is not inlined is planned again on each call from a
+-- plpgsql expression (its cache lives only as long as the transaction's expression state).
 CREATE OR REPLACE FUNCTION @fn_us@(p_ts TIMESTAMPTZ) RETURNS BIGINT
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $fn$ SELECT (extract(epoch FROM p_ts) * 1000000)::BIGINT $fn$;
 
 CREATE OR REPLACE FUNCTION @fn_event_json@(e @events@) RETURNS JSONB
@@ -901,12 +919,47 @@ DECLARE
     v_share BIGINT := 0;
     v_moved NUMERIC := 0;
     v_ts TIMESTAMPTZ;
+    v_total BIGINT;
+    v_grant_running BIGINT;
+    v_id BIGINT;
     e @events@;
 BEGIN
     IF p_pool_id IS NOT NULL THEN  -- a team member: the account's pool and the member's cap
         RETURN @fn_team_charge@(p_user_id, p_pool_id, p_feature_name, p_credits, p_event_type,
             p_limit, p_member_cap, p_window_start, p_now, p_metadata, p_idempotency_key,
             p_alert_thresholds, p_resets_at, coalesce(p_force, false));
+    END IF;
+    IF p_credits > 0 AND p_idempotency_key IS NULL AND p_window_start IS NOT NULL
+       AND p_alert_thresholds IS NULL THEN
+        -- The common decision in two statements: a key that has charged in this window (its
+        -- base is in the row), with no live hold, no grant and no reset since the window
+        -- started. The guarded update locks the row, checks the limit against the window's
+        -- usage (total - win_base) and counts the charge, all at once; the ledger insert
+        -- follows, in the same transaction. Any other case, a refusal included, takes the
+        -- general path below, which answers it in full.
+        UPDATE @counters@ SET total = total + p_credits,
+            last_ts = greatest(last_ts, p_now)  -- timestamps never go backwards within a key
+        WHERE user_id = p_user_id AND feature_name = p_feature_name
+          AND win_start = p_window_start AND active_holds = 0 AND NOT grants
+          AND (last_reset_at IS NULL OR last_reset_at < p_window_start)
+          AND total <= 9223372036854775807 - p_credits
+          AND (p_limit IS NULL OR p_force OR total - win_base + p_credits <= p_limit)
+        RETURNING total, last_ts, total - win_base, grant_total - coalesce(win_grant_base, 0),
+            grant_total
+        INTO v_total, v_ts, v_used, v_granted, v_grant_running;
+        IF FOUND THEN
+            INSERT INTO @events@ (user_id, feature_name, credits_used, event_type, metadata,
+                "timestamp", running_total, granted, grant_running)
+            VALUES (p_user_id, p_feature_name, p_credits, p_event_type, p_metadata, v_ts,
+                v_total, 0, v_grant_running)
+            RETURNING id INTO v_id;
+            RETURN jsonb_build_object('allowed', true, 'used', v_used, 'held', 0,
+                'event', jsonb_build_object('id', v_id, 'user_id', p_user_id,
+                    'feature_name', p_feature_name, 'credits_used', p_credits,
+                    'event_type', p_event_type, 'metadata', p_metadata,
+                    'ts', @fn_us@(v_ts), 'idempotency_key', NULL),
+                'granted', CASE WHEN p_limit IS NULL THEN 0 ELSE v_granted END, 'balance', 0);
+        END IF;
     END IF;
     SELECT * INTO c FROM @counters@
     WHERE user_id = p_user_id AND feature_name = p_feature_name FOR UPDATE;
@@ -926,7 +979,7 @@ BEGIN
             v_grants := true;  -- a replay answers the standing, grants included
         END IF;
     END IF;
-    IF v_grants THEN
+    IF v_grants AND c.grants THEN  -- a key that never had a grant has no balance
         SELECT coalesce(sum(g.remaining), 0) INTO v_balance FROM @grants@ g
         WHERE g.user_id = p_user_id AND g.feature_name = p_feature_name AND g.remaining > 0
           AND (g.expires_at IS NULL OR g.expires_at > p_now);
@@ -966,7 +1019,7 @@ BEGIN
     IF e.id IS NULL THEN  -- the same key was recorded meanwhile (not under this lock?)
         SELECT * INTO e FROM @events@ WHERE idempotency_key = p_idempotency_key
             AND user_id = p_user_id AND feature_name = p_feature_name;
-        IF NOT v_grants THEN
+        IF NOT v_grants AND c.grants THEN
             SELECT coalesce(sum(g.remaining), 0) INTO v_balance FROM @grants@ g
             WHERE g.user_id = p_user_id AND g.feature_name = p_feature_name
               AND g.remaining > 0 AND (g.expires_at IS NULL OR g.expires_at > p_now);
@@ -2101,8 +2154,13 @@ SET search_path FROM CURRENT
 AS $fn$
 DECLARE
     g @grants@;
+    c @counters@;
 BEGIN
-    PERFORM @fn_lock@(p_user_id, p_feature_name);
+    c := @fn_lock@(p_user_id, p_feature_name);
+    IF NOT c.grants THEN  -- the key has had a grant: its decisions read the balance from now on
+        UPDATE @counters@ SET grants = true
+        WHERE user_id = p_user_id AND feature_name = p_feature_name;
+    END IF;
     IF p_idempotency_key IS NOT NULL THEN
         SELECT * INTO g FROM @grants@
         WHERE user_id = p_user_id AND idempotency_key = p_idempotency_key;
