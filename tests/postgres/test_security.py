@@ -23,6 +23,7 @@ from tests.support.postgres import store_url
 from tests.support.postgrest import PostgrestStandIn, make_key
 from usageflow import ErrorCodes, UsageFlow, UsageFlowError
 from usageflow.stores.base import Tables
+from usageflow.stores.postgres import PostgresStore
 from usageflow.stores.sql import SCHEMA_VERSION, api_functions, function_name
 from usageflow.stores.supabase import SupabaseStore
 
@@ -337,4 +338,36 @@ def test_supabase_flow_from_url_and_key(postgrest: PostgrestStandIn, project: st
     assert UsageFlow(store).migrate() == SCHEMA_VERSION and UsageFlow(store).connection_check()
     assert "ENABLE ROW LEVEL SECURITY" in store.migration_sql()
     flow.close()
+    store.close()
+
+
+def test_the_charge_function_refuses_an_unknown_event_type(pg_url: str, schema: str) -> None:
+    """The ledger's event types are checked by the function that writes them (the table has
+    no CHECK constraint, which PostgreSQL would plan again for every insert): a caller of the
+    function itself, past the library's validation, cannot record another type."""
+    store = PostgresStore(store_url(pg_url, schema))
+    store.migrate()
+    UsageFlow(store).create_plan("Free", is_free=True, limits={"api": 10})
+    UsageFlow(store).consume("alice", "api")  # the key's row and its window: the common path
+    charge = sql.Identifier(function_name(TABLES, "charge"))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        for event_type in ("bogus", None):
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT {}('alice', 'api', 1, %s, 10, date_trunc('month', now()), now(), "
+                    "NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+                ).format(charge),
+                (event_type,),
+            ).fetchone()
+            assert row is not None
+            assert row[0]["error"] == "invalid"
+            assert row[0]["details"] == {"event_type": event_type}
+        events = conn.execute("SELECT event_type, count(*) FROM usage_events GROUP BY 1").fetchall()
+        checks = conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'usage_events'::regclass "
+            "AND contype = 'c'"
+        ).fetchone()
+    assert events == [("usage", 1)]
+    assert checks == (0,)
     store.close()
