@@ -490,6 +490,16 @@ class _Calls:
         return values
 
 
+def _cursor(conn: Any) -> Any:
+    """The one cursor a connection keeps for the store's calls: made once, so that psycopg's
+    adaptation of the arguments (its per-cursor cache of dumpers by type) is not set up again
+    for every call."""
+    cur = conn.__dict__.get("_usageflow_cursor")
+    if cur is None:
+        cur = conn._usageflow_cursor = conn.cursor()
+    return cur
+
+
 class _WithheldError(Exception):
     """A connection failure found before the driver was called (its text is ours)."""
 
@@ -588,16 +598,21 @@ class PostgresStore(FunctionStore):
         psycopg = self._psycopg
         if not self.settings.parseable:
             raise _failure(self.settings, self.tables, self.settings.unparseable(), operation)
-        pool = self._get_pool()
+        pool = self._pool or self._get_pool()
         limit = self.settings.query_timeout
         try:
-            with pool.connection() as conn:
+            # getconn/putconn rather than pool.connection(): the same, without a generator
+            # context manager around the connection's own (a no-op in autocommit).
+            conn = pool.getconn()
+            try:
                 token = _WATCHDOG.watch(conn.pgconn.socket, limit) if limit else 0
                 try:
-                    row = conn.execute(query, params).fetchone()
+                    row = _cursor(conn).execute(query, params).fetchone()
                 finally:
                     if token:
                         _WATCHDOG.done(token)
+            finally:
+                pool.putconn(conn)
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) and not isinstance(
                 exc, psycopg.errors.QueryCanceled
@@ -796,9 +811,12 @@ class AsyncPostgresStore(AsyncFunctionStore):
             limit = self.settings.query_timeout if statement else 0.0
             token = _WATCHDOG.watch(conn.pgconn.socket, limit) if limit else 0
             try:
-                cur = await conn.execute(query, params, prepare=None if statement else False)
-                # A script's first result (its BEGIN) has no rows.
-                row = await cur.fetchone() if statement else None
+                if statement:
+                    cur = await _cursor(conn).execute(query, params)
+                    row = await cur.fetchone()
+                else:  # a script, never prepared; its first result (its BEGIN) has no rows
+                    await conn.execute(query, params, prepare=False)
+                    row = None
             finally:
                 if token:
                     _WATCHDOG.done(token)
