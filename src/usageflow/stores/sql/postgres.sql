@@ -1139,9 +1139,12 @@ BEGIN
     v_window := @fn_used@(c, p_window_start);
     v_used := v_window[1];
     v_granted := v_window[2];
-    SELECT coalesce(sum(g.remaining), 0) INTO v_balance FROM @grants@ g
-    WHERE g.user_id = p_user_id AND g.feature_name = p_feature_name AND g.remaining > 0
-      AND (g.expires_at IS NULL OR g.expires_at > p_now);
+    v_balance := 0;
+    IF c.grants THEN  -- a key that never had a grant has no balance
+        SELECT coalesce(sum(g.remaining), 0) INTO v_balance FROM @grants@ g
+        WHERE g.user_id = p_user_id AND g.feature_name = p_feature_name AND g.remaining > 0
+          AND (g.expires_at IS NULL OR g.expires_at > p_now);
+    END IF;
     IF p_idempotency_key IS NOT NULL THEN
         SELECT id, credits INTO v_id, v_first FROM @holds@ WHERE idempotency_key = p_idempotency_key
             AND user_id = p_user_id AND feature_name = p_feature_name;
@@ -1276,7 +1279,7 @@ BEGIN
             v_share := -least(-(p_credits::NUMERIC), greatest(v_granted, 0));
         ELSE
             v_free := greatest(v_limit - greatest(v_used - v_granted, 0), 0);
-            IF p_credits > v_free THEN  -- beyond the plan's allowance: grants pay what they hold
+            IF p_credits > v_free AND c.grants THEN  -- grants pay what they hold beyond it
                 SELECT coalesce(sum(g.remaining), 0) INTO v_balance FROM @grants@ g
                 WHERE g.user_id = h.user_id AND g.feature_name = h.feature_name
                   AND g.remaining > 0 AND (g.expires_at IS NULL OR g.expires_at > p_now);
