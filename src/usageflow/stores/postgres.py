@@ -732,12 +732,15 @@ class _AsyncPool:
         if self.closed:
             raise config_error("this store is closed")
         slots = self._bind()
-        try:
-            await asyncio.wait_for(slots.acquire(), self._settings.timeout)
-        except asyncio.TimeoutError:
-            raise self._psycopg.OperationalError(
-                f"couldn't get a connection after {self._settings.timeout:.2f} sec"
-            ) from None
+        if slots.locked():  # every connection is in use: wait, for at most the timeout
+            try:
+                await asyncio.wait_for(slots.acquire(), self._settings.timeout)
+            except asyncio.TimeoutError:
+                raise self._psycopg.OperationalError(
+                    f"couldn't get a connection after {self._settings.timeout:.2f} sec"
+                ) from None
+        else:  # a free slot is taken at once: no timer, no task
+            await slots.acquire()
         try:
             while self._idle:
                 conn = self._idle.pop()
