@@ -4,10 +4,14 @@ HTTP request (Supabase), and the cost does not depend on the store's history."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
+
+import psycopg
 
 from tests.postgres._proxy import PgProxy
 from tests.postgres.conftest import via_proxy
+from tests.support.postgres import store_url
 from tests.support.postgrest import PostgrestStandIn
 from usageflow import AsyncUsageFlow, UsageFlow, ops
 from usageflow.stores.postgres import PostgresStore
@@ -127,3 +131,34 @@ def test_cost_does_not_grow_with_history(pg_store: PostgresStore, pg_url: str) -
     small, large = timed("u1"), timed("u2")
     assert large < small * 3 + 0.002, (small, large)
     assert pg_store.call(ops.ledger_check(user_id="u2", feature_name="api")) == (50030, 50030)
+
+
+def test_sequential_calls_reuse_the_most_recently_used_connection(pg_url: str, schema: str) -> None:
+    """With several idle connections, one caller's decisions keep to one of them (last in,
+    first out) instead of rotating through all, each then cold; counted by the server."""
+    name = f"uf-lifo-{schema}"
+    store = PostgresStore(store_url(pg_url, schema, pool_min=3, pool_size=3, application_name=name))
+    store.migrate()
+    flow = UsageFlow(store)
+    _plans(flow)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+
+        def backends(since: Any = None) -> int:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                "AND (%s::timestamptz IS NULL OR state_change > %s::timestamptz)",
+                (name, since, since),
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        deadline = time.monotonic() + 10
+        while backends() < 3:  # pool_min: the pool opens them in the background
+            assert time.monotonic() < deadline, "the pool did not open its 3 connections"
+            time.sleep(0.05)
+        start = admin.execute("SELECT clock_timestamp()").fetchone()
+        assert start is not None
+        for _ in range(30):
+            assert flow.consume("u1", "api").allowed
+        assert backends(start[0]) == 1
+    store.close()

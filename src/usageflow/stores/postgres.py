@@ -452,11 +452,29 @@ def _connection_class(psycopg: Any, attempts: _Attempts) -> Any:
     return Connection
 
 
+class _LastInFirstOut(deque[Any]):
+    """The idle connections of a pool, handed out last in, first out: ``psycopg_pool`` takes
+    them with ``popleft()`` and returns them with ``append()`` (first in, first out), which
+    rotates every call through every idle connection, each then cold in the CPU caches of both
+    ends (about a fifth of the client's CPU per decision, measured with two connections). The
+    most recently used one is taken instead; the rest stay idle, so the pool shrinks to what
+    the load needs (its shrinking closes one idle connection: which one does not matter)."""
+
+    def popleft(self) -> Any:
+        return self.pop()
+
+
 def _pool_class(deadline: float) -> Any:
-    """``psycopg_pool.ConnectionPool`` whose health checks are bounded by ``deadline``."""
+    """``psycopg_pool.ConnectionPool`` whose health checks are bounded by ``deadline`` and
+    whose idle connections are reused last in, first out."""
     from psycopg_pool import ConnectionPool
 
     class Pool(ConnectionPool):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if isinstance(getattr(self, "_pool", None), deque):  # psycopg_pool 3.1 to 3.3
+                self._pool = _LastInFirstOut(self._pool)
+
         @staticmethod
         def check_connection(conn: Any) -> None:
             token = _WATCHDOG.watch(conn.pgconn.socket, deadline) if deadline else 0
