@@ -89,6 +89,26 @@ def test_warm_supabase_consume_is_one_http_request(
     store.close()
 
 
+def test_supabase_store_reuses_its_connection(pg_url: str, schema: str) -> None:
+    """One HTTP request per decision, all on one kept-alive connection (no TCP or TLS set-up
+    per decision), counted by the PostgREST stand-in."""
+    server = PostgrestStandIn(pg_url, keep_alive=True)
+    try:
+        server.migrate(schema)
+        store = SupabaseStore(server.url, server.service_key, schema=schema)
+        flow = UsageFlow(store)
+        _plans(flow)
+        assert flow.consume("u1", "api").allowed  # warms the caches
+        calls, connections = server.calls, server.connections
+        for _ in range(20):
+            assert flow.consume("u1", "api").allowed
+        assert server.calls - calls == 20
+        assert server.connections == connections == 1
+        store.close()
+    finally:
+        server.close()
+
+
 def test_cost_does_not_grow_with_history(pg_store: PostgresStore, pg_url: str) -> None:
     """With 50,000 past events spanning the window start, the charge still reads one counter
     row and seeks one index entry (checked on the plan), and is no slower than with 10."""

@@ -27,7 +27,8 @@ running the usageflow migration, so that the migration's revokes are what is tes
 
 Not covered: filters, embedding, ``Prefer`` options, GET rpc calls, OpenAPI, the schema cache.
 Responses close the connection (HTTP/1.0 style) so that clients that are never closed leave
-no sockets behind.
+no sockets behind; with ``keep_alive=True`` connections are kept open (HTTP/1.1), as behind
+Supabase's gateway, and :attr:`PostgrestStandIn.connections` counts those accepted.
 """
 
 from __future__ import annotations
@@ -95,10 +96,12 @@ def _status_of(sqlstate: str, role: str) -> int:
 class PostgrestStandIn:
     """The server: ``url`` is the Supabase project URL to give the client."""
 
-    def __init__(self, db_url: str, secret: str = JWT_SECRET) -> None:
+    def __init__(self, db_url: str, secret: str = JWT_SECRET, keep_alive: bool = False) -> None:
         self.db_url = db_url
         self.secret = secret
+        self.keep_alive = keep_alive
         self.calls = 0  # rpc requests served (the tests count round trips with it)
+        self.connections = 0  # TCP connections accepted
         self._calls_lock = threading.Lock()
         self._functions: dict[tuple[str, str], list[tuple[str, str]] | None] = {}
         with psycopg.connect(db_url, autocommit=True) as conn:
@@ -258,7 +261,12 @@ class PostgrestStandIn:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
+            protocol_version = "HTTP/1.1" if server.keep_alive else "HTTP/1.0"
+
+            def setup(self) -> None:
+                super().setup()
+                with server._calls_lock:
+                    server.connections += 1
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -268,7 +276,8 @@ class PostgrestStandIn:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))
-                self.send_header("Connection", "close")
+                if not server.keep_alive:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(data)
 
