@@ -69,6 +69,23 @@ def test_missing_schema_and_bad_urls_say_what_to_do(pg_url: str, schema: str) ->
         assert "secret" not in str(caught.value)
 
 
+def test_a_failed_call_names_the_table_of_its_operation(pg_url: str, schema: str) -> None:
+    """The error of an operation on an unmigrated database names the table it concerns."""
+    store = PostgresStore(store_url(pg_url, schema))
+    calls = {
+        "usage_events_grants": ops.list_grants(user_id="u1", feature_name=None),
+        "usage_events_members": ops.list_members(account_id="acct", removed=False),
+        "usage_events_alerts": ops.list_alerts(user_id=None, undelivered=False, limit=5),
+        "usage_events_packs": ops.load_credit_packs(),
+        "user_plans": ops.load_catalog(),
+    }
+    for table, call in calls.items():
+        with pytest.raises(UsageFlowError) as caught:
+            store.call(call)
+        assert caught.value.details["table"] == table, caught.value.details
+    store.close()
+
+
 def test_password_never_in_errors_or_repr(pg_url: str, schema: str) -> None:
     store = PostgresStore(
         f"postgresql://nobody:s3cr3t-pw@127.0.0.1:9/none?schema={schema}&connect_timeout=1&timeout=1"

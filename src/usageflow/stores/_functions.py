@@ -38,6 +38,20 @@ TABLE_OF: dict[str, str] = {
     "recent_stripe_events": "stripe_events",
     "stripe_export_batch": "stripe_exports",
     "advance_stripe_cursor": "stripe_exports",
+    "load_alert_thresholds": "alert_rules",
+    "set_alert_thresholds": "alert_rules",
+    "claim_alerts": "alerts",
+    "finish_alert": "alerts",
+    "list_alerts": "alerts",
+    "grant_credits": "grants",
+    "list_grants": "grants",
+    "upsert_credit_pack": "credit_packs",
+    "load_credit_packs": "credit_packs",
+    "add_member": "members",
+    "remove_member": "members",
+    "list_members": "members",
+    "get_membership": "members",
+    "has_members": "members",
 }
 
 
