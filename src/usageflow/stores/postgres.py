@@ -34,14 +34,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import select
 import socket
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 from urllib.parse import quote as urlquote
@@ -295,6 +299,7 @@ class PostgresSettings:
             options.append(f"-c search_path={self.schema}")
         kwargs: dict[str, Any] = {
             "autocommit": True,
+            "client_encoding": "utf8",  # the text-format arguments are sent as UTF-8
             "prepare_threshold": 5 if self.prepare else None,
             "connect_timeout": max(1, round(self.connect_timeout)),
             "keepalives": 1,
@@ -488,15 +493,28 @@ def _pool_class(deadline: float) -> Any:
 
 
 class _Calls:
-    """The SQL text of every function call, built once per table names."""
+    """The SQL text of every function call, built once per table names: with psycopg's
+    placeholders (the async face) and with libpq's, with the name it is prepared under (the
+    sync face)."""
 
     def __init__(self, tables: Tables) -> None:
         self.sql: dict[str, str] = {}
+        self.statements: dict[str, tuple[bytes, bytes]] = {}  # suffix -> (name, SQL)
         self.order: dict[str, tuple[str, ...]] = {}
         for suffix, params in api_functions().items():
+            name = quote(function_name(tables, suffix))
             args = ", ".join(f"%s::{sql_type}" for _, sql_type in params)
-            self.sql[suffix] = f"SELECT {quote(function_name(tables, suffix))}({args})"
+            self.sql[suffix] = f"SELECT {name}({args})"
+            numbered = ", ".join(f"${i}::{sql_type}" for i, (_, sql_type) in enumerate(params, 1))
+            self.statements[suffix] = (
+                f"usageflow_{suffix}".encode(),
+                f"SELECT {name}({numbered})".encode(),
+            )
             self.order[suffix] = tuple(name for name, _ in params)
+
+    def values(self, suffix: str, args: Mapping[str, Any]) -> list[bytes | None]:
+        """The arguments of ``suffix`` in libpq's text format, in order."""
+        return [_text_value(args[name]) for name in self.order[suffix]]
 
     def params(self, suffix: str, args: Mapping[str, Any], jsonb: Any) -> list[Any]:
         values = []
@@ -516,6 +534,126 @@ def _cursor(conn: Any) -> Any:
     if cur is None:
         cur = conn._usageflow_cursor = conn.cursor()
     return cur
+
+
+def _text_value(value: Any) -> bytes | None:
+    """A function argument in PostgreSQL's text format, by its Python type as psycopg adapts
+    it (the call casts each to its parameter's type): ``str`` as UTF-8, ``bool`` as ``t`` or
+    ``f``, ``int`` and ``Decimal`` in decimal, ``datetime`` in ISO 8601, a ``dict`` as JSON,
+    a list or tuple as an array literal."""
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is str:
+        data: bytes = value.encode()
+        if b"\x00" in data:
+            raise _ArgumentError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+        return data
+    if kind is bool:
+        return b"t" if value else b"f"
+    if kind is int:
+        return b"%d" % value
+    if kind is datetime:
+        moment: datetime = value
+        return moment.isoformat().encode()
+    if kind is dict:
+        return json.dumps(value).encode()
+    if kind is Decimal:
+        return str(value).encode()
+    if kind is list or kind is tuple:
+        return b"{" + b",".join(_array_item(item) for item in value) + b"}"
+    raise _ArgumentError(f"cannot send a {kind.__name__} to PostgreSQL")
+
+
+def _array_item(value: Any) -> bytes:
+    """An element of an array literal: NULL, a number, or a double-quoted string."""
+    if value is None:
+        return b"NULL"
+    if type(value) is int:
+        return b"%d" % value
+    data = _text_value(value)
+    assert data is not None
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+class _ArgumentError(ValueError):
+    """A value the store cannot send (a programming error upstream: inputs are validated)."""
+
+
+def _call(conn: Any, statement: tuple[bytes, bytes] | None, query: bytes, values: Any) -> Any:
+    """Run one function call on ``conn`` through libpq (psycopg's ``pgconn``), its arguments
+    in text format: prepared once per connection under ``statement``'s name, or, with no
+    ``statement`` (``prepare=false``: PgBouncer, Supabase's transaction pooler), sent with
+    its text each time. The JSON answer, parsed. psycopg's cursor would do the same with
+    more work per call (its adaptation machinery and query conversion)."""
+    pq = conn.pgconn
+    if statement is None:
+        result = pq.exec_params(query, values)
+    else:
+        name = statement[0]
+        prepared: set[bytes] = conn.__dict__.setdefault("_usageflow_prepared", set())
+        if name in prepared:
+            result = pq.exec_prepared(name, values)
+        else:
+            result = _prepare_and_call(conn, name, query, values)
+            prepared.add(name)
+    if result.status != _TUPLES_OK:
+        raise _result_error(conn, result)
+    value = result.get_value(0, 0) if result.ntuples else None
+    return None if value is None else json.loads(value)
+
+
+def _prepare_and_call(conn: Any, name: bytes, query: bytes, values: Any) -> Any:
+    """The first call of a statement on a connection: prepared and run in one round trip
+    (libpq's pipeline mode sends both at once); the call's result, or raises the error of
+    the preparation."""
+    pq = conn.pgconn
+    pq.enter_pipeline_mode()
+    results = []
+    try:
+        pq.send_prepare(name, query)
+        pq.send_query_prepared(name, values)
+        pq.pipeline_sync()
+        pq.flush()
+        ends = 0  # libpq ends each command's results with a None: two here, then the sync
+        while True:
+            # psycopg's get_result() waits holding the GIL (the watchdog could not run):
+            # wait for the socket here instead, select() releasing it.
+            while pq.is_busy():
+                select.select([pq.socket], [], [])
+                pq.consume_input()
+            result = pq.get_result()
+            if result is None:
+                ends += 1
+                if ends > 2:
+                    raise _result_error(conn, None)
+                continue
+            if result.status == _PIPELINE_SYNC:
+                break
+            results.append(result)
+    finally:
+        if pq.status == 0 and pq.pipeline_status:
+            pq.exit_pipeline_mode()
+    if not results or results[0].status != _COMMAND_OK:
+        raise _result_error(conn, results[0] if results else None)
+    return results[-1]
+
+
+_COMMAND_OK = 1  # libpq's PGRES_COMMAND_OK, PGRES_TUPLES_OK and PGRES_PIPELINE_SYNC
+_TUPLES_OK = 2
+_PIPELINE_SYNC = 10
+
+
+def _result_error(conn: Any, result: Any) -> BaseException:
+    """The psycopg exception of a failed libpq result (its class from the SQLSTATE), or an
+    ``OperationalError`` when the connection itself failed (or gave no result)."""
+    import psycopg
+
+    if conn.pgconn.status != 0 or result is None:  # not CONNECTION_OK: the connection broke
+        message = conn.pgconn.error_message.decode("utf-8", "replace").strip()
+        return psycopg.OperationalError(message or "the connection to the server was lost")
+    error: BaseException = psycopg.errors.error_from_result(result, encoding="utf-8")
+    return error
 
 
 class _WithheldError(Exception):
@@ -608,11 +746,23 @@ class PostgresStore(FunctionStore):
             return self._pool
 
     def _rpc(self, operation: str, suffix: str, args: Mapping[str, Any]) -> Any:
-        params = self._calls.params(suffix, args, self._psycopg.types.json.Jsonb)
-        return self._execute(operation, self._calls.sql[suffix], params)
+        statement = self._calls.statements[suffix]
+        try:
+            values = self._calls.values(suffix, args)
+        except _ArgumentError as exc:
+            raise _failure(self.settings, self.tables, exc, operation) from None
+        return self._execute(
+            operation, statement if self.settings.prepare else None, statement[1], values
+        )
 
-    def _execute(self, operation: str, query: str, params: Sequence[Any]) -> Any:
-        """Run one statement on a pooled connection; the first column of its one row."""
+    def _execute(
+        self,
+        operation: str,
+        statement: tuple[bytes, bytes] | None,
+        query: bytes,
+        values: Sequence[bytes | None],
+    ) -> Any:
+        """Run one statement on a pooled connection; the JSON of its one value."""
         psycopg = self._psycopg
         if not self.settings.parseable:
             raise _failure(self.settings, self.tables, self.settings.unparseable(), operation)
@@ -625,7 +775,7 @@ class PostgresStore(FunctionStore):
             try:
                 token = _WATCHDOG.watch(conn.pgconn.socket, limit) if limit else 0
                 try:
-                    row = _cursor(conn).execute(query, params).fetchone()
+                    answer = _call(conn, statement, query, values)
                 finally:
                     if token:
                         _WATCHDOG.done(token)
@@ -637,7 +787,7 @@ class PostgresStore(FunctionStore):
             ):
                 self._check_idle(pool)
             raise _failure(self.settings, self.tables, self._explain(exc), operation) from None
-        return row[0] if row else None
+        return answer
 
     def _explain(self, exc: BaseException) -> BaseException:
         """``exc``, or for the pool's ``PoolTimeout`` (which only says how long it waited)
@@ -699,7 +849,7 @@ class PostgresStore(FunctionStore):
 
     def connection_check(self) -> bool:
         """True when the database answers ``SELECT 1`` (migrated or not)."""
-        return bool(self._execute("connection_check", "SELECT 1", ()) == 1)
+        return bool(self._execute("connection_check", None, b"SELECT 1", ()) == 1)
 
     def close(self) -> None:
         """Close the pool (and any async face made by :meth:`to_async`)."""
