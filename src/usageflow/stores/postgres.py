@@ -461,9 +461,9 @@ class _LastInFirstOut(deque[Any]):
     """The idle connections of a pool, handed out last in, first out: ``psycopg_pool`` takes
     them with ``popleft()`` and returns them with ``append()`` (first in, first out), which
     rotates every call through every idle connection, each then cold in the CPU caches of both
-    ends (about a fifth of the client's CPU per decision, measured with two connections). The
-    most recently used one is taken instead; the rest stay idle, so the pool shrinks to what
-    the load needs (its shrinking closes one idle connection: which one does not matter)."""
+    ends (docs/benchmarks.md has the cost). The most recently used one is taken instead; the
+    rest stay idle, so the pool shrinks to what the load needs (its shrinking closes one idle
+    connection: which one does not matter)."""
 
     def popleft(self) -> Any:
         return self.pop()
@@ -527,9 +527,9 @@ class _Calls:
 
 
 def _cursor(conn: Any) -> Any:
-    """The one cursor a connection keeps for the store's calls: made once, so that psycopg's
-    adaptation of the arguments (its per-cursor cache of dumpers by type) is not set up again
-    for every call."""
+    """The one cursor a connection of the async face keeps for its calls: made once, so that
+    psycopg's adaptation of the arguments (its per-cursor cache of dumpers by type) is not set
+    up again for every call."""
     cur = conn.__dict__.get("_usageflow_cursor")
     if cur is None:
         cur = conn._usageflow_cursor = conn.cursor()

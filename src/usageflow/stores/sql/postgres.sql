@@ -67,8 +67,8 @@ ALTER TABLE @events@ ADD COLUMN IF NOT EXISTS granted BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS grant_running BIGINT NOT NULL DEFAULT 0;
 -- The event types are checked by the functions that write events (the only writers: see the
 -- security note above), not by a CHECK constraint: PostgreSQL plans a table's CHECK
--- expressions again for every INSERT statement it runs, which cost a decision about a tenth
--- of its server time. Earlier versions had one; it goes.
+-- expressions again for every INSERT statement it runs (docs/benchmarks.md has the cost).
+-- Earlier versions had one; it goes.
 DO $event_type_check$
 DECLARE
     v_name NAME;
@@ -909,7 +909,7 @@ $fn$;
 -- reverse order. An unlimited feature's positive charge never touches grants (and answers
 -- granted = balance = 0).
 -- JSON, not JSONB: json_build_object writes its text as it goes, where jsonb_build_object
--- builds a tree, sorts its keys and then writes it (a tenth of a decision's server time).
+-- builds a tree, sorts its keys and then writes it.
 -- Version 6's function answered JSONB: CREATE OR REPLACE cannot change a return type.
 DO $charge_json$
 BEGIN
